@@ -1,0 +1,162 @@
+//! The control API under `/emulator` on the plain listener, for scripts and the benchmark:
+//! the same powers as the Rust methods on [`crate::Emulator`].
+//!
+//! | request | effect |
+//! |---|---|
+//! | `GET /emulator/counters` | the counters as JSON |
+//! | `POST /emulator/counters/reset` | zero them |
+//! | `PUT /emulator/secrets/NAME` (body: the value) | add a version; answers `{"version": id}` |
+//! | `POST /emulator/secrets/NAME/disable` · `/enable` · `/deny` · `/allow` | as named |
+//! | `DELETE /emulator/secrets/NAME` | soft-delete |
+//! | `POST /emulator/faults/imds` · `/faults/keyvault` (body `{"status":429,"retry_after":2}`, `{"drop":true}` or `{"delay_ms":500}`) | queue one fault |
+//! | `PUT /emulator/token-lifetime` (body: seconds) | lifetime of new tokens |
+//! | `PUT /emulator/kv-delay` (body: milliseconds) | delay every vault answer |
+//! | `PUT /emulator/system-identity` (body: `true`/`false`) | assign or remove it |
+//! | `POST /emulator/identities` (body `{"name":"x"}`) | assign a user identity; answers its ids |
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::http::{Request, Response};
+use crate::state::{Fault, Identity, SecretInput, World};
+
+pub fn handle(world: &mut World, req: &Request, rest: &str) -> Response {
+    let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+    let body = String::from_utf8_lossy(&req.body).to_string();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["counters"]) => counters(world),
+        ("POST", ["counters", "reset"]) => {
+            world.counters = Default::default();
+            ok()
+        }
+        ("PUT", ["secrets", name]) => {
+            let id = world.set_secret(
+                name,
+                SecretInput {
+                    value: body,
+                    ..Default::default()
+                },
+            );
+            Response::json(200, &json!({ "version": id }))
+        }
+        ("POST", ["secrets", name, action]) => secret_action(world, name, action),
+        ("DELETE", ["secrets", name]) => found(world.delete(name)),
+        ("POST", ["faults", endpoint]) => queue_fault(world, endpoint, &body),
+        ("PUT", ["token-lifetime"]) => match body.trim().parse() {
+            Ok(secs) => {
+                world.token_lifetime = Duration::from_secs(secs);
+                ok()
+            }
+            Err(_) => bad("body must be a number of seconds"),
+        },
+        ("PUT", ["kv-delay"]) => match body.trim().parse() {
+            Ok(ms) => {
+                world.kv_delay = Duration::from_millis(ms);
+                ok()
+            }
+            Err(_) => bad("body must be a number of milliseconds"),
+        },
+        ("PUT", ["system-identity"]) => {
+            world.system_identity =
+                (body.trim() == "true").then(|| Identity::user("system-assigned"));
+            ok()
+        }
+        ("POST", ["identities"]) => add_identity(world, &body),
+        _ => Response::json(404, &json!({"error": "unknown control request"})),
+    }
+}
+
+fn ok() -> Response {
+    Response::json(200, &json!({"ok": true}))
+}
+
+fn bad(message: &str) -> Response {
+    Response::json(400, &json!({ "error": message }))
+}
+
+fn found(yes: bool) -> Response {
+    if yes {
+        ok()
+    } else {
+        Response::json(404, &json!({"error": "no such secret"}))
+    }
+}
+
+fn counters(world: &World) -> Response {
+    let c = &world.counters;
+    Response::json(
+        200,
+        &json!({
+            "imds_token_requests": c.imds_token_requests,
+            "app_service_token_requests": c.app_service_token_requests,
+            "kv_requests": c.kv_requests,
+            "kv_total_requests": c.kv_total_requests,
+            "kv_unauthenticated": c.kv_unauthenticated,
+            "kv_max_concurrent": c.kv_max_concurrent,
+        }),
+    )
+}
+
+fn secret_action(world: &mut World, name: &str, action: &str) -> Response {
+    match action {
+        "disable" => found(world.set_enabled(name, false)),
+        "enable" => found(world.set_enabled(name, true)),
+        "deny" => {
+            world.denied.insert(name.to_ascii_lowercase());
+            ok()
+        }
+        "allow" => {
+            world.denied.remove(&name.to_ascii_lowercase());
+            ok()
+        }
+        _ => bad("action must be disable, enable, deny or allow"),
+    }
+}
+
+/// Parse a fault description: `{"status":N[,"retry_after":S]}`, `{"drop":true}`, `{"delay_ms":N}`.
+pub fn parse_fault(body: &str) -> Option<Fault> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    if v.get("drop").and_then(Value::as_bool) == Some(true) {
+        return Some(Fault::Drop);
+    }
+    if let Some(ms) = v.get("delay_ms").and_then(Value::as_u64) {
+        return Some(Fault::Delay(Duration::from_millis(ms)));
+    }
+    let status = u16::try_from(v.get("status")?.as_u64()?).ok()?;
+    Some(match v.get("retry_after").and_then(Value::as_u64) {
+        Some(secs) => Fault::StatusRetryAfter(status, secs),
+        None => Fault::Status(status),
+    })
+}
+
+fn queue_fault(world: &mut World, endpoint: &str, body: &str) -> Response {
+    let Some(fault) = parse_fault(body) else {
+        return bad(
+            "body must be {\"status\":N[,\"retry_after\":S]}, {\"drop\":true} or {\"delay_ms\":N}",
+        );
+    };
+    match endpoint {
+        "imds" => world.imds_faults.push_back(fault),
+        "keyvault" => world.kv_faults.push_back(fault),
+        _ => return bad("endpoint must be imds or keyvault"),
+    }
+    ok()
+}
+
+fn add_identity(world: &mut World, body: &str) -> Response {
+    let name = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(String::from))
+        .unwrap_or_else(|| "user".into());
+    let identity = Identity::user(&name);
+    world.user_identities.push(identity.clone());
+    Response::json(
+        200,
+        &json!({
+            "client_id": identity.client_id,
+            "object_id": identity.object_id,
+            "resource_id": identity.resource_id,
+        }),
+    )
+}

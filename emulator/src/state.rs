@@ -1,0 +1,262 @@
+//! The emulator's world: secrets and their versions, identities, issued tokens, queued faults
+//! and counters. One mutex guards it; handlers hold it only while they read or change it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A user-assigned identity the emulated host carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub client_id: String,
+    pub object_id: String,
+    pub resource_id: String,
+}
+
+impl Identity {
+    /// A user-assigned identity with ids derived from `name`.
+    pub fn user(name: &str) -> Identity {
+        Identity {
+            client_id: guid(&format!("client-{name}")),
+            object_id: guid(&format!("object-{name}")),
+            resource_id: format!(
+                "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+            ),
+        }
+    }
+}
+
+/// A fault to inject into the next request on one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and the service's error body for it.
+    Status(u16),
+    /// Answer with this status and a `Retry-After: secs` header.
+    StatusRetryAfter(u16, u64),
+    /// Close the connection without answering.
+    Drop,
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+}
+
+/// What a secret version holds.
+#[derive(Debug, Clone, Default)]
+pub struct SecretInput {
+    pub value: String,
+    pub content_type: Option<String>,
+    pub enabled: Option<bool>,
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub id: String,
+    pub value: String,
+    pub content_type: Option<String>,
+    pub enabled: bool,
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+    pub created: u64,
+    pub updated: u64,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Secret {
+    /// The name as first written (Key Vault names are case-insensitive).
+    pub name: String,
+    pub versions: Vec<Version>,
+    pub deleted: bool,
+}
+
+impl Secret {
+    pub fn latest(&self) -> Option<&Version> {
+        self.versions.last()
+    }
+}
+
+/// Facts about a token the emulator issued.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub audience: String,
+    pub expires_on: u64,
+}
+
+/// Counters tests and benchmarks read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Token requests that reached the IMDS endpoint (faulted ones included).
+    pub imds_token_requests: u64,
+    /// Token requests that reached the App Service / Container Apps endpoint.
+    pub app_service_token_requests: u64,
+    /// Key Vault requests for one secret, by lower-cased name (faulted ones included).
+    pub kv_requests: BTreeMap<String, u64>,
+    /// All Key Vault requests.
+    pub kv_total_requests: u64,
+    /// Key Vault requests that carried no bearer token.
+    pub kv_unauthenticated: u64,
+    /// The highest number of Key Vault requests in progress at once.
+    pub kv_max_concurrent: u64,
+}
+
+#[derive(Default)]
+pub struct World {
+    pub tenant_id: String,
+    pub system_identity: Option<Identity>,
+    pub user_identities: Vec<Identity>,
+    pub token_lifetime: Duration,
+    pub secrets: BTreeMap<String, Secret>,
+    pub denied: HashSet<String>,
+    pub tokens: HashMap<String, IssuedToken>,
+    pub imds_faults: VecDeque<Fault>,
+    pub kv_faults: VecDeque<Fault>,
+    pub kv_delay: Duration,
+    pub counters: Counters,
+    pub kv_in_flight: u64,
+}
+
+static SEQUENCE: AtomicU64 = AtomicU64::new(1);
+
+/// A deterministic-looking, unique 32-hex-digit id (Key Vault version ids have this shape).
+pub fn version_id() -> String {
+    let n = SEQUENCE.fetch_add(1, Ordering::SeqCst);
+    format!(
+        "{:016x}{:016x}",
+        mix(n ^ now_nanos()),
+        mix(n.wrapping_mul(0x9e37_79b9))
+    )
+}
+
+/// A GUID-shaped id derived from a seed string.
+pub fn guid(seed: &str) -> String {
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let (a, b) = (mix(h), mix(h ^ 0x5555));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl World {
+    /// Add a version to a secret (creating or undeleting it); returns the version id.
+    pub fn set_secret(&mut self, name: &str, input: SecretInput) -> String {
+        let key = name.to_ascii_lowercase();
+        let t = now();
+        let id = version_id();
+        let secret = self.secrets.entry(key).or_insert_with(|| Secret {
+            name: name.to_string(),
+            versions: Vec::new(),
+            deleted: false,
+        });
+        if secret.deleted {
+            secret.versions.clear();
+            secret.deleted = false;
+        }
+        secret.versions.push(Version {
+            id: id.clone(),
+            value: input.value,
+            content_type: input.content_type,
+            enabled: input.enabled.unwrap_or(true),
+            exp: input.exp,
+            nbf: input.nbf,
+            created: t,
+            updated: t,
+            tags: input.tags,
+        });
+        id
+    }
+
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets
+            .get(&name.to_ascii_lowercase())
+            .filter(|s| !s.deleted)
+    }
+
+    pub fn secret_mut(&mut self, name: &str) -> Option<&mut Secret> {
+        self.secrets
+            .get_mut(&name.to_ascii_lowercase())
+            .filter(|s| !s.deleted)
+    }
+
+    /// Enable or disable the latest version; false when there is no such secret.
+    pub fn set_enabled(&mut self, name: &str, enabled: bool) -> bool {
+        let Some(v) = self.secret_mut(name).and_then(|s| s.versions.last_mut()) else {
+            return false;
+        };
+        v.enabled = enabled;
+        v.updated = now();
+        true
+    }
+
+    /// Soft-delete a secret; false when there is no such secret.
+    pub fn delete(&mut self, name: &str) -> bool {
+        match self.secret_mut(name) {
+            Some(s) => {
+                s.deleted = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The identity a selector names; `None` selects the system-assigned one.
+    pub fn find_identity(&self, selector: Option<(&str, &str)>) -> Option<Identity> {
+        let Some((kind, value)) = selector else {
+            return self.system_identity.clone();
+        };
+        let value = value.to_ascii_lowercase();
+        self.user_identities
+            .iter()
+            .find(|i| {
+                let field = match kind {
+                    "client_id" => &i.client_id,
+                    "object_id" | "principal_id" => &i.object_id,
+                    _ => &i.resource_id,
+                };
+                field.to_ascii_lowercase() == value
+            })
+            .cloned()
+    }
+
+    pub fn count_kv(&mut self, name: Option<&str>) {
+        self.counters.kv_total_requests += 1;
+        if let Some(name) = name {
+            *self
+                .counters
+                .kv_requests
+                .entry(name.to_ascii_lowercase())
+                .or_default() += 1;
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The command line. One table describes every flag (its environment variable, default and help),
+//! and both parsing and `--help` are driven from it, so they cannot disagree. A flag wins over
+//! its environment variable, which wins over the default.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{EXIT_CODES, Error};
+use crate::identity::Selector;
+use crate::log;
+use crate::output::Format;
+
+/// One flag: its names, environment variable, value name (None for a switch), default and help.
+pub struct Flag {
+    pub long: &'static str,
+    pub short: Option<char>,
+    pub env: &'static str,
+    pub value: Option<&'static str>,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+const fn flag(
+    long: &'static str,
+    env: &'static str,
+    value: Option<&'static str>,
+    default: Option<&'static str>,
+    help: &'static str,
+) -> Flag {
+    Flag {
+        long,
+        short: None,
+        env,
+        value,
+        default,
+        help,
+    }
+}
+
+/// Every flag `fetch` takes.
+pub const FLAGS: &[Flag] = &[
+    flag(
+        "vault",
+        "KVFETCH_VAULT",
+        Some("NAME|URL"),
+        None,
+        "Key Vault name (NAME.vault.azure.net) or URL; https only (http for loopback emulators)",
+    ),
+    flag(
+        "secret",
+        "KVFETCH_SECRETS",
+        Some("SPEC"),
+        None,
+        "[ALIAS=]NAME[/VERSION] or [ALIAS=]https://HOST/secrets/NAME[/VERSION]; repeatable (env: separated by commas, spaces or newlines)",
+    ),
+    flag(
+        "dir",
+        "KVFETCH_DIR",
+        Some("DIR"),
+        None,
+        "write one file per secret here, named by alias or name (created with mode 0700 if missing)",
+    ),
+    flag(
+        "env-file",
+        "KVFETCH_ENV_FILE",
+        Some("FILE"),
+        None,
+        "write all secrets to this env file",
+    ),
+    flag(
+        "env-format",
+        "KVFETCH_ENV_FORMAT",
+        Some("FORMAT"),
+        Some("dotenv"),
+        "env file format: dotenv, shell, docker or json",
+    ),
+    flag(
+        "file-mode",
+        "KVFETCH_FILE_MODE",
+        Some("MODE"),
+        Some("0400"),
+        "octal mode of the files kvfetch writes",
+    ),
+    flag(
+        "owner",
+        "KVFETCH_OWNER",
+        Some("UID[:GID]"),
+        None,
+        "numeric owner of the files kvfetch writes (needs root or CAP_CHOWN)",
+    ),
+    flag(
+        "require-tmpfs",
+        "KVFETCH_REQUIRE_TMPFS",
+        None,
+        None,
+        "fail (exit 6) instead of warning when --dir is not on tmpfs/ramfs",
+    ),
+    flag(
+        "client-id",
+        "AZURE_CLIENT_ID",
+        Some("ID"),
+        None,
+        "use the user-assigned identity with this client id",
+    ),
+    flag(
+        "object-id",
+        "KVFETCH_OBJECT_ID",
+        Some("ID"),
+        None,
+        "use the user-assigned identity with this object (principal) id",
+    ),
+    flag(
+        "resource-id",
+        "KVFETCH_RESOURCE_ID",
+        Some("ARM_ID"),
+        None,
+        "use the user-assigned identity with this ARM resource id",
+    ),
+    flag(
+        "resource",
+        "KVFETCH_RESOURCE",
+        Some("URL"),
+        None,
+        "token audience; default follows the vault's DNS suffix (vault.azure.net, vault.azure.cn, vault.usgovcloudapi.net, vault.microsoftazure.de); required for any other host",
+    ),
+    flag(
+        "ca-file",
+        "KVFETCH_CA_FILE",
+        Some("PEM"),
+        None,
+        "extra trusted root certificates for Key Vault TLS, on top of the bundled Mozilla roots",
+    ),
+    flag(
+        "api-version",
+        "KVFETCH_API_VERSION",
+        Some("VERSION"),
+        Some("7.5"),
+        "Key Vault REST api-version",
+    ),
+    flag(
+        "concurrency",
+        "KVFETCH_CONCURRENCY",
+        Some("N"),
+        Some("8"),
+        "secrets fetched in parallel",
+    ),
+    flag(
+        "timeout",
+        "KVFETCH_TIMEOUT",
+        Some("DURATION"),
+        Some("2m"),
+        "deadline for the whole run, retries included (e.g. 30s, 2m, 1h)",
+    ),
+    flag(
+        "backoff-base",
+        "KVFETCH_BACKOFF_BASE",
+        Some("DURATION"),
+        Some("1s"),
+        "first retry delay; later ones double (IMDS 410 is retried for 70 x this)",
+    ),
+    flag(
+        "access-retry",
+        "KVFETCH_ACCESS_RETRY",
+        Some("DURATION"),
+        Some("30s"),
+        "how long to keep retrying 403 ForbiddenByRbac/AccessDenied while a role assignment propagates",
+    ),
+    flag(
+        "log-format",
+        "KVFETCH_LOG_FORMAT",
+        Some("FORMAT"),
+        Some("text"),
+        "log lines on stderr as text or json",
+    ),
+    Flag {
+        long: "quiet",
+        short: Some('q'),
+        env: "KVFETCH_QUIET",
+        value: None,
+        default: None,
+        help: "log errors only",
+    },
+    Flag {
+        long: "verbose",
+        short: Some('v'),
+        env: "KVFETCH_VERBOSE",
+        value: None,
+        default: None,
+        help: "log retries and details",
+    },
+];
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Fetch,
+    Help,
+    Version,
+}
+
+/// Parsed, validated options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub command: Command,
+    pub vault: Option<String>,
+    pub secrets: Vec<String>,
+    pub dir: Option<PathBuf>,
+    pub env_file: Option<PathBuf>,
+    pub env_format: Format,
+    pub file_mode: u32,
+    pub owner: Option<(u32, Option<u32>)>,
+    pub require_tmpfs: bool,
+    pub selector: Option<Selector>,
+    pub resource: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub api_version: String,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub backoff_base: Duration,
+    pub access_retry: Duration,
+    pub log: log::Logger,
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::Usage(format!("{}; see kvfetch --help", msg.into()))
+}
+
+/// Parse `args` (without the program name) with `env` as the environment.
+pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, Error> {
+    let (command, given) = scan(args)?;
+    let value = |f: &Flag| -> Option<String> {
+        given
+            .get(f.long)
+            .and_then(|v| v.last().cloned())
+            .or_else(|| env.get(f.env).filter(|v| !v.is_empty()).cloned())
+            .or(f.default.map(String::from))
+    };
+    let by = |long: &str| {
+        FLAGS
+            .iter()
+            .find(|f| f.long == long)
+            .expect("flag in table")
+    };
+    let get = |long: &str| value(by(long));
+    let switch = |long: &str| -> Result<bool, Error> {
+        if given.contains_key(long) {
+            return Ok(true);
+        }
+        let f = by(long);
+        match env.get(f.env).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("" | "0" | "false" | "no") => Ok(false),
+            Some("1" | "true" | "yes") => Ok(true),
+            Some(other) => Err(usage(format!("{}={other:?} must be true or false", f.env))),
+        }
+    };
+    let secrets = match given.get("secret") {
+        Some(list) => list.clone(),
+        None => env
+            .get("KVFETCH_SECRETS")
+            .map(|s| crate::spec::split_list(s))
+            .unwrap_or_default(),
+    };
+    let (quiet, verbose) = (switch("quiet")?, switch("verbose")?);
+    let log_format = match get("log-format").as_deref() {
+        Some("json") => log::Format::Json,
+        Some("text") => log::Format::Text,
+        other => {
+            return Err(usage(format!(
+                "--log-format {other:?} must be text or json"
+            )));
+        }
+    };
+    Ok(Options {
+        command,
+        vault: get("vault"),
+        secrets,
+        dir: get("dir").map(PathBuf::from),
+        env_file: get("env-file").map(PathBuf::from),
+        env_format: get("env-format")
+            .as_deref()
+            .and_then(Format::parse)
+            .ok_or_else(|| usage("--env-format must be dotenv, shell, docker or json"))?,
+        file_mode: parse_mode(&get("file-mode").unwrap_or_default())?,
+        owner: get("owner").map(|o| parse_owner(&o)).transpose()?,
+        require_tmpfs: switch("require-tmpfs")?,
+        selector: selector(get("client-id"), get("object-id"), get("resource-id"))?,
+        resource: get("resource"),
+        ca_file: get("ca-file").map(PathBuf::from),
+        api_version: get("api-version").unwrap_or_default(),
+        concurrency: parse_count(&get("concurrency").unwrap_or_default())?,
+        timeout: parse_duration("timeout", &get("timeout").unwrap_or_default())?,
+        backoff_base: parse_duration("backoff-base", &get("backoff-base").unwrap_or_default())?,
+        access_retry: parse_duration("access-retry", &get("access-retry").unwrap_or_default())?,
+        log: log::Logger {
+            format: log_format,
+            level: if quiet {
+                0
+            } else if verbose {
+                2
+            } else {
+                1
+            },
+        },
+    })
+}
+
+/// Split args into the command and the flags given (long name → values).
+fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>), Error> {
+    let mut given: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let mut command = None;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        match arg.as_str() {
+            "-h" | "--help" | "help" => return Ok((Command::Help, given)),
+            "-V" | "--version" => return Ok((Command::Version, given)),
+            "fetch" if command.is_none() => command = Some(Command::Fetch),
+            "watch" | "exec" if command.is_none() => {
+                return Err(Error::Usage(format!(
+                    "`kvfetch {arg}` is not available in this build yet; use `kvfetch fetch`"
+                )));
+            }
+            a if a.starts_with('-') => {
+                let (name, inline) = match a.split_once('=') {
+                    Some((n, v)) => (n, Some(v.to_string())),
+                    None => (a, None),
+                };
+                let f = lookup(name).ok_or_else(|| usage(format!("unknown option {name}")))?;
+                let v = match (f.value, inline) {
+                    (None, None) => String::new(),
+                    (None, Some(_)) => return Err(usage(format!("--{} takes no value", f.long))),
+                    (Some(_), Some(v)) => v,
+                    (Some(_), None) => {
+                        let v = args
+                            .get(i)
+                            .ok_or_else(|| usage(format!("--{} needs a value", f.long)))?;
+                        i += 1;
+                        v.clone()
+                    }
+                };
+                given.entry(f.long).or_default().push(v);
+            }
+            other => {
+                return Err(usage(format!(
+                    "unexpected argument {other:?} (commands: fetch)"
+                )));
+            }
+        }
+    }
+    Ok((command.unwrap_or(Command::Help), given))
+}
+
+fn lookup(name: &str) -> Option<&'static Flag> {
+    if let Some(long) = name.strip_prefix("--") {
+        return FLAGS.iter().find(|f| f.long == long);
+    }
+    let short = name.strip_prefix('-')?.chars().collect::<Vec<_>>();
+    FLAGS
+        .iter()
+        .find(|f| short.len() == 1 && f.short == Some(short[0]))
+}
+
+fn selector(
+    client: Option<String>,
+    object: Option<String>,
+    resource: Option<String>,
+) -> Result<Option<Selector>, Error> {
+    let mut chosen: Vec<Selector> = Vec::new();
+    chosen.extend(client.map(Selector::ClientId));
+    chosen.extend(object.map(Selector::ObjectId));
+    chosen.extend(resource.map(Selector::ResourceId));
+    if chosen.len() > 1 {
+        return Err(usage(
+            "give at most one of --client-id (AZURE_CLIENT_ID), --object-id and --resource-id",
+        ));
+    }
+    Ok(chosen.pop())
+}
+
+fn parse_mode(s: &str) -> Result<u32, Error> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| usage(format!("--file-mode {s:?} is not an octal mode like 0400")))
+}
+
+fn parse_owner(s: &str) -> Result<(u32, Option<u32>), Error> {
+    let bad = || usage(format!("--owner {s:?} must be numeric UID or UID:GID"));
+    let (uid, gid) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    Ok((
+        uid.parse().map_err(|_| bad())?,
+        gid.map(|g| g.parse().map_err(|_| bad())).transpose()?,
+    ))
+}
+
+fn parse_count(s: &str) -> Result<usize, Error> {
+    s.parse()
+        .ok()
+        .filter(|n| (1..=256).contains(n))
+        .ok_or_else(|| {
+            usage(format!(
+                "--concurrency {s:?} must be a number from 1 to 256"
+            ))
+        })
+}
+
+fn parse_duration(name: &str, s: &str) -> Result<Duration, Error> {
+    humantime::parse_duration(s).map_err(|_| {
+        usage(format!(
+            "--{name} {s:?} is not a duration like 30s, 2m or 1h"
+        ))
+    })
+}
+
+/// The `--help` text, generated from [`FLAGS`].
+pub fn help() -> String {
+    let mut out = String::from(
+        "kvfetch: read Azure Key Vault secrets with a managed identity.\n\n\
+         Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
+         `fetch` gets one token, fetches every secret in parallel, and writes all outputs or none.\n\n\
+         Options (each also read from the environment variable shown; a flag wins over its variable):\n",
+    );
+    for f in FLAGS {
+        let short = f.short.map(|c| format!("-{c}, ")).unwrap_or_default();
+        let value = f.value.map(|v| format!(" {v}")).unwrap_or_default();
+        out.push_str(&format!(
+            "  {short}--{}{value}\n      {}\n      [env: {}]",
+            f.long, f.help, f.env
+        ));
+        if let Some(d) = f.default {
+            out.push_str(&format!(" [default: {d}]"));
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "  -h, --help     show this help\n  -V, --version  show the version\n\n\
+         Identity endpoint (environment only):\n\
+         \x20 AZURE_POD_IDENTITY_AUTHORITY_HOST  base URL replacing IMDS (http://169.254.169.254), as in the Azure SDKs\n\
+         \x20 IDENTITY_ENDPOINT + IDENTITY_HEADER  App Service / Container Apps identity endpoint (used when both are set)\n\
+         \x20 HTTPS_PROXY, NO_PROXY               honoured for Key Vault; identity endpoints never use a proxy\n\n\
+         Exit codes:\n",
+    );
+    out.push_str(EXIT_CODES);
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with(args: &[&str], env: &[(&str, &str)]) -> Result<Options, Error> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&args, &env)
+    }
+
+    #[test]
+    fn flags_env_and_defaults() {
+        let o = parse_with(
+            &["fetch", "--secret", "a", "--secret=b", "-q"],
+            &[
+                ("KVFETCH_VAULT", "v1"),
+                ("KVFETCH_SECRETS", "x,y"),
+                ("KVFETCH_TIMEOUT", "5s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (o.vault.as_deref(), o.secrets.clone()),
+            (Some("v1"), vec!["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            (o.timeout, o.file_mode, o.concurrency, o.log.level),
+            (Duration::from_secs(5), 0o400, 8, 0)
+        );
+        let o = parse_with(
+            &["fetch", "--vault", "v2", "--file-mode", "0640"],
+            &[("KVFETCH_VAULT", "v1"), ("KVFETCH_SECRETS", "x y\nz")],
+        )
+        .unwrap();
+        assert_eq!(
+            (o.vault.as_deref(), o.secrets.len(), o.file_mode),
+            (Some("v2"), 3, 0o640)
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["fetch", "--nope"][..],
+            &["fetch", "--timeout", "soon"],
+            &["fetch", "--client-id", "a", "--object-id", "b"],
+            &["fetch", "--owner", "root"],
+            &["fetch", "--concurrency", "0"],
+            &["fetch", "--vault"],
+        ] {
+            assert!(
+                matches!(parse_with(args, &[]), Err(Error::Usage(_))),
+                "{args:?}"
+            );
+        }
+        assert!(parse_with(&["fetch", "--object-id", "b"], &[("AZURE_CLIENT_ID", "a")]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_flag_with_env_and_default() {
+        let h = help();
+        for f in FLAGS {
+            assert!(
+                h.contains(&format!("--{}", f.long)) && h.contains(f.env),
+                "{}",
+                f.long
+            );
+            if let Some(d) = f.default {
+                assert!(h.contains(&format!("[default: {d}]")));
+            }
+        }
+        assert!(h.contains("7  gave up on Key Vault"));
+    }
+}

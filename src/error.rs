@@ -1,0 +1,82 @@
+//! The one error type, and the one place that maps failures to exit codes.
+//!
+//! Every variant carries a complete, one-line message built where the failure happened: what
+//! failed, for which secret, identity or vault, and what to do. Exit codes are part of kvfetch's
+//! interface (documented in the README and `--help`) and never change meaning.
+
+/// Everything that can end a kvfetch run early.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Bad flags, environment or configuration.
+    #[error("{0}")]
+    Usage(String),
+    /// No managed-identity token: no endpoint, identity not found, or gave up waiting.
+    #[error("{0}")]
+    NoToken(String),
+    /// Key Vault refused the identity (401 after a fresh token, 403).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// The secret does not exist or is disabled.
+    #[error("{0}")]
+    NotFound(String),
+    /// An output could not be written (or cannot carry a value).
+    #[error("{0}")]
+    Output(String),
+    /// Key Vault stayed throttled, failing or unreachable until `--timeout`.
+    #[error("{0}")]
+    VaultUnavailable(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Process exit codes, stable across releases.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const OTHER: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NO_TOKEN: u8 = 3;
+    pub const ACCESS_DENIED: u8 = 4;
+    pub const NOT_FOUND: u8 = 5;
+    pub const OUTPUT: u8 = 6;
+    pub const VAULT_UNAVAILABLE: u8 = 7;
+}
+
+impl Error {
+    /// The exit code this error ends the process with.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::NoToken(_) => exit::NO_TOKEN,
+            Error::AccessDenied(_) => exit::ACCESS_DENIED,
+            Error::NotFound(_) => exit::NOT_FOUND,
+            Error::Output(_) => exit::OUTPUT,
+            Error::VaultUnavailable(_) => exit::VAULT_UNAVAILABLE,
+            Error::Other(_) => exit::OTHER,
+        }
+    }
+
+    /// A short name of the kind, for JSON logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::NoToken(_) => "no_token",
+            Error::AccessDenied(_) => "access_denied",
+            Error::NotFound(_) => "not_found",
+            Error::Output(_) => "output",
+            Error::VaultUnavailable(_) => "vault_unavailable",
+            Error::Other(_) => "other",
+        }
+    }
+}
+
+/// The exit-code table as `--help` and the README show it.
+pub const EXIT_CODES: &str = "\
+  0  success
+  1  unexpected error
+  2  usage or configuration error
+  3  no managed-identity token (no endpoint, identity not found, gave up on the endpoint)
+  4  access denied by Key Vault (401 after a fresh token, 403)
+  5  secret not found or disabled
+  6  output could not be written (or a value the env format cannot carry)
+  7  gave up on Key Vault at --timeout (429/5xx/unreachable)";

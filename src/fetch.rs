@@ -1,0 +1,221 @@
+//! `kvfetch fetch`: the init step. Plan (validate everything that needs no network), get one
+//! token per audience, fetch every secret in parallel, then write all outputs or none.
+//!
+//! `watch` and `exec` will reuse [`plan`], [`fetch_all`] and [`write_outputs`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::cli::Options;
+use crate::error::Error;
+use crate::identity::{Identity, Source, Tokens};
+use crate::keyvault::{Client, Fetched};
+use crate::output::{self, FileOptions};
+use crate::retry::{Deadline, human};
+use crate::spec::{self, SecretSpec};
+use crate::{http, log};
+
+/// Everything decided before the first request.
+pub struct Plan {
+    pub specs: Vec<SecretSpec>,
+    pub files: FileOptions,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Validate options into a plan: vaults, specs, names, outputs, CA file.
+pub fn plan(opts: &Options) -> Result<Plan, Error> {
+    if opts.dir.is_none() && opts.env_file.is_none() {
+        return Err(Error::Usage(
+            "no output: give --dir DIR (KVFETCH_DIR) and/or --env-file FILE (KVFETCH_ENV_FILE)"
+                .into(),
+        ));
+    }
+    if opts.secrets.is_empty() {
+        return Err(Error::Usage(
+            "no secrets: give --secret NAME (repeatable) or KVFETCH_SECRETS".into(),
+        ));
+    }
+    let resource = opts.resource.as_deref();
+    let vault = opts
+        .vault
+        .as_deref()
+        .map(|v| spec::parse_vault(v, resource))
+        .transpose()?;
+    let specs = opts
+        .secrets
+        .iter()
+        .map(|s| spec::parse_spec(s, vault.as_ref(), resource))
+        .collect::<Result<Vec<_>, _>>()?;
+    spec::check_names(&specs, opts.dir.is_some(), opts.env_file.is_some())?;
+    let ca_pem = opts
+        .ca_file
+        .as_ref()
+        .map(|p| {
+            std::fs::read(p)
+                .map_err(|e| Error::Usage(format!("cannot read --ca-file {}: {e}", p.display())))
+        })
+        .transpose()?;
+    Ok(Plan {
+        specs,
+        files: FileOptions {
+            mode: opts.file_mode,
+            owner: opts.owner,
+        },
+        ca_pem,
+    })
+}
+
+/// Run `fetch`.
+pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
+    let plan = plan(opts)?;
+    if let Some(dir) = &opts.dir {
+        check_tmpfs(dir, opts.require_tmpfs)?;
+    }
+    let deadline = Deadline::after(opts.timeout);
+    let identity = Identity::new(
+        Source::from_env(env)?,
+        opts.selector.clone(),
+        opts.backoff_base,
+        env,
+    );
+    let tokens = Tokens::new(identity);
+    let agent = http::vault_agent(plan.ca_pem.as_deref(), opts.concurrency)?;
+    let client = Client::new(
+        agent,
+        &opts.api_version,
+        opts.backoff_base,
+        opts.access_retry,
+    );
+    let values = fetch_all(&plan.specs, &client, &tokens, &deadline, opts.concurrency)?;
+    write_outputs(opts, &plan, &values)?;
+    log::info(
+        "fetched and wrote secrets",
+        &[
+            ("count", &plan.specs.len().to_string()),
+            ("elapsed", &human(deadline.elapsed())),
+        ],
+    );
+    Ok(())
+}
+
+/// Fetch every spec (each distinct secret once), in parallel; all or an error.
+pub fn fetch_all(
+    specs: &[SecretSpec],
+    client: &Client,
+    tokens: &Tokens,
+    deadline: &Deadline,
+    concurrency: usize,
+) -> Result<Vec<Fetched>, Error> {
+    // One token request per audience, before any fan-out.
+    for spec in specs {
+        tokens.get(&spec.vault.resource, deadline)?;
+    }
+    let key = |s: &SecretSpec| {
+        (
+            s.vault.url.clone(),
+            s.name.to_ascii_lowercase(),
+            s.version.clone(),
+        )
+    };
+    let mut unique: Vec<&SecretSpec> = Vec::new();
+    let mut index: HashMap<_, usize> = HashMap::new();
+    for s in specs {
+        index.entry(key(s)).or_insert_with(|| {
+            unique.push(s);
+            unique.len() - 1
+        });
+    }
+    let results: Vec<Mutex<Option<Result<Fetched, Error>>>> =
+        unique.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency.min(unique.len()) {
+            scope.spawn(|| {
+                while let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    let i = index[&key(spec)];
+                    let r = client.fetch(spec, tokens, deadline);
+                    if let Ok(f) = &r {
+                        log::debug(
+                            "fetched",
+                            &[
+                                ("secret", &spec.name),
+                                ("vault", &spec.vault.url),
+                                ("version", &f.version),
+                            ],
+                        );
+                    }
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    let mut fetched = Vec::with_capacity(specs.len());
+    let mut errors = Vec::new();
+    for s in specs {
+        let slot = results[index[&key(s)]]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref().expect("every secret was attempted") {
+            Ok(f) => fetched.push(f.clone()),
+            Err(e) => errors.push(e.clone()),
+        }
+    }
+    report(errors)?;
+    Ok(fetched)
+}
+
+/// Log every failure but the first, and return the first (its exit code wins).
+fn report(mut errors: Vec<Error>) -> Result<(), Error> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let first = errors.remove(0);
+    for e in &errors {
+        log::error(&e.to_string(), &[("kind", e.kind())]);
+    }
+    Err(first)
+}
+
+/// Write every output, or none.
+pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<(), Error> {
+    let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    if let Some(dir) = &opts.dir {
+        output::files::ensure_dir(dir, plan.files)?;
+        for (spec, f) in plan.specs.iter().zip(values) {
+            items.push((dir.join(spec.file_name()), f.value.as_bytes().to_vec()));
+        }
+    }
+    if let Some(file) = &opts.env_file {
+        let entries: Vec<(String, String)> = plan
+            .specs
+            .iter()
+            .zip(values)
+            .map(|(s, f)| (s.env_name(), f.value.clone()))
+            .collect();
+        let text = output::envfile::render(opts.env_format, &entries)?;
+        items.push((file.clone(), text.into_bytes()));
+    }
+    output::files::write_all(&items, plan.files)
+}
+
+/// Warn (or fail with `--require-tmpfs`) when `dir` would land on disk.
+fn check_tmpfs(dir: &Path, require: bool) -> Result<(), Error> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if output::files::on_memory_fs(existing) != Some(false) {
+        return Ok(());
+    }
+    let msg = format!(
+        "--dir {} is not on tmpfs or ramfs, so secrets would rest on disk; mount a memory volume there (Kubernetes emptyDir medium: Memory, ACI secret/emptyDir volume, docker --tmpfs)",
+        dir.display()
+    );
+    if require {
+        return Err(Error::Output(msg));
+    }
+    log::warn(&msg, &[]);
+    Ok(())
+}

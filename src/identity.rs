@@ -1,0 +1,517 @@
+//! Managed-identity tokens: which endpoint to ask (IMDS or the App Service / Container Apps
+//! endpoint), how to ask it politely (backoff, 410 for 70 s, fail fast on "identity not found"),
+//! and a cache so a run makes one token request per audience, not one per secret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use ureq::Agent;
+
+use crate::error::Error;
+use crate::http;
+use crate::log;
+use crate::retry::{Backoff, Deadline, human};
+
+const IMDS_BASE: &str = "http://169.254.169.254";
+const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
+
+/// Which user-assigned identity to use (none: system-assigned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    ClientId(String),
+    ObjectId(String),
+    ResourceId(String),
+}
+
+impl Selector {
+    fn describe(sel: Option<&Selector>) -> String {
+        match sel {
+            None => "the system-assigned identity".into(),
+            Some(Selector::ClientId(v)) => format!("the user-assigned identity with client id {v}"),
+            Some(Selector::ObjectId(v)) => format!("the user-assigned identity with object id {v}"),
+            Some(Selector::ResourceId(v)) => format!("the user-assigned identity {v}"),
+        }
+    }
+}
+
+/// Where tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// IMDS (VMs, ACI, AKS nodes) at this base URL.
+    Imds { base: String },
+    /// App Service / Functions / Container Apps (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`).
+    AppService {
+        endpoint: String,
+        header_env: String,
+    },
+}
+
+impl Source {
+    /// Pick the source from the environment, in the Azure SDKs' order.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Source, Error> {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        if get("IDENTITY_ENDPOINT").is_some() && get("IDENTITY_SERVER_THUMBPRINT").is_some() {
+            return Err(Error::Usage("Service Fabric managed identity (IDENTITY_SERVER_THUMBPRINT) is not supported by kvfetch".into()));
+        }
+        if let (Some(endpoint), Some(_)) = (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
+            check_endpoint(endpoint, "IDENTITY_ENDPOINT")?;
+            return Ok(Source::AppService {
+                endpoint: endpoint.clone(),
+                header_env: "IDENTITY_HEADER".into(),
+            });
+        }
+        if get("IDENTITY_ENDPOINT").is_some() && get("IMDS_ENDPOINT").is_some() {
+            return Err(Error::Usage("Azure Arc managed identity (IDENTITY_ENDPOINT + IMDS_ENDPOINT) is not supported by kvfetch".into()));
+        }
+        if get("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+            log::warn(
+                "AZURE_FEDERATED_TOKEN_FILE is set but workload identity is not supported yet; using IMDS",
+                &[],
+            );
+        }
+        let base = match get("AZURE_POD_IDENTITY_AUTHORITY_HOST") {
+            Some(b) => {
+                check_endpoint(b, "AZURE_POD_IDENTITY_AUTHORITY_HOST")?;
+                b.trim_end_matches('/').to_string()
+            }
+            None => IMDS_BASE.to_string(),
+        };
+        Ok(Source::Imds { base })
+    }
+
+    fn url(&self, resource: &str, selector: Option<&Selector>) -> String {
+        let enc = crate::encoding::percent_encode;
+        let (base, version, names) = match self {
+            Source::Imds { base } => (
+                format!("{base}{IMDS_PATH}"),
+                "2018-02-01",
+                ["client_id", "object_id", "msi_res_id"],
+            ),
+            Source::AppService { endpoint, .. } => (
+                endpoint.clone(),
+                "2019-08-01",
+                ["client_id", "principal_id", "mi_res_id"],
+            ),
+        };
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let mut url = format!(
+            "{base}{sep}api-version={version}&resource={}",
+            enc(resource)
+        );
+        match selector {
+            Some(Selector::ClientId(v)) => url.push_str(&format!("&{}={}", names[0], enc(v))),
+            Some(Selector::ObjectId(v)) => url.push_str(&format!("&{}={}", names[1], enc(v))),
+            Some(Selector::ResourceId(v)) => url.push_str(&format!("&{}={}", names[2], enc(v))),
+            None => {}
+        }
+        url
+    }
+
+    /// The endpoint for messages (no query).
+    pub fn endpoint(&self) -> String {
+        match self {
+            Source::Imds { base } => format!("{base}{IMDS_PATH}"),
+            Source::AppService { endpoint, .. } => endpoint.clone(),
+        }
+    }
+}
+
+fn check_endpoint(url: &str, var: &str) -> Result<(), Error> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!("{var}={url:?} is not an http(s) URL")))
+    }
+}
+
+/// An access token. Its `Debug` never shows the token itself.
+#[derive(Clone)]
+pub struct Token {
+    access: String,
+    /// Unix seconds at which the token expires.
+    pub expires_on: u64,
+    /// The identity's object id (`oid` claim), for messages.
+    pub object_id: Option<String>,
+    /// The identity's client id (`appid` claim), for messages.
+    pub client_id: Option<String>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("expires_on", &self.expires_on)
+            .field("object_id", &self.object_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// The `Authorization` header value.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.access)
+    }
+
+    /// Whether this is the same token as `other`.
+    pub fn same_as(&self, other: &Token) -> bool {
+        self.access == other.access
+    }
+
+    /// Still usable: more than five minutes before `expires_on` (or half the remaining life
+    /// for very short-lived tokens).
+    pub fn fresh(&self, issued: u64) -> bool {
+        let margin = 300.min(self.expires_on.saturating_sub(issued) / 2);
+        now() + margin < self.expires_on
+    }
+
+    /// "object id X" or "client id Y", for messages.
+    pub fn who(&self) -> String {
+        match (&self.object_id, &self.client_id) {
+            (Some(oid), _) => format!("object id {oid}"),
+            (None, Some(cid)) => format!("client id {cid}"),
+            _ => "unknown object id".into(),
+        }
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Asks one identity endpoint for tokens.
+pub struct Identity {
+    agent: Agent,
+    pub source: Source,
+    pub selector: Option<Selector>,
+    backoff: Backoff,
+    header: Option<String>,
+}
+
+impl Identity {
+    pub fn new(
+        source: Source,
+        selector: Option<Selector>,
+        backoff_base: Duration,
+        env: &HashMap<String, String>,
+    ) -> Identity {
+        let header = match &source {
+            Source::AppService { header_env, .. } => env.get(header_env).cloned(),
+            Source::Imds { .. } => None,
+        };
+        Identity {
+            agent: http::identity_agent(),
+            source,
+            selector,
+            backoff: Backoff {
+                base: backoff_base,
+                cap_factor: 30,
+            },
+            header,
+        }
+    }
+
+    /// "the system-assigned identity via IMDS at URL", for messages.
+    pub fn describe(&self) -> String {
+        let via = match self.source {
+            Source::Imds { .. } => "IMDS",
+            Source::AppService { .. } => "the App Service / Container Apps identity endpoint",
+        };
+        format!(
+            "{} via {via} at {}",
+            Selector::describe(self.selector.as_ref()),
+            self.source.endpoint()
+        )
+    }
+
+    /// Get a token for `resource`, retrying as Microsoft documents, within `deadline`.
+    pub fn request(&self, resource: &str, deadline: &Deadline) -> Result<Token, Error> {
+        let url = self.source.url(resource, self.selector.as_ref());
+        let mut headers: Vec<(&str, &str)> = vec![("Metadata", "true")];
+        if let Some(h) = &self.header {
+            headers.push(("X-IDENTITY-HEADER", h));
+        }
+        let started = Instant::now();
+        let mut first_410: Option<Instant> = None;
+        let mut attempt = 0u32;
+        loop {
+            // 410 means "back within 70 s": keep trying at least that long, even past --timeout.
+            let limit =
+                first_410.map_or(deadline.at, |t| deadline.at.max(t + self.backoff.base * 70));
+            let timeout = limit
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(20));
+            let problem = match http::get(&self.agent, &url, &headers, timeout) {
+                Ok(reply) if reply.status == 200 => {
+                    return parse_token(&reply.body, &self.describe());
+                }
+                Ok(reply) => self.classify(reply.status, &reply.body, resource)?,
+                Err(e) => e,
+            };
+            if problem.starts_with("HTTP 410") {
+                first_410.get_or_insert_with(Instant::now);
+            }
+            let limit =
+                first_410.map_or(deadline.at, |t| deadline.at.max(t + self.backoff.base * 70));
+            let delay = self.backoff.delay(attempt);
+            attempt += 1;
+            log::debug(
+                "identity endpoint not ready; retrying",
+                &[("endpoint", &self.source.endpoint()), ("problem", &problem)],
+            );
+            if Instant::now() + delay >= limit {
+                return Err(Error::NoToken(format!(
+                    "gave up on the identity endpoint {} after {} ({attempt} attempts; last: {problem}) asking for {}; \
+                     check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly",
+                    self.source.endpoint(),
+                    human(started.elapsed()),
+                    Selector::describe(self.selector.as_ref()),
+                )));
+            }
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// A non-200 answer: `Ok(text)` when worth retrying, `Err` when final.
+    fn classify(&self, status: u16, body: &str, resource: &str) -> Result<String, Error> {
+        let detail = error_detail(body);
+        if matches!(status, 404 | 408 | 410 | 429) || status >= 500 {
+            return Ok(format!("HTTP {status} {detail}"));
+        }
+        if detail.to_ascii_lowercase().contains("identity not found")
+            || (status == 400 && detail.to_ascii_lowercase().contains("not found"))
+        {
+            let fix = match &self.selector {
+                None => {
+                    "assign a system-assigned identity (e.g. az container create … --assign-identity, az vm identity assign) or select a user-assigned one with --client-id/--object-id/--resource-id"
+                }
+                Some(_) => {
+                    "check the id, and that this identity is assigned to the container group / VM (az container create … --assign-identity RESOURCE_ID)"
+                }
+            };
+            return Err(Error::NoToken(format!(
+                "no managed identity found: {} answered HTTP {status} \"{detail}\" for {}; {fix}",
+                self.source.endpoint(),
+                Selector::describe(self.selector.as_ref())
+            )));
+        }
+        Err(Error::NoToken(format!(
+            "the identity endpoint {} refused a token for resource {resource} ({}): HTTP {status} \"{detail}\"",
+            self.source.endpoint(),
+            Selector::describe(self.selector.as_ref())
+        )))
+    }
+}
+
+/// The human part of an IMDS / App Service error body (which is not always JSON).
+fn error_detail(body: &str) -> String {
+    let text = match serde_json::from_str::<Value>(body) {
+        Ok(v) => ["error_description", "message", "error"]
+            .iter()
+            .find_map(|k| v.get(k).and_then(Value::as_str).map(String::from))
+            .unwrap_or_else(|| body.to_string()),
+        Err(_) => body.to_string(),
+    };
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.chars().take(200).collect()
+}
+
+/// Parse a token answer: numbers may be strings, `expires_on` may be epoch or a date string.
+pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
+    let bad = |why: &str| {
+        Error::NoToken(format!(
+            "the identity endpoint for {who} sent an unusable token answer: {why}"
+        ))
+    };
+    let v: Value = serde_json::from_str(body).map_err(|_| bad("not JSON"))?;
+    let access = v
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("no access_token"))?;
+    let claims = jwt_claims(access);
+    let claim = |k: &str| {
+        claims
+            .as_ref()
+            .and_then(|c| c.get(k))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let expires_on = v
+        .get("expires_on")
+        .and_then(number_or_date)
+        .or_else(|| v.get("expires_in").and_then(number).map(|n| now() + n))
+        .or_else(|| claims.as_ref().and_then(|c| c.get("exp")).and_then(number))
+        .ok_or_else(|| bad("no usable expires_on or expires_in"))?;
+    Ok(Token {
+        access: access.to_string(),
+        expires_on,
+        object_id: claim("oid"),
+        client_id: claim("appid").or_else(|| claim("azp")),
+    })
+}
+
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn number_or_date(v: &Value) -> Option<u64> {
+    number(v).or_else(|| v.as_str().and_then(parse_date))
+}
+
+/// `MM/DD/YYYY HH:MM:SS [AM|PM] +HH:MM` (the legacy App Service form) → Unix seconds.
+fn parse_date(s: &str) -> Option<u64> {
+    let mut parts = s.split_whitespace();
+    let date: Vec<i64> = parts
+        .next()?
+        .split('/')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let time: Vec<i64> = parts
+        .next()?
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let (mut hour, rest): (i64, Vec<&str>) = (time[0], parts.collect());
+    if rest.first() == Some(&"PM") && hour < 12 {
+        hour += 12;
+    }
+    let offset = rest
+        .last()
+        .filter(|o| o.starts_with(['+', '-']))
+        .map_or(0, |o| {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (h, m) = o[1..].split_once(':').unwrap_or((&o[1..], "0"));
+            sign * (h.parse::<i64>().unwrap_or(0) * 3600 + m.parse::<i64>().unwrap_or(0) * 60)
+        });
+    let (y, mo, d) = (*date.get(2)?, *date.first()?, *date.get(1)?);
+    let days = days_from_civil(y, mo, d);
+    u64::try_from(
+        days * 86400 + hour * 3600 + time.get(1)? * 60 + time.get(2).copied().unwrap_or(0) - offset,
+    )
+    .ok()
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The claims of a JWT-shaped token (no signature check: only for naming the identity).
+fn jwt_claims(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&crate::encoding::base64url_decode(payload)?).ok()
+}
+
+/// The run's tokens, one request per audience, shared by the parallel fetchers.
+pub struct Tokens {
+    pub identity: Identity,
+    cache: Mutex<HashMap<String, (Arc<Token>, u64)>>,
+}
+
+impl Tokens {
+    pub fn new(identity: Identity) -> Tokens {
+        Tokens {
+            identity,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh token for `resource`, from the cache when it is still fresh.
+    pub fn get(&self, resource: &str, deadline: &Deadline) -> Result<Arc<Token>, Error> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, issued)) = cache.get(resource).filter(|(t, issued)| t.fresh(*issued)) {
+            let _ = issued;
+            return Ok(t.clone());
+        }
+        let token = Arc::new(self.identity.request(resource, deadline)?);
+        log::debug(
+            "got a token",
+            &[("resource", resource), ("identity", &token.who())],
+        );
+        cache.insert(resource.to_string(), (token.clone(), now()));
+        Ok(token)
+    }
+
+    /// Replace `stale` (rejected by the vault) with a new token, unless another fetcher already did.
+    pub fn refresh(
+        &self,
+        resource: &str,
+        stale: &Token,
+        deadline: &Deadline,
+    ) -> Result<Arc<Token>, Error> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, _)) = cache.get(resource).filter(|(t, _)| !t.same_as(stale)) {
+            return Ok(t.clone());
+        }
+        let token = Arc::new(self.identity.request(resource, deadline)?);
+        cache.insert(resource.to_string(), (token.clone(), now()));
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_answers_with_string_numbers_and_dates() {
+        let t = parse_token(r#"{"access_token":"a.eyJvaWQiOiJ4In0.c","expires_on":"1506484173","expires_in":"3599"}"#, "x").unwrap();
+        assert_eq!(
+            (t.expires_on, t.object_id.as_deref()),
+            (1_506_484_173, Some("x"))
+        );
+        let t = parse_token(r#"{"access_token":"abc","expires_on":1506484173}"#, "x").unwrap();
+        assert_eq!(t.expires_on, 1_506_484_173);
+        let t = parse_token(
+            r#"{"access_token":"abc","expires_on":"05/22/2021 17:14:33 +00:00"}"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(t.expires_on, 1_621_703_673);
+        let t = parse_token(
+            r#"{"access_token":"abc","expires_on":"09/14/2017 00:00:00 PM +00:00"}"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(t.expires_on, 1_505_390_400);
+        let t = parse_token(r#"{"access_token":"abc","expires_in":"60"}"#, "x").unwrap();
+        assert!(t.expires_on >= now() + 59);
+        assert!(parse_token(r#"{"access_token":""}"#, "x").is_err());
+        assert!(!format!("{t:?}").contains("abc"));
+    }
+
+    #[test]
+    fn urls_per_source() {
+        let imds = Source::Imds {
+            base: "http://h".into(),
+        };
+        assert_eq!(
+            imds.url(
+                "https://vault.azure.net",
+                Some(&Selector::ResourceId("/a b".into()))
+            ),
+            "http://h/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&msi_res_id=%2Fa%20b"
+        );
+        let app = Source::AppService {
+            endpoint: "http://l/msi/token".into(),
+            header_env: "IDENTITY_HEADER".into(),
+        };
+        assert!(
+            app.url("r", Some(&Selector::ObjectId("o".into())))
+                .ends_with("?api-version=2019-08-01&resource=r&principal_id=o")
+        );
+    }
+}

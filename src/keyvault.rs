@@ -1,0 +1,282 @@
+//! The Key Vault secrets client: one GET per secret, with Microsoft's retry rules and an error
+//! message for each way a vault says no.
+//!
+//! 429 honours `Retry-After` (else backoff), 5xx and transport failures are retried until the
+//! run's deadline, 401 gets one retry with a fresh token, 403 is final except for a few slow
+//! retries while a new role assignment propagates, 404 is final. Redirects are refused.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use ureq::Agent;
+
+use crate::error::Error;
+use crate::http::{self, Reply};
+use crate::identity::{Token, Tokens};
+use crate::retry::{Backoff, Deadline, human};
+use crate::spec::SecretSpec;
+
+/// A fetched secret. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub value: String,
+    /// The version id (last segment of the bundle's `id`).
+    pub version: String,
+    pub content_type: Option<String>,
+    /// The `exp` attribute (Unix seconds), if set.
+    pub expires: Option<u64>,
+}
+
+impl fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fetched")
+            .field("version", &self.version)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How the client behaves.
+pub struct Client {
+    agent: Agent,
+    api_version: String,
+    backoff: Backoff,
+    access_retry: Duration,
+}
+
+/// What the loop does after one answer.
+enum Next {
+    Done(Fetched),
+    /// Retry after this delay (None: backoff), noting the problem.
+    Retry(Option<Duration>, String),
+    RefreshToken,
+}
+
+impl Client {
+    pub fn new(
+        agent: Agent,
+        api_version: &str,
+        backoff_base: Duration,
+        access_retry: Duration,
+    ) -> Client {
+        Client {
+            agent,
+            api_version: api_version.to_string(),
+            backoff: Backoff {
+                base: backoff_base,
+                cap_factor: 16,
+            },
+            access_retry,
+        }
+    }
+
+    fn url(&self, spec: &SecretSpec) -> String {
+        let version = spec
+            .version
+            .as_deref()
+            .map(|v| format!("/{v}"))
+            .unwrap_or_default();
+        format!(
+            "{}/secrets/{}{version}?api-version={}",
+            spec.vault.url, spec.name, self.api_version
+        )
+    }
+
+    /// Fetch one secret, retrying within `deadline`.
+    pub fn fetch(
+        &self,
+        spec: &SecretSpec,
+        tokens: &Tokens,
+        deadline: &Deadline,
+    ) -> Result<Fetched, Error> {
+        let url = self.url(spec);
+        let resource = &spec.vault.resource;
+        let mut token = tokens.get(resource, deadline)?;
+        let (mut refreshed, mut attempt) = (false, 0u32);
+        let mut first_403: Option<Instant> = None;
+        let started = Instant::now();
+        loop {
+            let timeout = deadline.remaining().min(Duration::from_secs(30));
+            let bearer = token.bearer();
+            let headers = [
+                ("Authorization", bearer.as_str()),
+                ("Accept", "application/json"),
+            ];
+            let next = match http::get(&self.agent, &url, &headers, timeout) {
+                Err(e) => Next::Retry(None, e),
+                Ok(reply) => self.judge(spec, reply, &token, refreshed, &mut first_403)?,
+            };
+            let (delay, problem) = match next {
+                Next::Done(f) => return Ok(f),
+                Next::RefreshToken => {
+                    token = tokens.refresh(resource, &token, deadline)?;
+                    refreshed = true;
+                    continue;
+                }
+                Next::Retry(delay, problem) => (
+                    delay.unwrap_or_else(|| self.backoff.delay(attempt)),
+                    problem,
+                ),
+            };
+            attempt += 1;
+            crate::log::debug(
+                "retrying",
+                &[
+                    ("secret", &spec.name),
+                    ("vault", &spec.vault.url),
+                    ("problem", &problem),
+                ],
+            );
+            if !deadline.sleep(delay) {
+                return Err(Error::VaultUnavailable(format!(
+                    "gave up on secret {} in vault {} after {} and {attempt} attempts (last: {problem}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
+                    spec.reference(),
+                    spec.vault.url,
+                    human(started.elapsed())
+                )));
+            }
+        }
+    }
+
+    /// Decide what one answer means.
+    fn judge(
+        &self,
+        spec: &SecretSpec,
+        reply: Reply,
+        token: &Token,
+        refreshed: bool,
+        first_403: &mut Option<Instant>,
+    ) -> Result<Next, Error> {
+        let (code, inner, message) = error_parts(&reply.body);
+        let status = reply.status;
+        let what = format!("secret {} in vault {}", spec.reference(), spec.vault.url);
+        match status {
+            200 => parse_bundle(&reply.body).map(Next::Done).ok_or_else(|| {
+                Error::Other(format!(
+                    "{what}: Key Vault answered 200 without a secret value"
+                ))
+            }),
+            401 if !refreshed => Ok(Next::RefreshToken),
+            401 => Err(Error::AccessDenied(format!(
+                "Key Vault rejected the managed identity's token ({}) for {what} even after a fresh token: {message}; check that the vault is in the identity's tenant and cloud (token audience {})",
+                token.who(),
+                spec.vault.resource
+            ))),
+            403 if inner == "SecretDisabled" => Err(Error::NotFound(format!(
+                "{what} is disabled; enable it (az keyvault secret set-attributes --enabled true) or pin an enabled version"
+            ))),
+            403 if matches!(inner.as_str(), "ForbiddenByRbac" | "AccessDenied")
+                || code == "AccessDenied" =>
+            {
+                let since = *first_403.get_or_insert_with(Instant::now);
+                if since.elapsed() < self.access_retry {
+                    return Ok(Next::Retry(
+                        None,
+                        format!(
+                            "HTTP 403 {inner} (a new role assignment may still be propagating)"
+                        ),
+                    ));
+                }
+                Err(Error::AccessDenied(access_denied(
+                    &what, spec, token, &inner,
+                )))
+            }
+            403 if inner.starts_with("ForbiddenBy") && inner != "ForbiddenByPolicy" => {
+                Err(Error::AccessDenied(format!(
+                    "the network rules of vault {} refused this client for {what} ({inner}: {message}); allow this network in the vault's firewall or use a private endpoint",
+                    spec.vault.url
+                )))
+            }
+            403 => Err(Error::AccessDenied(access_denied(
+                &what,
+                spec,
+                token,
+                if inner.is_empty() { &code } else { &inner },
+            ))),
+            404 => Err(Error::NotFound(format!(
+                "{what} was not found ({code}); check the name, version and vault, or recover it if it was deleted recently (az keyvault secret recover)"
+            ))),
+            400 => Err(Error::Usage(format!(
+                "Key Vault refused the request for {what}: {code}: {message}"
+            ))),
+            300..=399 => Err(Error::Other(format!(
+                "vault {} answered {what} with a redirect to {}; kvfetch never follows redirects with a token: point --vault at the vault itself",
+                spec.vault.url,
+                reply.location.as_deref().unwrap_or("?")
+            ))),
+            429 => Ok(Next::Retry(
+                reply.retry_after.as_deref().and_then(parse_retry_after),
+                format!("HTTP 429 {code}"),
+            )),
+            408 | 500..=599 => Ok(Next::Retry(None, format!("HTTP {status} {code}"))),
+            _ => Err(Error::Other(format!(
+                "unexpected HTTP {status} from Key Vault for {what}: {code}: {message}"
+            ))),
+        }
+    }
+}
+
+fn access_denied(what: &str, spec: &SecretSpec, token: &Token, code: &str) -> String {
+    let oid = token.object_id.as_deref().unwrap_or("OBJECT_ID");
+    let vault = vault_name(&spec.vault.host);
+    format!(
+        "access denied to {what} for the managed identity ({}): 403 {code}; grant it the 'Key Vault Secrets User' role on the vault \
+         (az role assignment create --role 'Key Vault Secrets User' --assignee-object-id {oid} --scope VAULT_RESOURCE_ID), \
+         or for a vault using access policies: az keyvault set-policy --name {vault} --object-id {oid} --secret-permissions get",
+        token.who()
+    )
+}
+
+fn vault_name(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+/// `Retry-After` in seconds (an HTTP date is treated as "soon": one second).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    match v.trim().parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => Some(Duration::from_secs(1)),
+    }
+}
+
+/// (code, innererror.code, message's first line) from a Key Vault error body.
+fn error_parts(body: &str) -> (String, String, String) {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let get = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let message = get("/error/message");
+    let first = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    (get("/error/code"), get("/error/innererror/code"), first)
+}
+
+/// A SecretBundle → what kvfetch keeps of it.
+pub fn parse_bundle(body: &str) -> Option<Fetched> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let value = v.get("value")?.as_str()?.to_string();
+    let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
+    Some(Fetched {
+        value,
+        version: id
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        content_type: v
+            .get("contentType")
+            .and_then(Value::as_str)
+            .map(String::from),
+        expires: v.pointer("/attributes/exp").and_then(Value::as_u64),
+    })
+}

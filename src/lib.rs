@@ -1,0 +1,57 @@
+//! kvfetch: read Azure Key Vault secrets with a managed identity, with no credentials in code.
+//!
+//! The binary is a thin shell around [`run`], which tests drive directly. Modules, one concern
+//! each: [`cli`] (flags, env, help), [`spec`] (what to fetch, host rules), [`identity`] (tokens),
+//! [`keyvault`] (the vault client), [`retry`] (backoff and deadline), [`output`] (files and env
+//! files), [`fetch`] (the init-step mode), [`error`] (the error enum and exit codes), [`log`].
+
+pub mod cli;
+pub mod encoding;
+pub mod error;
+pub mod fetch;
+pub mod http;
+pub mod identity;
+pub mod keyvault;
+pub mod log;
+pub mod output;
+pub mod retry;
+pub mod spec;
+
+use std::collections::HashMap;
+
+pub use error::{Error, exit};
+
+/// Run kvfetch with `args` (without the program name) and `env`; returns the exit code.
+pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
+    let opts = match cli::parse(args, env) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    log::init(opts.log);
+    let result = match opts.command {
+        cli::Command::Help => {
+            print!("{}", cli::help());
+            Ok(())
+        }
+        cli::Command::Version => {
+            println!("kvfetch {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        cli::Command::Fetch => fetch::run(&opts, env),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &Error) -> u8 {
+    log::error(
+        &e.to_string(),
+        &[
+            ("kind", e.kind()),
+            ("exit_code", &e.exit_code().to_string()),
+        ],
+    );
+    e.exit_code()
+}

@@ -1,0 +1,101 @@
+//! Retry timing: exponential backoff with jitter, bounded by one deadline for the whole run.
+//!
+//! Microsoft documents the shapes (IMDS: retry 404/429/5xx with exponential backoff, keep
+//! retrying 410 for 70 s; Key Vault: 1, 2, 4, 8, 16 s on 429, `Retry-After` when present). All
+//! delays scale with `--backoff-base` (default 1 s) so tests and impatient operators can shrink
+//! them without changing their shape; a `Retry-After` from the server is honoured as sent.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Exponential backoff: `base × 2^attempt`, capped, with ±20% jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap_factor: u32,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0 = first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(16)).min(self.cap_factor);
+        jitter(self.base * factor, 0.2)
+    }
+}
+
+/// Spread `d` by ±`fraction` at random.
+pub fn jitter(d: Duration, fraction: f64) -> Duration {
+    let r = random_unit() * 2.0 - 1.0;
+    d.mul_f64((1.0 + r * fraction).max(0.0))
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let addr = &t as *const u64 as u64;
+    (t ^ addr.rotate_left(32) ^ (std::process::id() as u64) << 16) | 1
+}
+
+/// A uniform number in [0, 1) from a per-thread xorshift generator (jitter needs no more).
+pub fn random_unit() -> f64 {
+    RNG.with(|c| {
+        let mut x = c.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// The instant by which the whole run must be over.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    pub started: Instant,
+}
+
+impl Deadline {
+    pub fn after(d: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            at: now + d,
+            started: now,
+        }
+    }
+
+    /// Time left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// How long since the run started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Sleep for `d` if that still ends before the deadline; false (without sleeping) if not.
+    pub fn sleep(&self, d: Duration) -> bool {
+        if d >= self.remaining() {
+            return false;
+        }
+        std::thread::sleep(d);
+        true
+    }
+}
+
+/// A duration as people read it ("1m 10s", "250ms").
+pub fn human(d: Duration) -> String {
+    let rounded = if d >= Duration::from_secs(1) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        Duration::from_millis(d.as_millis() as u64)
+    };
+    humantime::format_duration(rounded).to_string()
+}
