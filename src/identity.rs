@@ -236,15 +236,9 @@ impl Identity {
             headers.push(("X-IDENTITY-HEADER", h));
         }
         let started = Instant::now();
-        let mut first_410: Option<Instant> = None;
-        let mut attempt = 0u32;
+        let (mut attempt, mut first_410) = (0u32, None);
         loop {
-            // 410 means "back within 70 s": keep trying at least that long, even past --timeout.
-            let limit =
-                first_410.map_or(deadline.at, |t| deadline.at.max(t + self.backoff.base * 70));
-            let timeout = limit
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(20));
+            let timeout = deadline.remaining().min(Duration::from_secs(20));
             let problem = match http::get(&self.agent, &url, &headers, timeout) {
                 Ok(reply) if reply.status == 200 => {
                     return parse_token(&reply.body, &self.describe());
@@ -253,17 +247,17 @@ impl Identity {
                 Err(e) => e,
             };
             if problem.starts_with("HTTP 410") {
-                first_410.get_or_insert_with(Instant::now);
+                // "Back within 70 s": keep trying at least that long, even past --timeout.
+                let first = *first_410.get_or_insert_with(Instant::now);
+                deadline.extend_to(first + self.backoff.base * 70);
             }
-            let limit =
-                first_410.map_or(deadline.at, |t| deadline.at.max(t + self.backoff.base * 70));
             let delay = self.backoff.delay(attempt);
             attempt += 1;
             log::debug(
                 "identity endpoint not ready; retrying",
                 &[("endpoint", &self.source.endpoint()), ("problem", &problem)],
             );
-            if Instant::now() + delay >= limit {
+            if !deadline.sleep(delay) {
                 return Err(Error::NoToken(format!(
                     "gave up on the identity endpoint {} after {} ({attempt} attempts; last: {problem}) asking for {}; \
                      check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly",
@@ -272,7 +266,6 @@ impl Identity {
                     Selector::describe(self.selector.as_ref()),
                 )));
             }
-            std::thread::sleep(delay);
         }
     }
 

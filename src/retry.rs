@@ -6,6 +6,7 @@
 //! them without changing their shape; a `Retry-After` from the server is honoured as sent.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Exponential backoff: `base × 2^attempt`, capped, with ±20% jitter.
@@ -54,25 +55,40 @@ pub fn random_unit() -> f64 {
     })
 }
 
-/// The instant by which the whole run must be over.
-#[derive(Debug, Clone, Copy)]
+/// The instant by which the whole run must be over. Shared by the parallel fetchers; only an
+/// IMDS 410 ("back within 70 s") may push it later.
+#[derive(Debug)]
 pub struct Deadline {
-    pub at: Instant,
-    pub started: Instant,
+    started: Instant,
+    /// Nanoseconds after `started`.
+    end: AtomicU64,
 }
 
 impl Deadline {
     pub fn after(d: Duration) -> Deadline {
-        let now = Instant::now();
         Deadline {
-            at: now + d,
-            started: now,
+            started: Instant::now(),
+            end: AtomicU64::new(d.as_nanos().min(u64::MAX as u128) as u64),
         }
+    }
+
+    /// The instant itself.
+    pub fn at(&self) -> Instant {
+        self.started + Duration::from_nanos(self.end.load(Ordering::SeqCst))
+    }
+
+    /// Move the deadline to `t` if that is later.
+    pub fn extend_to(&self, t: Instant) {
+        let nanos = t
+            .saturating_duration_since(self.started)
+            .as_nanos()
+            .min(u64::MAX as u128) as u64;
+        self.end.fetch_max(nanos, Ordering::SeqCst);
     }
 
     /// Time left (zero once passed).
     pub fn remaining(&self) -> Duration {
-        self.at.saturating_duration_since(Instant::now())
+        self.at().saturating_duration_since(Instant::now())
     }
 
     /// How long since the run started.

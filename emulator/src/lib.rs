@@ -50,6 +50,9 @@ pub struct Config {
     pub token_lifetime: Duration,
     /// The `X-IDENTITY-HEADER` value the App Service endpoint expects.
     pub identity_header: String,
+    /// Open the identity listener only after this long (connections are refused until then), as
+    /// an Azure Container Instances group's identity endpoint may come up after the container.
+    pub identity_start_delay: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             system_identity: true,
             token_lifetime: Duration::from_secs(86_400),
             identity_header: "emulator-identity-header".into(),
+            identity_start_delay: Duration::ZERO,
         }
     }
 }
@@ -118,7 +122,22 @@ impl Emulator {
         let s = shared.clone();
         let vault_handler: http::Handler = Arc::new(move |r: &Request| vault_route(&s, r));
         let stop = shared.stop.clone();
-        thread::spawn(move || http::serve(plain, tls::plain(), plain_handler, stop));
+        let delay = config.identity_start_delay;
+        // With a start delay, free the port now and bind it again later.
+        let plain = if delay.is_zero() { Some(plain) } else { None };
+        thread::spawn(move || {
+            let listener = match plain {
+                Some(l) => l,
+                None => {
+                    thread::sleep(delay);
+                    match TcpListener::bind(identity_addr) {
+                        Ok(l) => l,
+                        Err(_) => return,
+                    }
+                }
+            };
+            http::serve(listener, tls::plain(), plain_handler, stop)
+        });
         let stop = shared.stop.clone();
         let wrap = tls::wrap(tls.server.clone());
         thread::spawn(move || http::serve(secure, wrap, vault_handler, stop));
@@ -341,7 +360,7 @@ fn vault_route(shared: &Shared, req: &Request) -> Reply {
         (w.kv_faults.pop_front(), w.kv_delay, w.tenant_id.clone())
     };
     http::pause(delay);
-    let reply = match fault.and_then(vault::fault) {
+    let reply = match fault.and_then(|f| vault::fault(f, &tenant)) {
         Some(reply) => reply,
         None => {
             let ctx = vault::Ctx { tenant_id: &tenant };

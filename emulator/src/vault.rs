@@ -37,7 +37,7 @@ pub fn secret_name(req: &Request) -> Option<String> {
 }
 
 /// Apply a queued fault; `None` means "answer normally".
-pub fn fault(fault: Fault) -> Option<Reply> {
+pub fn fault(fault: Fault, tenant_id: &str) -> Option<Reply> {
     let (status, retry_after) = match fault {
         Fault::Drop => return Some(Reply::Drop),
         Fault::Delay(d) => {
@@ -47,6 +47,17 @@ pub fn fault(fault: Fault) -> Option<Reply> {
         Fault::Status(s) => (s, None),
         Fault::StatusRetryAfter(s, secs) => (s, Some(secs)),
     };
+    if status == 401 {
+        return Some(Reply::Respond(unauthorized(
+            tenant_id,
+            "AKV10011: Token expired.",
+        )));
+    }
+    if (300..400).contains(&status) {
+        let response = Response::text(status, "Moved")
+            .with_header("Location", "https://elsewhere.example/secrets/moved");
+        return Some(Reply::Respond(response));
+    }
     let body = match status {
         429 => error_body(
             "Throttled",
@@ -133,14 +144,16 @@ fn authenticate(world: &mut World, req: &Request, ctx: &Ctx) -> Result<(), Respo
         Some(Some(t)) if t.expires_on <= now() => "AKV10011: Token expired.",
         Some(Some(_)) => return Ok(()),
     };
+    Err(unauthorized(ctx.tenant_id, message))
+}
+
+/// A 401 with the service's challenge header.
+fn unauthorized(tenant_id: &str, message: &str) -> Response {
     let challenge = format!(
-        "Bearer authorization=\"https://login.windows.net/{}\", resource=\"{AUDIENCE}\"",
-        ctx.tenant_id
+        "Bearer authorization=\"https://login.windows.net/{tenant_id}\", resource=\"{AUDIENCE}\""
     );
-    Err(
-        Response::json(401, &error_body("Unauthorized", message, None))
-            .with_header("WWW-Authenticate", &challenge),
-    )
+    Response::json(401, &error_body("Unauthorized", message, None))
+        .with_header("WWW-Authenticate", &challenge)
 }
 
 fn attributes(v: &Version) -> Value {
