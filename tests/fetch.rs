@@ -380,14 +380,6 @@ fn imds_410_is_retried_for_70_backoff_units_even_past_timeout() {
     assert_eq!(emu.counters().imds_token_requests, 5);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn identity_endpoint_that_comes_up_late_is_waited_for() {
     // An ACI group's identity endpoint may start after the container: connection refused first.

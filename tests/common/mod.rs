@@ -1,6 +1,6 @@
 //! Shared test helpers: an emulator per test, the kvfetch binary run against it with every
 //! endpoint pointed at loopback, and scratch directories on tmpfs.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
