@@ -193,6 +193,7 @@ fn issue(
             "not_before": iat.to_string(),
             "resource": resource,
             "token_type": "Bearer",
+            "client_id": identity.client_id,
         }),
         Flavour::AppService => json!({
             "access_token": access_token,

@@ -366,6 +366,12 @@ fn update(world: &mut World, req: &Request, base: &str, name: &str, version: &st
     if let Some(enabled) = body.pointer("/attributes/enabled").and_then(Value::as_bool) {
         v.enabled = enabled;
     }
+    if let Some(exp) = body.pointer("/attributes/exp").and_then(Value::as_u64) {
+        v.exp = Some(exp);
+    }
+    if let Some(nbf) = body.pointer("/attributes/nbf").and_then(Value::as_u64) {
+        v.nbf = Some(nbf);
+    }
     if let Some(tags) = body.get("tags").and_then(Value::as_object) {
         v.tags = tags
             .iter()
