@@ -75,7 +75,8 @@ fn docker_line(name: &str, value: &str) -> Result<String, Error> {
     Ok(format!("{name}={value}\n"))
 }
 
-/// Single quotes where both dotenv parsers read them back exactly, else double quotes, else refuse.
+/// The first quoting both dotenv parsers read back exactly: single quotes, double quotes (with
+/// `\n`/`\r` escapes), or none at all; else refuse.
 fn dotenv_line(name: &str, value: &str) -> Result<String, Error> {
     if value.contains("${") {
         // python-dotenv expands ${VAR} inside any quotes.
@@ -85,9 +86,8 @@ fn dotenv_line(name: &str, value: &str) -> Result<String, Error> {
             "--env-format shell or json, or --dir",
         ));
     }
-    let single_ok =
-        !value.contains(['\'', '\r']) && !value.contains(r"\\") && !value.ends_with('\\');
-    if single_ok {
+    // python-dotenv unescapes \\ and \' inside single quotes; npm dotenv turns \r into \n.
+    if !value.contains(['\'', '\r']) && !value.contains(r"\\") && !value.ends_with('\\') {
         return Ok(format!("{name}='{value}'\n"));
     }
     // npm dotenv keeps backslashes and cannot escape '"' inside double quotes.
@@ -95,9 +95,16 @@ fn dotenv_line(name: &str, value: &str) -> Result<String, Error> {
         let escaped = value.replace('\n', r"\n").replace('\r', r"\r");
         return Ok(format!("{name}=\"{escaped}\"\n"));
     }
+    // Unquoted, both take the rest of the line verbatim but trim it and stop at '#'.
+    let plain = !value.contains(['#', '\n', '\r'])
+        && value.trim() == value
+        && !value.starts_with(['\'', '"', '`']);
+    if plain {
+        return Ok(format!("{name}={value}\n"));
+    }
     Err(refuse(
         name,
-        "a mix of quotes, backslashes or carriage returns that no dotenv quoting reads back the same in both python-dotenv and npm dotenv",
+        "a mix of quotes, backslashes, '#' or line breaks that no dotenv quoting reads back the same in both python-dotenv and npm dotenv",
         "--env-format shell or json, or --dir",
     ))
 }
@@ -114,7 +121,8 @@ mod tests {
     fn quoting_choices() {
         assert_eq!(one(Format::Dotenv, "a b#c").unwrap(), "K='a b#c'\n");
         assert_eq!(one(Format::Dotenv, "it's\nx").unwrap(), "K=\"it's\\nx\"\n");
-        assert!(one(Format::Dotenv, "it's \"q\"").is_err());
+        assert_eq!(one(Format::Dotenv, "it's \"q\"").unwrap(), "K=it's \"q\"\n");
+        assert!(one(Format::Dotenv, "'it's \"q\"'").is_err());
         assert!(one(Format::Dotenv, "${HOME}").is_err());
         assert_eq!(one(Format::Shell, "it's").unwrap(), "export K='it'\\''s'\n");
         assert!(one(Format::Docker, "a\nb").is_err());
