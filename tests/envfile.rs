@@ -167,8 +167,8 @@ fn dotenv_reads_back_exactly_in_python_and_node() {
         refused,
         vec![
             "brace ${HOME} expansion",
-            VALUES[VALUES.len() - 2],
-            VALUES[VALUES.len() - 1]
+            "'quoted' and \"double\" \\ with # hash",
+            "\"starts with a quote' and has \\"
         ]
     );
 }
