@@ -81,7 +81,8 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
         env,
     );
     let tokens = Tokens::new(identity);
-    let agent = http::vault_agent(plan.ca_pem.as_deref(), opts.concurrency)?;
+    let loopback_only = plan.specs.iter().all(|s| spec::is_loopback(&s.vault.host));
+    let agent = http::vault_agent(plan.ca_pem.as_deref(), opts.concurrency, loopback_only)?;
     let client = Client::new(
         agent,
         &opts.api_version,

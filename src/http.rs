@@ -31,15 +31,26 @@ pub fn identity_agent() -> Agent {
 }
 
 /// The client for Key Vault: proxy from the environment, bundled roots plus `ca_pem`.
-pub fn vault_agent(ca_pem: Option<&[u8]>, concurrency: usize) -> Result<Agent, Error> {
+///
+/// `loopback_only` (every vault is on loopback) leaves the bundled roots out when `ca_pem` is
+/// given: no public CA may vouch for a loopback name, so they could never match, and ureq would
+/// hash the whole list into its pool key on every request.
+pub fn vault_agent(
+    ca_pem: Option<&[u8]>,
+    concurrency: usize,
+    loopback_only: bool,
+) -> Result<Agent, Error> {
     let mut tls = TlsConfig::builder();
     if let Some(pem) = ca_pem {
-        let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .map(|c| Certificate::from_der(c.as_ref()))
-            .collect();
-        let extra = parse_certs(pem)?;
-        roots.extend(extra);
+        let mut roots: Vec<Certificate<'static>> = Vec::new();
+        if !loopback_only {
+            roots.extend(
+                webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref())),
+            );
+        }
+        roots.extend(parse_certs(pem)?);
         tls = tls.root_certs(RootCerts::new_with_certs(&roots));
     }
     Ok(Agent::config_builder()
@@ -47,6 +58,10 @@ pub fn vault_agent(ca_pem: Option<&[u8]>, concurrency: usize) -> Result<Agent, E
         .max_redirects(0)
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))
+        // Secrets are at most 25 KB: small buffers keep memory and start-up work down.
+        .input_buffer_size(32 * 1024)
+        .output_buffer_size(16 * 1024)
+        .max_response_header_size(16 * 1024)
         .max_idle_connections_per_host(concurrency.max(1))
         .max_idle_connections(concurrency.max(1) * 4)
         .build()

@@ -25,7 +25,7 @@ fn token_for(emu: &Emulator, resource: &str) -> String {
 
 fn vault(emu: &Emulator, path: &str, token: Option<&str>) -> Reply {
     let pem = std::fs::read(emu.ca_file()).unwrap();
-    let agent = vault_agent(Some(&pem), 4).unwrap();
+    let agent = vault_agent(Some(&pem), 4, true).unwrap();
     let bearer = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = bearer
         .iter()
@@ -273,7 +273,7 @@ fn vault_challenge_and_token_checks() {
 fn www_authenticate_header_shape() {
     let emu = Emulator::start().unwrap();
     let pem = std::fs::read(emu.ca_file()).unwrap();
-    let agent = vault_agent(Some(&pem), 1).unwrap();
+    let agent = vault_agent(Some(&pem), 1, true).unwrap();
     let resp = agent
         .get(format!("{}/secrets/x?api-version=7.5", emu.vault_url()))
         .config()
@@ -510,7 +510,7 @@ fn vault_faults_and_counters() {
     }
     emu.push_kv_fault(Fault::Drop);
     let pem = std::fs::read(emu.ca_file()).unwrap();
-    let agent = vault_agent(Some(&pem), 1).unwrap();
+    let agent = vault_agent(Some(&pem), 1, true).unwrap();
     assert!(
         get(
             &agent,
@@ -548,7 +548,7 @@ fn vault_faults_and_counters() {
 #[test]
 fn vault_tls_needs_the_emulator_ca() {
     let emu = Emulator::start().unwrap();
-    let agent = vault_agent(None, 1).unwrap();
+    let agent = vault_agent(None, 1, true).unwrap();
     let err = get(
         &agent,
         &format!("{}/secrets/s?api-version=7.5", emu.vault_url()),

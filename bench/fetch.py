@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Benchmark `kvfetch fetch` against the seed's curl recipe and the official Azure SDK for Python.
+
+All three clients fetch the same N secrets from the project's emulator (loopback only) and write
+one file per secret into a tmpfs directory. Runs alternate between clients; the script prints the
+median wall time, CPU time (user + system, children included) and peak RSS of each, and the ratios.
+
+Usage: bench/fetch.py [--runs R] [--sizes 1,10,100] [--delays 0,10]   (see bench/README section in
+the project README; run via `bench/run`, which builds and installs what it needs).
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CURL_RECIPE = r'''
+set -eu
+TOKEN=$(curl -s -H Metadata:true "$AZURE_POD_IDENTITY_AUTHORITY_HOST/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net" | jq -r .access_token)
+for s in $SECRETS; do
+  curl -s --cacert "$KVFETCH_CA_FILE" -H "Authorization: Bearer $TOKEN" "$KVFETCH_VAULT/secrets/$s?api-version=7.5" | jq -r .value > "$OUT/$s"
+done
+'''
+
+PYTHON_SDK = r'''
+import os
+from azure.identity import ManagedIdentityCredential
+from azure.keyvault.secrets import SecretClient
+client = SecretClient(vault_url=os.environ["KVFETCH_VAULT"], credential=ManagedIdentityCredential(),
+                      verify_challenge_resource=False, connection_verify=os.environ["KVFETCH_CA_FILE"])
+for name in os.environ["SECRETS"].split():
+    with open(os.path.join(os.environ["OUT"], name), "w") as f:
+        f.write(client.get_secret(name).value)
+'''
+
+
+def measure(argv, env, work):
+    """Run argv under GNU time; return (wall s, cpu s, peak rss MB).
+
+    Peak RSS comes from GNU time (a child forked straight from this Python process would inherit
+    its RSS in ru_maxrss); CPU (user + system, the child's children included) from wait4, which
+    has microsecond resolution where GNU time has centiseconds.
+    """
+    stats = os.path.join(work, "time.out")
+    start = time.perf_counter()
+    proc = subprocess.Popen(["/usr/bin/time", "-o", stats, "-f", "%M"] + argv, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{argv[0]} failed: {err}")
+    rss_kb = open(stats).read().split()[-1]
+    return wall, ru.ru_utime + ru.ru_stime, int(rss_kb) / 1024
+
+
+def control(base, method, path, body=b""):
+    req = urllib.request.Request(base + path, data=body, method=method)
+    urllib.request.urlopen(req).read()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--sizes", default="1,10,100")
+    ap.add_argument("--delays", default="0,10")
+    ap.add_argument("--kvfetch", required=True)
+    ap.add_argument("--emulator", required=True)
+    ap.add_argument("--python", required=True)
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    exports = os.path.join(work, "emulator.env")
+    names = [f"bench-secret-{i:03d}" for i in range(max(int(s) for s in args.sizes.split(",")))]
+    emu_args = [args.emulator, "--env-file", exports]
+    for n in names:
+        emu_args += ["--secret", f"{n}=value of {n}: 0123456789abcdef0123456789abcdef"]
+    emu = subprocess.Popen(emu_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if os.path.exists(exports) and os.path.getsize(exports) > 0:
+                break
+            time.sleep(0.05)
+        env = dict(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/root"))
+        control_url = None
+        for line in open(exports):
+            if line.startswith("export "):
+                k, v = line[len("export "):].strip().split("=", 1)
+                env[k] = v
+            if line.startswith("# control API: "):
+                control_url = line.split(": ", 1)[1].strip()
+        print(f"# {os.cpu_count()} cores; kvfetch {os.path.getsize(args.kvfetch)} bytes; {args.runs} runs each, alternating; medians")
+        print(f"{'delay':>6} {'N':>4} {'client':<11} {'wall ms':>9} {'cpu ms':>8} {'rss MB':>7}")
+        for delay in [int(d) for d in args.delays.split(",")]:
+            control(control_url, "PUT", "/kv-delay", str(delay).encode())
+            for n in [int(s) for s in args.sizes.split(",")]:
+                run_size(args, env, work, names[:n], delay)
+    finally:
+        emu.terminate()
+        emu.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_size(args, env, work, names, delay):
+    env = dict(env, SECRETS=" ".join(names))
+    clients = {
+        "kvfetch": [args.kvfetch, "fetch", "-q"],
+        "curl+jq": ["bash", "-c", CURL_RECIPE],
+        "python-sdk": [args.python, "-c", PYTHON_SDK],
+    }
+    results = {c: [] for c in clients}
+    for _ in range(args.runs):
+        for client, argv in clients.items():
+            out = os.path.join(work, "out")
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(out)
+            cenv = dict(env, OUT=out, KVFETCH_DIR=out, KVFETCH_SECRETS=",".join(names))
+            results[client].append(measure(argv, cenv, work))
+            assert len(os.listdir(out)) == len(names), client
+    med = {c: [statistics.median(x[i] for x in r) for i in range(3)] for c, r in results.items()}
+    for client, (wall, cpu, rss) in med.items():
+        print(f"{delay:>4}ms {len(names):>4} {client:<11} {wall*1000:>9.1f} {cpu*1000:>8.1f} {rss:>7.1f}")
+    k = med["kvfetch"]
+    for other in ("curl+jq", "python-sdk"):
+        o = med[other]
+        print(f"{'':>6} {'':>4} {'ratio':<11} wall {o[0]/k[0]:.0f}x, cpu {o[1]/max(k[1],1e-4):.0f}x, rss {o[2]/k[2]:.1f}x faster/leaner than {other}")
+
+
+if __name__ == "__main__":
+    main()
