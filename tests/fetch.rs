@@ -649,7 +649,7 @@ fn output_failure_exits_6_and_writes_nothing() {
     assert_eq!(r.code, 6, "{}", r.stderr);
     assert!(s.entries("out").is_empty(), "all outputs or none");
 
-    emu.set_secret("mixed", "it's \"quoted\"");
+    emu.set_secret("mixed", "costs ${PRICE} quoted");
     let env_file = s.path("app.env").display().to_string();
     let r = run(
         &emu,
