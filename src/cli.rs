@@ -19,7 +19,15 @@ pub struct Flag {
     pub value: Option<&'static str>,
     pub default: Option<&'static str>,
     pub help: &'static str,
+    /// The commands that take this flag ([`FETCH`] | [`WATCH`] | [`EXEC`]).
+    pub modes: u8,
 }
+
+/// Mode bits for [`Flag::modes`].
+pub const FETCH: u8 = 1;
+pub const WATCH: u8 = 2;
+pub const EXEC: u8 = 4;
+const ALL: u8 = FETCH | WATCH | EXEC;
 
 const fn flag(
     long: &'static str,
@@ -35,10 +43,16 @@ const fn flag(
         value,
         default,
         help,
+        modes: ALL,
     }
 }
 
-/// Every flag `fetch` takes.
+const fn only(mut f: Flag, modes: u8) -> Flag {
+    f.modes = modes;
+    f
+}
+
+/// Every flag, with the commands that take it.
 pub const FLAGS: &[Flag] = &[
     flag(
         "vault",
@@ -180,6 +194,7 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         default: None,
         help: "log errors only",
+        modes: ALL,
     },
     Flag {
         long: "verbose",
@@ -188,15 +203,119 @@ pub const FLAGS: &[Flag] = &[
         value: None,
         default: None,
         help: "log retries and details",
+        modes: ALL,
     },
+    only(
+        flag(
+            "refresh",
+            "KVFETCH_REFRESH",
+            Some("DURATION"),
+            Some("5m"),
+            "time between refreshes, spread +-10% at random (exec: turns on supervision; no default there)",
+        ),
+        WATCH | EXEC,
+    ),
+    only(
+        flag(
+            "max-stale",
+            "KVFETCH_MAX_STALE",
+            Some("DURATION"),
+            None,
+            "when refreshes have failed this long, fail /readyz and exit 7 (default: serve the last good secrets for ever)",
+        ),
+        WATCH | EXEC,
+    ),
+    only(
+        flag(
+            "ready-file",
+            "KVFETCH_READY_FILE",
+            Some("PATH"),
+            None,
+            "created after the first complete write, removed on exit",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
+            "health-listen",
+            "KVFETCH_HEALTH_LISTEN",
+            Some("ADDR"),
+            None,
+            "serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:8089)",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
+            "notify-url",
+            "KVFETCH_NOTIFY_URL",
+            Some("URL"),
+            None,
+            "after a refresh that changed anything, POST {\"changed\":[names]} here",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
+            "cleanup",
+            "KVFETCH_CLEANUP",
+            None,
+            None,
+            "on SIGTERM/SIGINT remove the files, env file and ready file kvfetch wrote",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
+            "on-change",
+            "KVFETCH_ON_CHANGE",
+            Some("ACTION"),
+            Some("restart"),
+            "supervised exec: restart, signal:SIG (e.g. signal:HUP) or none when a secret changes",
+        ),
+        EXEC,
+    ),
+    only(
+        flag(
+            "grace",
+            "KVFETCH_GRACE",
+            Some("DURATION"),
+            Some("10s"),
+            "supervised exec: how long a restarted child gets after SIGTERM before SIGKILL",
+        ),
+        EXEC,
+    ),
 ];
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Fetch,
-    Help,
+    Watch,
+    /// `exec [flags] -- COMMAND [ARGS…]`
+    Exec(Vec<String>),
+    /// Help for one command (or the overview).
+    Help(Option<&'static str>),
     Version,
+}
+
+impl Command {
+    fn mode(&self) -> u8 {
+        match self {
+            Command::Fetch => FETCH,
+            Command::Watch => WATCH,
+            Command::Exec(_) => EXEC,
+            _ => ALL,
+        }
+    }
+}
+
+/// What a supervised child gets when a secret changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChange {
+    Restart,
+    Signal(i32),
+    Nothing,
 }
 
 /// Parsed, validated options.
@@ -220,6 +339,15 @@ pub struct Options {
     pub backoff_base: Duration,
     pub access_retry: Duration,
     pub log: log::Logger,
+    /// `--refresh`, when given or defaulted (exec: only when given).
+    pub refresh: Option<Duration>,
+    pub max_stale: Option<Duration>,
+    pub ready_file: Option<PathBuf>,
+    pub health_listen: Option<String>,
+    pub notify_url: Option<String>,
+    pub cleanup: bool,
+    pub on_change: OnChange,
+    pub grace: Duration,
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -272,7 +400,6 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         }
     };
     Ok(Options {
-        command,
         vault: get("vault"),
         secrets,
         dir: get("dir").map(PathBuf::from),
@@ -302,54 +429,160 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
                 1
             },
         },
+        refresh: refresh(&command, &given, env)?,
+        max_stale: get("max-stale")
+            .map(|d| parse_duration("max-stale", &d))
+            .transpose()?,
+        ready_file: get("ready-file").map(PathBuf::from),
+        health_listen: get("health-listen"),
+        notify_url: get("notify-url"),
+        cleanup: switch("cleanup")?,
+        on_change: parse_on_change(&get("on-change").unwrap_or_default())?,
+        grace: parse_duration("grace", &get("grace").unwrap_or_default())?,
+        command,
     })
+}
+
+/// `--refresh`: defaulted for `watch`; for `exec` only when given (it turns on supervision).
+fn refresh(
+    command: &Command,
+    given: &HashMap<&'static str, Vec<String>>,
+    env: &HashMap<String, String>,
+) -> Result<Option<Duration>, Error> {
+    let explicit = given
+        .get("refresh")
+        .and_then(|v| v.last().cloned())
+        .or_else(|| {
+            env.get("KVFETCH_REFRESH")
+                .filter(|v| !v.is_empty())
+                .cloned()
+        });
+    let text = match (command, explicit) {
+        (_, Some(t)) => t,
+        (Command::Watch, None) => "5m".to_string(),
+        _ => return Ok(None),
+    };
+    let d = parse_duration("refresh", &text)?;
+    if d < Duration::from_millis(10) {
+        return Err(usage("--refresh must be at least 10ms"));
+    }
+    Ok(Some(d))
+}
+
+fn parse_on_change(s: &str) -> Result<OnChange, Error> {
+    match s {
+        "restart" => Ok(OnChange::Restart),
+        "none" => Ok(OnChange::Nothing),
+        _ => s
+            .strip_prefix("signal:")
+            .and_then(signal_number)
+            .map(OnChange::Signal)
+            .ok_or_else(|| {
+                usage(format!(
+                    "--on-change {s:?} must be restart, signal:SIG (e.g. signal:HUP) or none"
+                ))
+            }),
+    }
+}
+
+/// `HUP`, `SIGHUP` or `1` → 1.
+pub fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = name.trim_start_matches("SIG").to_ascii_uppercase();
+    let table = [
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("TERM", libc::SIGTERM),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("WINCH", libc::SIGWINCH),
+        ("KILL", libc::SIGKILL),
+    ];
+    table.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
 /// Split args into the command and the flags given (long name → values).
 fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>), Error> {
     let mut given: HashMap<&'static str, Vec<String>> = HashMap::new();
-    let mut command = None;
+    let mut command: Option<Command> = None;
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
         i += 1;
         match arg.as_str() {
-            "-h" | "--help" | "help" => return Ok((Command::Help, given)),
+            "-h" | "--help" | "help" => {
+                return Ok((Command::Help(command.as_ref().map(name)), given));
+            }
             "-V" | "--version" => return Ok((Command::Version, given)),
             "fetch" if command.is_none() => command = Some(Command::Fetch),
-            "watch" | "exec" if command.is_none() => {
-                return Err(Error::Usage(format!(
-                    "`kvfetch {arg}` is not available in this build yet; use `kvfetch fetch`"
-                )));
+            "watch" if command.is_none() => command = Some(Command::Watch),
+            "exec" if command.is_none() => command = Some(Command::Exec(Vec::new())),
+            "--" if matches!(command, Some(Command::Exec(_))) => {
+                let argv = args[i..].to_vec();
+                if argv.is_empty() {
+                    return Err(usage("exec needs a command after --"));
+                }
+                command = Some(Command::Exec(argv));
+                break;
             }
-            a if a.starts_with('-') => {
-                let (name, inline) = match a.split_once('=') {
-                    Some((n, v)) => (n, Some(v.to_string())),
-                    None => (a, None),
-                };
-                let f = lookup(name).ok_or_else(|| usage(format!("unknown option {name}")))?;
-                let v = match (f.value, inline) {
-                    (None, None) => String::new(),
-                    (None, Some(_)) => return Err(usage(format!("--{} takes no value", f.long))),
-                    (Some(_), Some(v)) => v,
-                    (Some(_), None) => {
-                        let v = args
-                            .get(i)
-                            .ok_or_else(|| usage(format!("--{} needs a value", f.long)))?;
-                        i += 1;
-                        v.clone()
-                    }
-                };
+            a if a.starts_with('-') && a.len() > 1 => {
+                let (f, v, next) = flag_value(a, args.get(i))?;
+                if let Some(c) = &command
+                    && f.modes & c.mode() == 0
+                {
+                    return Err(usage(format!(
+                        "--{} does not apply to `kvfetch {}`",
+                        f.long,
+                        name(c)
+                    )));
+                }
+                i += next;
                 given.entry(f.long).or_default().push(v);
             }
             other => {
                 return Err(usage(format!(
-                    "unexpected argument {other:?} (commands: fetch)"
+                    "unexpected argument {other:?} (commands: fetch, watch, exec)"
                 )));
             }
         }
     }
-    Ok((command.unwrap_or(Command::Help), given))
+    match command {
+        None => Ok((Command::Help(None), given)),
+        Some(Command::Exec(argv)) if argv.is_empty() => Err(usage(
+            "exec needs a command: kvfetch exec [options] -- COMMAND [ARGS...]",
+        )),
+        Some(c) => Ok((c, given)),
+    }
+}
+
+fn name(c: &Command) -> &'static str {
+    match c {
+        Command::Fetch => "fetch",
+        Command::Watch => "watch",
+        Command::Exec(_) => "exec",
+        _ => "kvfetch",
+    }
+}
+
+/// One flag occurrence → (flag, value, how many extra args it consumed).
+fn flag_value(arg: &str, next: Option<&String>) -> Result<(&'static Flag, String, usize), Error> {
+    let (name, inline) = match arg.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (arg, None),
+    };
+    let f = lookup(name).ok_or_else(|| usage(format!("unknown option {name}")))?;
+    match (f.value, inline) {
+        (None, None) => Ok((f, String::new(), 0)),
+        (None, Some(_)) => Err(usage(format!("--{} takes no value", f.long))),
+        (Some(_), Some(v)) => Ok((f, v, 0)),
+        (Some(_), None) => {
+            let v = next.ok_or_else(|| usage(format!("--{} needs a value", f.long)))?;
+            Ok((f, v.clone(), 1))
+        }
+    }
 }
 
 fn lookup(name: &str) -> Option<&'static Flag> {
@@ -417,22 +650,42 @@ fn parse_duration(name: &str, s: &str) -> Result<Duration, Error> {
     })
 }
 
-/// The `--help` text, generated from [`FLAGS`].
-pub fn help() -> String {
-    let mut out = String::from(
-        "kvfetch: read Azure Key Vault secrets with a managed identity.\n\n\
-         Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
-         `fetch` gets one token, fetches every secret in parallel, and writes all outputs or none.\n\n\
-         Options (each also read from the environment variable shown; a flag wins over its variable):\n",
+/// The `--help` text for one command (or the overview), generated from [`FLAGS`].
+pub fn help(command: Option<&str>) -> String {
+    let (mode, intro) = match command {
+        Some("watch") => (
+            WATCH,
+            "Usage:\n  kvfetch watch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
+             `watch` fetches like `fetch` (same first-fetch rules and exit codes), then keeps the outputs fresh:\n\
+             only changed files are replaced; SIGHUP refreshes now; SIGTERM/SIGINT exit 0.\n",
+        ),
+        Some("exec") => (
+            EXEC,
+            "Usage:\n  kvfetch exec [options] -- COMMAND [ARGS...]\n\n\
+             `exec` resolves --secret specs and inherited @Microsoft.KeyVault(...) references into the\n\
+             environment, then becomes COMMAND (execve). With --refresh it stays the parent instead:\n\
+             it forwards signals, reaps zombies, refreshes, and restarts or signals the child on change.\n",
+        ),
+        _ => (
+            FETCH,
+            "Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n  \
+             kvfetch watch [options]            (sidecar: fetch, then keep fresh; kvfetch watch --help)\n  \
+             kvfetch exec [options] -- COMMAND  (entrypoint wrapper; kvfetch exec --help)\n\n\
+             `fetch` gets one token, fetches every secret in parallel, and writes all outputs or none.\n",
+        ),
+    };
+    let mut out = format!(
+        "kvfetch: read Azure Key Vault secrets with a managed identity.\n\n{intro}\n\
+         Options (each also read from the environment variable shown; a flag wins over its variable):\n"
     );
-    for f in FLAGS {
+    for f in FLAGS.iter().filter(|f| f.modes & mode != 0) {
         let short = f.short.map(|c| format!("-{c}, ")).unwrap_or_default();
         let value = f.value.map(|v| format!(" {v}")).unwrap_or_default();
         out.push_str(&format!(
             "  {short}--{}{value}\n      {}\n      [env: {}]",
             f.long, f.help, f.env
         ));
-        if let Some(d) = f.default {
+        if let Some(d) = f.default.filter(|_| !(mode == EXEC && f.long == "refresh")) {
             out.push_str(&format!(" [default: {d}]"));
         }
         out.push('\n');
@@ -446,6 +699,9 @@ pub fn help() -> String {
          Exit codes:\n",
     );
     out.push_str(EXIT_CODES);
+    if mode == EXEC {
+        out.push_str("\n  126  COMMAND is not executable\n  127  COMMAND not found\n  otherwise the child's exit status, or 128+N when it was killed by signal N");
+    }
     out.push('\n');
     out
 }
@@ -513,7 +769,12 @@ mod tests {
 
     #[test]
     fn help_lists_every_flag_with_env_and_default() {
-        let h = help();
+        let h = format!(
+            "{}{}{}",
+            help(None),
+            help(Some("watch")),
+            help(Some("exec"))
+        );
         for f in FLAGS {
             assert!(
                 h.contains(&format!("--{}", f.long)) && h.contains(f.env),

@@ -28,6 +28,12 @@ pub enum Error {
     /// Anything else.
     #[error("{0}")]
     Other(String),
+    /// `exec`: the command was not found.
+    #[error("{0}")]
+    CommandNotFound(String),
+    /// `exec`: the command is not executable.
+    #[error("{0}")]
+    NotExecutable(String),
 }
 
 /// Process exit codes, stable across releases.
@@ -40,6 +46,8 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 5;
     pub const OUTPUT: u8 = 6;
     pub const VAULT_UNAVAILABLE: u8 = 7;
+    pub const NOT_EXECUTABLE: u8 = 126;
+    pub const COMMAND_NOT_FOUND: u8 = 127;
 }
 
 impl Error {
@@ -53,6 +61,8 @@ impl Error {
             Error::Output(_) => exit::OUTPUT,
             Error::VaultUnavailable(_) => exit::VAULT_UNAVAILABLE,
             Error::Other(_) => exit::OTHER,
+            Error::CommandNotFound(_) => exit::COMMAND_NOT_FOUND,
+            Error::NotExecutable(_) => exit::NOT_EXECUTABLE,
         }
     }
 
@@ -66,6 +76,8 @@ impl Error {
             Error::Output(_) => "output",
             Error::VaultUnavailable(_) => "vault_unavailable",
             Error::Other(_) => "other",
+            Error::CommandNotFound(_) => "command_not_found",
+            Error::NotExecutable(_) => "not_executable",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `kvfetch fetch`: the init step. Plan (validate everything that needs no network), get one
 //! token per audience, fetch every secret in parallel, then write all outputs or none.
 //!
-//! `watch` and `exec` will reuse [`plan`], [`fetch_all`] and [`write_outputs`].
+//! `watch` and `exec` reuse the same pieces: [`plan`], [`Session`] (fetch again and again with one
+//! token cache) and [`write_outputs`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,9 @@ pub struct Plan {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-/// Validate options into a plan: vaults, specs, names, outputs, CA file.
+/// Validate options into a plan: vaults, specs, names, outputs, CA file. `extra` are specs found
+/// elsewhere (exec's Key Vault references); `env_names` checks variable names even without an
+/// env file (exec).
 pub fn plan(opts: &Options) -> Result<Plan, Error> {
     if opts.dir.is_none() && opts.env_file.is_none() {
         return Err(Error::Usage(
@@ -37,18 +40,32 @@ pub fn plan(opts: &Options) -> Result<Plan, Error> {
             "no secrets: give --secret NAME (repeatable) or KVFETCH_SECRETS".into(),
         ));
     }
-    let resource = opts.resource.as_deref();
-    let vault = opts
-        .vault
+    plan_with(opts, Vec::new(), false)
+}
+
+/// The vault `--vault` names, if any.
+pub fn default_vault(opts: &Options) -> Result<Option<spec::Vault>, Error> {
+    opts.vault
         .as_deref()
-        .map(|v| spec::parse_vault(v, resource))
-        .transpose()?;
-    let specs = opts
+        .map(|v| spec::parse_vault(v, opts.resource.as_deref()))
+        .transpose()
+}
+
+/// [`plan`] without the output and secret-count checks, plus `extra` specs.
+pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Result<Plan, Error> {
+    let resource = opts.resource.as_deref();
+    let vault = default_vault(opts)?;
+    let mut specs = opts
         .secrets
         .iter()
         .map(|s| spec::parse_spec(s, vault.as_ref(), resource))
         .collect::<Result<Vec<_>, _>>()?;
-    spec::check_names(&specs, opts.dir.is_some(), opts.env_file.is_some())?;
+    specs.extend(extra);
+    spec::check_names(
+        &specs,
+        opts.dir.is_some(),
+        opts.env_file.is_some() || env_names,
+    )?;
     let ca_pem = opts
         .ca_file
         .as_ref()
@@ -67,35 +84,73 @@ pub fn plan(opts: &Options) -> Result<Plan, Error> {
     })
 }
 
+/// Everything needed to fetch the plan's secrets, again and again: the identity, one token
+/// cache (reused across refreshes) and one Key Vault client (kept-alive connections).
+pub struct Session {
+    pub plan: Plan,
+    pub tokens: Tokens,
+    client: Client,
+    timeout: std::time::Duration,
+    concurrency: usize,
+}
+
+impl Session {
+    /// Check the outputs' ground and build the clients; no request yet.
+    pub fn new(
+        opts: &Options,
+        env: &HashMap<String, String>,
+        plan: Plan,
+    ) -> Result<Session, Error> {
+        if let Some(dir) = &opts.dir {
+            check_tmpfs(dir, opts.require_tmpfs)?;
+        }
+        let identity = Identity::new(
+            Source::from_env(env)?,
+            opts.selector.clone(),
+            opts.backoff_base,
+            env,
+        );
+        let loopback_only = plan.specs.iter().all(|s| spec::is_loopback(&s.vault.host));
+        let agent = http::vault_agent(plan.ca_pem.as_deref(), opts.concurrency, loopback_only)?;
+        let client = Client::new(
+            agent,
+            &opts.api_version,
+            opts.backoff_base,
+            opts.access_retry,
+        );
+        Ok(Session {
+            plan,
+            tokens: Tokens::new(identity),
+            client,
+            timeout: opts.timeout,
+            concurrency: opts.concurrency,
+        })
+    }
+
+    /// Fetch every secret of the plan within one `--timeout`.
+    pub fn fetch(&self) -> Result<Vec<Fetched>, Error> {
+        let deadline = Deadline::after(self.timeout);
+        fetch_all(
+            &self.plan.specs,
+            &self.client,
+            &self.tokens,
+            &deadline,
+            self.concurrency,
+        )
+    }
+}
+
 /// Run `fetch`.
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
-    let plan = plan(opts)?;
-    if let Some(dir) = &opts.dir {
-        check_tmpfs(dir, opts.require_tmpfs)?;
-    }
-    let deadline = Deadline::after(opts.timeout);
-    let identity = Identity::new(
-        Source::from_env(env)?,
-        opts.selector.clone(),
-        opts.backoff_base,
-        env,
-    );
-    let tokens = Tokens::new(identity);
-    let loopback_only = plan.specs.iter().all(|s| spec::is_loopback(&s.vault.host));
-    let agent = http::vault_agent(plan.ca_pem.as_deref(), opts.concurrency, loopback_only)?;
-    let client = Client::new(
-        agent,
-        &opts.api_version,
-        opts.backoff_base,
-        opts.access_retry,
-    );
-    let values = fetch_all(&plan.specs, &client, &tokens, &deadline, opts.concurrency)?;
-    write_outputs(opts, &plan, &values)?;
+    let started = std::time::Instant::now();
+    let session = Session::new(opts, env, plan(opts)?)?;
+    let values = session.fetch()?;
+    write_outputs(opts, &session.plan, &values, None)?;
     log::info(
         "fetched and wrote secrets",
         &[
-            ("count", &plan.specs.len().to_string()),
-            ("elapsed", &human(deadline.elapsed())),
+            ("count", &session.plan.specs.len().to_string()),
+            ("elapsed", &human(started.elapsed())),
         ],
     );
     Ok(())
@@ -179,16 +234,27 @@ fn report(mut errors: Vec<Error>) -> Result<(), Error> {
     Err(first)
 }
 
-/// Write every output, or none.
-pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<(), Error> {
+/// Write every output, or none. With `changed`, only the files of changed secrets are replaced
+/// (unchanged ones keep their inode and mtime), and the env file only if anything changed.
+pub fn write_outputs(
+    opts: &Options,
+    plan: &Plan,
+    values: &[Fetched],
+    changed: Option<&[bool]>,
+) -> Result<(), Error> {
+    let is_changed = |i: usize| changed.is_none_or(|c| c[i]);
     let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     if let Some(dir) = &opts.dir {
         output::files::ensure_dir(dir, plan.files)?;
-        for (spec, f) in plan.specs.iter().zip(values) {
-            items.push((dir.join(spec.file_name()), f.value.as_bytes().to_vec()));
+        for (i, (spec, f)) in plan.specs.iter().zip(values).enumerate() {
+            if is_changed(i) {
+                items.push((dir.join(spec.file_name()), f.value.as_bytes().to_vec()));
+            }
         }
     }
-    if let Some(file) = &opts.env_file {
+    if let Some(file) = &opts.env_file
+        && (0..values.len()).any(is_changed)
+    {
         let entries: Vec<(String, String)> = plan
             .specs
             .iter()

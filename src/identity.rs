@@ -422,14 +422,27 @@ impl Tokens {
         }
     }
 
-    /// A fresh token for `resource`, from the cache when it is still fresh.
+    /// A fresh token for `resource`, from the cache when it is still fresh. When renewal fails
+    /// while the cached token is still valid, the cached one keeps working.
     pub fn get(&self, resource: &str, deadline: &Deadline) -> Result<Arc<Token>, Error> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, issued)) = cache.get(resource).filter(|(t, issued)| t.fresh(*issued)) {
-            let _ = issued;
+        let cached = cache.get(resource).cloned();
+        if let Some((t, issued)) = &cached
+            && t.fresh(*issued)
+        {
             return Ok(t.clone());
         }
-        let token = Arc::new(self.identity.request(resource, deadline)?);
+        let token = match (self.identity.request(resource, deadline), cached) {
+            (Ok(t), _) => Arc::new(t),
+            (Err(e), Some((old, _))) if now() < old.expires_on => {
+                log::warn(
+                    "token renewal failed; the current token is still valid and stays in use",
+                    &[("error", &e.to_string())],
+                );
+                return Ok(old);
+            }
+            (Err(e), _) => return Err(e),
+        };
         log::debug(
             "got a token",
             &[("resource", resource), ("identity", &token.who())],

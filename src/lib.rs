@@ -8,14 +8,21 @@
 pub mod cli;
 pub mod encoding;
 pub mod error;
+pub mod exec;
 pub mod fetch;
+pub mod health;
 pub mod http;
 pub mod identity;
 pub mod keyvault;
 pub mod log;
 pub mod output;
+pub mod reference;
+pub mod refresh;
 pub mod retry;
+pub mod signals;
 pub mod spec;
+pub mod supervise;
+pub mod watch;
 
 use std::collections::HashMap;
 
@@ -29,18 +36,20 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
     };
     log::init(opts.log);
     let result = match opts.command {
-        cli::Command::Help => {
-            print!("{}", cli::help());
-            Ok(())
+        cli::Command::Help(command) => {
+            print!("{}", cli::help(command));
+            Ok(exit::OK)
         }
         cli::Command::Version => {
             println!("kvfetch {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+            Ok(exit::OK)
         }
-        cli::Command::Fetch => fetch::run(&opts, env),
+        cli::Command::Fetch => fetch::run(&opts, env).map(|()| exit::OK),
+        cli::Command::Watch => watch::run(&opts, env).map(|()| exit::OK),
+        cli::Command::Exec(ref argv) => exec::run(&opts, env, argv),
     };
     match result {
-        Ok(()) => exit::OK,
+        Ok(code) => code,
         Err(e) => fail(&e),
     }
 }

@@ -1,0 +1,151 @@
+//! `kvfetch exec [flags] -- COMMAND [ARGS…]`: the entrypoint wrapper. Resolve `--secret` specs
+//! and inherited Key Vault references into the environment, write `--dir`/`--env-file` if asked,
+//! then become COMMAND (`execve`, PATH lookup as a shell does). Fail closed: if anything cannot be
+//! resolved, COMMAND never starts. With `--refresh`, kvfetch stays the parent instead
+//! ([`crate::supervise`]).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use crate::cli::Options;
+use crate::error::Error;
+use crate::fetch::{Session, default_vault, plan_with, write_outputs};
+use crate::keyvault::Fetched;
+use crate::spec::SecretSpec;
+use crate::{log, reference, supervise};
+
+/// Run `exec`; returns the exit code (supervised mode) or never returns (plain mode).
+pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Result<u8, Error> {
+    let vault = default_vault(opts)?;
+    let references = reference::scan(env.iter(), vault.as_ref(), opts.resource.as_deref())?;
+    let plan = plan_with(opts, references, true)?;
+    let session = Session::new(opts, env, plan)?;
+    let values = if session.plan.specs.is_empty() {
+        log::warn(
+            "nothing to resolve: no --secret and no @Microsoft.KeyVault(...) reference in the environment",
+            &[],
+        );
+        Vec::new()
+    } else {
+        session.fetch()?
+    };
+    if opts.dir.is_some() || opts.env_file.is_some() {
+        write_outputs(opts, &session.plan, &values, None)?;
+    }
+    let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let child_env = child_env(&base, &session.plan.specs, &values)?;
+    let program = find_program(&argv[0], path_of(&child_env))?;
+    log::info(
+        "starting",
+        &[
+            ("command", &argv[0]),
+            ("secrets", &session.plan.specs.len().to_string()),
+        ],
+    );
+    if opts.refresh.is_some() {
+        return supervise::run(opts, session, values, base, program, argv);
+    }
+    let err = std::process::Command::new(&program)
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .envs(child_env)
+        .exec();
+    Err(exec_error(&argv[0], &program, err))
+}
+
+/// The parent's environment with secrets added and references replaced; nothing else changes.
+pub fn child_env(
+    base: &[(OsString, OsString)],
+    specs: &[SecretSpec],
+    values: &[Fetched],
+) -> Result<Vec<(OsString, OsString)>, Error> {
+    let mut env: Vec<(OsString, OsString)> = base.to_vec();
+    for (spec, f) in specs.iter().zip(values) {
+        let name = spec.env_name();
+        if f.value.contains('\0') {
+            return Err(Error::Output(format!(
+                "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; use --dir",
+                spec.reference()
+            )));
+        }
+        let value = OsString::from(&f.value);
+        match env.iter_mut().find(|(k, _)| k == OsStr::new(&name)) {
+            Some(slot) => slot.1 = value,
+            None => env.push((name.into(), value)),
+        }
+    }
+    Ok(env)
+}
+
+fn path_of(env: &[(OsString, OsString)]) -> OsString {
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or_else(|| "/usr/local/bin:/usr/bin:/bin".into(), |(_, v)| v.clone())
+}
+
+/// Find COMMAND as a shell does: a name with `/` is a path; otherwise the first executable match
+/// in PATH. Not found: exit 127; found but not executable: exit 126.
+pub fn find_program(command: &str, path: OsString) -> Result<PathBuf, Error> {
+    let not_found = || {
+        Error::CommandNotFound(format!(
+            "{command}: command not found (PATH={}); check the image and the command after --",
+            path.to_string_lossy()
+        ))
+    };
+    let not_executable = |p: &Path| {
+        Error::NotExecutable(format!(
+            "{}: permission denied (not executable); chmod +x it or fix the command after --",
+            p.display()
+        ))
+    };
+    if command.contains('/') {
+        let p = PathBuf::from(command);
+        return match (p.is_file(), executable(&p)) {
+            (true, true) => Ok(p),
+            (true, false) => Err(not_executable(&p)),
+            _ if p.is_dir() => Err(not_executable(&p)),
+            _ => Err(not_found()),
+        };
+    }
+    let mut seen_non_executable = None;
+    for dir in std::env::split_paths(&path) {
+        let candidate = if dir.as_os_str().is_empty() {
+            PathBuf::from(command)
+        } else {
+            dir.join(command)
+        };
+        if candidate.is_file() {
+            if executable(&candidate) {
+                return Ok(candidate);
+            }
+            seen_non_executable.get_or_insert(candidate);
+        }
+    }
+    Err(seen_non_executable.map_or_else(not_found, |p| not_executable(&p)))
+}
+
+fn executable(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
+/// What a failed `execve` means for the exit code.
+pub fn exec_error(command: &str, program: &Path, err: std::io::Error) -> Error {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => Error::CommandNotFound(format!(
+            "{command}: cannot run {} ({err}); a script's interpreter may be missing",
+            program.display()
+        )),
+        _ => Error::NotExecutable(format!(
+            "{command}: cannot run {} ({err})",
+            program.display()
+        )),
+    }
+}

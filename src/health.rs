@@ -1,0 +1,171 @@
+//! The sidecar's status, and the small HTTP endpoint that shows it: `/healthz` (the loop runs),
+//! `/readyz` (first write done and data not older than `--max-stale`) and `/metrics`
+//! (Prometheus text). Names, versions, counts and times only: never a value.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+/// What the sidecar knows about itself.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub first_write_done: bool,
+    pub last_success: Option<Instant>,
+    pub refreshes: u64,
+    pub failures: BTreeMap<&'static str, u64>,
+    /// Per secret (Key Vault name): how often its value changed.
+    pub changes: BTreeMap<String, u64>,
+    /// Per secret: the `exp` attribute, where set.
+    pub expires: BTreeMap<String, u64>,
+    pub max_stale: Option<Duration>,
+}
+
+impl Status {
+    /// Ready: the first write is done and the data is not older than `--max-stale`.
+    pub fn ready(&self) -> bool {
+        self.first_write_done && !self.stale()
+    }
+
+    /// Refreshes have failed for longer than `--max-stale`.
+    pub fn stale(&self) -> bool {
+        match (self.max_stale, self.last_success) {
+            (Some(max), Some(t)) => t.elapsed() > max,
+            _ => false,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let mut m = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+            m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, value) in samples {
+                m.push_str(&format!("{name}{labels} {value}\n"));
+            }
+        };
+        family(
+            "kvfetch_refreshes_total",
+            "counter",
+            "Refreshes that fetched and wrote every secret (the first fetch included).",
+            vec![(String::new(), self.refreshes.to_string())],
+        );
+        let kinds = [
+            "no_token",
+            "access_denied",
+            "not_found",
+            "output",
+            "vault_unavailable",
+            "usage",
+            "other",
+        ];
+        let failures = kinds
+            .iter()
+            .map(|k| {
+                (
+                    format!("{{kind=\"{k}\"}}"),
+                    self.failures.get(k).copied().unwrap_or(0).to_string(),
+                )
+            })
+            .collect();
+        family(
+            "kvfetch_refresh_failures_total",
+            "counter",
+            "Failed refreshes by kind of failure.",
+            failures,
+        );
+        let age = self.last_success.map_or("NaN".to_string(), |t| {
+            format!("{:.3}", t.elapsed().as_secs_f64())
+        });
+        family(
+            "kvfetch_seconds_since_last_success",
+            "gauge",
+            "Seconds since the last successful refresh.",
+            vec![(String::new(), age)],
+        );
+        family(
+            "kvfetch_ready",
+            "gauge",
+            "1 when /readyz answers 200.",
+            vec![(String::new(), u8::from(self.ready()).to_string())],
+        );
+        let changes = self
+            .changes
+            .iter()
+            .map(|(s, n)| (format!("{{secret=\"{s}\"}}"), n.to_string()))
+            .collect();
+        family(
+            "kvfetch_secret_changes_total",
+            "counter",
+            "Times a secret's value or version changed after the first fetch.",
+            changes,
+        );
+        let expires = self
+            .expires
+            .iter()
+            .map(|(s, e)| (format!("{{secret=\"{s}\"}}"), e.to_string()))
+            .collect();
+        family(
+            "kvfetch_secret_expires_timestamp_seconds",
+            "gauge",
+            "The secret's exp attribute (Unix seconds), where set.",
+            expires,
+        );
+        m
+    }
+}
+
+/// Serve the endpoints on `addr` from a background thread.
+pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| Error::Usage(format!("cannot listen on --health-listen {addr}: {e}")))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (code, body) = answer(&path, &status.lock().unwrap_or_else(|e| e.into_inner()));
+            let reason = if code == 200 {
+                "OK"
+            } else if code == 503 {
+                "Service Unavailable"
+            } else {
+                "Not Found"
+            };
+            let kind = if path == "/metrics" {
+                "text/plain; version=0.0.4"
+            } else {
+                "text/plain"
+            };
+            let response = format!(
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = reader.get_mut().write_all(response.as_bytes());
+        }
+    });
+    Ok(())
+}
+
+fn answer(path: &str, status: &Status) -> (u16, String) {
+    match path {
+        "/healthz" => (200, "ok\n".into()),
+        "/readyz" if status.ready() => (200, "ready\n".into()),
+        "/readyz" if !status.first_write_done => {
+            (503, "not ready: the first fetch has not completed\n".into())
+        }
+        "/readyz" => (
+            503,
+            "not ready: refreshes have failed for longer than --max-stale\n".into(),
+        ),
+        "/metrics" => (200, status.metrics()),
+        _ => (404, "not found\n".into()),
+    }
+}

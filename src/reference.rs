@@ -1,0 +1,160 @@
+//! App Service's Key Vault reference syntax, for `exec`: an inherited variable whose value is
+//! `@Microsoft.KeyVault(SecretUri=https://HOST/secrets/NAME[/VERSION][/])` or
+//! `@Microsoft.KeyVault(VaultName=V;SecretName=N[;SecretVersion=X])` (keys case-insensitive,
+//! surrounding white space tolerated) is replaced by the secret's value. The same host rules as
+//! `fetch` apply to every referenced vault.
+
+use crate::error::Error;
+use crate::spec::{self, CLOUDS, SecretSpec, Vault};
+
+const PREFIX: &str = "@microsoft.keyvault(";
+
+/// Whether `value` is meant as a Key Vault reference.
+pub fn is_reference(value: &str) -> bool {
+    value.trim().to_ascii_lowercase().starts_with(PREFIX)
+}
+
+/// The spec a reference in variable `var` names; a malformed reference is a usage error, so an
+/// unresolved reference never reaches the app.
+pub fn parse(
+    var: &str,
+    value: &str,
+    default_vault: Option<&Vault>,
+    resource: Option<&str>,
+) -> Result<SecretSpec, Error> {
+    let bad = |why: &str| {
+        Error::Usage(format!(
+            "the Key Vault reference in {var} is malformed ({why}); expected @Microsoft.KeyVault(SecretUri=https://VAULT.vault.azure.net/secrets/NAME) or @Microsoft.KeyVault(VaultName=V;SecretName=N)"
+        ))
+    };
+    let trimmed = value.trim();
+    let inner = trimmed
+        .get(PREFIX.len()..)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .ok_or_else(|| bad("no closing parenthesis"))?;
+    let mut fields = std::collections::HashMap::new();
+    for part in inner.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad("a part without '='"))?;
+        fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+    }
+    let reference = match (
+        fields.get("secreturi"),
+        fields.get("vaultname"),
+        fields.get("secretname"),
+    ) {
+        (Some(uri), None, None) => uri.clone(),
+        (None, Some(vault), Some(name)) => {
+            let base = vault_base(vault, default_vault)
+                .ok_or_else(|| bad("VaultName is not a valid vault name"))?;
+            match fields.get("secretversion").filter(|v| !v.is_empty()) {
+                Some(version) => format!("{base}/secrets/{name}/{version}"),
+                None => format!("{base}/secrets/{name}"),
+            }
+        }
+        _ => return Err(bad("give either SecretUri, or VaultName and SecretName")),
+    };
+    spec::parse_spec(&format!("{var}={reference}"), None, resource)
+}
+
+/// `https://V.<suffix>`: the DNS suffix of `--vault` when given (a loopback `--vault`, an
+/// emulator, stands for every vault name), else `vault.azure.net`.
+fn vault_base(name: &str, default_vault: Option<&Vault>) -> Option<String> {
+    let valid = (3..=24).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !valid {
+        return None;
+    }
+    if let Some(v) = default_vault.filter(|v| spec::is_loopback(&v.host)) {
+        return Some(v.url.clone());
+    }
+    let suffix = default_vault
+        .and_then(|v| CLOUDS.iter().find(|(s, _)| v.host.ends_with(s)))
+        .map_or(".vault.azure.net", |(s, _)| s);
+    Some(format!("https://{}{suffix}", name.to_ascii_lowercase()))
+}
+
+/// Every reference among `vars`, as specs aliased to their variable.
+pub fn scan<'a>(
+    vars: impl Iterator<Item = (&'a String, &'a String)>,
+    default_vault: Option<&Vault>,
+    resource: Option<&str>,
+) -> Result<Vec<SecretSpec>, Error> {
+    let mut found: Vec<(&String, &String)> = vars.filter(|(_, v)| is_reference(v)).collect();
+    found.sort();
+    found
+        .into_iter()
+        .map(|(k, v)| parse(k, v, default_vault, resource))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_syntaxes() {
+        let s = parse(
+            "DB",
+            " @Microsoft.KeyVault( SecretUri = https://v1.vault.azure.net/secrets/db/abc123/ ) ",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.alias.as_deref(),
+                s.vault.url.as_str(),
+                s.name.as_str(),
+                s.version.as_deref()
+            ),
+            (
+                Some("DB"),
+                "https://v1.vault.azure.net",
+                "db",
+                Some("abc123")
+            )
+        );
+        let s = parse(
+            "X",
+            "@microsoft.keyvault(vaultname=v1;SECRETNAME=x;SecretVersion=ff)",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.vault.url.as_str(), s.version.as_deref()),
+            ("https://v1.vault.azure.net", Some("ff"))
+        );
+        let cn = spec::parse_vault("https://other.vault.azure.cn", None).unwrap();
+        let s = parse(
+            "X",
+            "@Microsoft.KeyVault(VaultName=v1;SecretName=x)",
+            Some(&cn),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.vault.url.as_str(), s.vault.resource.as_str()),
+            ("https://v1.vault.azure.cn", "https://vault.azure.cn")
+        );
+    }
+
+    #[test]
+    fn malformed_and_foreign_references_are_refused() {
+        for bad in [
+            "@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db",
+            "@Microsoft.KeyVault(VaultName=v1)",
+            "@Microsoft.KeyVault(SecretUri=https://evil.example.com/secrets/db)",
+            "@Microsoft.KeyVault(SecretUri=http://v1.vault.azure.net/secrets/db)",
+            "@Microsoft.KeyVault(nonsense)",
+        ] {
+            assert!(
+                matches!(parse("X", bad, None, None), Err(Error::Usage(_))),
+                "{bad}"
+            );
+        }
+        assert!(!is_reference("plain value"));
+    }
+}

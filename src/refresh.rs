@@ -1,0 +1,206 @@
+//! The refresh loop shared by `watch` and supervised `exec`: fetch in the background, compare,
+//! rewrite only what changed, back off on failure (capped at `--refresh`), and keep the last good
+//! outputs when a refresh fails. The main thread owns every write, so a signal handled there never
+//! interrupts one.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cli::Options;
+use crate::error::Error;
+use crate::fetch::{Session, write_outputs};
+use crate::health::Status;
+use crate::keyvault::Fetched;
+use crate::log;
+use crate::retry::{Backoff, human, jitter};
+
+/// Messages the mode's main loop waits for.
+pub enum Event {
+    Signal(i32),
+    Fetched(Result<Vec<Fetched>, Error>),
+    /// A supervised child ended (exec): its wait status.
+    ChildExited(i32),
+}
+
+/// What one fetch result meant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The first complete write.
+    First,
+    /// These secrets (file/variable names) changed and were rewritten.
+    Changed(Vec<String>),
+    Unchanged,
+    /// The refresh failed; the last good outputs stay.
+    Failed,
+}
+
+pub struct Refresher {
+    session: Arc<Session>,
+    opts: Options,
+    tx: Sender<Event>,
+    pub current: Option<Vec<Fetched>>,
+    in_flight: bool,
+    failures_in_row: u32,
+    next_due: Instant,
+    pub status: Arc<Mutex<Status>>,
+}
+
+impl Refresher {
+    pub fn new(session: Session, opts: &Options, tx: Sender<Event>) -> Refresher {
+        let status = Status {
+            max_stale: opts.max_stale,
+            ..Status::default()
+        };
+        Refresher {
+            session: Arc::new(session),
+            opts: opts.clone(),
+            tx,
+            current: None,
+            in_flight: false,
+            failures_in_row: 0,
+            next_due: Instant::now(),
+            status: Arc::new(Mutex::new(status)),
+        }
+    }
+
+    /// Start from values already fetched and written (supervised exec's first fetch).
+    pub fn seed(&mut self, values: Vec<Fetched>) {
+        self.current = Some(values);
+        self.next_due = Instant::now() + jitter(self.refresh(), 0.1);
+        let mut s = self.lock();
+        s.first_write_done = true;
+        s.last_success = Some(Instant::now());
+        s.refreshes = 1;
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// How long the main loop may sleep before the next refresh is due.
+    pub fn wait(&self) -> Duration {
+        if self.in_flight {
+            Duration::from_secs(3600)
+        } else {
+            self.next_due.saturating_duration_since(Instant::now())
+        }
+    }
+
+    /// Start a fetch in the background unless one is running.
+    pub fn start(&mut self) {
+        if self.in_flight {
+            return;
+        }
+        self.in_flight = true;
+        let (session, tx) = (self.session.clone(), self.tx.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(Event::Fetched(session.fetch()));
+        });
+    }
+
+    /// Digest one fetch result. `Err` ends the mode: a failed first fetch (with `fetch`'s exit
+    /// code) or refreshes failing for longer than `--max-stale` (exit 7).
+    pub fn handle(&mut self, result: Result<Vec<Fetched>, Error>) -> Result<Outcome, Error> {
+        self.in_flight = false;
+        let first = self.current.is_none();
+        let outcome = match result {
+            Ok(values) => self.apply(values),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(o) => {
+                self.failures_in_row = 0;
+                self.next_due = Instant::now() + jitter(self.refresh(), 0.1);
+                let mut s = self.lock();
+                s.refreshes += 1;
+                s.last_success = Some(Instant::now());
+                s.first_write_done = true;
+                Ok(o)
+            }
+            Err(e) if first => Err(e),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    fn refresh(&self) -> Duration {
+        self.opts.refresh.unwrap_or(Duration::from_secs(300))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compare with the last good values and write what changed.
+    fn apply(&mut self, values: Vec<Fetched>) -> Result<Outcome, Error> {
+        let specs = &self.session.plan.specs;
+        {
+            let mut s = self.lock();
+            for (spec, f) in specs.iter().zip(&values) {
+                if let Some(exp) = f.expires {
+                    s.expires.insert(spec.name.clone(), exp);
+                }
+            }
+        }
+        let Some(old) = &self.current else {
+            write_outputs(&self.opts, &self.session.plan, &values, None)?;
+            self.current = Some(values);
+            return Ok(Outcome::First);
+        };
+        let changed: Vec<bool> = old
+            .iter()
+            .zip(&values)
+            .map(|(a, b)| a.version != b.version || a.value != b.value)
+            .collect();
+        if !changed.contains(&true) {
+            self.current = Some(values);
+            return Ok(Outcome::Unchanged);
+        }
+        write_outputs(&self.opts, &self.session.plan, &values, Some(&changed))?;
+        let mut names = BTreeSet::new();
+        for (i, spec) in specs.iter().enumerate().filter(|(i, _)| changed[*i]) {
+            log::info(
+                "secret changed",
+                &[
+                    ("secret", &spec.name),
+                    ("vault", &spec.vault.url),
+                    ("old_version", &old[i].version),
+                    ("new_version", &values[i].version),
+                ],
+            );
+            *self.lock().changes.entry(spec.name.clone()).or_default() += 1;
+            names.insert(spec.file_name().to_string());
+        }
+        self.current = Some(values);
+        Ok(Outcome::Changed(names.into_iter().collect()))
+    }
+
+    /// A failed refresh: log, count, back off (capped at `--refresh`), check `--max-stale`.
+    fn failed(&mut self, e: Error) -> Result<Outcome, Error> {
+        let backoff = Backoff {
+            base: self.opts.backoff_base,
+            cap_factor: u32::MAX,
+        };
+        let delay = backoff.delay(self.failures_in_row).min(self.refresh());
+        self.failures_in_row += 1;
+        self.next_due = Instant::now() + delay;
+        let stale = {
+            let mut s = self.lock();
+            *s.failures.entry(e.kind()).or_default() += 1;
+            s.stale()
+        };
+        log::error(
+            &format!("refresh failed; keeping the last good secrets: {e}"),
+            &[("kind", e.kind()), ("retry_in", &human(delay))],
+        );
+        if stale {
+            let max = self.opts.max_stale.unwrap_or_default();
+            return Err(Error::VaultUnavailable(format!(
+                "refreshes have failed for longer than --max-stale {}; exiting so the orchestrator restarts kvfetch (last error: {e})",
+                human(max)
+            )));
+        }
+        Ok(Outcome::Failed)
+    }
+}

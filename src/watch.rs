@@ -1,0 +1,172 @@
+//! `kvfetch watch`: the sidecar. The first fetch follows `fetch`'s rules and exit codes; then the
+//! outputs are kept fresh until SIGTERM/SIGINT (exit 0 within a second, whatever is in flight).
+//! SIGHUP refreshes now. Errors after the first write never end the process, except
+//! `--max-stale`.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::cli::Options;
+use crate::error::Error;
+use crate::fetch::{Session, plan};
+use crate::refresh::{Event, Outcome, Refresher};
+use crate::{health, log, signals};
+
+/// Run `watch`.
+pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
+    let session = Session::new(opts, env, plan(opts)?)?;
+    let (tx, rx) = mpsc::channel();
+    signals::forward(
+        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP],
+        tx.clone(),
+        Event::Signal,
+    )?;
+    let mut refresher = Refresher::new(session, opts, tx);
+    if let Some(addr) = &opts.health_listen {
+        health::serve(addr, refresher.status.clone())?;
+    }
+    let notifier = Notifier::new(opts.notify_url.clone());
+    refresher.start();
+    loop {
+        let event = match rx.recv_timeout(refresher.wait()) {
+            Ok(event) => event,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                refresher.start();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Other("the event channel closed".into()));
+            }
+        };
+        match event {
+            Event::Signal(libc::SIGHUP) => {
+                log::info("SIGHUP: refreshing now", &[]);
+                refresher.start();
+            }
+            Event::Signal(sig) => {
+                log::info("stopping", &[("signal", &sig.to_string())]);
+                stop(opts, &refresher);
+                return Ok(());
+            }
+            Event::Fetched(result) => match refresher.handle(result) {
+                Ok(Outcome::First) => ready(opts, &refresher)?,
+                Ok(Outcome::Changed(names)) => notifier.notify(names),
+                Ok(_) => {}
+                Err(e) => {
+                    remove_ready_file(opts);
+                    return Err(e);
+                }
+            },
+            Event::ChildExited(_) => {}
+        }
+    }
+}
+
+fn ready(opts: &Options, refresher: &Refresher) -> Result<(), Error> {
+    let count = refresher.session().plan.specs.len();
+    log::info(
+        "secrets written; watching for changes",
+        &[
+            ("count", &count.to_string()),
+            (
+                "refresh",
+                &crate::retry::human(opts.refresh.unwrap_or_default()),
+            ),
+        ],
+    );
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, "ready\n").map_err(|e| {
+            Error::Output(format!(
+                "cannot create --ready-file {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn remove_ready_file(opts: &Options) {
+    if let Some(path) = &opts.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// On SIGTERM/SIGINT: remove the ready file, and with `--cleanup` everything kvfetch wrote.
+fn stop(opts: &Options, refresher: &Refresher) {
+    remove_ready_file(opts);
+    if !opts.cleanup {
+        return;
+    }
+    if let Some(dir) = &opts.dir {
+        for spec in &refresher.session().plan.specs {
+            let _ = std::fs::remove_file(dir.join(spec.file_name()));
+        }
+        let _ = std::fs::remove_dir(dir); // only if now empty
+    }
+    if let Some(file) = &opts.env_file {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// POSTs `{"changed":[names]}` to `--notify-url`; names that could not be delivered are sent
+/// again with the next change.
+struct Notifier {
+    url: Option<String>,
+    pending: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl Notifier {
+    fn new(url: Option<String>) -> Notifier {
+        Notifier {
+            url,
+            pending: Default::default(),
+        }
+    }
+
+    fn notify(&self, names: Vec<String>) {
+        let Some(url) = self.url.clone() else { return };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(names);
+        let pending = self.pending.clone();
+        std::thread::spawn(move || {
+            let names: Vec<String> =
+                std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_iter()
+                    .collect();
+            if names.is_empty() {
+                return;
+            }
+            let body = serde_json::json!({ "changed": names }).to_string();
+            let agent = crate::http::identity_agent();
+            let result = agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .config()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .send(body.as_bytes());
+            match result {
+                Ok(r) if r.status().is_success() => {
+                    log::info("notified", &[("url", &url), ("changed", &names.join(","))])
+                }
+                outcome => {
+                    let why = match outcome {
+                        Ok(r) => format!("HTTP {}", r.status().as_u16()),
+                        Err(e) => e.to_string(),
+                    };
+                    log::warn(
+                        "change notification failed; will retry with the next change",
+                        &[("url", &url), ("error", &why)],
+                    );
+                    pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(names);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,516 @@
+//! `kvfetch watch`, the sidecar: real processes against the emulator with short intervals.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `kvfetch watch`; killed on drop.
+struct Watch {
+    child: Child,
+}
+
+impl Watch {
+    fn start(emu: &Emulator, args: &[&str]) -> Watch {
+        Watch::start_with(&env_for(emu), args)
+    }
+
+    fn start_with(env: &std::collections::HashMap<String, String>, args: &[&str]) -> Watch {
+        let child = Command::new(BIN)
+            .arg("watch")
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Watch { child }
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc_kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait for the exit code (at most `within`).
+    fn exit_within(&mut self, within: Duration) -> Option<i32> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(ms(10));
+        }
+        None
+    }
+
+    fn stderr(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut s = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+const SIGHUP: i32 = 1;
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if check() {
+            return;
+        }
+        std::thread::sleep(ms(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+    )
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn rotation_replaces_only_the_changed_file() {
+    let emu = Emulator::start().unwrap();
+    let v1 = emu.set_secret("stable", "same");
+    let r1 = emu.set_secret("rotating", "one");
+    let s = Scratch::new();
+    let (dir, ready, env_file) = (s.path("out"), s.path("ready"), s.path("app.env"));
+    let mut w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "stable",
+            "--secret",
+            "rotating",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--refresh",
+            "150ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    let before = std::fs::metadata(dir.join("stable")).unwrap();
+    let rotating_inode = std::fs::metadata(dir.join("rotating")).unwrap().ino();
+    std::thread::sleep(ms(400)); // a few unchanged refreshes
+    let r2 = emu.set_secret("rotating", "two");
+    wait_for("the rotated value", ms(3000), || {
+        read(&dir.join("rotating")) == "two"
+    });
+    wait_for("the env file", ms(1000), || {
+        read(&env_file).contains("ROTATING='two'")
+    });
+    let after = std::fs::metadata(dir.join("stable")).unwrap();
+    assert_eq!(
+        (before.ino(), before.mtime_nsec(), before.mtime()),
+        (after.ino(), after.mtime_nsec(), after.mtime()),
+        "unchanged file untouched"
+    );
+    assert_ne!(
+        std::fs::metadata(dir.join("rotating")).unwrap().ino(),
+        rotating_inode,
+        "changed file replaced atomically"
+    );
+    assert_eq!(
+        s.entries("out"),
+        vec!["rotating", "stable"],
+        "no temp file left"
+    );
+    let log = w.stderr();
+    assert!(
+        log.contains("secret changed") && log.contains(&r1) && log.contains(&r2),
+        "{log}"
+    );
+    assert!(!log.contains("two") || !log.contains("ROTATING='two'"));
+    let _ = v1;
+}
+
+#[test]
+fn failures_keep_the_last_good_files_and_show_in_metrics_and_readyz() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    emu.set_secret("b", "beta");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let addr = free_addr();
+    let _w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--secret",
+            "b",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "100ms",
+            "--health-listen",
+            &addr,
+        ],
+    );
+    wait_for("readiness", ms(5000), || {
+        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200
+    });
+    emu.set_enabled("a", false);
+    emu.delete_secret("b");
+    wait_for("failures in /metrics", ms(5000), || {
+        http_get(&addr, "/metrics")
+            .1
+            .contains("kvfetch_refresh_failures_total{kind=\"not_found\"} 2")
+    });
+    assert_eq!(
+        (read(&dir.join("a")), read(&dir.join("b"))),
+        ("alpha".to_string(), "beta".to_string())
+    );
+    assert_eq!(
+        http_get(&addr, "/readyz").0,
+        200,
+        "without --max-stale the last good secrets are served"
+    );
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let metrics = http_get(&addr, "/metrics").1;
+    for series in [
+        "kvfetch_refreshes_total 1",
+        "kvfetch_seconds_since_last_success",
+        "kvfetch_ready 1",
+        "# TYPE kvfetch_secret_changes_total counter",
+    ] {
+        assert!(metrics.contains(series), "{series}: {metrics}");
+    }
+    assert!(
+        !metrics.contains("alpha") && !metrics.contains("beta"),
+        "never a value"
+    );
+}
+
+#[test]
+fn max_stale_fails_readyz_then_exits_7() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let addr = free_addr();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "200ms".into());
+    let mut w = Watch::start_with(
+        &env,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "100ms",
+            "--health-listen",
+            &addr,
+            "--max-stale",
+            "1s",
+        ],
+    );
+    wait_for("readiness", ms(5000), || {
+        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200
+    });
+    for _ in 0..10_000 {
+        emu.push_kv_fault(Fault::Status(503));
+    }
+    wait_for("/readyz to fail", ms(5000), || {
+        http_get(&addr, "/readyz").0 == 503
+    });
+    assert_eq!(w.exit_within(ms(5000)), Some(7));
+    assert_eq!(read(&dir.join("a")), "alpha", "the last good file stays");
+    assert!(w.stderr().contains("--max-stale"));
+}
+
+#[test]
+fn token_is_requested_once_with_a_long_lifetime_and_again_when_short() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "50ms",
+        ],
+    );
+    wait_for("many refreshes", ms(5000), || {
+        emu.counters().kv_total_requests >= 15
+    });
+    assert_eq!(emu.counters().imds_token_requests, 1);
+    drop(w);
+
+    emu.set_token_lifetime(Duration::from_secs(2));
+    emu.reset_counters();
+    let _w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "50ms",
+        ],
+    );
+    wait_for("a renewed token", ms(8000), || {
+        emu.counters().imds_token_requests >= 2
+    });
+    assert!(emu.counters().kv_total_requests >= 2);
+}
+
+#[test]
+fn sighup_refreshes_now() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "one");
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "1h",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    emu.set_secret("a", "two");
+    w.signal(SIGHUP);
+    wait_for("the refresh SIGHUP asked for", ms(2000), || {
+        read(&dir.join("a")) == "two"
+    });
+}
+
+#[test]
+fn sigterm_exits_0_within_a_second_even_mid_request_and_keeps_files() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "100ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    emu.set_kv_delay(Duration::from_secs(5));
+    std::thread::sleep(ms(300)); // a refresh is now waiting on the slow vault
+    let started = Instant::now();
+    w.signal(SIGTERM);
+    assert_eq!(w.exit_within(ms(1000)), Some(0));
+    assert!(started.elapsed() < ms(1000));
+    assert!(!ready.exists(), "the ready file is removed on exit");
+    assert_eq!(
+        read(&dir.join("a")),
+        "alpha",
+        "without --cleanup the files stay"
+    );
+    assert_eq!(s.entries("out"), vec!["a"]);
+}
+
+#[test]
+fn cleanup_removes_what_kvfetch_wrote() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    let s = Scratch::new();
+    let (dir, ready, env_file) = (s.path("out"), s.path("ready"), s.path("app.env"));
+    let mut w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--cleanup",
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    w.signal(SIGINT);
+    assert_eq!(w.exit_within(ms(1000)), Some(0));
+    assert!(s.entries("").is_empty(), "{:?}", s.entries(""));
+}
+
+#[test]
+fn notify_posts_names_only_and_retries_with_the_next_change() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    emu.set_secret("b", "beta");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/reload", listener.local_addr().unwrap());
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let _w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "a",
+            "--secret",
+            "b",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "100ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--notify-url",
+            &url,
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    emu.set_secret("b", "new beta");
+    let first = accept_post(
+        &listener,
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(first.starts_with("POST /reload"), "{first}");
+    assert!(first.ends_with(r#"{"changed":["b"]}"#), "{first}");
+    assert!(!first.contains("beta"), "names only");
+    // The failed notification is retried with the next change.
+    emu.set_secret("a", "new alpha");
+    let second = accept_post(&listener, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(second.ends_with(r#"{"changed":["a","b"]}"#), "{second}");
+}
+
+/// Accept one request, read it whole (headers and body), answer `reply`.
+fn accept_post(listener: &std::net::TcpListener, reply: &str) -> String {
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(ms(2000))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        request.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&request).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                conn.write_all(reply.as_bytes()).unwrap();
+                return text;
+            }
+        }
+        assert!(n > 0, "connection closed early");
+    }
+}
+
+#[test]
+fn first_fetch_failure_exits_like_fetch() {
+    let emu = Emulator::start().unwrap();
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut w = Watch::start(
+        &emu,
+        &[
+            "--secret",
+            "missing",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(w.exit_within(ms(5000)), Some(5));
+    assert!(!ready.exists());
+}
+
+#[test]
+fn watch_only_flags_are_refused_elsewhere() {
+    let emu = Emulator::start().unwrap();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "a",
+            "--dir",
+            "/dev/shm/x",
+            "--refresh",
+            "1m",
+        ],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("--refresh does not apply to `kvfetch fetch`"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&emu, &["watch", "--help"]);
+    assert!(
+        r.stdout.contains("--health-listen")
+            && r.stdout.contains("KVFETCH_REFRESH")
+            && r.stdout.contains("[default: 5m]")
+    );
+}
