@@ -118,26 +118,26 @@ mod tests {
         );
         let s = parse(
             "X",
-            "@microsoft.keyvault(vaultname=v1;SECRETNAME=x;SecretVersion=ff)",
+            "@microsoft.keyvault(vaultname=kv1;SECRETNAME=x;SecretVersion=ff)",
             None,
             None,
         )
         .unwrap();
         assert_eq!(
             (s.vault.url.as_str(), s.version.as_deref()),
-            ("https://v1.vault.azure.net", Some("ff"))
+            ("https://kv1.vault.azure.net", Some("ff"))
         );
         let cn = spec::parse_vault("https://other.vault.azure.cn", None).unwrap();
         let s = parse(
             "X",
-            "@Microsoft.KeyVault(VaultName=v1;SecretName=x)",
+            "@Microsoft.KeyVault(VaultName=kv1;SecretName=x)",
             Some(&cn),
             None,
         )
         .unwrap();
         assert_eq!(
             (s.vault.url.as_str(), s.vault.resource.as_str()),
-            ("https://v1.vault.azure.cn", "https://vault.azure.cn")
+            ("https://kv1.vault.azure.cn", "https://vault.azure.cn")
         );
     }
 

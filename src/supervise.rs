@@ -115,12 +115,22 @@ impl Supervisor<'_> {
     fn spawn(&mut self, refresher: &Refresher) -> Result<i32, Error> {
         let values = refresher.current.as_deref().unwrap_or_default();
         let env = child_env(&self.base_env, &refresher.session().plan.specs, values)?;
-        let child = std::process::Command::new(&self.program)
+        let mut command = std::process::Command::new(&self.program);
+        command
             .arg0(&self.argv[0])
             .args(&self.argv[1..])
             .env_clear()
             .envs(env)
-            .process_group(0)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe. Should kvfetch die (even by SIGKILL), the child
+        // gets SIGTERM instead of running on unsupervised.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .map_err(|e| exec_error(&self.argv[0], &self.program, e))?;
         let pid = child.id() as i32;

@@ -47,7 +47,7 @@ fn yaml_env(text: &str) -> HashMap<String, String> {
         if let Some(n) = line.strip_prefix("- name: ") {
             name = Some(n.to_string());
         } else if let (Some(v), Some(n)) = (line.strip_prefix("value: "), name.take()) {
-            env.insert(n, v.to_string());
+            env.insert(n, v.trim_matches('\'').to_string());
         }
     }
     env

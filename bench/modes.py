@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Benchmarks for the long-running modes, against the emulator (loopback only).
+
+watch: RSS and CPU of `kvfetch watch` over 1,000 fast refreshes (they must stay flat), and its CPU
+       while idle between refreshes (must be ~0: no polling).
+exec:  the wrapper's own overhead (`kvfetch exec -- true` against `kvfetch fetch` of the same
+       secrets) and the supervisor's RSS while its child runs.
+
+Usage: bench/run watch|exec [--runs R]
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def proc_cpu_s(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def start_emulator(work, names):
+    exports = os.path.join(work, "emulator.env")
+    argv = [ARGS.emulator, "--env-file", exports]
+    for n in names:
+        argv += ["--secret", f"{n}=value of {n}"]
+    emu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.exists(exports) and os.path.getsize(exports) > 0:
+            break
+        time.sleep(0.05)
+    env = dict(PATH=os.environ["PATH"])
+    for line in open(exports):
+        if line.startswith("export "):
+            k, v = line[len("export "):].strip().split("=", 1)
+            env[k] = v
+    return emu, env
+
+
+def metric(addr, name):
+    text = urllib.request.urlopen(f"http://{addr}/metrics").read().decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def bench_watch(work):
+    names = [f"s{i:02d}" for i in range(10)]
+    emu, env = start_emulator(work, names)
+    addr = "127.0.0.1:18089"
+    out = os.path.join(work, "out")
+    env = dict(env, KVFETCH_SECRETS=",".join(names), KVFETCH_DIR=out)
+    try:
+        w = subprocess.Popen([ARGS.kvfetch, "watch", "-q", "--refresh", "10ms", "--health-listen", addr], env=env)
+        samples = []
+        for target in (100, 250, 500, 750, 1000):
+            while metric_safe(addr, "kvfetch_refreshes_total") < target:
+                time.sleep(0.02)
+            samples.append((target, proc_rss_mb(w.pid), proc_cpu_s(w.pid)))
+        w.terminate()
+        w.wait()
+        print("# kvfetch watch, 10 secrets, --refresh 10ms: RSS and CPU as refreshes accumulate")
+        print(f"{'refreshes':>10} {'rss MB':>8} {'cpu s':>7} {'cpu ms/refresh since previous':>30}")
+        prev = None
+        for n, rss, cpu in samples:
+            per = "" if prev is None else f"{(cpu - prev[2]) * 1000 / (n - prev[0]):.2f}"
+            print(f"{n:>10} {rss:>8.1f} {cpu:>7.2f} {per:>30}")
+            prev = (n, rss, cpu)
+        w = subprocess.Popen([ARGS.kvfetch, "watch", "-q", "--refresh", "1h"], env=env)
+        time.sleep(1)
+        before = proc_cpu_s(w.pid)
+        time.sleep(5)
+        idle = proc_cpu_s(w.pid) - before
+        w.terminate()
+        w.wait()
+        print(f"# idle between refreshes (--refresh 1h): {idle * 1000:.0f} ms CPU in 5 s (clock tick {1000 / TICK:.0f} ms)")
+    finally:
+        emu.terminate()
+        emu.wait()
+
+
+def metric_safe(addr, name):
+    try:
+        return metric(addr, name)
+    except OSError:
+        return 0.0
+
+
+def timed(argv, env):
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{argv} failed: {err}")
+    return wall, ru.ru_utime + ru.ru_stime
+
+
+def bench_exec(work):
+    names = [f"s{i:02d}" for i in range(10)]
+    emu, env = start_emulator(work, names)
+    out = os.path.join(work, "out")
+    env = dict(env, KVFETCH_SECRETS=",".join(names))
+    true = shutil.which("true")
+    try:
+        runs = {"fetch --dir": [], "exec -- true": []}
+        for _ in range(ARGS.runs):
+            shutil.rmtree(out, ignore_errors=True)
+            runs["fetch --dir"].append(timed([ARGS.kvfetch, "fetch", "-q", "--dir", out], env))
+            runs["exec -- true"].append(timed([ARGS.kvfetch, "exec", "-q", "--", true], env))
+        print(f"# 10 secrets, {ARGS.runs} runs each, alternating; medians")
+        print(f"{'command':<14} {'wall ms':>8} {'cpu ms':>7}")
+        for name, r in runs.items():
+            print(f"{name:<14} {statistics.median(x[0] for x in r) * 1000:>8.1f} {statistics.median(x[1] for x in r) * 1000:>7.1f}")
+        sup = subprocess.Popen([ARGS.kvfetch, "exec", "-q", "--refresh", "1m", "--", "sleep", "30"], env=env)
+        time.sleep(1.5)
+        rss = proc_rss_mb(sup.pid)
+        sup.terminate()
+        sup.wait()
+        print(f"# supervisor (exec --refresh 1m -- sleep 30) RSS while the child runs: {rss:.1f} MB")
+    finally:
+        emu.terminate()
+        emu.wait()
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("suite", choices=["watch", "exec"])
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--kvfetch", required=True)
+    ap.add_argument("--emulator", required=True)
+    ap.add_argument("--python")
+    ARGS = ap.parse_args()
+    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        {"watch": bench_watch, "exec": bench_exec}[ARGS.suite](work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+//! `kvfetch exec`, the entrypoint wrapper: real processes against the emulator.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn exec_env(emu: &Emulator) -> HashMap<String, String> {
+    let mut env = env_for(emu);
+    env.insert("UNRELATED".into(), "stays exactly".into());
+    env
+}
+
+/// Run `kvfetch exec ARGS`, returning (exit code, stdout bytes, stderr).
+fn exec(env: &HashMap<String, String>, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(BIN)
+        .arg("exec")
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn env_dump(bytes: &[u8]) -> BTreeMap<String, String> {
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const TRICKY: &str = "line one\nline 'two' \"three\" $HOME ${PATH} \\ ✓ 日本";
+
+#[test]
+fn secrets_and_references_reach_the_environment_exactly() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", TRICKY);
+    emu.set_secret("api-key", "key-123");
+    let v1 = emu.set_secret("pinned", "first");
+    emu.set_secret("pinned", "second");
+    let mut env = exec_env(&emu);
+    env.insert(
+        "API".into(),
+        format!(
+            "@Microsoft.KeyVault(SecretUri={}/secrets/api-key/)",
+            emu.vault_url()
+        ),
+    );
+    env.insert("PINNED".into(), format!(" @microsoft.keyvault( VaultName = myvault ; SecretName = pinned ; SecretVersion = {v1} ) "));
+    let (code, stdout, stderr) = exec(&env, &["--secret", "db-password", "--", "env", "-0"]);
+    assert_eq!(code, 0, "{stderr}");
+    let child = env_dump(&stdout);
+    assert_eq!(child["DB_PASSWORD"], TRICKY);
+    assert_eq!(child["API"], "key-123");
+    assert_eq!(child["PINNED"], "first");
+    assert_eq!(child["UNRELATED"], "stays exactly");
+    assert_eq!(
+        child["KVFETCH_VAULT"],
+        emu.vault_url(),
+        "nothing else changes"
+    );
+    assert!(
+        !stderr.contains("key-123") && !stderr.contains("line one"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nothing_starts_when_a_secret_or_reference_fails() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("ok", "fine");
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let touch = format!("touch {}", marker.display());
+    let mut env = exec_env(&emu);
+    let (code, _, stderr) = exec(
+        &env,
+        &[
+            "--secret", "ok", "--secret", "missing", "--", "sh", "-c", &touch,
+        ],
+    );
+    assert_eq!(code, 5, "{stderr}");
+    env.insert(
+        "REF".into(),
+        format!(
+            "@Microsoft.KeyVault(SecretUri={}/secrets/gone)",
+            emu.vault_url()
+        ),
+    );
+    assert_eq!(exec(&env, &["--", "sh", "-c", &touch]).0, 5);
+    env.insert(
+        "REF".into(),
+        "@Microsoft.KeyVault(SecretUri=https://evil.example.com/secrets/x)".into(),
+    );
+    assert_eq!(exec(&env, &["--", "sh", "-c", &touch]).0, 2);
+    env.insert("REF".into(), "@Microsoft.KeyVault(VaultName=myvault".into());
+    assert_eq!(exec(&env, &["--", "sh", "-c", &touch]).0, 2);
+    emu.deny("ok", true);
+    env.remove("REF");
+    assert_eq!(
+        exec(&env, &["--secret", "ok", "--", "sh", "-c", &touch]).0,
+        4
+    );
+    assert!(!marker.exists(), "the command never ran");
+}
+
+#[test]
+fn exit_status_passes_through_and_command_errors_are_126_or_127() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let env = exec_env(&emu);
+    assert_eq!(
+        exec(&env, &["--secret", "a", "--", "sh", "-c", "exit 42"]).0,
+        42
+    );
+    let (code, _, stderr) = exec(&env, &["--secret", "a", "--", "no-such-command-kvfetch"]);
+    assert_eq!(code, 127);
+    assert!(stderr.contains("command not found"), "{stderr}");
+    let s = Scratch::new();
+    let script = s.path("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let (code, _, stderr) = exec(&env, &["--secret", "a", "--", script.to_str().unwrap()]);
+    assert_eq!(code, 126);
+    assert!(stderr.contains("not executable"), "{stderr}");
+}
+
+#[test]
+fn the_app_keeps_kvfetchs_pid_and_files_are_written_first() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let script = format!("echo $$; cat {}/a", dir.display());
+    let child = Command::new(BIN)
+        .args([
+            "exec",
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_clear()
+        .envs(exec_env(&emu))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{pid}\nalpha")
+    );
+}
+
+/// A supervised kvfetch running a shell script; killed on drop.
+struct Supervised(std::process::Child);
+
+impl Supervised {
+    fn start(env: &HashMap<String, String>, args: &[&str], script: &str) -> Supervised {
+        let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
+        all.extend(args);
+        all.extend(["--", "sh", "-c", script]);
+        Supervised(
+            Command::new(BIN)
+                .args(&all)
+                .env_clear()
+                .envs(env)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc_kill(self.0.id() as i32, sig) };
+    }
+
+    fn exit_within(&mut self, within: Duration) -> Option<i32> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(ms(10));
+        }
+        None
+    }
+
+    /// Stop it the way an orchestrator does (SIGTERM, forwarded to the child), then read stderr.
+    fn stderr(&mut self) -> String {
+        self.signal(15);
+        if self.exit_within(ms(3000)).is_none() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+        let mut s = String::new();
+        self.0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if check() {
+            return;
+        }
+        std::thread::sleep(ms(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn read(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn supervised_forwards_signals_and_passes_exit_status() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo USR1 >> {0}' USR1; trap 'echo HUP >> {0}' HUP; trap 'echo TERM >> {0}; exit 3' TERM; echo up >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = Supervised::start(&exec_env(&emu), &["--secret", "a"], &script);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    sup.signal(10); // SIGUSR1
+    wait_for("USR1 at the child", ms(2000), || {
+        read(&log).contains("USR1")
+    });
+    sup.signal(1); // SIGHUP
+    wait_for("HUP at the child", ms(2000), || read(&log).contains("HUP"));
+    sup.signal(15); // SIGTERM
+    assert_eq!(
+        sup.exit_within(ms(3000)),
+        Some(3),
+        "the child's exit status"
+    );
+    assert_eq!(read(&log).matches("TERM").count(), 1);
+
+    let mut sup = Supervised::start(&exec_env(&emu), &["--secret", "a"], "kill -9 $$");
+    assert_eq!(sup.exit_within(ms(5000)), Some(137), "128 + SIGKILL");
+}
+
+#[test]
+fn supervised_restarts_the_child_with_the_new_value_on_rotation() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", "old");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo \"$DB_PASSWORD\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = Supervised::start(
+        &exec_env(&emu),
+        &["--secret", "db-password", "--grace", "2s"],
+        &script,
+    );
+    wait_for("the first child", ms(5000), || read(&log) == "old\n");
+    emu.set_secret("db-password", "new");
+    wait_for("the restarted child", ms(5000), || {
+        read(&log) == "old\nnew\n"
+    });
+    let stderr = sup.stderr();
+    assert!(stderr.contains("restarting the child"), "{stderr}");
+    assert!(!stderr.contains("new\n"));
+}
+
+#[test]
+fn supervised_signal_on_change_and_files_updated() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("cert", "v1");
+    let s = Scratch::new();
+    let (log, dir) = (s.path("log"), s.path("out"));
+    let script = format!(
+        "trap 'cat {}/cert >> {}' USR2; while :; do sleep 0.05; done",
+        dir.display(),
+        log.display()
+    );
+    let _sup = Supervised::start(
+        &exec_env(&emu),
+        &[
+            "--secret",
+            "cert",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--on-change",
+            "signal:USR2",
+        ],
+        &script,
+    );
+    wait_for("the first write", ms(5000), || {
+        read(&dir.join("cert")) == "v1"
+    });
+    std::thread::sleep(ms(300));
+    emu.set_secret("cert", "v2");
+    wait_for("the signal after the new file", ms(5000), || {
+        read(&log) == "v2"
+    });
+}
+
+#[test]
+fn supervised_reaps_orphaned_zombies() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let s = Scratch::new();
+    let out = s.path("zombies");
+    // The subshell exits at once, so its `sleep` is orphaned and re-parented to kvfetch (a child
+    // subreaper); when it ends, kvfetch must reap it. Then count zombie children of kvfetch.
+    let script = format!(
+        "(sleep 0.2 &); sleep 1; n=0; for f in /proc/[0-9]*/status; do \
+         if grep -q '^State:.*Z' $f 2>/dev/null && grep -q \"^PPid:[[:space:]]*$PPID$\" $f 2>/dev/null; then n=$((n+1)); fi; done; echo $n > {}",
+        out.display()
+    );
+    let mut sup = Supervised::start(&exec_env(&emu), &["--secret", "a"], &script);
+    assert_eq!(sup.exit_within(ms(5000)), Some(0));
+    assert_eq!(read(&out).trim(), "0", "no zombie left under kvfetch");
+}
+
+#[test]
+fn reaps_as_pid_1_in_a_pid_namespace() {
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(unshare) = unshare else { return };
+    if Command::new(unshare)
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        eprintln!("skipping: unshare --pid needs root (CI runs as root)");
+        return;
+    }
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let s = Scratch::new();
+    let out = s.path("report");
+    let script = format!(
+        "(sleep 0.2 &); sleep 1; n=0; for f in /proc/[0-9]*/status; do grep -q '^State:.*Z' $f && n=$((n+1)); done; echo \"$PPID $n\" > {}",
+        out.display()
+    );
+    let status = Command::new(unshare)
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            BIN,
+            "exec",
+            "--refresh",
+            "1h",
+            "--secret",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_clear()
+        .envs(exec_env(&emu))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        read(&out).trim(),
+        "1 0",
+        "kvfetch is PID 1 and left no zombie"
+    );
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_reaches_the_child_once() {
+    // A real pseudo-terminal: python's pty module runs supervised kvfetch on it and types ^C.
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo INT >> {0}; exit 0' INT; echo up >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let driver = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+log = sys.argv[-1].split(">> ")[1].split(";")[0]
+for _ in range(200):
+    if os.path.exists(log): break
+    time.sleep(0.05)
+time.sleep(0.2)
+os.write(fd, b"\x03")
+end = time.time() + 5
+status = None
+while time.time() < end:
+    try:
+        os.read(fd, 1024)
+    except OSError:
+        pass
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done: break
+    time.sleep(0.05)
+print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            driver,
+            BIN,
+            "exec",
+            "--refresh",
+            "1h",
+            "--secret",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_clear()
+        .envs(exec_env(&emu))
+        .output()
+        .unwrap();
+    let result = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        result.trim(),
+        "0",
+        "{result} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&log).matches("INT").count(), 1, "{}", read(&log));
+}
+
+#[test]
+fn exec_help_and_usage() {
+    let emu = Emulator::start().unwrap();
+    let env = exec_env(&emu);
+    let (code, stdout, _) = exec(&env, &["--help"]);
+    let help = String::from_utf8_lossy(&stdout);
+    assert_eq!(code, 0);
+    assert!(
+        help.contains("--on-change")
+            && help.contains("127  COMMAND not found")
+            && help.contains("KVFETCH_GRACE")
+    );
+    assert_eq!(exec(&env, &["--secret", "a"]).0, 2, "a command is required");
+    assert_eq!(exec(&env, &["--on-change", "explode", "--", "true"]).0, 2);
+}
