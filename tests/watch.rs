@@ -514,3 +514,47 @@ fn watch_only_flags_are_refused_elsewhere() {
             && r.stdout.contains("[default: 5m]")
     );
 }
+
+#[test]
+fn a_failed_token_renewal_keeps_the_still_valid_token() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "alpha");
+    emu.set_token_lifetime(Duration::from_secs(10)); // renewed from ~5 s on, valid until ~10 s
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let addr = free_addr();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "300ms".into());
+    let mut w = Watch::start_with(
+        &env,
+        &[
+            "--secret",
+            "a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "200ms",
+            "--health-listen",
+            &addr,
+        ],
+    );
+    wait_for("readiness", ms(5000), || {
+        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200
+    });
+    for _ in 0..10_000 {
+        emu.push_imds_fault(Fault::Status(500));
+    }
+    wait_for("a failed renewal", ms(8000), || {
+        emu.counters().imds_token_requests >= 3
+    });
+    std::thread::sleep(ms(500));
+    let metrics = http_get(&addr, "/metrics").1;
+    assert!(
+        metrics.contains("kvfetch_refresh_failures_total{kind=\"no_token\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        w.stderr()
+            .contains("token renewal failed; the current token is still valid")
+    );
+}
