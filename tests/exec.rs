@@ -3,16 +3,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
 
 fn exec_env(emu: &Emulator) -> HashMap<String, String> {
     let mut env = env_for(emu);
@@ -173,78 +166,12 @@ fn the_app_keeps_kvfetchs_pid_and_files_are_written_first() {
     );
 }
 
-/// A supervised kvfetch running a shell script; killed on drop.
-struct Supervised(std::process::Child);
-
-impl Supervised {
-    fn start(env: &HashMap<String, String>, args: &[&str], script: &str) -> Supervised {
-        let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
-        all.extend(args);
-        all.extend(["--", "sh", "-c", script]);
-        Supervised(
-            Command::new(BIN)
-                .args(&all)
-                .env_clear()
-                .envs(env)
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc_kill(self.0.id() as i32, sig) };
-    }
-
-    fn exit_within(&mut self, within: Duration) -> Option<i32> {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(ms(10));
-        }
-        None
-    }
-
-    /// Stop it the way an orchestrator does (SIGTERM, forwarded to the child), then read stderr.
-    fn stderr(&mut self) -> String {
-        self.signal(15);
-        if self.exit_within(ms(3000)).is_none() {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-        let mut s = String::new();
-        self.0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        s
-    }
-}
-
-impl Drop for Supervised {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if check() {
-            return;
-        }
-        std::thread::sleep(ms(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn read(p: &std::path::Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
+/// Start supervised `kvfetch exec --refresh 100ms ARGS -- sh -c SCRIPT`.
+fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
+    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", script]);
+    Background::start(env, &all)
 }
 
 #[test]
@@ -257,15 +184,15 @@ fn supervised_forwards_signals_and_passes_exit_status() {
         "trap 'echo USR1 >> {0}' USR1; trap 'echo HUP >> {0}' HUP; trap 'echo TERM >> {0}; exit 3' TERM; echo up >> {0}; while :; do sleep 0.05; done",
         log.display()
     );
-    let mut sup = Supervised::start(&exec_env(&emu), &["--secret", "a"], &script);
+    let mut sup = supervised(&exec_env(&emu), &["--secret", "a"], &script);
     wait_for("the child", ms(5000), || read(&log).contains("up"));
-    sup.signal(10); // SIGUSR1
+    sup.signal(SIGUSR1);
     wait_for("USR1 at the child", ms(2000), || {
         read(&log).contains("USR1")
     });
-    sup.signal(1); // SIGHUP
+    sup.signal(SIGHUP);
     wait_for("HUP at the child", ms(2000), || read(&log).contains("HUP"));
-    sup.signal(15); // SIGTERM
+    sup.signal(SIGTERM);
     assert_eq!(
         sup.exit_within(ms(3000)),
         Some(3),
@@ -273,7 +200,7 @@ fn supervised_forwards_signals_and_passes_exit_status() {
     );
     assert_eq!(read(&log).matches("TERM").count(), 1);
 
-    let mut sup = Supervised::start(&exec_env(&emu), &["--secret", "a"], "kill -9 $$");
+    let mut sup = supervised(&exec_env(&emu), &["--secret", "a"], "kill -9 $$");
     assert_eq!(sup.exit_within(ms(5000)), Some(137), "128 + SIGKILL");
 }
 
@@ -287,7 +214,7 @@ fn supervised_restarts_the_child_with_the_new_value_on_rotation() {
         "echo \"$DB_PASSWORD\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
         log.display()
     );
-    let mut sup = Supervised::start(
+    let mut sup = supervised(
         &exec_env(&emu),
         &["--secret", "db-password", "--grace", "2s"],
         &script,
@@ -297,7 +224,7 @@ fn supervised_restarts_the_child_with_the_new_value_on_rotation() {
     wait_for("the restarted child", ms(5000), || {
         read(&log) == "old\nnew\n"
     });
-    let stderr = sup.stderr();
+    let stderr = sup.stop_and_stderr();
     assert!(stderr.contains("restarting the child"), "{stderr}");
     assert!(!stderr.contains("new\n"));
 }
@@ -313,7 +240,7 @@ fn supervised_signal_on_change_and_files_updated() {
         dir.display(),
         log.display()
     );
-    let _sup = Supervised::start(
+    let _sup = supervised(
         &exec_env(&emu),
         &[
             "--secret",
@@ -348,7 +275,7 @@ fn supervised_reaps_orphaned_zombies() {
          if grep -q '^State:.*Z' $f 2>/dev/null && grep -q \"^PPid:[[:space:]]*$PPID$\" $f 2>/dev/null; then n=$((n+1)); fi; done; echo $n > {}",
         out.display()
     );
-    let mut sup = Supervised::start(&exec_env(&emu), &["--secret", "a"], &script);
+    let mut sup = supervised(&exec_env(&emu), &["--secret", "a"], &script);
     assert_eq!(sup.exit_within(ms(5000)), Some(0));
     assert_eq!(read(&out).trim(), "0", "no zombie left under kvfetch");
 }

@@ -4,97 +4,26 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A running `kvfetch watch`; killed on drop.
-struct Watch {
-    child: Child,
+/// Start `kvfetch watch ARGS` against `emu`.
+fn watch(emu: &Emulator, args: &[&str]) -> Background {
+    watch_with(&env_for(emu), args)
 }
 
-impl Watch {
-    fn start(emu: &Emulator, args: &[&str]) -> Watch {
-        Watch::start_with(&env_for(emu), args)
-    }
-
-    fn start_with(env: &std::collections::HashMap<String, String>, args: &[&str]) -> Watch {
-        let child = Command::new(BIN)
-            .arg("watch")
-            .args(args)
-            .env_clear()
-            .envs(env)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Watch { child }
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc_kill(self.child.id() as i32, sig) };
-    }
-
-    /// Wait for the exit code (at most `within`).
-    fn exit_within(&mut self, within: Duration) -> Option<i32> {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(ms(10));
-        }
-        None
-    }
-
-    fn stderr(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut s = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        s
-    }
+fn watch_with(env: &std::collections::HashMap<String, String>, args: &[&str]) -> Background {
+    let mut all = vec!["watch"];
+    all.extend(args);
+    Background::start(env, &all)
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-const SIGHUP: i32 = 1;
-const SIGINT: i32 = 2;
-const SIGTERM: i32 = 15;
-
-fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if check() {
-            return;
-        }
-        std::thread::sleep(ms(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
+/// GET `path` from the health endpoint: (status, body), or (0, "") when nothing listens.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -117,7 +46,7 @@ fn rotation_replaces_only_the_changed_file() {
     let r1 = emu.set_secret("rotating", "one");
     let s = Scratch::new();
     let (dir, ready, env_file) = (s.path("out"), s.path("ready"), s.path("app.env"));
-    let mut w = Watch::start(
+    let mut w = watch(
         &emu,
         &[
             "--secret",
@@ -161,7 +90,7 @@ fn rotation_replaces_only_the_changed_file() {
         vec!["rotating", "stable"],
         "no temp file left"
     );
-    let log = w.stderr();
+    let log = w.stop_and_stderr();
     assert!(
         log.contains("secret changed") && log.contains(&r1) && log.contains(&r2),
         "{log}"
@@ -178,7 +107,7 @@ fn failures_keep_the_last_good_files_and_show_in_metrics_and_readyz() {
     let s = Scratch::new();
     let dir = s.path("out");
     let addr = free_addr();
-    let _w = Watch::start(
+    let _w = watch(
         &emu,
         &[
             "--secret",
@@ -237,7 +166,9 @@ fn max_stale_fails_readyz_then_exits_7() {
     let addr = free_addr();
     let mut env = env_for(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "200ms".into());
-    let mut w = Watch::start_with(
+    // With --refresh 1s failed refreshes are retried up to a second apart, so /readyz fails
+    // visibly before the failed refresh that ends the process.
+    let mut w = watch_with(
         &env,
         &[
             "--secret",
@@ -245,7 +176,7 @@ fn max_stale_fails_readyz_then_exits_7() {
             "--dir",
             dir.to_str().unwrap(),
             "--refresh",
-            "100ms",
+            "1s",
             "--health-listen",
             &addr,
             "--max-stale",
@@ -263,7 +194,7 @@ fn max_stale_fails_readyz_then_exits_7() {
     });
     assert_eq!(w.exit_within(ms(5000)), Some(7));
     assert_eq!(read(&dir.join("a")), "alpha", "the last good file stays");
-    assert!(w.stderr().contains("--max-stale"));
+    assert!(w.stop_and_stderr().contains("--max-stale"));
 }
 
 #[test]
@@ -272,7 +203,7 @@ fn token_is_requested_once_with_a_long_lifetime_and_again_when_short() {
     emu.set_secret("a", "alpha");
     let s = Scratch::new();
     let dir = s.path("out");
-    let w = Watch::start(
+    let w = watch(
         &emu,
         &[
             "--secret",
@@ -291,7 +222,7 @@ fn token_is_requested_once_with_a_long_lifetime_and_again_when_short() {
 
     emu.set_token_lifetime(Duration::from_secs(2));
     emu.reset_counters();
-    let _w = Watch::start(
+    let _w = watch(
         &emu,
         &[
             "--secret",
@@ -314,7 +245,7 @@ fn sighup_refreshes_now() {
     emu.set_secret("a", "one");
     let s = Scratch::new();
     let (dir, ready) = (s.path("out"), s.path("ready"));
-    let w = Watch::start(
+    let w = watch(
         &emu,
         &[
             "--secret",
@@ -341,7 +272,7 @@ fn sigterm_exits_0_within_a_second_even_mid_request_and_keeps_files() {
     emu.set_secret("a", "alpha");
     let s = Scratch::new();
     let (dir, ready) = (s.path("out"), s.path("ready"));
-    let mut w = Watch::start(
+    let mut w = watch(
         &emu,
         &[
             "--secret",
@@ -376,7 +307,7 @@ fn cleanup_removes_what_kvfetch_wrote() {
     emu.set_secret("a", "alpha");
     let s = Scratch::new();
     let (dir, ready, env_file) = (s.path("out"), s.path("ready"), s.path("app.env"));
-    let mut w = Watch::start(
+    let mut w = watch(
         &emu,
         &[
             "--secret",
@@ -405,7 +336,7 @@ fn notify_posts_names_only_and_retries_with_the_next_change() {
     let url = format!("http://{}/reload", listener.local_addr().unwrap());
     let s = Scratch::new();
     let (dir, ready) = (s.path("out"), s.path("ready"));
-    let _w = Watch::start(
+    let _w = watch(
         &emu,
         &[
             "--secret",
@@ -470,7 +401,7 @@ fn first_fetch_failure_exits_like_fetch() {
     let emu = Emulator::start().unwrap();
     let s = Scratch::new();
     let (dir, ready) = (s.path("out"), s.path("ready"));
-    let mut w = Watch::start(
+    let mut w = watch(
         &emu,
         &[
             "--secret",
@@ -525,7 +456,7 @@ fn a_failed_token_renewal_keeps_the_still_valid_token() {
     let addr = free_addr();
     let mut env = env_for(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "300ms".into());
-    let mut w = Watch::start_with(
+    let mut w = watch_with(
         &env,
         &[
             "--secret",
@@ -554,7 +485,7 @@ fn a_failed_token_renewal_keeps_the_still_valid_token() {
         "{metrics}"
     );
     assert!(
-        w.stderr()
+        w.stop_and_stderr()
             .contains("token renewal failed; the current token is still valid")
     );
 }

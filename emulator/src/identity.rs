@@ -125,14 +125,10 @@ fn check_request(req: &Request, flavour: Flavour, header: &str) -> Result<(), Re
 }
 
 pub fn imds_fault(fault: Fault) -> Option<Reply> {
-    let (status, retry_after) = match fault {
-        Fault::Drop => return Some(Reply::Drop),
-        Fault::Delay(d) => {
-            crate::http::pause(d);
-            return None;
-        }
-        Fault::Status(s) => (s, None),
-        Fault::StatusRetryAfter(s, secs) => (s, Some(secs)),
+    let (status, retry_after) = match fault.apply() {
+        Err(reply) => return Some(reply),
+        Ok(None) => return None,
+        Ok(Some(parts)) => parts,
     };
     let (code, text) = match status {
         404 => ("not_found", "IMDS endpoint is updating"),

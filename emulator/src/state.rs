@@ -39,6 +39,23 @@ pub enum Fault {
     Delay(Duration),
 }
 
+impl Fault {
+    /// Carry out the wire part common to every endpoint: `Err(reply)` answers at once (a drop),
+    /// `Ok(None)` answers normally (after a delay's sleep), `Ok(Some((status, retry_after)))`
+    /// asks the endpoint for its error body.
+    pub fn apply(self) -> Result<Option<(u16, Option<u64>)>, crate::http::Reply> {
+        match self {
+            Fault::Drop => Err(crate::http::Reply::Drop),
+            Fault::Delay(d) => {
+                crate::http::pause(d);
+                Ok(None)
+            }
+            Fault::Status(s) => Ok(Some((s, None))),
+            Fault::StatusRetryAfter(s, secs) => Ok(Some((s, Some(secs)))),
+        }
+    }
+}
+
 /// What a secret version holds.
 #[derive(Debug, Clone, Default)]
 pub struct SecretInput {

@@ -38,14 +38,10 @@ pub fn secret_name(req: &Request) -> Option<String> {
 
 /// Apply a queued fault; `None` means "answer normally".
 pub fn fault(fault: Fault, tenant_id: &str) -> Option<Reply> {
-    let (status, retry_after) = match fault {
-        Fault::Drop => return Some(Reply::Drop),
-        Fault::Delay(d) => {
-            crate::http::pause(d);
-            return None;
-        }
-        Fault::Status(s) => (s, None),
-        Fault::StatusRetryAfter(s, secs) => (s, Some(secs)),
+    let (status, retry_after) = match fault.apply() {
+        Err(reply) => return Some(reply),
+        Ok(None) => return None,
+        Ok(Some(parts)) => parts,
     };
     if status == 401 {
         return Some(Reply::Respond(unauthorized(

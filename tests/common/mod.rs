@@ -124,3 +124,93 @@ pub fn mode(path: &Path) -> u32 {
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// A kvfetch process running in the background (watch, supervised exec); killed on drop.
+pub struct Background(pub std::process::Child);
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub const SIGHUP: i32 = 1;
+pub const SIGINT: i32 = 2;
+pub const SIGUSR1: i32 = 10;
+pub const SIGTERM: i32 = 15;
+
+impl Background {
+    /// Start `kvfetch ARGS` with exactly `env`, stderr captured.
+    pub fn start(env: &HashMap<String, String>, args: &[&str]) -> Background {
+        let child = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Background(child)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc_kill(self.pid(), sig) };
+    }
+
+    /// The exit code, if it exits within `within`.
+    pub fn exit_within(&mut self, within: Duration) -> Option<i32> {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(ms(10));
+        }
+        None
+    }
+
+    /// Stop it as an orchestrator does (SIGTERM, then SIGKILL after 3 s) and return its stderr.
+    pub fn stop_and_stderr(&mut self) -> String {
+        use std::io::Read;
+        self.signal(SIGTERM);
+        if self.exit_within(ms(3000)).is_none() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+        let mut s = String::new();
+        self.0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll `check` every 20 ms for at most `within`; panic naming `what` on time-out.
+pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if check() {
+            return;
+        }
+        std::thread::sleep(ms(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A file's text, or "" when it does not exist (yet).
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
