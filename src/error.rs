@@ -83,12 +83,11 @@ impl Error {
 }
 
 /// The exit-code table as `--help` and the README show it.
-pub const EXIT_CODES: &str = "\
-  0  success
+pub const EXIT_CODES: &str = "  0  success
   1  unexpected error
   2  usage or configuration error
   3  no managed-identity token (no endpoint, identity not found, gave up on the endpoint)
   4  access denied by Key Vault (401 after a fresh token, 403)
   5  secret not found or disabled
   6  output could not be written (or a value the env format cannot carry)
-  7  gave up on Key Vault at --timeout (429/5xx/unreachable)";
+  7  gave up on Key Vault at --timeout (429/5xx/unreachable); watch/exec: failing longer than --max-stale";
