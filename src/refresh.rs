@@ -20,8 +20,6 @@ use crate::retry::{Backoff, human, jitter};
 pub enum Event {
     Signal(i32),
     Fetched(Result<Vec<Fetched>, Error>),
-    /// A supervised child ended (exec): its wait status.
-    ChildExited(i32),
 }
 
 /// What one fetch result meant.

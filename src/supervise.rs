@@ -105,7 +105,6 @@ pub fn run(
                     return Err(e);
                 }
             },
-            Ok(Event::ChildExited(_)) => {}
         }
     }
 }

@@ -58,7 +58,6 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
                     return Err(e);
                 }
             },
-            Event::ChildExited(_) => {}
         }
     }
 }
