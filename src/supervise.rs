@@ -50,6 +50,8 @@ struct Supervisor<'a> {
     state: State,
     restart_pending: bool,
     last_restart: Option<Instant>,
+    /// kvfetch started in the terminal's foreground: every child (restarts too) gets the terminal.
+    tty: bool,
 }
 
 /// Supervise `argv` until it exits; returns its exit code.
@@ -78,6 +80,7 @@ pub fn run(
         state: State::Running,
         restart_pending: false,
         last_restart: None,
+        tty: holds_terminal(),
     };
     sup.pid = sup.spawn(&refresher)?;
     loop {
@@ -133,7 +136,9 @@ impl Supervisor<'_> {
             .spawn()
             .map_err(|e| exec_error(&self.argv[0], &self.program, e))?;
         let pid = child.id() as i32;
-        give_terminal(pid);
+        if self.tty {
+            give_terminal(pid);
+        }
         log::info(
             "child started",
             &[("pid", &pid.to_string()), ("command", &self.argv[0])],
@@ -263,14 +268,19 @@ fn exit_code(status: i32) -> u8 {
     }
 }
 
-/// When kvfetch is the terminal's foreground process group, hand the terminal to the child's
-/// group, so terminal signals (Ctrl-C, window size) reach the child directly and only once.
+/// Whether kvfetch is the terminal's foreground process group.
+fn holds_terminal() -> bool {
+    // SAFETY: isatty/tcgetpgrp/getpgrp on fd 0.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// Hand the terminal to the child's process group, so terminal signals (Ctrl-C, window size)
+/// reach the child directly and only once. kvfetch ignores SIGTTOU, as it is now in the
+/// background and may hand the terminal on again to a restarted child.
 fn give_terminal(pid: i32) {
-    // SAFETY: isatty/tcgetpgrp/getpgrp/signal/tcsetpgrp on fd 0 with plain integer arguments.
+    // SAFETY: signal/tcsetpgrp with plain integer arguments.
     unsafe {
-        if libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() {
-            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-            libc::tcsetpgrp(0, pid);
-        }
+        libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+        libc::tcsetpgrp(0, pid);
     }
 }

@@ -331,11 +331,10 @@ fn reaps_as_pid_1_in_a_pid_namespace() {
     );
 }
 
-#[test]
-fn ctrl_c_at_a_terminal_reaches_the_child_once() {
-    // A real pseudo-terminal: python's pty module runs supervised kvfetch on it and types ^C.
-    let emu = Emulator::start().unwrap();
-    emu.set_secret("a", "x");
+/// Run supervised kvfetch on a real pseudo-terminal (python's pty module), wait until the child
+/// log has `ups` "up" lines (calling `between` after the first), type ^C, and return
+/// (python's report of kvfetch's exit code, the child log).
+fn ctrl_c_on_a_pty(emu: &Emulator, ups: usize, between: impl FnOnce()) -> (String, String) {
     let s = Scratch::new();
     let log = s.path("log");
     let script = format!(
@@ -347,32 +346,41 @@ import os, pty, sys, time
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:])
-log = sys.argv[-1].split(">> ")[1].split(";")[0]
-for _ in range(200):
-    if os.path.exists(log): break
-    time.sleep(0.05)
-time.sleep(0.2)
-os.write(fd, b"\x03")
-end = time.time() + 5
-status = None
-while time.time() < end:
+os.set_blocking(fd, False)
+log, ups = os.environ["CHILD_LOG"], int(os.environ["UPS"])
+def drain():
     try:
-        os.read(fd, 1024)
+        os.read(fd, 4096)
     except OSError:
         pass
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done: break
+end = time.time() + 10
+while time.time() < end and (not os.path.exists(log) or open(log).read().count("up") < ups):
+    drain(); time.sleep(0.02)
+time.sleep(0.2)
+os.write(fd, b"")
+end, status = time.time() + 5, None
+while time.time() < end:
+    drain()
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = st
+        break
     time.sleep(0.05)
 print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
 "#;
-    let out = Command::new("python3")
+    let mut env = exec_env(emu);
+    env.insert("CHILD_LOG".into(), log.display().to_string());
+    env.insert("UPS".into(), ups.to_string());
+    let child = Command::new("python3")
         .args([
             "-c",
             driver,
             BIN,
             "exec",
             "--refresh",
-            "1h",
+            "100ms",
+            "--grace",
+            "2s",
             "--secret",
             "a",
             "--",
@@ -381,17 +389,41 @@ print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
             &script,
         ])
         .env_clear()
-        .envs(exec_env(&emu))
-        .output()
+        .envs(env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let result = String::from_utf8_lossy(&out.stdout);
+    wait_for("the first child", ms(5000), || read(&log).contains("up"));
+    between();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        read(&log),
+    )
+}
+
+#[test]
+fn ctrl_c_at_a_terminal_reaches_the_child_once() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let (code, log) = ctrl_c_on_a_pty(&emu, 1, || {});
+    assert_eq!(code, "0");
+    assert_eq!(log.matches("INT").count(), 1, "{log}");
+}
+
+#[test]
+fn ctrl_c_reaches_a_restarted_child_once() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let (code, log) = ctrl_c_on_a_pty(&emu, 2, || {
+        emu.set_secret("a", "rotated");
+    });
+    assert_eq!(code, "0");
     assert_eq!(
-        result.trim(),
-        "0",
-        "{result} {}",
-        String::from_utf8_lossy(&out.stderr)
+        log, "up\nup\nINT\n",
+        "the restarted child owns the terminal"
     );
-    assert_eq!(read(&log).matches("INT").count(), 1, "{}", read(&log));
 }
 
 #[test]
