@@ -18,6 +18,14 @@ fn dir_arg(s: &Scratch) -> String {
     s.path("out").display().to_string()
 }
 
+/// `kvfetch fetch --secret SampleSecret --dir SCRATCH/out` with `env`.
+fn fetch_sample(env: &std::collections::HashMap<String, String>, s: &Scratch) -> Run {
+    run_with(
+        env,
+        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(s)],
+    )
+}
+
 #[test]
 fn writes_exact_bytes_with_final_modes_and_no_temp_files() {
     let emu = seeded();
@@ -235,10 +243,7 @@ fn identity_not_found_fails_fast_with_exit_3() {
     emu.set_system_identity(false);
     let s = Scratch::new();
     let started = Instant::now();
-    let r = run(
-        &emu,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env_for(&emu), &s);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(
         r.stderr.contains("Identity not found") && r.stderr.contains("system-assigned"),
@@ -294,14 +299,7 @@ fn user_assigned_identity_by_each_selector() {
     }
     let mut env = env_for(&emu);
     env.insert("AZURE_CLIENT_ID".into(), id.client_id.clone());
-    assert_eq!(
-        run_with(
-            &env,
-            &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)]
-        )
-        .code,
-        0
-    );
+    assert_eq!(fetch_sample(&env, &s).code, 0);
     let r = run_with(
         &env,
         &[
@@ -327,10 +325,7 @@ fn unreachable_identity_endpoint_exits_3_naming_it() {
         "http://127.0.0.1:9".into(),
     );
     env.insert("KVFETCH_TIMEOUT".into(), "300ms".into());
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(
         r.stderr
@@ -354,10 +349,7 @@ fn imds_transient_faults_are_retried() {
         emu.push_imds_fault(f);
     }
     let s = Scratch::new();
-    let r = run(
-        &emu,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env_for(&emu), &s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 6);
 }
@@ -372,10 +364,7 @@ fn imds_410_is_retried_for_70_backoff_units_even_past_timeout() {
     let mut env = env_for(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "40ms".into());
     env.insert("KVFETCH_BACKOFF_BASE".into(), "20ms".into()); // 410 window: 1.4 s
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 5);
 }
@@ -445,10 +434,7 @@ fn key_vault_that_stays_down_exits_7_at_timeout() {
     let mut env = env_for(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "700ms".into());
     let started = Instant::now();
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 7, "{}", r.stderr);
     assert!(started.elapsed() < ms(5000));
     assert!(
@@ -464,20 +450,14 @@ fn a_401_gets_one_retry_with_a_fresh_token() {
     let emu = seeded();
     emu.push_kv_fault(Fault::Status(401));
     let s = Scratch::new();
-    let r = run(
-        &emu,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env_for(&emu), &s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 2);
 
     emu.reset_counters();
     emu.push_kv_fault(Fault::Status(401));
     emu.push_kv_fault(Fault::Status(401));
-    let r = run(
-        &emu,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env_for(&emu), &s);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 2);
     assert_eq!(emu.counters().kv_requests["samplesecret"], 2);
@@ -488,10 +468,7 @@ fn redirects_are_not_followed() {
     let emu = seeded();
     emu.push_kv_fault(Fault::Status(302));
     let s = Scratch::new();
-    let r = run(
-        &emu,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env_for(&emu), &s);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
         r.stderr.contains("redirect") && r.stderr.contains("elsewhere.example"),
@@ -715,10 +692,7 @@ fn app_service_identity_endpoint_is_used_when_configured() {
     env.remove("AZURE_POD_IDENTITY_AUTHORITY_HOST");
     env.insert("IDENTITY_ENDPOINT".into(), emu.identity_endpoint());
     env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let c = emu.counters();
     assert_eq!(
@@ -726,10 +700,7 @@ fn app_service_identity_endpoint_is_used_when_configured() {
         (1, 0)
     );
     env.insert("IDENTITY_HEADER".into(), "wrong".into());
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 3, "{}", r.stderr);
 }
 
@@ -741,10 +712,7 @@ fn proxy_is_used_for_key_vault_but_never_for_imds() {
     env.insert("HTTPS_PROXY".into(), "http://127.0.0.1:9".into());
     env.insert("HTTP_PROXY".into(), "http://127.0.0.1:9".into());
     env.insert("KVFETCH_TIMEOUT".into(), "500ms".into());
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(
         r.code, 7,
         "the dead proxy makes the vault unreachable: {}",
@@ -757,10 +725,7 @@ fn proxy_is_used_for_key_vault_but_never_for_imds() {
     );
     assert_eq!(emu.counters().kv_total_requests, 0);
     env.insert("NO_PROXY".into(), "127.0.0.1".into());
-    let r = run_with(
-        &env,
-        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
-    );
+    let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 0, "NO_PROXY is honoured: {}", r.stderr);
 }
 
