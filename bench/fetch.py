@@ -12,11 +12,10 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
+
+from common import measure, start_emulator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,27 +39,6 @@ for name in os.environ["SECRETS"].split():
 '''
 
 
-def measure(argv, env, work):
-    """Run argv under GNU time; return (wall s, cpu s, peak rss MB).
-
-    Peak RSS comes from GNU time (a child forked straight from this Python process would inherit
-    its RSS in ru_maxrss); CPU (user + system, the child's children included) from wait4, which
-    has microsecond resolution where GNU time has centiseconds.
-    """
-    stats = os.path.join(work, "time.out")
-    start = time.perf_counter()
-    proc = subprocess.Popen(["/usr/bin/time", "-o", stats, "-f", "%M"] + argv, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{argv[0]} failed: {err}")
-    rss_kb = open(stats).read().split()[-1]
-    return wall, ru.ru_utime + ru.ru_stime, int(rss_kb) / 1024
-
-
 def control(base, method, path, body=b""):
     req = urllib.request.Request(base + path, data=body, method=method)
     urllib.request.urlopen(req).read()
@@ -77,25 +55,9 @@ def main():
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    exports = os.path.join(work, "emulator.env")
     names = [f"bench-secret-{i:03d}" for i in range(max(int(s) for s in args.sizes.split(",")))]
-    emu_args = [args.emulator, "--env-file", exports]
-    for n in names:
-        emu_args += ["--secret", f"{n}=value of {n}: 0123456789abcdef0123456789abcdef"]
-    emu = subprocess.Popen(emu_args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    emu, env, control_url = start_emulator(args.emulator, work, names, "value of {name}: 0123456789abcdef0123456789abcdef")
     try:
-        for _ in range(200):
-            if os.path.exists(exports) and os.path.getsize(exports) > 0:
-                break
-            time.sleep(0.05)
-        env = dict(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/root"))
-        control_url = None
-        for line in open(exports):
-            if line.startswith("export "):
-                k, v = line[len("export "):].strip().split("=", 1)
-                env[k] = v
-            if line.startswith("# control API: "):
-                control_url = line.split(": ", 1)[1].strip()
         print(f"# {os.cpu_count()} cores; kvfetch {os.path.getsize(args.kvfetch)} bytes; {args.runs} runs each, alternating; medians")
         print(f"{'delay':>6} {'N':>4} {'client':<11} {'wall ms':>9} {'cpu ms':>8} {'rss MB':>7}")
         for delay in [int(d) for d in args.delays.split(",")]:

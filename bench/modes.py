@@ -14,10 +14,11 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
+
+from common import measure, start_emulator
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -34,24 +35,6 @@ def proc_cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def start_emulator(work, names):
-    exports = os.path.join(work, "emulator.env")
-    argv = [ARGS.emulator, "--env-file", exports]
-    for n in names:
-        argv += ["--secret", f"{n}=value of {n}"]
-    emu = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        if os.path.exists(exports) and os.path.getsize(exports) > 0:
-            break
-        time.sleep(0.05)
-    env = dict(PATH=os.environ["PATH"])
-    for line in open(exports):
-        if line.startswith("export "):
-            k, v = line[len("export "):].strip().split("=", 1)
-            env[k] = v
-    return emu, env
-
-
 def metric(addr, name):
     text = urllib.request.urlopen(f"http://{addr}/metrics").read().decode()
     m = re.search(rf"^{name} (\S+)$", text, re.M)
@@ -60,7 +43,7 @@ def metric(addr, name):
 
 def bench_watch(work):
     names = [f"s{i:02d}" for i in range(10)]
-    emu, env = start_emulator(work, names)
+    emu, env, _ = start_emulator(ARGS.emulator, work, names)
     addr = "127.0.0.1:18089"
     out = os.path.join(work, "out")
     env = dict(env, KVFETCH_SECRETS=",".join(names), KVFETCH_DIR=out)
@@ -100,21 +83,9 @@ def metric_safe(addr, name):
         return 0.0
 
 
-def timed(argv, env):
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{argv} failed: {err}")
-    return wall, ru.ru_utime + ru.ru_stime
-
-
 def bench_exec(work):
     names = [f"s{i:02d}" for i in range(10)]
-    emu, env = start_emulator(work, names)
+    emu, env, _ = start_emulator(ARGS.emulator, work, names)
     out = os.path.join(work, "out")
     env = dict(env, KVFETCH_SECRETS=",".join(names))
     true = shutil.which("true")
@@ -122,8 +93,8 @@ def bench_exec(work):
         runs = {"fetch --dir": [], "exec -- true": []}
         for _ in range(ARGS.runs):
             shutil.rmtree(out, ignore_errors=True)
-            runs["fetch --dir"].append(timed([ARGS.kvfetch, "fetch", "-q", "--dir", out], env))
-            runs["exec -- true"].append(timed([ARGS.kvfetch, "exec", "-q", "--", true], env))
+            runs["fetch --dir"].append(measure([ARGS.kvfetch, "fetch", "-q", "--dir", out], env, work))
+            runs["exec -- true"].append(measure([ARGS.kvfetch, "exec", "-q", "--", true], env, work))
         print(f"# 10 secrets, {ARGS.runs} runs each, alternating; medians")
         print(f"{'command':<14} {'wall ms':>8} {'cpu ms':>7}")
         for name, r in runs.items():

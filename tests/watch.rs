@@ -34,6 +34,11 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     )
 }
 
+/// Wait until the health endpoint at `addr` answers `/readyz` with 200.
+fn wait_ready(addr: &str) {
+    wait_for("readiness", ms(5000), || http_get(addr, "/readyz").0 == 200);
+}
+
 fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
@@ -122,9 +127,7 @@ fn failures_keep_the_last_good_files_and_show_in_metrics_and_readyz() {
             &addr,
         ],
     );
-    wait_for("readiness", ms(5000), || {
-        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200
-    });
+    wait_ready(&addr);
     emu.set_enabled("a", false);
     emu.delete_secret("b");
     wait_for("failures in /metrics", ms(5000), || {
@@ -183,9 +186,7 @@ fn max_stale_fails_readyz_then_exits_7() {
             "1s",
         ],
     );
-    wait_for("readiness", ms(5000), || {
-        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200
-    });
+    wait_ready(&addr);
     for _ in 0..10_000 {
         emu.push_kv_fault(Fault::Status(503));
     }
@@ -469,9 +470,7 @@ fn a_failed_token_renewal_keeps_the_still_valid_token() {
             &addr,
         ],
     );
-    wait_for("readiness", ms(5000), || {
-        std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/readyz").0 == 200
-    });
+    wait_ready(&addr);
     for _ in 0..10_000 {
         emu.push_imds_fault(Fault::Status(500));
     }
