@@ -94,7 +94,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_FILE_MODE",
         Some("MODE"),
         Some("0400"),
-        "octal mode of the files kvfetch writes",
+        "octal mode of the files kvfetch writes (no setuid/setgid/sticky, not group/world-writable)",
     ),
     flag(
         "owner",
@@ -108,7 +108,21 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_REQUIRE_TMPFS",
         None,
         None,
-        "fail (exit 6) instead of warning when --dir is not on tmpfs/ramfs",
+        "fail (exit 6) instead of warning when --dir or the env file's directory is not on tmpfs/ramfs",
+    ),
+    flag(
+        "require-private-dir",
+        "KVFETCH_REQUIRE_PRIVATE_DIR",
+        None,
+        None,
+        "fail (exit 6) instead of warning when --dir or the env file's directory is a symlink or writable by group or others",
+    ),
+    flag(
+        "allow-env",
+        "KVFETCH_ALLOW_ENV",
+        Some("NAME"),
+        None,
+        "let a secret set this variable although it steers programs (PATH, IFS, ENV, BASH_ENV, SHELLOPTS, BASHOPTS, PS4, GLIBC_TUNABLES, LD_*); repeatable or comma-separated",
     ),
     flag(
         "client-id",
@@ -164,21 +178,21 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_TIMEOUT",
         Some("DURATION"),
         Some("2m"),
-        "deadline for the whole run, retries included (e.g. 30s, 2m, 1h)",
+        "deadline for the whole run, retries included (10ms to 24h)",
     ),
     flag(
         "backoff-base",
         "KVFETCH_BACKOFF_BASE",
         Some("DURATION"),
         Some("1s"),
-        "first retry delay; later ones double (IMDS 410 is retried for 70 x this)",
+        "first retry delay, 10ms to 1m; later ones double (IMDS 410 is retried for 70 x this)",
     ),
     flag(
         "access-retry",
         "KVFETCH_ACCESS_RETRY",
         Some("DURATION"),
         Some("30s"),
-        "how long to keep retrying 403 ForbiddenByRbac/AccessDenied while a role assignment propagates",
+        "how long to keep retrying 403 ForbiddenByRbac/AccessDenied while a role assignment propagates (0s to 1h)",
     ),
     flag(
         "log-format",
@@ -211,7 +225,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_REFRESH",
             Some("DURATION"),
             Some("5m"),
-            "time between refreshes, spread +-10% at random (exec: turns on supervision; no default there)",
+            "time between refreshes (10ms to 30d), spread +-10% at random (exec: turns on supervision; no default there)",
         ),
         WATCH | EXEC,
     ),
@@ -221,7 +235,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_MAX_STALE",
             Some("DURATION"),
             None,
-            "when refreshes have failed this long, fail /readyz and exit 7 (default: serve the last good secrets for ever)",
+            "when refreshes have failed this long (10ms to 365d), fail /readyz and exit 7 (default: serve the last good secrets for ever)",
         ),
         WATCH | EXEC,
     ),
@@ -251,7 +265,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_NOTIFY_URL",
             Some("URL"),
             None,
-            "after a refresh that changed anything, POST {\"changed\":[names]} here",
+            "after a refresh that changed anything, POST {\"changed\":[names]} here (http(s)://host[:port][/path], no query)",
         ),
         WATCH,
     ),
@@ -281,7 +295,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_GRACE",
             Some("DURATION"),
             Some("10s"),
-            "supervised exec: how long a restarted child gets after SIGTERM before SIGKILL",
+            "supervised exec: how long a restarted child gets after SIGTERM before SIGKILL (0s to 1h)",
         ),
         EXEC,
     ),
@@ -330,6 +344,9 @@ pub struct Options {
     pub file_mode: u32,
     pub owner: Option<(u32, Option<u32>)>,
     pub require_tmpfs: bool,
+    pub require_private_dir: bool,
+    /// Variables a secret may set although they steer programs (`--allow-env`).
+    pub allow_env: Vec<String>,
     pub selector: Option<Selector>,
     pub resource: Option<String>,
     pub ca_file: Option<PathBuf>,
@@ -411,14 +428,18 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         file_mode: parse_mode(&get("file-mode").unwrap_or_default())?,
         owner: get("owner").map(|o| parse_owner(&o)).transpose()?,
         require_tmpfs: switch("require-tmpfs")?,
+        require_private_dir: switch("require-private-dir")?,
+        allow_env: allow_env(given.get("allow-env"), env),
         selector: selector(get("client-id"), get("object-id"), get("resource-id"))?,
-        resource: get("resource"),
+        resource: get("resource")
+            .map(|r| crate::spec::check_resource(&r))
+            .transpose()?,
         ca_file: get("ca-file").map(PathBuf::from),
         api_version: get("api-version").unwrap_or_default(),
         concurrency: parse_count(&get("concurrency").unwrap_or_default())?,
-        timeout: parse_duration("timeout", &get("timeout").unwrap_or_default())?,
-        backoff_base: parse_duration("backoff-base", &get("backoff-base").unwrap_or_default())?,
-        access_retry: parse_duration("access-retry", &get("access-retry").unwrap_or_default())?,
+        timeout: duration_flag("timeout", &get("timeout").unwrap_or_default())?,
+        backoff_base: duration_flag("backoff-base", &get("backoff-base").unwrap_or_default())?,
+        access_retry: duration_flag("access-retry", &get("access-retry").unwrap_or_default())?,
         log: log::Logger {
             format: log_format,
             level: if quiet {
@@ -431,14 +452,14 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         },
         refresh: refresh(&command, &given, env)?,
         max_stale: get("max-stale")
-            .map(|d| parse_duration("max-stale", &d))
+            .map(|d| duration_flag("max-stale", &d))
             .transpose()?,
         ready_file: get("ready-file").map(PathBuf::from),
         health_listen: get("health-listen"),
-        notify_url: get("notify-url"),
+        notify_url: get("notify-url").map(|u| notify_url(&u)).transpose()?,
         cleanup: switch("cleanup")?,
         on_change: parse_on_change(&get("on-change").unwrap_or_default())?,
-        grace: parse_duration("grace", &get("grace").unwrap_or_default())?,
+        grace: duration_flag("grace", &get("grace").unwrap_or_default())?,
         command,
     })
 }
@@ -462,11 +483,7 @@ fn refresh(
         (Command::Watch, None) => "5m".to_string(),
         _ => return Ok(None),
     };
-    let d = parse_duration("refresh", &text)?;
-    if d < Duration::from_millis(10) {
-        return Err(usage("--refresh must be at least 10ms"));
-    }
-    Ok(Some(d))
+    duration_flag("refresh", &text).map(Some)
 }
 
 fn parse_on_change(s: &str) -> Result<OnChange, Error> {
@@ -549,6 +566,17 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
             }
         }
     }
+    if let Some(c) = &command
+        && let Some(f) = FLAGS
+            .iter()
+            .find(|f| given.contains_key(f.long) && f.modes & c.mode() == 0)
+    {
+        return Err(usage(format!(
+            "--{} does not apply to `kvfetch {}`",
+            f.long,
+            name(c)
+        )));
+    }
     match command {
         None => Ok((Command::Help(None), given)),
         Some(Command::Exec(argv)) if argv.is_empty() => Err(usage(
@@ -613,22 +641,62 @@ fn selector(
 }
 
 fn parse_mode(s: &str) -> Result<u32, Error> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| usage(format!("--file-mode {s:?} is not an octal mode like 0400")))
+    let digits = s.trim_start_matches("0o");
+    let mode = (!digits.is_empty() && digits.len() <= 4)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .ok_or_else(|| usage(format!("--file-mode {s:?} is not an octal mode like 0400")))?;
+    if mode & 0o7000 != 0 {
+        return Err(usage(format!(
+            "--file-mode {s:?} sets setuid, setgid or sticky bits, which secret files never need"
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(usage(format!(
+            "--file-mode {s:?} lets group or others write the secret files; use read bits only (e.g. 0400, 0440)"
+        )));
+    }
+    Ok(mode)
 }
 
 fn parse_owner(s: &str) -> Result<(u32, Option<u32>), Error> {
-    let bad = || usage(format!("--owner {s:?} must be numeric UID or UID:GID"));
+    let bad = || {
+        usage(format!(
+            "--owner {s:?} must be numeric UID or UID:GID, each from 0 to 4294967294"
+        ))
+    };
+    let id = |t: &str| {
+        let ok = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        ok.then(|| t.parse::<u32>().ok())
+            .flatten()
+            .filter(|n| *n != u32::MAX) // -1 means "leave unchanged" to chown(2)
+            .ok_or_else(bad)
+    };
     let (uid, gid) = match s.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (s, None),
     };
-    Ok((
-        uid.parse().map_err(|_| bad())?,
-        gid.map(|g| g.parse().map_err(|_| bad())).transpose()?,
-    ))
+    Ok((id(uid)?, gid.map(id).transpose()?))
+}
+
+/// `--allow-env` values (repeatable, comma-separated) or `KVFETCH_ALLOW_ENV`.
+fn allow_env(given: Option<&Vec<String>>, env: &HashMap<String, String>) -> Vec<String> {
+    let from_env = env.get("KVFETCH_ALLOW_ENV").map(|v| vec![v.clone()]);
+    given
+        .cloned()
+        .or(from_env)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+fn notify_url(u: &str) -> Result<String, Error> {
+    crate::url::parse(u)
+        .map(|url| url.full())
+        .map_err(|why| usage(format!("--notify-url {u:?} is refused: {why}")))
 }
 
 fn parse_count(s: &str) -> Result<usize, Error> {
@@ -642,12 +710,42 @@ fn parse_count(s: &str) -> Result<usize, Error> {
         })
 }
 
-fn parse_duration(name: &str, s: &str) -> Result<Duration, Error> {
-    humantime::parse_duration(s).map_err(|_| {
+/// The range each duration flag accepts. Everything kvfetch computes from them (backoff
+/// factors, deadlines, jitter) stays far from overflow inside these bounds.
+pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
+    ("timeout", ms(10), hours(24)),
+    ("backoff-base", ms(10), Duration::from_secs(60)),
+    ("access-retry", Duration::ZERO, hours(1)),
+    ("refresh", ms(10), hours(24 * 30)),
+    ("max-stale", ms(10), hours(24 * 365)),
+    ("grace", Duration::ZERO, hours(1)),
+];
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+
+/// Parse a duration flag and check it against [`DURATION_RANGES`].
+fn duration_flag(name: &str, s: &str) -> Result<Duration, Error> {
+    let (_, min, max) = DURATION_RANGES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .expect("every duration flag has a range");
+    let shown = |d: &Duration| humantime::format_duration(*d).to_string();
+    let range = format!("from {} to {}", shown(min), shown(max));
+    let d = humantime::parse_duration(s).map_err(|_| {
         usage(format!(
-            "--{name} {s:?} is not a duration like 30s, 2m or 1h"
+            "--{name} {s:?} is not a duration like 30s, 2m or 1h ({range})"
         ))
-    })
+    })?;
+    if d < *min || d > *max {
+        return Err(usage(format!("--{name} {s:?} is out of range: {range}")));
+    }
+    Ok(d)
 }
 
 /// The `--help` text for one command (or the overview), generated from [`FLAGS`].

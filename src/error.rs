@@ -25,6 +25,10 @@ pub enum Error {
     /// Key Vault stayed throttled, failing or unreachable until `--timeout`.
     #[error("{0}")]
     VaultUnavailable(String),
+    /// A server kvfetch cannot trust or understand: TLS verification failed (certificate not
+    /// trusted, expired, for another name), or an answer too large or not UTF-8.
+    #[error("{0}")]
+    Protocol(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -46,6 +50,7 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 5;
     pub const OUTPUT: u8 = 6;
     pub const VAULT_UNAVAILABLE: u8 = 7;
+    pub const PROTOCOL: u8 = 8;
     pub const NOT_EXECUTABLE: u8 = 126;
     pub const COMMAND_NOT_FOUND: u8 = 127;
 }
@@ -60,6 +65,7 @@ impl Error {
             Error::NotFound(_) => exit::NOT_FOUND,
             Error::Output(_) => exit::OUTPUT,
             Error::VaultUnavailable(_) => exit::VAULT_UNAVAILABLE,
+            Error::Protocol(_) => exit::PROTOCOL,
             Error::Other(_) => exit::OTHER,
             Error::CommandNotFound(_) => exit::COMMAND_NOT_FOUND,
             Error::NotExecutable(_) => exit::NOT_EXECUTABLE,
@@ -75,6 +81,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Output(_) => "output",
             Error::VaultUnavailable(_) => "vault_unavailable",
+            Error::Protocol(_) => "protocol",
             Error::Other(_) => "other",
             Error::CommandNotFound(_) => "command_not_found",
             Error::NotExecutable(_) => "not_executable",
@@ -90,4 +97,6 @@ pub const EXIT_CODES: &str = "  0  success
   4  access denied by Key Vault (401 after a fresh token, 403)
   5  secret not found or disabled
   6  output could not be written (or a value the env format cannot carry)
-  7  gave up on Key Vault at --timeout (429/5xx/unreachable); watch/exec: failing longer than --max-stale";
+  7  gave up on Key Vault at --timeout (429/5xx/unreachable); watch/exec: failing longer than --max-stale
+  8  the vault failed TLS verification (untrusted, expired or wrong-name certificate) or sent an answer
+     kvfetch cannot use (larger than 1 MiB, not UTF-8); not retried";

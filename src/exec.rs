@@ -37,7 +37,10 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     }
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let child_env = child_env(&base, &session.plan.specs, &values)?;
-    let program = find_program(&argv[0], path_of(&child_env))?;
+    // With `--allow-env PATH` a secret may set PATH: then no message shows it, nor a path found
+    // through it.
+    let secret_path = session.plan.specs.iter().any(|s| s.env_name() == "PATH");
+    let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
     log::info(
         "starting",
         &[
@@ -54,7 +57,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
         .env_clear()
         .envs(child_env)
         .exec();
-    Err(exec_error(&argv[0], &program, err))
+    Err(exec_error(&argv[0], &shown(&program, secret_path), err))
 }
 
 /// The parent's environment with secrets added and references replaced; nothing else changes.
@@ -87,16 +90,35 @@ fn path_of(env: &[(OsString, OsString)]) -> OsString {
         .map_or_else(|| "/usr/local/bin:/usr/bin:/bin".into(), |(_, v)| v.clone())
 }
 
+/// How a program found through PATH is named in messages: not at all when PATH is a secret.
+fn shown(program: &Path, secret_path: bool) -> PathBuf {
+    if secret_path && program.components().count() > 1 {
+        PathBuf::from("(a program found through a PATH set from a secret)")
+    } else {
+        program.to_path_buf()
+    }
+}
+
 /// Find COMMAND as a shell does: a name with `/` is a path; otherwise the first executable match
-/// in PATH. Not found: exit 127; found but not executable: exit 126.
-pub fn find_program(command: &str, path: OsString) -> Result<PathBuf, Error> {
+/// in PATH. Not found: exit 127; found but not executable: exit 126. With `secret_path`, PATH
+/// came from a secret and no message shows it.
+pub fn find_program(command: &str, path: OsString, secret_path: bool) -> Result<PathBuf, Error> {
     let not_found = || {
+        let searched = if secret_path {
+            "PATH set from a secret, not shown".to_string()
+        } else {
+            format!("PATH={}", crate::log::escape(&path.to_string_lossy()))
+        };
         Error::CommandNotFound(format!(
-            "{command}: command not found (PATH={}); check the image and the command after --",
-            path.to_string_lossy()
+            "{command}: command not found ({searched}); check the image and the command after --"
         ))
     };
     let not_executable = |p: &Path| {
+        let p = if command.contains('/') {
+            p.to_path_buf()
+        } else {
+            shown(p, secret_path)
+        };
         Error::NotExecutable(format!(
             "{}: permission denied (not executable); chmod +x it or fix the command after --",
             p.display()

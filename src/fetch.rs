@@ -61,10 +61,12 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
         .map(|s| spec::parse_spec(s, vault.as_ref(), resource))
         .collect::<Result<Vec<_>, _>>()?;
     specs.extend(extra);
+    check_env_file_apart(opts, &specs)?;
     spec::check_names(
         &specs,
         opts.dir.is_some(),
         opts.env_file.is_some() || env_names,
+        &opts.allow_env,
     )?;
     let ca_pem = opts
         .ca_file
@@ -84,6 +86,117 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
     })
 }
 
+/// The env file must not be one of the files `--dir` writes (nor the ready file).
+fn check_env_file_apart(opts: &Options, specs: &[SecretSpec]) -> Result<(), Error> {
+    let Some(env_file) = &opts.env_file else {
+        return Ok(());
+    };
+    let same = |p: &Path| output::files::same_path(env_file, p);
+    let clash = opts
+        .dir
+        .iter()
+        .flat_map(|d| specs.iter().map(move |s| d.join(s.file_name())))
+        .chain(opts.ready_file.clone())
+        .find(|p| same(p));
+    match clash {
+        Some(p) => Err(Error::Usage(format!(
+            "--env-file {} is also a file that kvfetch writes ({}); give the env file a path of its own",
+            env_file.display(),
+            p.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Before the first request: every output can be written (exit 6 if not), its directory is on
+/// memory and private (a warning, or exit 6 with `--require-tmpfs` / `--require-private-dir`),
+/// and temp files a killed run left there are swept.
+pub fn prepare_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
+    let env_dir = opts.env_file.as_deref().map(parent_dir);
+    let ready_dir = opts.ready_file.as_deref().map(parent_dir);
+    if let Some(dir) = &opts.dir {
+        output::files::check_writable_dir(dir, "--dir", true)?;
+        for spec in &plan.specs {
+            check_file_name(spec.file_name(), &spec.text)?;
+            output::files::check_target(&dir.join(spec.file_name()))?;
+        }
+        check_ground(dir, "--dir", opts)?;
+    }
+    if let (Some(file), Some(dir)) = (&opts.env_file, env_dir) {
+        let name = file.file_name().map(|n| n.to_string_lossy());
+        check_file_name(name.as_deref().unwrap_or_default(), "--env-file")?;
+        output::files::check_writable_dir(dir, "the directory of --env-file", false)?;
+        output::files::check_target(file)?;
+        check_ground(dir, "the directory of --env-file", opts)?;
+    }
+    if let (Some(file), Some(dir)) = (&opts.ready_file, ready_dir) {
+        output::files::check_writable_dir(dir, "the directory of --ready-file", false)?;
+        output::files::check_target(file)?;
+    }
+    let dirs = opts
+        .dir
+        .as_deref()
+        .into_iter()
+        .chain(env_dir)
+        .chain(ready_dir);
+    let swept: usize = dirs.map(output::files::sweep_stale_temps).sum();
+    if swept > 0 {
+        log::info(
+            "removed temp files a killed kvfetch left behind",
+            &[("count", &swept.to_string())],
+        );
+    }
+    Ok(())
+}
+
+/// File systems hold names of at most 255 bytes (NAME_MAX).
+fn check_file_name(name: &str, what: &str) -> Result<(), Error> {
+    if name.len() > 255 {
+        return Err(Error::Output(format!(
+            "{what:?}: the file name {}... is {} bytes long, more than a file system allows (255); give a shorter alias (ALIAS=NAME)",
+            name.chars().take(32).collect::<String>(),
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn parent_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Warn (or fail with the strict flags) when `dir` would rest on disk or is not private.
+fn check_ground(dir: &Path, what: &str, opts: &Options) -> Result<(), Error> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if output::files::on_memory_fs(existing) == Some(false) {
+        let msg = format!(
+            "{what} {} is not on tmpfs or ramfs, so secrets would rest on disk; mount a memory volume there (Kubernetes emptyDir medium: Memory, ACI secret/emptyDir volume, docker --tmpfs)",
+            dir.display()
+        );
+        strict_or_warn(opts.require_tmpfs, msg)?;
+    }
+    if let Some(why) = output::files::exposure(dir) {
+        let msg = format!(
+            "{what}: {why}, so another user or process could redirect or replace the secret files; use a directory only kvfetch and the app can write (e.g. mode 0700 or 0750)"
+        );
+        strict_or_warn(opts.require_private_dir, msg)?;
+    }
+    Ok(())
+}
+
+fn strict_or_warn(strict: bool, msg: String) -> Result<(), Error> {
+    if strict {
+        return Err(Error::Output(msg));
+    }
+    log::warn(&msg, &[]);
+    Ok(())
+}
+
 /// Everything needed to fetch the plan's secrets, again and again: the identity, one token
 /// cache (reused across refreshes) and one Key Vault client (kept-alive connections).
 pub struct Session {
@@ -101,9 +214,7 @@ impl Session {
         env: &HashMap<String, String>,
         plan: Plan,
     ) -> Result<Session, Error> {
-        if let Some(dir) = &opts.dir {
-            check_tmpfs(dir, opts.require_tmpfs)?;
-        }
+        prepare_outputs(opts, &plan)?;
         let identity = Identity::new(
             Source::from_env(env)?,
             opts.selector.clone(),
@@ -265,24 +376,4 @@ pub fn write_outputs(
         items.push((file.clone(), text.into_bytes()));
     }
     output::files::write_all(&items, plan.files)
-}
-
-/// Warn (or fail with `--require-tmpfs`) when `dir` would land on disk.
-fn check_tmpfs(dir: &Path, require: bool) -> Result<(), Error> {
-    let existing = dir
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
-    if output::files::on_memory_fs(existing) != Some(false) {
-        return Ok(());
-    }
-    let msg = format!(
-        "--dir {} is not on tmpfs or ramfs, so secrets would rest on disk; mount a memory volume there (Kubernetes emptyDir medium: Memory, ACI secret/emptyDir volume, docker --tmpfs)",
-        dir.display()
-    );
-    if require {
-        return Err(Error::Output(msg));
-    }
-    log::warn(&msg, &[]);
-    Ok(())
 }

@@ -3,8 +3,9 @@
 //! (Prometheus text). Names, versions, counts and times only: never a value.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,40 +119,89 @@ impl Status {
     }
 }
 
-/// Serve the endpoints on `addr` from a background thread.
+/// The most of a request the listener reads: the request line is all it needs.
+const MAX_REQUEST: usize = 8 * 1024;
+/// How long one connection may take in all, reading and writing.
+const CONNECTION_TIME: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed at once (a probe retries).
+const MAX_CONNECTIONS: usize = 32;
+
+/// Serve the endpoints on `addr` from a background thread, each connection on its own short
+/// thread: a slow or hostile client can hold only its own connection, for at most
+/// [`CONNECTION_TIME`], and never read more than [`MAX_REQUEST`] bytes into memory.
 pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
     let listener = TcpListener::bind(addr)
         .map_err(|e| Error::Usage(format!("cannot listen on --health-listen {addr}: {e}")))?;
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut reader = BufReader::new(conn);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
+    let open = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    continue; // dropped: closed at once
+                }
+                let (status, done) = (status.clone(), open.clone());
+                let spawned = std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        serve_one(conn, &status);
+                        done.fetch_sub(1, Ordering::SeqCst);
+                    });
+                if spawned.is_err() {
+                    // No thread to be had (a process limit): this connection is dropped.
+                    open.fetch_sub(1, Ordering::SeqCst);
+                }
             }
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (code, body) = answer(&path, &status.lock().unwrap_or_else(|e| e.into_inner()));
-            let reason = if code == 200 {
-                "OK"
-            } else if code == 503 {
-                "Service Unavailable"
-            } else {
-                "Not Found"
-            };
-            let kind = if path == "/metrics" {
-                "text/plain; version=0.0.4"
-            } else {
-                "text/plain"
-            };
-            let response = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = reader.get_mut().write_all(response.as_bytes());
-        }
-    });
+        })
+        .map_err(|e| Error::Other(format!("cannot start the health listener thread: {e}")))?;
     Ok(())
+}
+
+/// Answer one connection: read the request line (bounded in size and time), answer, close.
+fn serve_one(mut conn: TcpStream, status: &Mutex<Status>) {
+    let until = Instant::now() + CONNECTION_TIME;
+    let Some(line) = read_request_line(&mut conn, until) else {
+        return;
+    };
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (code, body) = answer(&path, &status.lock().unwrap_or_else(|e| e.into_inner()));
+    let reason = match code {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "Not Found",
+    };
+    let kind = if path == "/metrics" {
+        "text/plain; version=0.0.4"
+    } else {
+        "text/plain"
+    };
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let left = until.saturating_duration_since(Instant::now());
+    let _ = conn.set_write_timeout(Some(left.max(Duration::from_millis(1))));
+    let _ = conn.write_all(response.as_bytes());
+}
+
+/// The request line, read a chunk at a time until a line break, [`MAX_REQUEST`] bytes or
+/// `until`, whichever comes first.
+fn read_request_line(conn: &mut TcpStream, until: Instant) -> Option<String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while buf.len() < MAX_REQUEST {
+        let left = until.checked_duration_since(Instant::now())?;
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        let n = conn.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            buf.truncate(end);
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+    }
+    None
 }
 
 fn answer(path: &str, status: &Status) -> (u16, String) {

@@ -83,13 +83,38 @@ fn parse_certs(pem: &[u8]) -> Result<Vec<Certificate<'static>>, Error> {
     Ok(certs)
 }
 
-/// GET `url` with `headers`, giving up after `timeout`. Transport failures come back as text.
+/// A request that got no usable answer.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// What went wrong, for messages.
+    pub text: String,
+    /// Retrying cannot help: the certificate is not trusted (or expired, or for another name),
+    /// the answer is too large or not UTF-8, or the request itself cannot be sent.
+    pub permanent: bool,
+    /// The failure was TLS verification (the fix is about certificates and proxies).
+    pub tls: bool,
+}
+
+impl Failure {
+    fn transient(text: String) -> Failure {
+        Failure {
+            text,
+            permanent: false,
+            tls: false,
+        }
+    }
+}
+
+/// The largest answer kvfetch reads (a secret is at most 25 KB; a token answer a few KB).
+pub const MAX_BODY: u64 = 1 << 20;
+
+/// GET `url` with `headers`, giving up after `timeout`.
 pub fn get(
     agent: &Agent,
     url: &str,
     headers: &[(&str, &str)],
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply, Failure> {
     let mut req = agent.get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -99,7 +124,7 @@ pub fn get(
         .timeout_global(Some(timeout.max(Duration::from_millis(1))))
         .build()
         .call()
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| classify(&e))?;
     let header = |name: &str| {
         response
             .headers()
@@ -109,12 +134,17 @@ pub fn get(
     };
     let (retry_after, location) = (header("retry-after"), header("location"));
     let status = response.status().as_u16();
-    let body = response
+    let bytes = response
         .body_mut()
         .with_config()
-        .limit(1 << 20)
-        .read_to_string()
-        .map_err(|e| describe(&e))?;
+        .limit(MAX_BODY)
+        .read_to_vec()
+        .map_err(|e| classify(&e))?;
+    let body = String::from_utf8(bytes).map_err(|_| Failure {
+        text: format!("HTTP {status} with an answer that is not UTF-8 text"),
+        permanent: true,
+        tls: false,
+    })?;
     Ok(Reply {
         status,
         body,
@@ -123,11 +153,32 @@ pub fn get(
     })
 }
 
-fn describe(e: &ureq::Error) -> String {
+/// Sort a ureq error into a retryable or a permanent failure.
+fn classify(e: &ureq::Error) -> Failure {
+    let permanent = |text: String, tls: bool| Failure {
+        text,
+        permanent: true,
+        tls,
+    };
     match e {
-        ureq::Error::Timeout(_) => "timed out".into(),
-        ureq::Error::Io(io) => io.to_string(),
-        ureq::Error::HostNotFound => "host not found".into(),
-        other => other.to_string(),
+        ureq::Error::Timeout(_) => Failure::transient("timed out".into()),
+        ureq::Error::HostNotFound => Failure::transient("host not found".into()),
+        ureq::Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(tls) => permanent(format!("TLS: {tls}"), true),
+            None => Failure::transient(io.to_string()),
+        },
+        ureq::Error::Rustls(tls) => permanent(format!("TLS: {tls}"), true),
+        ureq::Error::Tls(why) => permanent(format!("TLS: {why}"), true),
+        ureq::Error::BodyExceedsLimit(_) => permanent(
+            format!("the answer is larger than {} bytes", MAX_BODY),
+            false,
+        ),
+        ureq::Error::LargeResponseHeader(..) => {
+            permanent("the answer's headers are too large".into(), false)
+        }
+        ureq::Error::Http(_) | ureq::Error::BadUri(_) => {
+            permanent(format!("the request cannot be sent: {e}"), false)
+        }
+        other => Failure::transient(other.to_string()),
     }
 }

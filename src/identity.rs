@@ -57,9 +57,8 @@ impl Source {
             return Err(Error::Usage("Service Fabric managed identity (IDENTITY_SERVER_THUMBPRINT) is not supported by kvfetch".into()));
         }
         if let (Some(endpoint), Some(_)) = (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
-            check_endpoint(endpoint, "IDENTITY_ENDPOINT")?;
             return Ok(Source::AppService {
-                endpoint: endpoint.clone(),
+                endpoint: check_endpoint(endpoint, "IDENTITY_ENDPOINT")?,
                 header_env: "IDENTITY_HEADER".into(),
             });
         }
@@ -73,10 +72,9 @@ impl Source {
             );
         }
         let base = match get("AZURE_POD_IDENTITY_AUTHORITY_HOST") {
-            Some(b) => {
-                check_endpoint(b, "AZURE_POD_IDENTITY_AUTHORITY_HOST")?;
-                b.trim_end_matches('/').to_string()
-            }
+            Some(b) => check_endpoint(b, "AZURE_POD_IDENTITY_AUTHORITY_HOST")?
+                .trim_end_matches('/')
+                .to_string(),
             None => IMDS_BASE.to_string(),
         };
         Ok(Source::Imds { base })
@@ -96,11 +94,7 @@ impl Source {
                 ["client_id", "principal_id", "mi_res_id"],
             ),
         };
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let mut url = format!(
-            "{base}{sep}api-version={version}&resource={}",
-            enc(resource)
-        );
+        let mut url = format!("{base}?api-version={version}&resource={}", enc(resource));
         match selector {
             Some(Selector::ClientId(v)) => url.push_str(&format!("&{}={}", names[0], enc(v))),
             Some(Selector::ObjectId(v)) => url.push_str(&format!("&{}={}", names[1], enc(v))),
@@ -119,12 +113,13 @@ impl Source {
     }
 }
 
-fn check_endpoint(url: &str, var: &str) -> Result<(), Error> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!("{var}={url:?} is not an http(s) URL")))
-    }
+/// An identity endpoint from the environment, through the one strict URL parser.
+fn check_endpoint(url: &str, var: &str) -> Result<String, Error> {
+    crate::url::parse(url).map(|u| u.full()).map_err(|why| {
+        Error::Usage(format!(
+            "{var}={url:?} is refused: {why}; it must be http(s)://host[:port][/path]"
+        ))
+    })
 }
 
 /// An access token. Its `Debug` never shows the token itself.
@@ -145,6 +140,12 @@ impl fmt::Debug for Token {
             .field("expires_on", &self.expires_on)
             .field("object_id", &self.object_id)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        crate::keyvault::wipe(&mut self.access);
     }
 }
 
@@ -244,7 +245,15 @@ impl Identity {
                     return parse_token(&reply.body, &self.describe());
                 }
                 Ok(reply) => self.classify(reply.status, &reply.body, resource)?,
-                Err(e) => e,
+                Err(e) if e.permanent => {
+                    return Err(Error::NoToken(format!(
+                        "the identity endpoint {} sent an unusable answer for {} ({}); kvfetch does not retry this: check what answers at that address",
+                        self.source.endpoint(),
+                        Selector::describe(self.selector.as_ref()),
+                        log::escape(&e.text)
+                    )));
+                }
+                Err(e) => e.text,
             };
             if problem.starts_with("HTTP 410") {
                 // "Back within 70 s": keep trying at least that long, even past --timeout.
@@ -313,6 +322,10 @@ fn error_detail(body: &str) -> String {
     line.chars().take(200).collect()
 }
 
+/// The largest access token kvfetch sends (real ones are 1-4 KB; headers over 16-32 KB are
+/// refused by servers).
+const MAX_TOKEN: usize = 32 * 1024;
+
 /// Parse a token answer: numbers may be strings, `expires_on` may be epoch or a date string.
 pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
     let bad = |why: &str| {
@@ -326,6 +339,14 @@ pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no access_token"))?;
+    if access.len() > MAX_TOKEN {
+        return Err(bad("the access_token is larger than 32 KiB"));
+    }
+    if !access.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "the access_token holds characters that cannot go into an HTTP header",
+        ));
+    }
     let claims = jwt_claims(access);
     let claim = |k: &str| {
         claims

@@ -37,6 +37,23 @@ impl fmt::Debug for Fetched {
     }
 }
 
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        wipe(&mut self.value);
+    }
+}
+
+/// Overwrite a string's bytes with zeros before its memory is freed (a cheap guard against
+/// values lingering in freed heap memory; copies made by the HTTP stack are not reached).
+pub fn wipe(s: &mut String) {
+    // SAFETY: zero bytes are valid UTF-8, and the writes stay within the string's length.
+    let bytes = unsafe { s.as_mut_vec() };
+    for b in bytes.iter_mut() {
+        // SAFETY: `b` is a valid, aligned, exclusive reference.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+}
+
 /// How the client behaves.
 pub struct Client {
     agent: Agent,
@@ -50,8 +67,16 @@ enum Next {
     Done(Fetched),
     /// Retry after this delay (None: backoff), noting the problem.
     Retry(Option<Duration>, String),
+    /// A 403 retried while a role assignment may be propagating: if time runs out first, this
+    /// access error (exit 4), not "unavailable", is the answer.
+    RetryDenied(Error),
     RefreshToken,
 }
+
+/// The shortest wait a server's `Retry-After` can ask for (`Retry-After: 0` must not spin).
+pub const RETRY_AFTER_FLOOR: Duration = Duration::from_millis(100);
+/// The longest wait honoured from a `Retry-After` (the run's deadline still ends it sooner).
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
 
 impl Client {
     pub fn new(
@@ -104,9 +129,11 @@ impl Client {
                 ("Accept", "application/json"),
             ];
             let next = match http::get(&self.agent, &url, &headers, timeout) {
-                Err(e) => Next::Retry(None, e),
+                Err(e) if e.permanent => return Err(protocol_error(spec, &e)),
+                Err(e) => Next::Retry(None, e.text),
                 Ok(reply) => self.judge(spec, reply, &token, refreshed, &mut first_403)?,
             };
+            let mut denied = None;
             let (delay, problem) = match next {
                 Next::Done(f) => return Ok(f),
                 Next::RefreshToken => {
@@ -118,6 +145,11 @@ impl Client {
                     delay.unwrap_or_else(|| self.backoff.delay(attempt)),
                     problem,
                 ),
+                Next::RetryDenied(e) => {
+                    let problem = "HTTP 403 (a new role assignment may still be propagating)";
+                    denied = Some(e);
+                    (self.backoff.delay(attempt), problem.to_string())
+                }
             };
             attempt += 1;
             crate::log::debug(
@@ -129,6 +161,9 @@ impl Client {
                 ],
             );
             if !deadline.sleep(delay) {
+                if let Some(e) = denied {
+                    return Err(e);
+                }
                 return Err(Error::VaultUnavailable(format!(
                     "gave up on secret {} in vault {} after {} and {attempt} attempts (last: {problem}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
                     spec.reference(),
@@ -170,17 +205,11 @@ impl Client {
                 || code == "AccessDenied" =>
             {
                 let since = *first_403.get_or_insert_with(Instant::now);
+                let e = Error::AccessDenied(access_denied(&what, spec, token, &inner));
                 if since.elapsed() < self.access_retry {
-                    return Ok(Next::Retry(
-                        None,
-                        format!(
-                            "HTTP 403 {inner} (a new role assignment may still be propagating)"
-                        ),
-                    ));
+                    return Ok(Next::RetryDenied(e));
                 }
-                Err(Error::AccessDenied(access_denied(
-                    &what, spec, token, &inner,
-                )))
+                Err(e)
             }
             403 if inner.starts_with("ForbiddenBy") && inner != "ForbiddenByPolicy" => {
                 Err(Error::AccessDenied(format!(
@@ -232,12 +261,29 @@ fn vault_name(host: &str) -> &str {
     host.split('.').next().unwrap_or(host)
 }
 
-/// `Retry-After` in seconds (an HTTP date is treated as "soon": one second).
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    match v.trim().parse::<u64>() {
-        Ok(secs) => Some(Duration::from_secs(secs)),
-        Err(_) => Some(Duration::from_secs(1)),
+/// `Retry-After` in seconds (an HTTP date is treated as "soon": one second), kept between
+/// [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let d = match v.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs.min(RETRY_AFTER_CAP.as_secs())),
+        Err(_) => Duration::from_secs(1),
+    };
+    Some(d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP))
+}
+
+/// A failure retrying cannot fix, as an error that names the fix.
+fn protocol_error(spec: &SecretSpec, e: &http::Failure) -> Error {
+    let what = format!("secret {} in vault {}", spec.reference(), spec.vault.url);
+    if e.tls {
+        return Error::Protocol(format!(
+            "{what}: the vault's TLS certificate was refused ({}); kvfetch does not retry this: check that --vault names the vault itself, the clock is right, and, behind a TLS-inspecting proxy or with a private CA, pass its root with --ca-file",
+            crate::log::escape(&e.text)
+        ));
     }
+    Error::Protocol(format!(
+        "{what}: the vault's answer cannot be used ({}); kvfetch does not retry this: check that --vault points at Key Vault and not at a proxy or captive portal",
+        crate::log::escape(&e.text)
+    ))
 }
 
 /// (code, innererror.code, message's first line) from a Key Vault error body.

@@ -22,6 +22,7 @@ pub mod retry;
 pub mod signals;
 pub mod spec;
 pub mod supervise;
+pub mod url;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub use error::{Error, exit};
 
 /// Run kvfetch with `args` (without the program name) and `env`; returns the exit code.
 pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
+    harden();
     let opts = match cli::parse(args, env) {
         Ok(o) => o,
         Err(e) => return fail(&e),
@@ -52,6 +54,14 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
+}
+
+/// Make the process non-dumpable before any secret or token is in memory: no core dump holds
+/// them, and other processes of the same user cannot ptrace it or read its `/proc/PID/mem` or
+/// `environ`. (`execve` of the app resets this for the app, as it should.)
+fn harden() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
 
 fn fail(e: &Error) -> u8 {

@@ -1,5 +1,10 @@
 //! One line per event on stderr, as text or JSON. Callers pass names, ids and counts only:
 //! nothing here ever receives a secret value or a token.
+//!
+//! Messages often quote what a server said (an error code, a message). A server must not be
+//! able to forge a log line, so text lines escape every control character (line breaks, ESC,
+//! C1 controls, Unicode line separators) in the message and in every field; JSON escapes them
+//! by construction.
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -66,9 +71,9 @@ fn emit(min_level: u8, level: &str, msg: &str, fields: &[(&str, &str)]) {
 }
 
 fn text_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
-    let mut line = format!("kvfetch: {level}: {msg}");
+    let mut line = format!("kvfetch: {level}: {}", escape(msg));
     for (k, v) in fields {
-        if v.contains([' ', '"']) || v.is_empty() {
+        if v.contains([' ', '"']) || v.is_empty() || v.chars().any(needs_escape) {
             line.push_str(&format!(" {k}={v:?}"));
         } else {
             line.push_str(&format!(" {k}={v}"));
@@ -76,6 +81,27 @@ fn text_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
     }
     line.push('\n');
     line
+}
+
+/// Characters that could break a log line or drive a terminal.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}')
+}
+
+/// `msg` with every [`needs_escape`] character written as `\n`, `\r`, `\t` or `\u{..}`.
+pub fn escape(msg: &str) -> String {
+    if !msg.chars().any(needs_escape) {
+        return msg.to_string();
+    }
+    msg.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_string(),
+            '\r' => "\\r".to_string(),
+            '\t' => "\\t".to_string(),
+            c if needs_escape(c) => format!("\\u{{{:x}}}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 fn json_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
@@ -94,4 +120,23 @@ fn json_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
         obj.insert((*k).into(), (*v).into());
     }
     format!("{}\n", serde_json::Value::Object(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_lines_cannot_be_forged() {
+        let hostile = "Bad\n kvfetch: info: all good\r\u{1b}[2J\u{2028}x";
+        let line = text_line("error", hostile, &[("code", hostile), ("n", "a\nb")]);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.ends_with('\n'));
+        assert!(!line.contains(['\r', '\u{1b}', '\u{2028}']), "{line}");
+        assert!(line.contains("Bad\\n kvfetch: info"), "{line}");
+        let json = json_line("error", hostile, &[("code", hostile)]);
+        assert_eq!(json.matches('\n').count(), 1);
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["msg"], hostile);
+    }
 }

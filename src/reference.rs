@@ -3,16 +3,26 @@
 //! `@Microsoft.KeyVault(VaultName=V;SecretName=N[;SecretVersion=X])` (keys case-insensitive,
 //! surrounding white space tolerated) is replaced by the secret's value. The same host rules as
 //! `fetch` apply to every referenced vault.
+//!
+//! Fail closed: a value that merely looks like a reference (`@Microsoft.KeyVault (…)`, quoted,
+//! unknown or repeated keys) is refused rather than handed to the app as a literal string.
 
 use crate::error::Error;
 use crate::spec::{self, CLOUDS, SecretSpec, Vault};
 
 const PREFIX: &str = "@microsoft.keyvault(";
+const MARK: &str = "@microsoft.keyvault";
 
-/// Whether `value` is meant as a Key Vault reference.
+/// Whether `value` is meant as a Key Vault reference: it mentions `@Microsoft.KeyVault` at its
+/// start, after white space or quotes. Anything so marked must then parse exactly.
 pub fn is_reference(value: &str) -> bool {
-    value.trim().to_ascii_lowercase().starts_with(PREFIX)
+    value
+        .trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
+        .get(..MARK.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(MARK))
 }
+
+const KEYS: [&str; 4] = ["secreturi", "vaultname", "secretname", "secretversion"];
 
 /// The spec a reference in variable `var` names; a malformed reference is a usage error, so an
 /// unresolved reference never reaches the app.
@@ -29,29 +39,47 @@ pub fn parse(
     };
     let trimmed = value.trim();
     let inner = trimmed
-        .get(PREFIX.len()..)
-        .and_then(|rest| rest.strip_suffix(')'))
-        .ok_or_else(|| bad("no closing parenthesis"))?;
+        .get(..PREFIX.len())
+        .filter(|head| head.eq_ignore_ascii_case(PREFIX))
+        .ok_or_else(|| bad("it must start with @Microsoft.KeyVault( exactly, unquoted"))?;
+    let inner = trimmed[inner.len()..]
+        .strip_suffix(')')
+        .ok_or_else(|| bad("no closing parenthesis at the end"))?;
     let mut fields = std::collections::HashMap::new();
     for part in inner.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = part
             .split_once('=')
             .ok_or_else(|| bad("a part without '='"))?;
-        fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        let key = k.trim().to_ascii_lowercase();
+        if !KEYS.contains(&key.as_str()) {
+            return Err(bad(
+                "an unknown key; the keys are SecretUri, VaultName, SecretName and SecretVersion",
+            ));
+        }
+        let v = v.trim();
+        if v.is_empty() || v.contains(['(', ')', '"', '\'']) {
+            return Err(bad("an empty or quoted value"));
+        }
+        if fields.insert(key, v.to_string()).is_some() {
+            return Err(bad("a key given twice"));
+        }
     }
     let reference = match (
         fields.get("secreturi"),
         fields.get("vaultname"),
         fields.get("secretname"),
     ) {
-        (Some(uri), None, None) => uri.clone(),
-        (None, Some(vault), Some(name)) => {
+        (Some(uri), None, None) if fields.len() == 1 => uri.clone(),
+        (None, Some(vault), Some(name)) if !name.contains('/') => {
             let base = vault_base(vault, default_vault)
                 .ok_or_else(|| bad("VaultName is not a valid vault name"))?;
             match fields.get("secretversion").filter(|v| !v.is_empty()) {
                 Some(version) => format!("{base}/secrets/{name}/{version}"),
                 None => format!("{base}/secrets/{name}"),
             }
+        }
+        (Some(_), _, _) if fields.len() > 1 => {
+            return Err(bad("SecretUri goes alone"));
         }
         _ => return Err(bad("give either SecretUri, or VaultName and SecretName")),
     };
@@ -149,7 +177,18 @@ mod tests {
             "@Microsoft.KeyVault(SecretUri=https://evil.example.com/secrets/db)",
             "@Microsoft.KeyVault(SecretUri=http://v1.vault.azure.net/secrets/db)",
             "@Microsoft.KeyVault(nonsense)",
+            "@Microsoft.KeyVault (SecretUri=https://v1.vault.azure.net/secrets/db)",
+            "\"@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db)\"",
+            "'@Microsoft.KeyVault(VaultName=v1;SecretName=db)'",
+            "@Microsoft.KeyVault(VaultName=v1;SecretName=db;Secretname=x)",
+            "@Microsoft.KeyVault(VaultName=v1;SecretName=db;Version=x)",
+            "@Microsoft.KeyVault(VaultName=v1;SecretName=)",
+            "@Microsoft.KeyVault(VaultName=v1;SecretName=db/x)",
+            "@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db;SecretName=x)",
+            "@Microsoft.KeyVault(SecretUri=https://evil.test?.vault.azure.net/secrets/db)",
+            "@Microsoft.KeyVaultx",
         ] {
+            assert!(is_reference(bad), "{bad}");
             assert!(
                 matches!(parse("X", bad, None, None), Err(Error::Usage(_))),
                 "{bad}"

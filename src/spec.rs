@@ -6,6 +6,7 @@
 //! the user vouched for with `--resource`), and only over `https` (`http` for loopback only).
 
 use crate::error::Error;
+use crate::url::{self, Url};
 
 /// Known Key Vault DNS suffixes and the token audience each implies.
 pub const CLOUDS: &[(&str, &str)] = &[
@@ -85,67 +86,62 @@ pub fn valid_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Is this a plain file name (no `/`, not `.` or `..`, not empty)?
+/// Is this a plain file name (no `/`, not `.` or `..`, not empty, and not the name of
+/// kvfetch's own temp files)? Its length is checked with the outputs.
 pub fn valid_file_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && !name.starts_with(crate::output::files::TEMP_PREFIX)
 }
 
-/// Is `host` a loopback name or address?
-pub fn is_loopback(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// Variables that choose which program runs or how a shell or the loader behaves. A vault value
+/// must not set them unless the operator names them in `--allow-env`.
+pub fn steers_programs(name: &str) -> bool {
+    const NAMES: [&str; 8] = [
+        "PATH",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "GLIBC_TUNABLES",
+    ];
+    NAMES.contains(&name) || name.starts_with("LD_")
 }
 
-/// Split `scheme://authority/path` into (scheme, authority, host, path).
-fn split_url(url: &str) -> Option<(&str, &str, String, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    let host = if authority.starts_with('[') {
-        authority.split(']').next()?.to_string() + "]"
-    } else {
-        authority.split(':').next()?.to_string()
-    };
-    Some((scheme, authority, host.to_ascii_lowercase(), path))
-}
+pub use crate::url::is_loopback;
 
 /// Resolve `--vault NAME|URL` (or the vault part of a secret identifier) into a [`Vault`].
 /// `resource` is `--resource`, which vouches for any host.
 pub fn parse_vault(text: &str, resource: Option<&str>) -> Result<Vault, Error> {
-    let text = text.trim();
-    let url = if text.contains("://") {
-        text.trim_end_matches('/').to_string()
-    } else if valid_vault_name(text) {
-        format!("https://{}.vault.azure.net", text.to_ascii_lowercase())
-    } else {
+    if !text.contains("://") {
+        if valid_vault_name(text) {
+            let url = url::parse(&format!("https://{text}.vault.azure.net"))
+                .map_err(|why| Error::Usage(format!("--vault {text:?}: {why}")))?;
+            return vault_from_url(url, resource, text);
+        }
         return Err(Error::Usage(format!(
             "--vault {text:?} is neither a vault name (3-24 letters, digits and dashes) nor an https:// URL"
         )));
-    };
-    let Some((scheme, authority, host, path)) = split_url(&url) else {
-        return Err(Error::Usage(format!("--vault {text:?} is not a valid URL")));
-    };
-    if !path.is_empty() {
+    }
+    let url = url::parse(text)
+        .map_err(|why| Error::Usage(format!("--vault {text:?} is refused: {why}")))?;
+    if !url.path.is_empty() && url.path != "/" {
         return Err(Error::Usage(format!(
-            "--vault {text:?} has a path ({path}); give the vault's base URL, e.g. https://NAME.vault.azure.net"
+            "--vault {text:?} has a path ({}); give the vault's base URL, e.g. https://NAME.vault.azure.net",
+            url.path
         )));
     }
-    vault_from_parts(scheme, authority, host, resource, text)
+    vault_from_url(url, resource, text)
 }
 
-fn vault_from_parts(
-    scheme: &str,
-    authority: &str,
-    host: String,
-    resource: Option<&str>,
-    text: &str,
-) -> Result<Vault, Error> {
+fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault, Error> {
+    let host = url.host.clone();
     let loopback = is_loopback(&host);
-    match scheme {
+    match url.scheme.as_str() {
         "https" => {}
         "http" if loopback => {}
         "http" => {
@@ -164,7 +160,7 @@ fn vault_from_parts(
         .find(|(suffix, _)| host.ends_with(suffix))
         .map(|(_, r)| r.to_string());
     let resource = match (resource, implied) {
-        (Some(r), _) => r.trim_end_matches('/').to_string(),
+        (Some(r), _) => check_resource(r)?,
         (None, Some(r)) => r,
         (None, None) if loopback => "https://vault.azure.net".to_string(),
         (None, None) => {
@@ -175,10 +171,21 @@ fn vault_from_parts(
         }
     };
     Ok(Vault {
-        url: format!("{scheme}://{}", authority.to_ascii_lowercase()),
+        url: url.origin(),
         host,
         resource,
     })
+}
+
+/// `--resource`: an `https://` URL as the token audience (kept verbatim but for a trailing `/`).
+pub fn check_resource(r: &str) -> Result<String, Error> {
+    match url::parse(r) {
+        Ok(u) if u.scheme == "https" => Ok(r.trim_end_matches('/').to_string()),
+        Ok(_) => Err(Error::Usage(format!(
+            "--resource {r:?} must be an https:// audience such as https://vault.azure.net"
+        ))),
+        Err(why) => Err(Error::Usage(format!("--resource {r:?} is refused: {why}"))),
+    }
 }
 
 fn valid_vault_name(name: &str) -> bool {
@@ -242,12 +249,17 @@ fn identifier_parts(reference: &str, resource: Option<&str>) -> Result<(Vault, S
             "{reference:?} is not a secret identifier of the form https://VAULT.vault.azure.net/secrets/NAME[/VERSION]"
         ))
     };
-    let (scheme, authority, host, path) = split_url(reference).ok_or_else(bad)?;
-    if reference.contains(['?', '#']) {
-        return Err(bad());
-    }
-    let rest = path.strip_prefix("/secrets/").ok_or_else(bad)?;
-    let vault = vault_from_parts(scheme, authority, host, resource, reference)?;
+    let url = url::parse(reference).map_err(|why| {
+        Error::Usage(format!(
+            "{reference:?} is refused as a secret identifier: {why}"
+        ))
+    })?;
+    let rest = url
+        .path
+        .strip_prefix("/secrets/")
+        .ok_or_else(bad)?
+        .to_string();
+    let vault = vault_from_url(url, resource, reference)?;
     Ok((vault, rest.trim_end_matches('/').to_string()))
 }
 
@@ -259,8 +271,13 @@ pub fn split_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Check aliases and collisions for the outputs in use.
-pub fn check_names(specs: &[SecretSpec], files: bool, env: bool) -> Result<(), Error> {
+/// Check aliases and collisions for the outputs in use; `allow_env` is `--allow-env`.
+pub fn check_names(
+    specs: &[SecretSpec],
+    files: bool,
+    env: bool,
+    allow_env: &[String],
+) -> Result<(), Error> {
     let mut seen_files = std::collections::HashMap::new();
     let mut seen_env = std::collections::HashMap::new();
     for spec in specs {
@@ -268,8 +285,9 @@ pub fn check_names(specs: &[SecretSpec], files: bool, env: bool) -> Result<(), E
             let f = spec.file_name();
             if !valid_file_name(f) {
                 return Err(Error::Usage(format!(
-                    "--secret {:?}: alias {f:?} is not a plain file name (no '/', not '.' or '..')",
-                    spec.text
+                    "--secret {:?}: alias {f:?} is not a plain file name (no '/', not '.' or '..', not starting with {})",
+                    spec.text,
+                    crate::output::files::TEMP_PREFIX
                 )));
             }
             if let Some(other) = seen_files.insert(f.to_string(), spec.text.clone()) {
@@ -284,6 +302,12 @@ pub fn check_names(specs: &[SecretSpec], files: bool, env: bool) -> Result<(), E
             if !valid_env_name(&e) {
                 return Err(Error::Usage(format!(
                     "--secret {:?}: {e:?} is not a valid environment variable name; give an alias (ALIAS=NAME)",
+                    spec.text
+                )));
+            }
+            if steers_programs(&e) && !allow_env.contains(&e) {
+                return Err(Error::Usage(format!(
+                    "--secret {:?} would set {e}, which decides what programs run or load; a vault value may not set it unless you allow it with --allow-env {e} (KVFETCH_ALLOW_ENV), or give an alias (ALIAS=NAME)",
                     spec.text
                 )));
             }
@@ -394,11 +418,24 @@ mod tests {
                 .map(|s| parse_spec(s, Some(&v), None).unwrap())
                 .collect::<Vec<_>>()
         };
-        assert!(check_names(&specs(&["a-b", "A_B=c"]), true, false).is_ok());
-        assert!(check_names(&specs(&["a-b", "A_B=c"]), false, true).is_err());
-        assert!(check_names(&specs(&["x", "x"]), true, false).is_err());
-        assert!(check_names(&specs(&["..=x"]), true, false).is_err());
-        assert!(check_names(&specs(&["9lives"]), false, true).is_err());
+        let check = |list: &[&str], files, env| check_names(&specs(list), files, env, &[]);
+        assert!(check(&["a-b", "A_B=c"], true, false).is_ok());
+        assert!(check(&["a-b", "A_B=c"], false, true).is_err());
+        assert!(check(&["x", "x"], true, false).is_err());
+        assert!(check(&["..=x"], true, false).is_err());
+        assert!(check(&["9lives"], false, true).is_err());
+        for steering in [
+            "path",
+            "LD_PRELOAD=x",
+            "LD_LIBRARY_PATH=x",
+            "IFS=x",
+            "bash-env",
+        ] {
+            assert!(check(&[steering], false, true).is_err(), "{steering}");
+        }
+        let allowed = check_names(&specs(&["path"]), false, true, &["PATH".into()]);
+        assert!(allowed.is_ok());
+        assert!(check(&[".kvfetch-tmp-1=x"], true, false).is_err());
         assert_eq!(split_list("a, b\nc,,d"), vec!["a", "b", "c", "d"]);
     }
 }

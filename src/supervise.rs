@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,8 @@ impl Supervisor<'_> {
         }
         let child = command
             .spawn()
-            .map_err(|e| exec_error(&self.argv[0], &self.program, e))?;
+            // The program's path may come from a PATH set by a secret: name the command only.
+            .map_err(|e| exec_error(&self.argv[0], Path::new(&self.argv[0]), e))?;
         let pid = child.id() as i32;
         if self.tty {
             give_terminal(pid);

@@ -15,7 +15,10 @@ use crate::{health, log, signals};
 
 /// Run `watch`.
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
-    let session = Session::new(opts, env, plan(opts)?)?;
+    let plan = plan(opts)?;
+    // A ready file left by a crashed instance must not say "ready" for this one.
+    remove_ready_file(opts);
+    let session = Session::new(opts, env, plan)?;
     let (tx, rx) = mpsc::channel();
     signals::forward(
         &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP],
@@ -75,12 +78,10 @@ fn ready(opts: &Options, refresher: &Refresher) -> Result<(), Error> {
         ],
     );
     if let Some(path) = &opts.ready_file {
-        std::fs::write(path, "ready\n").map_err(|e| {
-            Error::Output(format!(
-                "cannot create --ready-file {}: {e}",
-                path.display()
-            ))
-        })?;
+        // Like every output: a temp file with the final mode, renamed over (never through) a
+        // symlink.
+        let files = refresher.session().plan.files;
+        crate::output::files::write_all(&[(path.clone(), b"ready\n".to_vec())], files)?;
     }
     Ok(())
 }

@@ -19,31 +19,6 @@ fn watch_with(env: &std::collections::HashMap<String, String>, args: &[&str]) ->
     Background::start(env, &all)
 }
 
-/// GET `path` from the health endpoint: (status, body), or (0, "") when nothing listens.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        code,
-        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
-    )
-}
-
-/// Wait until the health endpoint at `addr` answers `/readyz` with 200.
-fn wait_ready(addr: &str) {
-    wait_for("readiness", ms(5000), || http_get(addr, "/readyz").0 == 200);
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 #[test]
 fn rotation_replaces_only_the_changed_file() {
     let emu = Emulator::start().unwrap();

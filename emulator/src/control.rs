@@ -8,11 +8,16 @@
 //! | `PUT /emulator/secrets/NAME` (body: the value) | add a version; answers `{"version": id}` |
 //! | `POST /emulator/secrets/NAME/disable` · `/enable` · `/deny` · `/allow` | as named |
 //! | `DELETE /emulator/secrets/NAME` | soft-delete |
-//! | `POST /emulator/faults/imds` · `/faults/keyvault` (body `{"status":429,"retry_after":2}`, `{"drop":true}` or `{"delay_ms":500}`) | queue one fault |
+//! | `POST /emulator/faults/imds` · `/faults/keyvault` (body: a fault, see below) | queue one fault |
 //! | `PUT /emulator/token-lifetime` (body: seconds) | lifetime of new tokens |
 //! | `PUT /emulator/kv-delay` (body: milliseconds) | delay every vault answer |
 //! | `PUT /emulator/system-identity` (body: `true`/`false`) | assign or remove it |
 //! | `POST /emulator/identities` (body `{"name":"x"}`) | assign a user identity; answers its ids |
+//!
+//! Fault bodies, one per [`Fault`] variant: `{"status":429}`, `{"status":429,"retry_after":2}`,
+//! `{"drop":true}`, `{"delay_ms":500}`, `{"huge_body":1048576}`, `{"endless_body":true}`,
+//! `{"drip_ms":5}`, `{"invalid_utf8":200}`, `{"status":403,"code":"C","message":"M"}`,
+//! `{"status":302,"location":"https://x"}`, `{"status":429,"header":"Retry-After","value":"0"}`.
 
 use std::time::Duration;
 
@@ -114,16 +119,47 @@ fn secret_action(world: &mut World, name: &str, action: &str) -> Response {
     }
 }
 
-/// Parse a fault description: `{"status":N[,"retry_after":S]}`, `{"drop":true}`, `{"delay_ms":N}`.
+/// Parse a fault description (the bodies listed at the top of this file).
 pub fn parse_fault(body: &str) -> Option<Fault> {
     let v: Value = serde_json::from_str(body).ok()?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    let status_of = |k: &str| u16::try_from(v.get(k)?.as_u64()?).ok();
     if v.get("drop").and_then(Value::as_bool) == Some(true) {
         return Some(Fault::Drop);
+    }
+    if v.get("endless_body").and_then(Value::as_bool) == Some(true) {
+        return Some(Fault::EndlessBody);
     }
     if let Some(ms) = v.get("delay_ms").and_then(Value::as_u64) {
         return Some(Fault::Delay(Duration::from_millis(ms)));
     }
-    let status = u16::try_from(v.get("status")?.as_u64()?).ok()?;
+    if let Some(ms) = v.get("drip_ms").and_then(Value::as_u64) {
+        return Some(Fault::Drip(Duration::from_millis(ms)));
+    }
+    if let Some(len) = v.get("huge_body").and_then(Value::as_u64) {
+        return Some(Fault::HugeBody(usize::try_from(len).ok()?));
+    }
+    if let Some(status) = status_of("invalid_utf8") {
+        return Some(Fault::InvalidUtf8(status));
+    }
+    let status = status_of("status")?;
+    if let (Some(code), Some(message)) = (text("code"), text("message")) {
+        return Some(Fault::ErrorText {
+            status,
+            code,
+            message,
+        });
+    }
+    if let Some(location) = text("location") {
+        return Some(Fault::Redirect { status, location });
+    }
+    if let (Some(name), Some(value)) = (text("header"), text("value")) {
+        return Some(Fault::Header {
+            status,
+            name,
+            value,
+        });
+    }
     Some(match v.get("retry_after").and_then(Value::as_u64) {
         Some(secs) => Fault::StatusRetryAfter(status, secs),
         None => Fault::Status(status),
@@ -133,7 +169,7 @@ pub fn parse_fault(body: &str) -> Option<Fault> {
 fn queue_fault(world: &mut World, endpoint: &str, body: &str) -> Response {
     let Some(fault) = parse_fault(body) else {
         return bad(
-            "body must be {\"status\":N[,\"retry_after\":S]}, {\"drop\":true} or {\"delay_ms\":N}",
+            "body must be a fault: {\"status\":N[,\"retry_after\":S]}, {\"drop\":true}, {\"delay_ms\":N}, {\"huge_body\":N}, {\"endless_body\":true}, {\"drip_ms\":N}, {\"invalid_utf8\":N}, {\"status\":N,\"code\":C,\"message\":M}, {\"status\":N,\"location\":L} or {\"status\":N,\"header\":H,\"value\":V}",
         );
     };
     match endpoint {

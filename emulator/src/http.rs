@@ -1,15 +1,26 @@
 //! A deliberately small HTTP/1.1 server: one thread per connection, keep-alive, `TCP_NODELAY`.
 //!
 //! The emulator needs control over the wire that a framework would hide (dropping a connection
-//! mid-request, answering slowly, echoing odd headers), and it must never be the bottleneck of a
-//! benchmark, so it owns its loop instead of pulling in an async stack.
+//! mid-request, answering slowly, echoing odd headers, bodies that never end), and it must never
+//! be the bottleneck of a benchmark, so it owns its loop instead of pulling in an async stack.
+//! A write that fails (the client went away) ends that connection's thread and nothing else.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The most body bytes an endless reply sends before the emulator closes the connection.
+pub const ENDLESS_MAX_BYTES: u64 = 1 << 30;
+/// The longest an endless reply runs before the emulator closes the connection.
+pub const ENDLESS_MAX_TIME: Duration = Duration::from_secs(30);
+
+/// The byte padded and endless bodies are filled with.
+const FILL: u8 = b'a';
+/// How much filler is written at once.
+const FILL_CHUNK: usize = 64 * 1024;
 
 /// One parsed request.
 #[derive(Debug, Clone)]
@@ -51,6 +62,21 @@ pub enum Reply {
     Respond(Response),
     /// Close the connection without answering (a dropped connection fault).
     Drop,
+    /// `response`'s status and headers with `Content-Length: len`, then its body widened to `len`
+    /// bytes by [`FILL`] bytes inserted at byte `at` of it (a `len` below the body's own length
+    /// sends the body as it is). The filler is generated as it is written.
+    Padded {
+        response: Response,
+        at: usize,
+        len: usize,
+    },
+    /// `response`'s status and headers with `Transfer-Encoding: chunked`, its body as the first
+    /// chunk, then chunks of filler until the client goes away, the emulator stops,
+    /// [`ENDLESS_MAX_BYTES`] are sent or [`ENDLESS_MAX_TIME`] passes; then the connection is
+    /// closed without the last chunk.
+    Endless(Response),
+    /// `response` written one byte at a time, flushed each time, with this pause between bytes.
+    Drip(Response, Duration),
 }
 
 /// One response; `Content-Length` is added when written.
@@ -94,18 +120,41 @@ pub type Wrap = Arc<dyn Fn(TcpStream) -> io::Result<Box<dyn Stream>> + Send + Sy
 pub trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
-/// Accept connections until `stop` is set, each on its own thread.
-pub fn serve(listener: TcpListener, wrap: Wrap, handler: Handler, stop: Arc<AtomicBool>) {
+/// Counts a connection in `open` for as long as its thread lives.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Accept connections until `stop` is set, each on its own thread; `open` counts the connections
+/// whose thread is still running.
+pub fn serve(
+    listener: TcpListener,
+    wrap: Wrap,
+    handler: Handler,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+) {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let Ok(tcp) = conn else { continue };
         let _ = tcp.set_nodelay(true);
+        // A second handle on the socket, to cut an endless reply off at its deadline.
+        let Ok(socket) = tcp.try_clone() else {
+            continue;
+        };
+        open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenGuard(open.clone());
         let (wrap, handler, stop) = (wrap.clone(), handler.clone(), stop.clone());
         thread::spawn(move || {
+            let _guard = guard;
             if let Ok(stream) = wrap(tcp) {
-                let _ = serve_connection(stream, &handler, &stop);
+                let _ = serve_connection(stream, &socket, &handler, &stop);
             }
         });
     }
@@ -113,6 +162,7 @@ pub fn serve(listener: TcpListener, wrap: Wrap, handler: Handler, stop: Arc<Atom
 
 fn serve_connection(
     stream: Box<dyn Stream>,
+    socket: &TcpStream,
     handler: &Handler,
     stop: &AtomicBool,
 ) -> io::Result<()> {
@@ -127,11 +177,16 @@ fn serve_connection(
         let close = request
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let head = request.method == "HEAD";
+        let out = reader.get_mut();
         match handler(&request) {
             Reply::Drop => return Ok(()),
-            Reply::Respond(response) => {
-                write_response(reader.get_mut(), &response, request.method == "HEAD")?
+            Reply::Respond(response) => write_response(out, &response, head)?,
+            Reply::Padded { response, at, len } => {
+                write_padded(out, &response, at, len, head, stop)?
             }
+            Reply::Endless(response) => return write_endless(out, socket, &response, stop),
+            Reply::Drip(response, delay) => write_drip(out, &response, head, delay, stop)?,
         }
         if close {
             return Ok(());
@@ -183,7 +238,8 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     Ok(Some(request))
 }
 
-fn write_response(out: &mut dyn Stream, response: &Response, head: bool) -> io::Result<()> {
+/// The status line and headers, `framing` (the body's length header) last.
+fn head_bytes(response: &Response, framing: &str) -> Vec<u8> {
     let mut buf = format!(
         "HTTP/1.1 {} {}\r\n",
         response.status,
@@ -192,19 +248,129 @@ fn write_response(out: &mut dyn Stream, response: &Response, head: bool) -> io::
     for (k, v) in &response.headers {
         buf.push_str(&format!("{k}: {v}\r\n"));
     }
-    buf.push_str(&format!("Content-Length: {}\r\n\r\n", response.body.len()));
-    let mut bytes = buf.into_bytes();
+    buf.push_str(framing);
+    buf.push_str("\r\n\r\n");
+    buf.into_bytes()
+}
+
+/// The whole response as it goes on the wire.
+fn response_bytes(response: &Response, head: bool) -> Vec<u8> {
+    let framing = format!("Content-Length: {}", response.body.len());
+    let mut bytes = head_bytes(response, &framing);
     if !head {
         bytes.extend_from_slice(&response.body);
     }
-    out.write_all(&bytes)?;
+    bytes
+}
+
+fn write_response(out: &mut dyn Stream, response: &Response, head: bool) -> io::Result<()> {
+    out.write_all(&response_bytes(response, head))?;
     out.flush()
+}
+
+fn stopped(stop: &AtomicBool) -> io::Result<()> {
+    if stop.load(Ordering::SeqCst) {
+        return Err(io::Error::other("emulator stopped"));
+    }
+    Ok(())
+}
+
+fn write_padded(
+    out: &mut dyn Stream,
+    response: &Response,
+    at: usize,
+    len: usize,
+    head: bool,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let body = &response.body;
+    let at = at.min(body.len());
+    let pad = len.saturating_sub(body.len());
+    out.write_all(&head_bytes(
+        response,
+        &format!("Content-Length: {}", body.len() + pad),
+    ))?;
+    if !head {
+        out.write_all(&body[..at])?;
+        let filler = vec![FILL; FILL_CHUNK.min(pad)];
+        let mut left = pad;
+        while left > 0 {
+            stopped(stop)?;
+            let n = left.min(filler.len());
+            out.write_all(&filler[..n])?;
+            left -= n;
+        }
+        out.write_all(&body[at..])?;
+    }
+    out.flush()
+}
+
+/// Returns `Ok` when a limit ends the reply; the caller then closes the connection.
+fn write_endless(
+    out: &mut dyn Stream,
+    socket: &TcpStream,
+    response: &Response,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let deadline = Instant::now() + ENDLESS_MAX_TIME;
+    // A client that stops reading but keeps the connection open would block a write forever:
+    // at the deadline a watchdog shuts the socket down, which fails the blocked write. Returning
+    // drops `_done`, which releases the watchdog.
+    let watchdog = socket.try_clone()?;
+    let (_done, finished) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(ENDLESS_MAX_TIME) {
+            let _ = watchdog.shutdown(Shutdown::Both);
+        }
+    });
+    out.write_all(&head_bytes(response, "Transfer-Encoding: chunked"))?;
+    let mut sent = 0u64;
+    if !response.body.is_empty() {
+        out.write_all(format!("{:x}\r\n", response.body.len()).as_bytes())?;
+        out.write_all(&response.body)?;
+        out.write_all(b"\r\n")?;
+        sent += response.body.len() as u64;
+    }
+    out.flush()?;
+    let mut chunk = format!("{FILL_CHUNK:x}\r\n").into_bytes();
+    chunk.extend(std::iter::repeat_n(FILL, FILL_CHUNK));
+    chunk.extend_from_slice(b"\r\n");
+    while sent + FILL_CHUNK as u64 <= ENDLESS_MAX_BYTES && Instant::now() < deadline {
+        stopped(stop)?;
+        out.write_all(&chunk)?;
+        out.flush()?;
+        sent += FILL_CHUNK as u64;
+    }
+    Ok(())
+}
+
+fn write_drip(
+    out: &mut dyn Stream,
+    response: &Response,
+    head: bool,
+    delay: Duration,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    for (i, byte) in response_bytes(response, head).iter().enumerate() {
+        if i > 0 {
+            pause(delay);
+        }
+        stopped(stop)?;
+        out.write_all(std::slice::from_ref(byte))?;
+        out.flush()?;
+    }
+    Ok(())
 }
 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

@@ -8,8 +8,9 @@
 use serde_json::{Value, json};
 
 use crate::b64;
+use crate::hostile;
 use crate::http::{Reply, Request, Response};
-use crate::state::{Fault, Identity, IssuedToken, World, now};
+use crate::state::{Identity, IssuedToken, World, now};
 
 /// Which of the two endpoints a request came to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -124,30 +125,43 @@ fn check_request(req: &Request, flavour: Flavour, header: &str) -> Result<(), Re
     }
 }
 
-pub fn imds_fault(fault: Fault) -> Option<Reply> {
-    let (status, retry_after) = match fault.apply() {
-        Err(reply) => return Some(reply),
-        Ok(None) => return None,
-        Ok(Some(parts)) => parts,
-    };
-    let (code, text) = match status {
-        404 => ("not_found", "IMDS endpoint is updating"),
-        410 => (
-            "service_unavailable",
-            "IMDS is going through updates; IMDS will be available within 70 seconds",
-        ),
-        429 => ("too_many_requests", "IMDS Throttle limit reached"),
-        500 => (
-            "unknown",
-            "Failed to retrieve token from the Active directory. For details see logs in C:\\User1\\Logs\\imds.log",
-        ),
-        _ => ("server_error", "Transient error"),
-    };
-    let mut response = Response::json(status, &json!({"error": code, "error_description": text}));
-    if let Some(secs) = retry_after {
-        response = response.with_header("Retry-After", &secs.to_string());
+/// How IMDS shapes fault answers (see [`crate::hostile`]).
+pub struct ImdsFaults {
+    /// Lifetime the success shape advertises.
+    pub token_lifetime: u64,
+}
+
+impl hostile::Service for ImdsFaults {
+    fn usual_error(&self, status: u16) -> (&'static str, &'static str) {
+        match status {
+            404 => ("not_found", "IMDS endpoint is updating"),
+            410 => (
+                "service_unavailable",
+                "IMDS is going through updates; IMDS will be available within 70 seconds",
+            ),
+            429 => ("too_many_requests", "IMDS Throttle limit reached"),
+            500 => (
+                "unknown",
+                "Failed to retrieve token from the Active directory. For details see logs in C:\\User1\\Logs\\imds.log",
+            ),
+            _ => ("server_error", "Transient error"),
+        }
     }
-    Some(Reply::Respond(response))
+
+    fn envelope(&self, code: &str, message: &str) -> Value {
+        json!({"error": code, "error_description": message})
+    }
+
+    fn success_shape(&self) -> Value {
+        let lifetime = self.token_lifetime;
+        json!({
+            "access_token": hostile::MARKER,
+            "expires_in": lifetime.to_string(),
+            "expires_on": (now() + lifetime).to_string(),
+            "resource": "https://vault.azure.net",
+            "token_type": "Bearer",
+        })
+    }
 }
 
 fn error(flavour: Flavour, status: u16, code: &str, text: &str) -> Reply {

@@ -12,6 +12,7 @@
 
 mod b64;
 mod control;
+mod hostile;
 pub mod http;
 mod identity;
 mod state;
@@ -20,12 +21,13 @@ mod vault;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::{io, thread};
 
 pub use state::{Counters, Fault, Identity, SecretInput};
+pub use tls::VaultCert;
 pub use vault::API_VERSIONS;
 
 use http::{Reply, Request, Response};
@@ -53,6 +55,8 @@ pub struct Config {
     /// Open the identity listener only after this long (connections are refused until then), as
     /// an Azure Container Instances group's identity endpoint may come up after the container.
     pub identity_start_delay: Duration,
+    /// The certificate the vault presents: valid, or one a client must reject.
+    pub vault_cert: VaultCert,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             token_lifetime: Duration::from_secs(86_400),
             identity_header: "emulator-identity-header".into(),
             identity_start_delay: Duration::ZERO,
+            vault_cert: VaultCert::Valid,
         }
     }
 }
@@ -73,6 +78,8 @@ struct Shared {
     world: Mutex<World>,
     identity_header: String,
     stop: Arc<AtomicBool>,
+    /// Connections (on both listeners) whose thread is still running.
+    open: Arc<AtomicUsize>,
 }
 
 /// A running emulator; dropping it stops the listeners.
@@ -92,7 +99,7 @@ impl Emulator {
 
     /// Start with `config`.
     pub fn with_config(config: Config) -> io::Result<Emulator> {
-        let tls = tls::generate()?;
+        let tls = tls::generate(config.vault_cert)?;
         let (ca_file, temp_dir) = match &config.ca_file {
             Some(p) => (p.clone(), None),
             None => {
@@ -113,6 +120,7 @@ impl Emulator {
             world: Mutex::new(world),
             identity_header: config.identity_header.clone(),
             stop: Arc::new(AtomicBool::new(false)),
+            open: Arc::new(AtomicUsize::new(0)),
         });
         let plain = TcpListener::bind(config.identity_addr)?;
         let secure = TcpListener::bind(config.vault_addr)?;
@@ -121,7 +129,7 @@ impl Emulator {
         let plain_handler: http::Handler = Arc::new(move |r: &Request| plain_route(&s, r));
         let s = shared.clone();
         let vault_handler: http::Handler = Arc::new(move |r: &Request| vault_route(&s, r));
-        let stop = shared.stop.clone();
+        let (stop, open) = (shared.stop.clone(), shared.open.clone());
         let delay = config.identity_start_delay;
         // With a start delay, free the port now and bind it again later.
         let plain = if delay.is_zero() { Some(plain) } else { None };
@@ -136,11 +144,11 @@ impl Emulator {
                     }
                 }
             };
-            http::serve(listener, tls::plain(), plain_handler, stop)
+            http::serve(listener, tls::plain(), plain_handler, stop, open)
         });
-        let stop = shared.stop.clone();
+        let (stop, open) = (shared.stop.clone(), shared.open.clone());
         let wrap = tls::wrap(tls.server.clone());
-        thread::spawn(move || http::serve(secure, wrap, vault_handler, stop));
+        thread::spawn(move || http::serve(secure, wrap, vault_handler, stop, open));
         Ok(Emulator {
             shared,
             identity_addr,
@@ -265,6 +273,13 @@ impl Emulator {
         self.world().kv_delay = delay;
     }
 
+    /// Connections the emulator holds open now, on both listeners: a connection counts from
+    /// its accept until its thread ends (the client closed it, a fault dropped it, or a write to
+    /// a client that went away failed). Idle keep-alive connections count.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         self.world().counters.clone()
@@ -323,21 +338,21 @@ fn temp_dir() -> io::Result<PathBuf> {
 fn plain_route(shared: &Shared, req: &Request) -> Reply {
     let path = req.path.trim_end_matches('/');
     if path == "/metadata/identity/oauth2/token" {
-        let fault = {
+        let (fault, token_lifetime) = {
             let mut w = lock(shared);
             w.counters.imds_token_requests += 1;
-            w.imds_faults.pop_front()
+            (w.imds_faults.pop_front(), w.token_lifetime.as_secs())
         };
-        // A delay fault sleeps here, without the lock, then answers normally.
-        if let Some(reply) = fault.and_then(identity::imds_fault) {
-            return reply;
-        }
-        return identity::token(
-            &mut lock(shared),
-            req,
-            Flavour::Imds,
-            &shared.identity_header,
-        );
+        // A delay fault sleeps in here, without the lock, then answers normally.
+        let service = identity::ImdsFaults { token_lifetime };
+        return hostile::answer(fault, &service, || {
+            identity::token(
+                &mut lock(shared),
+                req,
+                Flavour::Imds,
+                &shared.identity_header,
+            )
+        });
     }
     if path.eq_ignore_ascii_case(APP_SERVICE_PATH) {
         let mut w = lock(shared);
@@ -360,14 +375,12 @@ fn vault_route(shared: &Shared, req: &Request) -> Reply {
         (w.kv_faults.pop_front(), w.kv_delay, w.tenant_id.clone())
     };
     http::pause(delay);
-    let reply = match fault.and_then(|f| vault::fault(f, &tenant)) {
-        Some(reply) => reply,
-        None => {
-            let ctx = vault::Ctx { tenant_id: &tenant };
-            let response = vault::handle(&mut lock(shared), req, &ctx);
-            Reply::Respond(with_kv_headers(response))
-        }
-    };
+    let service = vault::Faults { tenant_id: &tenant };
+    let reply = hostile::answer(fault, &service, || {
+        let ctx = vault::Ctx { tenant_id: &tenant };
+        let response = vault::handle(&mut lock(shared), req, &ctx);
+        Reply::Respond(with_kv_headers(response))
+    });
     lock(shared).kv_in_flight -= 1;
     reply
 }

@@ -26,7 +26,14 @@ impl Identity {
     }
 }
 
-/// A fault to inject into the next request on one endpoint.
+/// A fault to inject into the next request on one endpoint (IMDS token or Key Vault); each is
+/// served once, in the order queued. Besides the transient failures a real service shows, the
+/// hostile ones are what a misbehaving or spoofed server would send.
+///
+/// "The success shape" below is the endpoint's usual answer reduced to its main string field:
+/// `{"value":"…"}` on the vault, and on IMDS `{"access_token":"…","expires_in":…,"expires_on":…,
+/// "resource":"https://vault.azure.net","token_type":"Bearer"}` (numbers as strings, as IMDS
+/// sends them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Answer with this status and the service's error body for it.
@@ -37,23 +44,44 @@ pub enum Fault {
     Drop,
     /// Wait this long, then answer normally.
     Delay(Duration),
-}
-
-impl Fault {
-    /// Carry out the wire part common to every endpoint: `Err(reply)` answers at once (a drop),
-    /// `Ok(None)` answers normally (after a delay's sleep), `Ok(Some((status, retry_after)))`
-    /// asks the endpoint for its error body.
-    pub fn apply(self) -> Result<Option<(u16, Option<u64>)>, crate::http::Reply> {
-        match self {
-            Fault::Drop => Err(crate::http::Reply::Drop),
-            Fault::Delay(d) => {
-                crate::http::pause(d);
-                Ok(None)
-            }
-            Fault::Status(s) => Ok(Some((s, None))),
-            Fault::StatusRetryAfter(s, secs) => Ok(Some((s, Some(secs)))),
-        }
-    }
+    /// Answer 200 with `Content-Length: N` and exactly N body bytes: the success shape with its
+    /// main string field padded with `a` (valid JSON) when N is at least the shape's own length
+    /// (under 200 bytes), otherwise N bytes of `a`. The padding is generated as it is written, so
+    /// N may exceed memory; the connection stays open for the next request afterwards.
+    HugeBody(usize),
+    /// Answer 200 with `Transfer-Encoding: chunked` and never finish: the success shape up to
+    /// the opening quote of its main string field, then 64 KiB chunks of `a` until the client
+    /// closes the connection, the emulator stops, [`crate::http::ENDLESS_MAX_BYTES`] (1 GiB) are
+    /// sent or [`crate::http::ENDLESS_MAX_TIME`] (30 s) passes; then the connection is closed
+    /// without the last chunk.
+    EndlessBody,
+    /// Send the answer the endpoint would send without the fault (status line, headers and
+    /// body), one byte at a time, flushed each time, with this pause between bytes.
+    Drip(Duration),
+    /// Answer this status with `Content-Type: application/json; charset=utf-8` and a body that
+    /// is not UTF-8: for 200 the success shape with the main string field holding the bytes
+    /// `FF FE` (so `{"value":"\xff\xfe"}` on the vault); otherwise the service's error envelope
+    /// for the status with the message `invalid UTF-8 follows: \xff\xfe`.
+    InvalidUtf8(u16),
+    /// Answer this status with the service's error envelope carrying `code` and `message`
+    /// verbatim (JSON-escaped only): on the vault
+    /// `{"error":{"code":C,"message":M,"innererror":{"code":C}}}`, on IMDS
+    /// `{"error":C,"error_description":M}`.
+    ErrorText {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// Answer this status (meant for 3xx) with `Location: location` and the text body `Moved`.
+    Redirect { status: u16, location: String },
+    /// Answer with one extra header, `name: value`, written raw (nothing is checked or escaped,
+    /// so a CR LF in the value splits it). For status 200 the answer is the one the endpoint
+    /// would send without the fault; for any other status it is `Status(status)`'s answer.
+    Header {
+        status: u16,
+        name: String,
+        value: String,
+    },
 }
 
 /// What a secret version holds.

@@ -4,8 +4,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::http::{Reply, Request, Response};
-use crate::state::{Fault, SecretInput, Version, World, now};
+use crate::hostile;
+use crate::http::{Request, Response};
+use crate::state::{SecretInput, Version, World, now};
 
 /// api-versions the emulated vault accepts.
 pub const API_VERSIONS: &[&str] = &[
@@ -36,42 +37,46 @@ pub fn secret_name(req: &Request) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// Apply a queued fault; `None` means "answer normally".
-pub fn fault(fault: Fault, tenant_id: &str) -> Option<Reply> {
-    let (status, retry_after) = match fault.apply() {
-        Err(reply) => return Some(reply),
-        Ok(None) => return None,
-        Ok(Some(parts)) => parts,
-    };
-    if status == 401 {
-        return Some(Reply::Respond(unauthorized(
-            tenant_id,
-            "AKV10011: Token expired.",
-        )));
+/// How the vault shapes fault answers (see [`crate::hostile`]).
+pub struct Faults<'a> {
+    pub tenant_id: &'a str,
+}
+
+impl hostile::Service for Faults<'_> {
+    fn usual_error(&self, status: u16) -> (&'static str, &'static str) {
+        match status {
+            401 => ("Unauthorized", "AKV10011: Token expired."),
+            429 => (
+                "Throttled",
+                "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached",
+            ),
+            503 => (
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please retry.",
+            ),
+            _ => ("InternalServerError", "An unexpected error occurred."),
+        }
     }
-    if (300..400).contains(&status) {
-        let response = Response::text(status, "Moved")
-            .with_header("Location", "https://elsewhere.example/secrets/moved");
-        return Some(Reply::Respond(response));
+
+    fn envelope(&self, code: &str, message: &str) -> Value {
+        error_body(code, message, Some(code))
     }
-    let body = match status {
-        429 => error_body(
-            "Throttled",
-            "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached",
-            None,
-        ),
-        503 => error_body(
-            "ServiceUnavailable",
-            "The service is temporarily unavailable. Please retry.",
-            None,
-        ),
-        _ => error_body("InternalServerError", "An unexpected error occurred.", None),
-    };
-    let mut response = Response::json(status, &body);
-    if let Some(secs) = retry_after {
-        response = response.with_header("Retry-After", &secs.to_string());
+
+    fn status_error(&self, status: u16) -> Response {
+        let (code, message) = self.usual_error(status);
+        if status == 401 {
+            return unauthorized(self.tenant_id, message);
+        }
+        if (300..400).contains(&status) {
+            return Response::text(status, "Moved")
+                .with_header("Location", "https://elsewhere.example/secrets/moved");
+        }
+        Response::json(status, &error_body(code, message, None))
     }
-    Some(Reply::Respond(response))
+
+    fn success_shape(&self) -> Value {
+        json!({ "value": hostile::MARKER })
+    }
 }
 
 /// Answer one Key Vault request (after faults and counters).

@@ -1,11 +1,33 @@
-//! Atomic file writes: temp file in the same directory → final mode and owner → fsync → rename.
+//! Atomic, all-or-nothing file writes.
+//!
+//! Each output is staged as a temp file in the target's own directory (created exclusively, so
+//! never through a symlink, with its final mode and owner, then fsynced). Only when every output
+//! is staged are they moved into place, each with `renameat2(RENAME_EXCHANGE)` where the target
+//! exists: the old file then sits under the temp name, so if a later move fails (a bind-mounted
+//! target answers EBUSY) every earlier one is swapped back and the outputs are exactly as before.
+//! Where the file system cannot exchange, a hard link keeps the old file for the roll-back.
+//!
+//! Temp files are named `.kvfetch-tmp-PID-RANDOM`; a run sweeps the ones a killed run left behind.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::Error;
+
+/// How every temp file kvfetch writes is named at the start.
+pub const TEMP_PREFIX: &str = ".kvfetch-tmp-";
+
+/// A temp file older than this is stale whoever wrote it: a live write takes milliseconds.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// A temp file of a process that no longer exists is stale once this old (the grace covers a
+/// writer in another PID namespace, whose PID means nothing here).
+const ORPHAN_AFTER: Duration = Duration::from_secs(2);
 
 /// Mode and owner for what kvfetch writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,56 +36,152 @@ pub struct FileOptions {
     pub owner: Option<(u32, Option<u32>)>,
 }
 
-/// A temp file written and synced, waiting to be renamed over `target`.
+/// A temp file written and synced, waiting to be moved over `target`.
 #[derive(Debug)]
 pub struct Staged {
     temp: PathBuf,
     pub target: PathBuf,
 }
 
-impl Staged {
-    /// Rename into place.
-    pub fn commit(self) -> Result<(), Error> {
-        let result = fs::rename(&self.temp, &self.target);
-        if let Err(e) = result {
-            let _ = fs::remove_file(&self.temp);
-            return Err(Error::Output(format!(
-                "cannot rename into {}: {e}",
-                self.target.display()
-            )));
-        }
-        if let Some(dir) = self.target.parent() {
-            let _ = File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(())
-    }
+/// What one move did, so it can be undone.
+enum Moved {
+    /// Target and temp were exchanged: the old file is now at `temp`.
+    Exchanged { temp: PathBuf, target: PathBuf },
+    /// The target was replaced; the old file is kept at `backup` (a hard link), if it existed.
+    Replaced {
+        backup: Option<PathBuf>,
+        target: PathBuf,
+    },
+}
 
+impl Staged {
     /// Throw the temp file away.
     pub fn discard(self) {
         let _ = fs::remove_file(&self.temp);
     }
+
+    /// Move into place, keeping what is needed to undo it.
+    fn commit(self) -> Result<Moved, Error> {
+        let fail = |e: io::Error| {
+            let _ = fs::remove_file(&self.temp);
+            Error::Output(format!(
+                "cannot move the new file into {}: {e}",
+                self.target.display()
+            ))
+        };
+        if fs::symlink_metadata(&self.target).is_ok() {
+            match exchange(&self.temp, &self.target) {
+                Ok(()) => {
+                    return Ok(Moved::Exchanged {
+                        temp: self.temp,
+                        target: self.target,
+                    });
+                }
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                    return Err(fail(e));
+                }
+                Err(_) => {} // the file system cannot exchange: keep a hard link instead
+            }
+        }
+        let backup = fs::symlink_metadata(&self.target)
+            .is_ok()
+            .then(|| temp_path(dir_of(&self.target)))
+            .filter(|b| fs::hard_link(&self.target, b).is_ok());
+        if let Err(e) = fs::rename(&self.temp, &self.target) {
+            if let Some(b) = &backup {
+                let _ = fs::remove_file(b);
+            }
+            return Err(fail(e));
+        }
+        Ok(Moved::Replaced {
+            backup,
+            target: self.target,
+        })
+    }
+}
+
+impl Moved {
+    /// Put the old file back (or remove a file that did not exist before).
+    fn undo(self) {
+        match self {
+            Moved::Exchanged { temp, target } => {
+                if exchange(&temp, &target).is_ok() {
+                    let _ = fs::remove_file(&temp);
+                }
+            }
+            Moved::Replaced {
+                backup: Some(b),
+                target,
+            } => {
+                let _ = fs::rename(&b, &target);
+            }
+            Moved::Replaced {
+                backup: None,
+                target,
+            } => {
+                let _ = fs::remove_file(&target);
+            }
+        }
+    }
+
+    /// Drop the old file for good and sync the directory.
+    fn finish(self) {
+        let (old, target) = match self {
+            Moved::Exchanged { temp, target } => (Some(temp), target),
+            Moved::Replaced { backup, target } => (backup, target),
+        };
+        if let Some(old) = old {
+            let _ = fs::remove_file(old);
+        }
+        let _ = File::open(dir_of(&target)).and_then(|d| d.sync_all());
+    }
+}
+
+/// `renameat2(a, b, RENAME_EXCHANGE)`: swap two names atomically.
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn dir_of(target: &Path) -> &Path {
+    target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        "{TEMP_PREFIX}{}-{:08x}",
+        std::process::id(),
+        (crate::retry::random_unit() * u32::MAX as f64) as u32
+    ))
 }
 
 /// Write `bytes` to a temp file beside `target`.
 pub fn stage(target: &Path, bytes: &[u8], opts: FileOptions) -> Result<Staged, Error> {
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(
-        ".{base}.kvfetch-{}-{:08x}.tmp",
-        std::process::id(),
-        (crate::retry::random_unit() * u32::MAX as f64) as u32
-    ));
-    let fail = |e: io::Error| Error::Output(format!("cannot write {}: {e}", target.display()));
-    let result = write_temp(&temp, bytes, opts);
-    if let Err(e) = result {
+    let temp = temp_path(dir_of(target));
+    if let Err(e) = write_temp(&temp, bytes, opts) {
         let _ = fs::remove_file(&temp);
-        return Err(fail(e));
+        return Err(Error::Output(format!(
+            "cannot write {}: {e}",
+            target.display()
+        )));
     }
     Ok(Staged {
         temp,
@@ -75,6 +193,7 @@ fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(opts.mode)
         .open(temp)?;
     // The umask may have narrowed the mode; set it exactly before any byte is written.
@@ -86,9 +205,12 @@ fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Stage all `(target, bytes)` pairs, then rename them all; on any failure nothing is renamed
-/// and no temp file is left.
+/// Write every `(target, bytes)` pair, or none: check every target, stage all, then move them
+/// into place; if a move fails, undo the earlier ones. No temp file is left either way.
 pub fn write_all(items: &[(PathBuf, Vec<u8>)], opts: FileOptions) -> Result<(), Error> {
+    for (target, _) in items {
+        check_target(target)?;
+    }
     let mut staged = Vec::with_capacity(items.len());
     for (target, bytes) in items {
         match stage(target, bytes, opts) {
@@ -99,15 +221,112 @@ pub fn write_all(items: &[(PathBuf, Vec<u8>)], opts: FileOptions) -> Result<(), 
             }
         }
     }
-    let mut first_error = None;
-    for s in staged {
-        if first_error.is_some() {
-            s.discard();
-        } else if let Err(e) = s.commit() {
-            first_error = Some(e);
+    let mut moved = Vec::with_capacity(staged.len());
+    let mut rest = staged.into_iter();
+    for s in rest.by_ref() {
+        match s.commit() {
+            Ok(m) => moved.push(m),
+            Err(e) => {
+                rest.for_each(Staged::discard);
+                moved.into_iter().rev().for_each(Moved::undo);
+                return Err(Error::Output(format!(
+                    "{e}; every output was put back as it was"
+                )));
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    moved.into_iter().for_each(Moved::finish);
+    Ok(())
+}
+
+/// A target may be missing, a file or a symlink (which is replaced, never followed); anything
+/// else (a directory, a device) is refused before the first file is touched.
+pub fn check_target(target: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_file() || m.file_type().is_symlink() => Ok(()),
+        Ok(_) => Err(Error::Output(format!(
+            "{} exists and is not a regular file (a directory?); kvfetch only replaces files: remove it or choose another name",
+            target.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Output(format!(
+            "cannot inspect {}: {e}",
+            target.display()
+        ))),
+    }
+}
+
+/// Check, before any request, that files can be created in `dir`, or with `create` in the
+/// directory that will be created there (its nearest existing ancestor is a writable directory).
+pub fn check_writable_dir(dir: &Path, what: &str, create: bool) -> Result<(), Error> {
+    let existing = dir
+        .ancestors()
+        .find(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_ok())
+        .unwrap_or(Path::new("."));
+    let fail = |why: String| Error::Output(format!("{what} {}: {why}", dir.display()));
+    if !create && existing != dir && !dir.as_os_str().is_empty() {
+        return Err(fail(
+            "the directory does not exist; kvfetch creates only --dir".into(),
+        ));
+    }
+    match fs::metadata(existing) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) if existing == dir => return Err(fail("it exists and is not a directory".into())),
+        Ok(_) => {
+            return Err(fail(format!("{} is not a directory", existing.display())));
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let Ok(c) = CString::new(existing.as_os_str().as_bytes()) else {
+        return Err(fail("the path holds a NUL byte".into()));
+    };
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(fail(format!(
+            "cannot create files in {}: {e}",
+            existing.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Remove temp files that a killed kvfetch left in `dir`: ours by name, and either written by a
+/// process that no longer exists or older than any live write could be.
+pub fn sweep_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        let gone = pid.is_some_and(|p| p != std::process::id() as i32 && !alive(p));
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        let stale = age > STALE_AFTER || (gone && age > ORPHAN_AFTER);
+        if stale && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
 }
 
 /// Create `dir` (mode 0700, owned like the files) if missing.
@@ -129,10 +348,34 @@ pub fn ensure_dir(dir: &Path, opts: FileOptions) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether two paths name the same file: equal after resolving their (existing) parent
+/// directories, and with the same final name.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let parent = fs::canonicalize(dir_of(p)).unwrap_or_else(|_| dir_of(p).to_path_buf());
+        (parent, p.file_name().map(|n| n.to_os_string()))
+    };
+    a == b || resolve(a) == resolve(b)
+}
+
+/// Why a directory that secrets go into is not private, if it is not: a symlink (it can be
+/// pointed elsewhere) or writable by group or others (they can swap files in it).
+pub fn exposure(dir: &Path) -> Option<String> {
+    let meta = fs::symlink_metadata(dir).ok()?;
+    if meta.file_type().is_symlink() {
+        return Some(format!("{} is a symlink", dir.display()));
+    }
+    let mode = meta.mode() & 0o7777;
+    (meta.is_dir() && mode & 0o022 != 0).then(|| {
+        format!(
+            "{} is writable by group or others (mode {mode:04o})",
+            dir.display()
+        )
+    })
+}
+
 /// Whether `dir` lives on tmpfs or ramfs (memory, never disk).
 pub fn on_memory_fs(dir: &Path) -> Option<bool> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     const RAMFS_MAGIC: i64 = 0x8584_58f6;
     let path = CString::new(dir.as_os_str().as_bytes()).ok()?;

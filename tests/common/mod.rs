@@ -12,6 +12,12 @@ pub use kvfetch_emulator::{Emulator, Fault, Identity, SecretInput};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvfetch");
 
+/// The binary under test: `KVFETCH_TEST_BIN` when set (to prove a test fails on an older build),
+/// else the one cargo built.
+pub fn bin() -> String {
+    std::env::var("KVFETCH_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A scratch directory (on /dev/shm when there is one), removed on drop.
@@ -82,7 +88,7 @@ pub fn run_with(env: &HashMap<String, String>, args: &[&str]) -> Run {
             || env.contains_key("IDENTITY_ENDPOINT"),
         "tests must point the identity endpoint at loopback"
     );
-    let out: Output = Command::new(BIN)
+    let out: Output = Command::new(bin())
         .args(args)
         .env_clear()
         .envs(env)
@@ -141,7 +147,7 @@ pub const SIGTERM: i32 = 15;
 impl Background {
     /// Start `kvfetch ARGS` with exactly `env`, stderr captured.
     pub fn start(env: &HashMap<String, String>, args: &[&str]) -> Background {
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(args)
             .env_clear()
             .envs(env)
@@ -213,4 +219,30 @@ pub fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
 /// A file's text, or "" when it does not exist (yet).
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// GET `path` from a health endpoint: (status, body), or (0, "") when nothing listens.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+    )
+}
+
+/// Wait until the health endpoint at `addr` answers `/readyz` with 200.
+pub fn wait_ready(addr: &str) {
+    wait_for("readiness", ms(5000), || http_get(addr, "/readyz").0 == 200);
+}
+
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
 }

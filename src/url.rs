@@ -1,0 +1,223 @@
+//! The one URL parser kvfetch uses for every URL it accepts (`--vault`, secret identifiers,
+//! reference `SecretUri`s, `--notify-url`, identity endpoints).
+//!
+//! Why its own: a token must go to exactly the host that was checked. A general URL parser
+//! accepts userinfo, queries, fragments, backslashes and percent-escapes, and two parsers (the
+//! one that checks, the one that connects) can disagree about which part is the host
+//! (`https://evil.test?.vault.azure.net`). This one accepts only `scheme://host[:port][/path]`
+//! with a plain DNS name or IP literal as host and a path of plain characters, and the request
+//! URL is rebuilt from the parsed parts, so the host connected to is the host checked by
+//! construction.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A parsed URL: lower-cased scheme and host, optional port, and a plain path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Url {
+    pub scheme: String,
+    /// A lower-case DNS name, a dotted IPv4 address, or `[IPv6]` with brackets.
+    pub host: String,
+    pub port: Option<u16>,
+    /// Empty or starting with `/`, of the characters [`path_char`] allows.
+    pub path: String,
+}
+
+impl Url {
+    /// `scheme://host[:port]`.
+    pub fn origin(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}://{}:{p}", self.scheme, self.host),
+            None => format!("{}://{}", self.scheme, self.host),
+        }
+    }
+
+    /// The whole URL, rebuilt from its parts.
+    pub fn full(&self) -> String {
+        format!("{}{}", self.origin(), self.path)
+    }
+}
+
+/// Why a URL was refused, in words for a usage message.
+pub type Refusal = &'static str;
+
+/// Parse `text` strictly. Refuses anything but `scheme://host[:port][/path]` where scheme is
+/// `http` or `https`, host a DNS name (letters, digits, `-`, dot-separated labels of 1 to 63,
+/// no leading or trailing dash or dot) or an IP literal, and path plain characters.
+pub fn parse(text: &str) -> Result<Url, Refusal> {
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(if c.is_whitespace() {
+            "it contains white space"
+        } else if c.is_ascii_control() {
+            "it contains a control character"
+        } else {
+            "it contains a character that is not plain ASCII"
+        });
+    }
+    for (c, why) in [
+        ('?', "it has a query ('?'), which kvfetch does not accept"),
+        (
+            '#',
+            "it has a fragment ('#'), which kvfetch does not accept",
+        ),
+        (
+            '@',
+            "it has user information ('@'), which kvfetch does not accept",
+        ),
+        ('\\', "it contains a backslash"),
+        ('%', "it contains a percent-escape"),
+    ] {
+        if text.contains(c) {
+            return Err(why);
+        }
+    }
+    let (scheme, rest) = text.split_once("://").ok_or("it is not scheme://host")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return Err("the scheme is not https (or http)");
+    }
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    if !path.bytes().all(path_char) {
+        return Err("the path contains a character other than letters, digits and -._~/");
+    }
+    let (host, port) = split_authority(authority)?;
+    Ok(Url {
+        scheme,
+        host,
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// The characters a path may hold: RFC 3986 unreserved characters and `/`.
+fn path_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/')
+}
+
+fn split_authority(authority: &str) -> Result<(String, Option<u16>), Refusal> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or("an IPv6 address lacks its ']'")?;
+        inside
+            .parse::<Ipv6Addr>()
+            .map_err(|_| "the host in [...] is not an IPv6 address")?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("junk after the IPv6 address")?),
+        };
+        (format!("[{}]", inside.to_ascii_lowercase()), port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+            None => (authority.to_ascii_lowercase(), None),
+        }
+    };
+    if !host.starts_with('[') && !valid_host(&host) {
+        return Err("the host is not a plain DNS name or IP address");
+    }
+    let port = port.map(parse_port).transpose()?;
+    Ok((host, port))
+}
+
+fn parse_port(p: &str) -> Result<u16, Refusal> {
+    let ok = (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| p.parse::<u16>().ok())
+        .flatten()
+        .filter(|n| *n > 0)
+        .ok_or("the port is not a number from 1 to 65535")
+}
+
+/// A DNS name of letter-digit-hyphen labels (1 to 63 each, 253 in all), or a dotted IPv4
+/// address. A name whose last label is all digits must be a valid IPv4 address, so `1.2.3.999`
+/// or `0x7f.1` are never taken as names.
+fn valid_host(host: &str) -> bool {
+    if host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    let labels_ok = host.split('.').all(|l| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    });
+    let numeric_tail = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    labels_ok && (!numeric_tail || host.parse::<Ipv4Addr>().is_ok())
+}
+
+/// Is `host` (as [`Url::host`] holds it) a loopback name or address?
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_urls_and_rebuilds_them() {
+        let u = parse("HTTPS://My-Vault.Vault.Azure.NET:443/secrets/a").unwrap();
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.port, u.path.as_str()),
+            ("https", "my-vault.vault.azure.net", Some(443), "/secrets/a")
+        );
+        assert_eq!(u.full(), "https://my-vault.vault.azure.net:443/secrets/a");
+        assert_eq!(parse("http://[::1]:8080").unwrap().host, "[::1]");
+        assert_eq!(
+            parse("http://127.0.0.1").unwrap().origin(),
+            "http://127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn refuses_everything_that_could_split_host_from_connection() {
+        for bad in [
+            "https://evil.test?.vault.azure.net",
+            "https://evil.test#.vault.azure.net",
+            "https://user@v.vault.azure.net",
+            "https://evil.test\\.vault.azure.net",
+            "https://evil%2etest.vault.azure.net",
+            "https://v.vault.azure.net /x",
+            "https://v.vault.azure.net\n",
+            "https://v.vault.azure.net.",
+            "https://.vault.azure.net",
+            "https://-a.vault.azure.net",
+            "https://a_b.vault.azure.net",
+            "https://v.vault.azure.net:0",
+            "https://v.vault.azure.net:65536",
+            "https://v.vault.azure.net:",
+            "https://v.vault.azure.net:+443",
+            "https://1.2.3.999",
+            "https://0x7f.1",
+            "https://[::1",
+            "https://[::1]x",
+            "https://[evil.test]",
+            "https://",
+            "ftp://v.vault.azure.net",
+            "v.vault.azure.net",
+            "https://vé.vault.azure.net",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn loopback() {
+        for h in ["localhost", "127.0.0.1", "127.8.9.1", "[::1]"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "localhost.evil.com",
+            "10.0.0.1",
+            "169.254.169.254",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,835 @@
+//! The holes an adversarial review found, one test each (issue "Trust"). Every test here failed
+//! on the build before the fixes (run with `KVFETCH_TEST_BIN=<old kvfetch>` to see it) and
+//! asserts what the README's threat model promises: exit codes, request counts, bytes and modes
+//! on disk, and that no value reaches a log line.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use kvfetch_emulator::{Config, VaultCert};
+
+/// A distinctive value: no log key or message word contains it.
+const VALUE: &str = "Zq8-vAlUe-7Hx";
+
+fn seeded() -> Emulator {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("api-key", VALUE);
+    emu.set_secret("other", "Wk3-oThEr-9Lp");
+    emu
+}
+
+fn assert_no_requests(emu: &Emulator, what: &str) {
+    let c = emu.counters();
+    assert_eq!(
+        (c.imds_token_requests, c.kv_total_requests),
+        (0, 0),
+        "{what}: no request may be sent"
+    );
+}
+
+fn out_dir(s: &Scratch) -> String {
+    s.path("out").display().to_string()
+}
+
+// 1. The host checked is the host connected to.
+
+#[test]
+fn hosts_that_could_carry_the_token_elsewhere_are_refused_before_any_request() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    for vault in [
+        "https://evil.test?.vault.azure.net",
+        "https://evil.test#.vault.azure.net",
+        "https://evil.test/?.vault.azure.net",
+        "https://user@evil.test.vault.azure.net",
+        "https://evil.test\\.vault.azure.net",
+        "https://evil%2etest.vault.azure.net",
+        "https://evil.test .vault.azure.net",
+        "https://evilvault.azure.net",
+        "https://vault.azure.net",
+        "https://v.vault.azure.net.evil.test",
+        "http://10.0.0.1:8443",
+        "http://localhost.evil.test",
+        "https://localhost.evil.test",
+    ] {
+        for via_env in [false, true] {
+            let mut e = env.clone();
+            let mut args = vec!["fetch", "--secret", "api-key", "--dir"];
+            let dir = out_dir(&s);
+            args.push(&dir);
+            if via_env {
+                e.insert("KVFETCH_VAULT".into(), vault.into());
+            } else {
+                args.extend(["--vault", vault]);
+            }
+            let r = run_with(&e, &args);
+            assert_eq!(r.code, 2, "{vault} (env: {via_env}): {}", r.stderr);
+            assert_no_requests(&emu, vault);
+        }
+        let id = format!("{vault}/secrets/api-key");
+        let r = run_with(&env, &["fetch", "--secret", &id, "--dir", &out_dir(&s)]);
+        assert_eq!(r.code, 2, "{id}: {}", r.stderr);
+        assert_no_requests(&emu, &id);
+    }
+    assert!(s.entries("").is_empty(), "nothing written");
+}
+
+#[test]
+fn reference_uris_notify_urls_and_identity_endpoints_use_the_same_parser() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let touch = format!("touch {}", marker.display());
+    let mut env = env_for(&emu);
+    env.insert(
+        "DB".into(),
+        "@Microsoft.KeyVault(SecretUri=https://evil.test?.vault.azure.net/secrets/api-key)".into(),
+    );
+    let r = run_with(&env, &["exec", "--", "sh", "-c", &touch]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!marker.exists(), "the command never starts");
+    assert_no_requests(&emu, "reference");
+
+    let env = env_for(&emu);
+    for url in [
+        "http://127.0.0.1:9/x?y",
+        "http://a@127.0.0.1:9/",
+        "http://127.0.0.1:9/#x",
+    ] {
+        let r = run_with(
+            &env,
+            &[
+                "watch",
+                "--secret",
+                "api-key",
+                "--dir",
+                &out_dir(&s),
+                "--notify-url",
+                url,
+            ],
+        );
+        assert_eq!(r.code, 2, "{url}: {}", r.stderr);
+    }
+    for (var, url) in [
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9?.x"),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://u@127.0.0.1:9"),
+        ("IDENTITY_ENDPOINT", "http://127.0.0.1:9/msi/token?x=1"),
+    ] {
+        let mut e = env_for(&emu);
+        e.insert(var.into(), url.into());
+        e.insert("IDENTITY_HEADER".into(), "h".into());
+        let r = run_with(&e, &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)]);
+        assert_eq!(r.code, 2, "{var}={url}: {}", r.stderr);
+    }
+    assert_no_requests(&emu, "notify and identity URLs");
+}
+
+// 2. and 3. exec: no value in a message; no vault value picks the program or the loader.
+
+#[test]
+fn exec_never_prints_a_value_even_when_path_is_allowed_from_a_secret() {
+    let emu = seeded();
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--allow-env",
+            "PATH",
+            "--secret",
+            "PATH=api-key",
+            "--",
+            "no-such-command-kvfetch",
+        ],
+    );
+    assert_eq!(r.code, 127, "{}", r.stderr);
+    assert!(r.stderr.contains("command not found"), "{}", r.stderr);
+    assert_no_leak(&r, &[VALUE]);
+}
+
+#[test]
+fn secrets_may_not_set_variables_that_steer_programs() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let touch = format!("touch {}", marker.display());
+    emu.set_secret("path", "/tmp/evil");
+    for spec in [
+        "path",
+        "LD_PRELOAD=api-key",
+        "LD_LIBRARY_PATH=api-key",
+        "LD_AUDIT=api-key",
+        "IFS=api-key",
+        "BASH_ENV=api-key",
+        "ENV=api-key",
+        "SHELLOPTS=api-key",
+        "PS4=api-key",
+    ] {
+        let r = run(&emu, &["exec", "--secret", spec, "--", "sh", "-c", &touch]);
+        assert_eq!(r.code, 2, "{spec}: {}", r.stderr);
+        assert!(r.stderr.contains("--allow-env"), "{}", r.stderr);
+        assert!(!marker.exists(), "{spec}: the command never starts");
+        assert_no_requests(&emu, spec);
+        let env_file = s.path("app.env").display().to_string();
+        let r = run(&emu, &["fetch", "--secret", spec, "--env-file", &env_file]);
+        assert_eq!(r.code, 2, "{spec} into an env file: {}", r.stderr);
+    }
+    // Named explicitly, it is allowed.
+    let show = format!("printf %s \"$LD_PRELOAD\" > {}", marker.display());
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--allow-env",
+            "LD_PRELOAD",
+            "--secret",
+            "LD_PRELOAD=api-key",
+            "--",
+            "sh",
+            "-c",
+            &show,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(read(&marker), VALUE);
+}
+
+#[test]
+fn near_miss_references_fail_closed() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let touch = format!("touch {}", marker.display());
+    let uri = format!("{}/secrets/api-key", emu.vault_url());
+    for value in [
+        format!("@Microsoft.KeyVault (SecretUri={uri})"),
+        format!("\"@Microsoft.KeyVault(SecretUri={uri})\""),
+        format!("'@Microsoft.KeyVault(SecretUri={uri})'"),
+        format!("@Microsoft.KeyVault(SecretUrl={uri})"),
+        format!("@Microsoft.KeyVault(SecretUri={uri};SecretUri={uri})"),
+        "@Microsoft.KeyVault(VaultName=kv1;SecretName=api-key;SecretName=other)".to_string(),
+        "@Microsoft.KeyVault(VaultName=kv1;SecretName=)".to_string(),
+        format!("@microsoft.keyvault(SecretUri={uri}"),
+    ] {
+        let mut env = env_for(&emu);
+        env.insert("DB".into(), value.clone());
+        let r = run_with(&env, &["exec", "--", "sh", "-c", &touch]);
+        assert_eq!(r.code, 2, "{value}: {}", r.stderr);
+        assert!(!marker.exists(), "{value}: the command never starts");
+        assert_no_requests(&emu, &value);
+    }
+}
+
+// 4. The ready file is an output like the others.
+
+#[test]
+fn ready_file_replaces_a_symlink_and_has_the_file_mode_whatever_the_umask() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let victim = s.path("victim");
+    std::fs::write(&victim, "victim").unwrap();
+    let ready = s.path("ready");
+    std::os::unix::fs::symlink(&victim, &ready).unwrap();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    let script = format!(
+        "umask 000; exec \"$KVFETCH_BIN_UNDER_TEST\" watch --secret api-key --dir {} --ready-file {}",
+        out_dir(&s),
+        ready.display()
+    );
+    let mut w = Background(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env_clear()
+            .envs(&env)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the ready file", ms(5000), || {
+        std::fs::symlink_metadata(&ready).is_ok_and(|m| m.is_file())
+    });
+    let log = w.stop_and_stderr();
+    assert_eq!(
+        read(&victim),
+        "victim",
+        "the symlink's target is untouched: {log}"
+    );
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--file-mode",
+            "0440",
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    assert_eq!(mode(&ready), 0o440);
+    assert_eq!(mode(&s.path("out/api-key")), 0o440);
+    w.stop_and_stderr();
+}
+
+#[test]
+fn a_stale_ready_file_is_removed_at_start() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let ready = s.path("ready");
+    std::fs::write(&ready, "ready\n").unwrap();
+    for _ in 0..1000 {
+        emu.push_imds_fault(Fault::Status(503)); // the first fetch keeps waiting
+    }
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "10s".into());
+    let mut w = Background::start(
+        &env,
+        &[
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    wait_for("the stale ready file to go", ms(3000), || !ready.exists());
+    assert_eq!(
+        w.exit_within(ms(10)),
+        None,
+        "still waiting for its first fetch"
+    );
+    assert!(emu.counters().imds_token_requests < 1000);
+}
+
+// 5. The health listener is bounded.
+
+fn vm_rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn health_probes_answer_within_a_second_beside_a_hog_and_idle_connections() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let addr = free_addr();
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--health-listen",
+            &addr,
+        ],
+    );
+    wait_ready(&addr);
+    let idle: Vec<_> = (0..10)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let hog_addr = addr.clone();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hog_sent = sent.clone();
+    let hog = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(&hog_addr).unwrap();
+        c.set_write_timeout(Some(ms(4000))).unwrap();
+        let chunk = vec![b'A'; 1 << 20];
+        let until = Instant::now() + ms(3000);
+        while Instant::now() < until {
+            match c.write(&chunk) {
+                Ok(n) => hog_sent.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst),
+                Err(_) => break,
+            };
+        }
+    });
+    std::thread::sleep(ms(300));
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(http_get(&addr, "/readyz").0, 200);
+        assert!(t.elapsed() < ms(1000), "probe took {:?}", t.elapsed());
+    }
+    hog.join().unwrap();
+    let rss = vm_rss_kb(w.pid());
+    assert!(
+        rss < 40_000,
+        "RSS {rss} kB after the hog sent {} bytes",
+        sent.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    drop(idle);
+    w.stop_and_stderr();
+}
+
+// 6. and 13. All or nothing, checked before the first request.
+
+#[test]
+fn a_target_that_is_a_directory_is_refused_before_any_request() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out/other")).unwrap();
+    std::fs::write(s.path("out/api-key"), "old").unwrap();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "api-key",
+            "--secret",
+            "other",
+            "--dir",
+            &out_dir(&s),
+        ],
+    );
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert_eq!(read(&s.path("out/api-key")), "old");
+    assert_eq!(s.entries("out"), vec!["api-key", "other"]);
+    assert_no_requests(&emu, "a directory in the way");
+}
+
+/// Run `script` as root in a private mount namespace; None (with the reason printed) where that
+/// is not possible.
+fn in_mount_namespace(script: &str, env: &HashMap<String, String>) -> Option<Run> {
+    let probe = Command::new("unshare").args(["-m", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: needs root and unshare -m (a private mount namespace)");
+        return None;
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    Some(Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[test]
+fn a_rename_that_fails_late_rolls_back_the_earlier_ones() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::fs::write(s.path("out/api-key"), "old-a").unwrap();
+    std::fs::write(s.path("out/other"), "old-b").unwrap();
+    std::fs::write(s.path("mounted"), "mounted").unwrap();
+    let env_file = s.path("app.env");
+    std::fs::write(&env_file, "OLD=1\n").unwrap();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    // The last output (the env file) is a bind mount: renaming over it fails with EBUSY after
+    // both files were already moved into place.
+    let script = format!(
+        "mount --bind {m} {e} && exec \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret api-key --secret other --dir {d} --env-file {e}",
+        m = s.path("mounted").display(),
+        e = env_file.display(),
+        d = out_dir(&s),
+    );
+    let Some(r) = in_mount_namespace(&script, &env) else {
+        return;
+    };
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(r.stderr.contains("put back"), "{}", r.stderr);
+    assert_eq!(read(&s.path("out/api-key")), "old-a");
+    assert_eq!(read(&s.path("out/other")), "old-b");
+    assert_eq!(read(&env_file), "OLD=1\n");
+    assert_eq!(
+        s.entries("out"),
+        vec!["api-key", "other"],
+        "no temp file left"
+    );
+    assert_eq!(s.entries(""), vec!["app.env", "mounted", "out"]);
+    assert_no_leak(&r, &[VALUE]);
+}
+
+#[test]
+fn bad_output_paths_are_found_before_the_first_request() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::write(s.path("a-file"), "x").unwrap();
+    let long = format!("{}=api-key", "n".repeat(256));
+    let missing = s.path("missing/app.env").display().to_string();
+    let file_dir = s.path("a-file").display().to_string();
+    let under_file = s.path("a-file/out").display().to_string();
+    for args in [
+        vec!["fetch", "--secret", "api-key", "--env-file", &missing],
+        vec!["fetch", "--secret", "api-key", "--dir", &file_dir],
+        vec!["fetch", "--secret", "api-key", "--dir", &under_file],
+        vec!["fetch", "--secret", &long, "--dir", &out_dir(&s)],
+    ] {
+        let r = run(&emu, &args);
+        assert_eq!(r.code, 6, "{args:?}: {}", r.stderr);
+        assert_no_requests(&emu, &format!("{args:?}"));
+    }
+    assert_eq!(s.entries(""), vec!["a-file"]);
+}
+
+// 7. and 8. Flags: ranges, owners, modes, clashes, placement.
+
+#[test]
+fn out_of_range_and_unsafe_flags_are_usage_errors_not_panics() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = out_dir(&s);
+    let env_in_dir = s.path("out/api-key").display().to_string();
+    let ready = s.path("ready").display().to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["watch", "--refresh", "500000000000y"],
+        vec!["watch", "--refresh", "18446744073709551615s"],
+        vec!["watch", "--refresh", "31d"],
+        vec!["fetch", "--backoff-base", "100000000h"],
+        vec!["fetch", "--backoff-base", "0s"],
+        vec!["fetch", "--timeout", "0s"],
+        vec!["fetch", "--timeout", "18446744073709551615s"],
+        vec!["fetch", "--access-retry", "500000000000y"],
+        vec!["watch", "--max-stale", "18446744073709551615s"],
+        vec!["exec", "--grace", "500000000000y", "--refresh", "1m"],
+        vec!["fetch", "--owner", "4294967295"],
+        vec!["fetch", "--owner", "0:4294967295"],
+        vec!["fetch", "--owner", "-1"],
+        vec!["fetch", "--file-mode", "4400"],
+        vec!["fetch", "--file-mode", "2400"],
+        vec!["fetch", "--file-mode", "1400"],
+        vec!["fetch", "--file-mode", "0460"],
+        vec!["fetch", "--file-mode", "0402"],
+        vec!["fetch", "--file-mode", "00000400"],
+        vec!["fetch", "--env-file", &env_in_dir],
+        vec!["watch", "--env-file", &ready, "--ready-file", &ready],
+        vec!["--refresh", "1m", "fetch"],
+        vec!["--health-listen", "127.0.0.1:9", "fetch"],
+        vec!["--on-change", "none", "watch"],
+        vec!["fetch", "--resource", "vault.azure.net"],
+    ];
+    for case in cases {
+        let mut args = case.clone();
+        if !args.contains(&"exec") {
+            args.extend(["--secret", "api-key", "--dir", &dir]);
+        } else {
+            args.extend(["--secret", "api-key", "--", "true"]);
+        }
+        let r = run(&emu, &args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        assert_no_requests(&emu, &format!("{case:?}"));
+    }
+}
+
+// 9. Forged log lines.
+
+#[test]
+fn control_characters_from_a_server_cannot_forge_log_lines() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let forged = "Oops\n kvfetch: info: fetched and wrote secrets\r\x1b[2K\u{2028}";
+    emu.push_kv_fault(Fault::ErrorText {
+        status: 400,
+        code: forged.into(),
+        message: forged.into(),
+    });
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        !r.stderr.contains(['\r', '\x1b', '\u{2028}']),
+        "raw control characters: {:?}",
+        r.stderr
+    );
+    for line in r.stderr.lines() {
+        assert!(line.starts_with("kvfetch: "), "a forged line: {line:?}");
+        assert!(!line.starts_with(" kvfetch"), "{line:?}");
+    }
+    assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
+    assert!(r.stderr.contains("Oops\\n kvfetch: info"), "{}", r.stderr);
+}
+
+// 10. Not dumpable.
+
+#[test]
+fn the_process_is_not_dumpable() {
+    // /proc/PID files of a non-dumpable process belong to root, whoever runs it: run kvfetch as
+    // another user and look.
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run kvfetch as another user");
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    let mut w = Background(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                &bin(),
+            ])
+            .args(["watch", "--secret", "api-key", "--dir", &out_dir(&s)])
+            .env_clear()
+            .envs(&env)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the first write", ms(5000), || {
+        s.path("out/api-key").exists()
+    });
+    let meta = std::fs::metadata(format!("/proc/{}/environ", w.pid())).unwrap();
+    assert_eq!(
+        meta.uid(),
+        0,
+        "a dumpable process's /proc files belong to its user"
+    );
+    w.stop_and_stderr();
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+// 11. Permanent errors fail fast with their cause.
+
+fn emulator_with_cert(cert: VaultCert) -> Emulator {
+    let emu = Emulator::with_config(Config {
+        vault_cert: cert,
+        ..Config::default()
+    })
+    .unwrap();
+    emu.set_secret("api-key", VALUE);
+    emu
+}
+
+#[test]
+fn untrusted_certificates_fail_within_seconds_with_exit_8() {
+    for cert in [
+        VaultCert::WrongName,
+        VaultCert::Expired,
+        VaultCert::SelfSigned,
+    ] {
+        let emu = emulator_with_cert(cert);
+        let s = Scratch::new();
+        let t = Instant::now();
+        let r = run(
+            &emu,
+            &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+        );
+        assert_eq!(r.code, 8, "{cert:?}: {}", r.stderr);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{cert:?}: {:?}",
+            t.elapsed()
+        );
+        assert!(r.stderr.contains("certificate"), "{}", r.stderr);
+        assert!(r.stderr.contains("--ca-file"), "{}", r.stderr);
+        assert_eq!(emu.counters().kv_total_requests, 0, "{cert:?}");
+        assert!(s.entries("").is_empty());
+    }
+}
+
+#[test]
+fn unusable_answers_fail_within_seconds() {
+    for (fault, code) in [
+        (Fault::InvalidUtf8(200), 8),
+        (Fault::HugeBody(2 << 20), 8),
+        (Fault::EndlessBody, 8),
+    ] {
+        let emu = seeded();
+        let s = Scratch::new();
+        emu.push_kv_fault(fault.clone());
+        let t = Instant::now();
+        let r = run(
+            &emu,
+            &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+        );
+        assert_eq!(r.code, code, "{fault:?}: {}", r.stderr);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{fault:?}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(
+            emu.counters().kv_total_requests,
+            1,
+            "{fault:?}: not retried"
+        );
+    }
+    let emu = seeded();
+    emu.push_imds_fault(Fault::InvalidUtf8(200));
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(emu.counters().imds_token_requests, 1);
+}
+
+#[test]
+fn a_persistent_403_is_access_denied_even_when_the_timeout_ends_first() {
+    let emu = seeded();
+    emu.deny("api-key", true);
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_ACCESS_RETRY".into(), "30s".into());
+    env.insert("KVFETCH_TIMEOUT".into(), "500ms".into());
+    let r = run_with(
+        &env,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("Key Vault Secrets User"), "{}", r.stderr);
+}
+
+// 12. A floor under every retry delay.
+
+#[test]
+fn retry_after_zero_does_not_spin() {
+    let emu = seeded();
+    for _ in 0..10_000 {
+        emu.push_kv_fault(Fault::StatusRetryAfter(429, 0));
+    }
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    let r = run_with(
+        &env,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    let n = emu.counters().kv_total_requests;
+    assert!(
+        (5..=12).contains(&n),
+        "{n} requests in 1 s with a 100 ms floor"
+    );
+}
+
+// 14. Temp files a killed run left behind.
+
+#[test]
+fn stale_temp_files_are_swept_and_live_ones_kept() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let stale = s.path("out/.kvfetch-tmp-999999999-deadbeef");
+    let old = s.path("out/.kvfetch-tmp-1-0badf00d"); // PID 1 lives, but this is old
+    let live = s.path(&format!("out/.kvfetch-tmp-{}-cafe", std::process::id()));
+    let unrelated = s.path("out/.kvfetch-tmpnot");
+    for p in [&stale, &old, &live, &unrelated] {
+        std::fs::write(p, "leftover").unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    let backdate = |p: &std::path::Path, secs| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap_or_else(|_| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+                std::fs::File::options().write(true).open(p).unwrap()
+            });
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    };
+    backdate(&stale, 10);
+    backdate(&old, 3600);
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut expected = vec![
+        "api-key".to_string(),
+        ".kvfetch-tmpnot".to_string(),
+        live.file_name().unwrap().to_string_lossy().into_owned(),
+    ];
+    expected.sort();
+    assert_eq!(s.entries("out"), expected);
+}
+
+// 15. A directory others can write, a symlinked one, and the env file's directory.
+
+#[test]
+fn exposed_directories_warn_or_fail_with_require_private_dir() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("shared")).unwrap();
+    std::fs::set_permissions(s.path("shared"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(s.path("shared"), s.path("link")).unwrap();
+    let shared = s.path("shared").display().to_string();
+    let link = s.path("link").display().to_string();
+    let env_file = s.path("shared/app.env").display().to_string();
+    for args in [
+        vec!["--dir", shared.as_str()],
+        vec!["--dir", link.as_str()],
+        vec!["--env-file", env_file.as_str()],
+    ] {
+        let mut all = vec!["fetch", "--secret", "api-key"];
+        all.extend(&args);
+        let r = run(&emu, &all);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("kvfetch: warn:")
+                && (r.stderr.contains("writable by group or others")
+                    || r.stderr.contains("is a symlink")),
+            "{args:?}: {}",
+            r.stderr
+        );
+        emu.reset_counters();
+        all.push("--require-private-dir");
+        let r = run(&emu, &all);
+        assert_eq!(r.code, 6, "{args:?}: {}", r.stderr);
+        assert_no_requests(&emu, &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn require_tmpfs_covers_the_env_file_directory() {
+    let disk = Scratch::under(&std::env::current_dir().unwrap().join("target"));
+    if kvfetch::output::files::on_memory_fs(&disk.0) != Some(false) {
+        eprintln!("SKIPPED: the build directory is on tmpfs here, so there is no disk to refuse");
+        return;
+    }
+    let emu = seeded();
+    let env_file = disk.path("app.env").display().to_string();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "api-key",
+            "--env-file",
+            &env_file,
+            "--require-tmpfs",
+        ],
+    );
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert_no_requests(&emu, "env file on disk");
+    assert!(disk.entries("").is_empty());
+}
