@@ -1061,8 +1061,7 @@ fn hostile_vault_certificates_fail_for_their_stated_reason() {
         let err = tls_agent(&emu)
             .get(url(&emu))
             .call()
-            .err()
-            .expect("the client refuses the certificate")
+            .expect_err("the client refuses the certificate")
             .to_string();
         assert!(err.contains(reason), "{kind:?}: {err}");
         if kind == VaultCert::WrongName {
