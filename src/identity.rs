@@ -358,7 +358,10 @@ pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
     let expires_on = v
         .get("expires_on")
         .and_then(number_or_date)
-        .or_else(|| v.get("expires_in").and_then(number).map(|n| now() + n))
+        .or_else(|| {
+            let lifetime = v.get("expires_in").and_then(number)?;
+            now().checked_add(lifetime)
+        })
         .or_else(|| claims.as_ref().and_then(|c| c.get("exp")).and_then(number))
         .ok_or_else(|| bad("no usable expires_on or expires_in"))?;
     Ok(Token {
@@ -381,37 +384,53 @@ fn number_or_date(v: &Value) -> Option<u64> {
     number(v).or_else(|| v.as_str().and_then(parse_date))
 }
 
-/// `MM/DD/YYYY HH:MM:SS [AM|PM] +HH:MM` (the legacy App Service form) → Unix seconds.
+/// `MM/DD/YYYY HH:MM:SS [AM|PM] [+HH:MM]` (the legacy App Service form) → Unix seconds.
+/// Every field is range-checked, so no input can overflow the arithmetic.
 fn parse_date(s: &str) -> Option<u64> {
     let mut parts = s.split_whitespace();
-    let date: Vec<i64> = parts
-        .next()?
-        .split('/')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let time: Vec<i64> = parts
-        .next()?
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let (mut hour, rest): (i64, Vec<&str>) = (time[0], parts.collect());
-    if rest.first() == Some(&"PM") && hour < 12 {
-        hour += 12;
+    let fields = |text: &str, sep: char| -> Option<Vec<i64>> {
+        text.split(sep).map(|p| p.parse().ok()).collect()
+    };
+    let date = fields(parts.next()?, '/')?;
+    let time = fields(parts.next()?, ':')?;
+    let rest: Vec<&str> = parts.collect();
+    let &[mo, d, y] = date.as_slice() else {
+        return None;
+    };
+    let (hour, min, sec) = match time.as_slice() {
+        &[h, m] => (h, m, 0),
+        &[h, m, s] => (h, m, s),
+        _ => return None,
+    };
+    let hour = match rest.first().map(|w| w.to_ascii_uppercase()).as_deref() {
+        Some("AM") if (0..=12).contains(&hour) => hour % 12,
+        Some("PM") if (0..=12).contains(&hour) => hour % 12 + 12,
+        Some("AM" | "PM") => return None,
+        _ => hour,
+    };
+    let in_range = (1970..=9999).contains(&y)
+        && (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && (0..=23).contains(&hour)
+        && (0..=59).contains(&min)
+        && (0..=60).contains(&sec);
+    if !in_range {
+        return None;
     }
-    let offset = rest
-        .last()
-        .filter(|o| o.starts_with(['+', '-']))
-        .map_or(0, |o| {
+    let offset = match rest.last().filter(|o| o.starts_with(['+', '-'])) {
+        Some(o) => {
             let sign = if o.starts_with('-') { -1 } else { 1 };
             let (h, m) = o[1..].split_once(':').unwrap_or((&o[1..], "0"));
-            sign * (h.parse::<i64>().unwrap_or(0) * 3600 + m.parse::<i64>().unwrap_or(0) * 60)
-        });
-    let (y, mo, d) = (*date.get(2)?, *date.first()?, *date.get(1)?);
+            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+            if !(0..=14).contains(&h) || !(0..=59).contains(&m) {
+                return None;
+            }
+            sign * (h * 3600 + m * 60)
+        }
+        None => 0,
+    };
     let days = days_from_civil(y, mo, d);
-    u64::try_from(
-        days * 86400 + hour * 3600 + time.get(1)? * 60 + time.get(2).copied().unwrap_or(0) - offset,
-    )
-    .ok()
+    u64::try_from(days * 86400 + hour * 3600 + min * 60 + sec - offset).ok()
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -514,6 +533,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.expires_on, 1_505_390_400);
+        assert_eq!(
+            parse_date("09/14/2017 12:00:00 AM +00:00"),
+            Some(1_505_347_200)
+        );
+        assert_eq!(
+            parse_date("09/14/2017 12:00:00 PM +00:00"),
+            Some(1_505_390_400)
+        );
+        assert_eq!(
+            parse_date("09/14/2017 01:00:00 PM -01:30"),
+            Some(1_505_399_400)
+        );
+        for bad in [
+            "13/14/2017 00:00:00",
+            "09/14/99999999999999 00:00:00",
+            "09/14/2017 24:00:00",
+            "09/14/2017 13:00:00 PM",
+            "09/14/2017 00:00:00 +99:00",
+            "09/14 00:00:00",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+        let huge = format!(r#"{{"access_token":"abc","expires_in":"{}"}}"#, u64::MAX);
+        assert!(parse_token(&huge, "x").is_err(), "no overflow");
         let t = parse_token(r#"{"access_token":"abc","expires_in":"60"}"#, "x").unwrap();
         assert!(t.expires_on >= now() + 59);
         assert!(parse_token(r#"{"access_token":""}"#, "x").is_err());

@@ -242,3 +242,79 @@ fn end_to_end_through_the_binary_for_each_format() {
         assert_eq!(mode(&file), 0o400);
     }
 }
+
+/// Values built from the characters that break quoting, and a few ordinary ones.
+fn hostile_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        Just("'"),
+        Just("\""),
+        Just("\\"),
+        Just("$"),
+        Just("${"),
+        Just("{"),
+        Just("}"),
+        Just("#"),
+        Just(" "),
+        Just("\t"),
+        Just("\n"),
+        Just("\r"),
+        Just("`"),
+        Just("="),
+        Just("export "),
+        Just("é✓"),
+        Just("a"),
+        Just("Z9"),
+    ];
+    proptest::collection::vec(piece, 0..10).prop_map(|p| p.concat())
+}
+
+/// Every value a format accepts reads back exactly through the real parsers of that format;
+/// many random values per case, each parser run once per case. `PROPTEST_CASES` runs more.
+#[test]
+fn random_values_read_back_exactly_or_are_refused() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .map_or(3, |n| n.div_ceil(100));
+    let mut runner = TestRunner::new(Config::default());
+    let strategy = proptest::collection::vec(hostile_value(), 150);
+    let dir = Scratch::new();
+    for case in 0..cases {
+        let values = strategy.new_tree(&mut runner).unwrap().current();
+        for format in [Format::Dotenv, Format::Shell, Format::Docker, Format::Json] {
+            let (mut text, mut expected) = (String::new(), BTreeMap::new());
+            for (i, v) in values.iter().enumerate() {
+                if format == Format::Json {
+                    expected.insert(var(i), v.clone());
+                } else if let Ok(line) = render(format, &[(var(i), v.clone())]) {
+                    text.push_str(&line);
+                    expected.insert(var(i), v.clone());
+                }
+            }
+            if format == Format::Json {
+                let entries: Vec<_> = expected.clone().into_iter().collect();
+                text = render(format, &entries).unwrap();
+            }
+            let file = write(&dir, &format!("case{case}.{format:?}"), &text);
+            let what = format!("{format:?}, case {case}: {values:?}");
+            match format {
+                Format::Dotenv => {
+                    assert_eq!(python_dotenv(&file), expected, "python-dotenv, {what}");
+                    assert_eq!(npm_dotenv(&file), expected, "npm dotenv, {what}");
+                }
+                Format::Shell => {
+                    assert_eq!(expected.len(), values.len(), "shell carries every value");
+                    assert_eq!(sourced("bash", &file), expected, "bash, {what}");
+                    assert_eq!(sourced("dash", &file), expected, "dash, {what}");
+                }
+                Format::Docker => assert_eq!(docker_env_file(&text), expected, "{what}"),
+                Format::Json => {
+                    assert_eq!(json_map(text.as_bytes()), expected, "{what}");
+                }
+            }
+        }
+    }
+}
