@@ -397,9 +397,9 @@ fn parse_date(s: &str) -> Option<u64> {
     let &[mo, d, y] = date.as_slice() else {
         return None;
     };
-    let (hour, min, sec) = match time.as_slice() {
-        &[h, m] => (h, m, 0),
-        &[h, m, s] => (h, m, s),
+    let (hour, min, sec) = match *time.as_slice() {
+        [h, m] => (h, m, 0),
+        [h, m, s] => (h, m, s),
         _ => return None,
     };
     let hour = match rest.first().map(|w| w.to_ascii_uppercase()).as_deref() {
