@@ -435,7 +435,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
             .map(|r| crate::spec::check_resource(&r))
             .transpose()?,
         ca_file: get("ca-file").map(PathBuf::from),
-        api_version: get("api-version").unwrap_or_default(),
+        api_version: api_version(&get("api-version").unwrap_or_default())?,
         concurrency: parse_count(&get("concurrency").unwrap_or_default())?,
         timeout: duration_flag("timeout", &get("timeout").unwrap_or_default())?,
         backoff_base: duration_flag("backoff-base", &get("backoff-base").unwrap_or_default())?,
@@ -677,6 +677,19 @@ fn parse_owner(s: &str) -> Result<(u32, Option<u32>), Error> {
         None => (s, None),
     };
     Ok((id(uid)?, gid.map(id).transpose()?))
+}
+
+/// `--api-version`: a version string only (it goes into every request's query).
+fn api_version(v: &str) -> Result<String, Error> {
+    let ok = (1..=32).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !ok {
+        return Err(usage(format!(
+            "--api-version {v:?} is not a version like 7.5 or 2025-07-01"
+        )));
+    }
+    Ok(v.to_string())
 }
 
 /// `--allow-env` values (repeatable, comma-separated) or `KVFETCH_ALLOW_ENV`.
