@@ -1,4 +1,4 @@
-//! Fidelity: replay the real recorded Azure SDK sessions in `../shared/fixtures/azure/` against
+//! Fidelity: replay the real recorded Azure SDK sessions in `tests/fixtures/azure/` against
 //! the emulator and check that it answers the same requests with the same status codes, error
 //! codes, header shapes and JSON field types (ignoring sanitized hosts, tokens and timestamps).
 //!
@@ -22,7 +22,7 @@ use ureq::Agent;
 
 fn fixtures() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.join("../shared/fixtures/azure")
+    here.join("tests/fixtures/azure")
 }
 
 fn load(name: &str) -> Value {

@@ -3,8 +3,8 @@
 //!
 //! Nothing in kvfetch may depend on reaching Azure, so this is how kvfetch is proven: every test,
 //! the demo, the benchmarks and users' local runs talk to it over loopback. It follows
-//! `shared/reference/protocol.md` quirk for quirk, and the recorded SDK sessions in
-//! `shared/fixtures/azure/` are replayed against it to check that it does.
+//! the protocol facts quirk for quirk, and the recorded SDK sessions in
+//! `tests/fixtures/azure/` are replayed against it to check that it does.
 //!
 //! Two listeners: plain HTTP for the identity endpoints and the `/emulator/…` control API,
 //! HTTPS (a generated CA plus leaf) for the vault. Tests drive it through [`Emulator`]'s methods;
