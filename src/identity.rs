@@ -555,6 +555,15 @@ mod tests {
         ] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
+        for bad in [r"a\nb", "a b", r"\u00e9", r"a\u0000"] {
+            let body = format!(r#"{{"access_token":"{bad}","expires_in":"60"}}"#);
+            assert!(parse_token(&body, "x").is_err(), "{bad}");
+        }
+        let long = format!(
+            r#"{{"access_token":"{}","expires_in":"60"}}"#,
+            "a".repeat(40_000)
+        );
+        assert!(parse_token(&long, "x").is_err());
         let huge = format!(r#"{{"access_token":"abc","expires_in":"{}"}}"#, u64::MAX);
         assert!(parse_token(&huge, "x").is_err(), "no overflow");
         let t = parse_token(r#"{"access_token":"abc","expires_in":"60"}"#, "x").unwrap();

@@ -833,3 +833,36 @@ fn require_tmpfs_covers_the_env_file_directory() {
     assert_no_requests(&emu, "env file on disk");
     assert!(disk.entries("").is_empty());
 }
+
+#[test]
+fn a_dripping_answer_is_bounded_by_the_timeout_and_a_redirect_is_never_followed() {
+    let emu = seeded();
+    for _ in 0..50 {
+        emu.push_kv_fault(Fault::Drip(ms(200)));
+    }
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    let t = Instant::now();
+    let r = run_with(
+        &env,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(t.elapsed() < ms(3000), "{:?}", t.elapsed());
+    assert!(s.entries("").is_empty());
+
+    let emu = seeded();
+    emu.push_kv_fault(Fault::Redirect {
+        status: 307,
+        location: "https://evil.test/secrets/api-key".into(),
+    });
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("never follows redirects"), "{}", r.stderr);
+    assert_eq!(emu.counters().kv_total_requests, 1);
+    assert!(s.entries("").is_empty());
+}
