@@ -419,8 +419,12 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
     Ok(Options {
         vault: get("vault"),
         secrets,
-        dir: get("dir").map(PathBuf::from),
-        env_file: get("env-file").map(PathBuf::from),
+        dir: get("dir")
+            .map(|d| path_flag("dir", &d, false))
+            .transpose()?,
+        env_file: get("env-file")
+            .map(|f| path_flag("env-file", &f, true))
+            .transpose()?,
         env_format: get("env-format")
             .as_deref()
             .and_then(Format::parse)
@@ -454,8 +458,10 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         max_stale: get("max-stale")
             .map(|d| duration_flag("max-stale", &d))
             .transpose()?,
-        ready_file: get("ready-file").map(PathBuf::from),
-        health_listen: get("health-listen"),
+        ready_file: get("ready-file")
+            .map(|f| path_flag("ready-file", &f, true))
+            .transpose()?,
+        health_listen: get("health-listen").map(|a| listen_addr(&a)).transpose()?,
         notify_url: get("notify-url").map(|u| notify_url(&u)).transpose()?,
         cleanup: switch("cleanup")?,
         on_change: parse_on_change(&get("on-change").unwrap_or_default())?,
@@ -677,6 +683,39 @@ fn parse_owner(s: &str) -> Result<(u32, Option<u32>), Error> {
         None => (s, None),
     };
     Ok((id(uid)?, gid.map(id).transpose()?))
+}
+
+/// A path flag: not empty; a file flag names a file (no trailing `/`, not `.`/`..`, not one of
+/// kvfetch's own temp names, which the stale-temp sweep removes).
+fn path_flag(flag: &str, value: &str, file: bool) -> Result<PathBuf, Error> {
+    if value.is_empty() {
+        return Err(usage(format!("--{flag} is empty")));
+    }
+    let path = PathBuf::from(value);
+    if file {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let plain = value.ends_with('/') || name.is_none();
+        if plain || name.is_some_and(|n| n.starts_with(crate::output::files::TEMP_PREFIX)) {
+            return Err(usage(format!(
+                "--{flag} {value:?} must name a file (no trailing '/', not starting with {})",
+                crate::output::files::TEMP_PREFIX
+            )));
+        }
+    }
+    Ok(path)
+}
+
+/// `--health-listen`: an address and port, such as `127.0.0.1:8089`.
+fn listen_addr(a: &str) -> Result<String, Error> {
+    match a.parse::<std::net::SocketAddr>() {
+        Ok(_) => Ok(a.to_string()),
+        Err(_) if a.parse::<u16>().is_ok() => Err(usage(format!(
+            "--health-listen {a:?} needs an address too: 127.0.0.1:{a} (this host only) or 0.0.0.0:{a} (probes from the node)"
+        ))),
+        Err(_) => Err(usage(format!(
+            "--health-listen {a:?} is not an address and port such as 127.0.0.1:8089"
+        ))),
+    }
 }
 
 /// `--api-version`: a version string only (it goes into every request's query).

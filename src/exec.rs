@@ -20,9 +20,17 @@ use crate::{log, reference, supervise};
 /// Run `exec`; returns the exit code (supervised mode) or never returns (plain mode).
 pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Result<u8, Error> {
     let vault = default_vault(opts)?;
-    let references = reference::scan(env.iter(), vault.as_ref(), opts.resource.as_deref())?;
+    let references = reference::scan(env.iter(), vault.as_ref())?;
     let plan = plan_with(opts, references, true)?;
     let session = Session::new(opts, env, plan)?;
+    let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    // With `--allow-env PATH` a secret may set PATH: then no message shows it, nor a path found
+    // through it. Otherwise the command is found before any request: a typo costs no fetch and
+    // writes no file.
+    let secret_path = session.plan.specs.iter().any(|s| s.env_name() == "PATH");
+    if !secret_path {
+        find_program(&argv[0], path_of(&base), false)?;
+    }
     let values = if session.plan.specs.is_empty() {
         log::warn(
             "nothing to resolve: no --secret and no @Microsoft.KeyVault(...) reference in the environment",
@@ -35,11 +43,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     if opts.dir.is_some() || opts.env_file.is_some() {
         write_outputs(opts, &session.plan, &values, None)?;
     }
-    let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let child_env = child_env(&base, &session.plan.specs, &values)?;
-    // With `--allow-env PATH` a secret may set PATH: then no message shows it, nor a path found
-    // through it.
-    let secret_path = session.plan.specs.iter().any(|s| s.env_name() == "PATH");
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
     log::info(
         "starting",

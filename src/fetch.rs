@@ -53,12 +53,11 @@ pub fn default_vault(opts: &Options) -> Result<Option<spec::Vault>, Error> {
 
 /// [`plan`] without the output and secret-count checks, plus `extra` specs.
 pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Result<Plan, Error> {
-    let resource = opts.resource.as_deref();
     let vault = default_vault(opts)?;
     let mut specs = opts
         .secrets
         .iter()
-        .map(|s| spec::parse_spec(s, vault.as_ref(), resource))
+        .map(|s| spec::parse_spec(s, vault.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     specs.extend(extra);
     check_env_file_apart(opts, &specs)?;
@@ -68,14 +67,7 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
         opts.env_file.is_some() || env_names,
         &opts.allow_env,
     )?;
-    let ca_pem = opts
-        .ca_file
-        .as_ref()
-        .map(|p| {
-            std::fs::read(p)
-                .map_err(|e| Error::Usage(format!("cannot read --ca-file {}: {e}", p.display())))
-        })
-        .transpose()?;
+    let ca_pem = opts.ca_file.as_deref().map(read_ca_file).transpose()?;
     Ok(Plan {
         specs,
         files: FileOptions {
@@ -86,32 +78,68 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
     })
 }
 
-/// The env file must not be one of the files `--dir` writes (nor the ready file).
+/// `--ca-file`: a regular file of at most 1 MiB (a bundle of every public root is ~200 KB).
+fn read_ca_file(p: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let bad = |why: String| Error::Usage(format!("cannot read --ca-file {}: {why}", p.display()));
+    let file = std::fs::File::open(p).map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".into()));
+    }
+    let mut pem = Vec::new();
+    file.take(1 << 20 | 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| bad(e.to_string()))?;
+    if pem.len() > 1 << 20 {
+        return Err(bad("it is larger than 1 MiB".into()));
+    }
+    Ok(pem)
+}
+
+/// The env file and the ready file must not be one of the files `--dir` writes, nor each other.
 fn check_env_file_apart(opts: &Options, specs: &[SecretSpec]) -> Result<(), Error> {
-    let Some(env_file) = &opts.env_file else {
-        return Ok(());
-    };
-    let same = |p: &Path| output::files::same_path(env_file, p);
-    let clash = opts
+    let dir_files: Vec<PathBuf> = opts
         .dir
         .iter()
         .flat_map(|d| specs.iter().map(move |s| d.join(s.file_name())))
-        .chain(opts.ready_file.clone())
-        .find(|p| same(p));
-    match clash {
-        Some(p) => Err(Error::Usage(format!(
-            "--env-file {} is also a file that kvfetch writes ({}); give the env file a path of its own",
-            env_file.display(),
-            p.display()
-        ))),
-        None => Ok(()),
+        .collect();
+    let singles = [
+        ("--env-file", &opts.env_file),
+        ("--ready-file", &opts.ready_file),
+    ];
+    for (i, (flag, file)) in singles.iter().enumerate() {
+        let Some(file) = file else { continue };
+        let others = singles[i + 1..].iter().filter_map(|(_, f)| (*f).clone());
+        let clash = dir_files
+            .iter()
+            .cloned()
+            .chain(others)
+            .find(|p| output::files::same_path(file, p));
+        if let Some(p) = clash {
+            return Err(Error::Usage(format!(
+                "{flag} {} is also a file that kvfetch writes ({}); give it a path of its own",
+                file.display(),
+                p.display()
+            )));
+        }
     }
+    Ok(())
 }
 
-/// Before the first request: every output can be written (exit 6 if not), its directory is on
-/// memory and private (a warning, or exit 6 with `--require-tmpfs` / `--require-private-dir`),
-/// and temp files a killed run left there are swept.
-pub fn prepare_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
+/// Before the first request: every output can be written (exit 6 if not), and its directory is
+/// on memory and private (a warning, or exit 6 with `--require-tmpfs` / `--require-private-dir`).
+/// Nothing on disk changes here.
+pub fn check_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
+    if let Some((uid, gid)) = opts.owner
+        && !output::files::can_chown(uid, gid)
+    {
+        return Err(Error::Output(format!(
+            "--owner {uid}{}: kvfetch runs as uid {} without CAP_CHOWN, so it cannot give files to another owner; run it as root (or with CAP_CHOWN) or drop --owner",
+            gid.map(|g| format!(":{g}")).unwrap_or_default(),
+            output::files::euid()
+        )));
+    }
     let env_dir = opts.env_file.as_deref().map(parent_dir);
     let ready_dir = opts.ready_file.as_deref().map(parent_dir);
     if let Some(dir) = &opts.dir {
@@ -133,6 +161,14 @@ pub fn prepare_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
         output::files::check_writable_dir(dir, "the directory of --ready-file", false)?;
         output::files::check_target(file)?;
     }
+    Ok(())
+}
+
+/// Remove temp files a killed run left in the directories kvfetch writes (after every check
+/// has passed, just before the first request).
+pub fn sweep_outputs(opts: &Options) {
+    let env_dir = opts.env_file.as_deref().map(parent_dir);
+    let ready_dir = opts.ready_file.as_deref().map(parent_dir);
     let dirs = opts
         .dir
         .as_deref()
@@ -146,7 +182,6 @@ pub fn prepare_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
             &[("count", &swept.to_string())],
         );
     }
-    Ok(())
 }
 
 /// File systems hold names of at most 255 bytes (NAME_MAX).
@@ -180,7 +215,7 @@ fn check_ground(dir: &Path, what: &str, opts: &Options) -> Result<(), Error> {
         );
         strict_or_warn(opts.require_tmpfs, msg)?;
     }
-    if let Some(why) = output::files::exposure(dir) {
+    if let Some(why) = output::files::exposure(dir, opts.owner.map(|(uid, _)| uid)) {
         let msg = format!(
             "{what}: {why}, so another user or process could redirect or replace the secret files; use a directory only kvfetch and the app can write (e.g. mode 0700 or 0750)"
         );
@@ -214,21 +249,18 @@ impl Session {
         env: &HashMap<String, String>,
         plan: Plan,
     ) -> Result<Session, Error> {
-        prepare_outputs(opts, &plan)?;
-        let identity = Identity::new(
-            Source::from_env(env)?,
-            opts.selector.clone(),
-            opts.backoff_base,
-            env,
-        );
-        let loopback_only = plan.specs.iter().all(|s| spec::is_loopback(&s.vault.host));
-        let agent = http::vault_agent(plan.ca_pem.as_deref(), opts.concurrency, loopback_only)?;
+        check_outputs(opts, &plan)?;
+        let source = Source::from_env(env)?;
+        spec::check_loopback_vaults(&plan.specs, source.on_loopback())?;
+        let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
+        let agents = http::vault_agents(plan.ca_pem.as_deref(), opts.concurrency)?;
         let client = Client::new(
-            agent,
+            agents,
             &opts.api_version,
             opts.backoff_base,
             opts.access_retry,
         );
+        sweep_outputs(opts);
         Ok(Session {
             plan,
             tokens: Tokens::new(identity),
@@ -297,25 +329,39 @@ pub fn fetch_all(
     let results: Vec<Mutex<Option<Result<Fetched, Error>>>> =
         unique.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst)) {
+            let i = index[&key(spec)];
+            let r = client.fetch(spec, tokens, deadline);
+            if let Ok(f) = &r {
+                log::debug(
+                    "fetched",
+                    &[
+                        ("secret", &spec.name),
+                        ("vault", &spec.vault.url),
+                        ("version", &f.version),
+                    ],
+                );
+            }
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    };
     std::thread::scope(|scope| {
-        for _ in 0..concurrency.min(unique.len()) {
-            scope.spawn(|| {
-                while let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst)) {
-                    let i = index[&key(spec)];
-                    let r = client.fetch(spec, tokens, deadline);
-                    if let Ok(f) = &r {
-                        log::debug(
-                            "fetched",
-                            &[
-                                ("secret", &spec.name),
-                                ("vault", &spec.vault.url),
-                                ("version", &f.version),
-                            ],
-                        );
-                    }
-                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                }
-            });
+        // A thread that cannot be had (a process limit, a busy node) is one worker fewer; with
+        // none at all, this thread fetches one secret at a time.
+        let spawned = (0..concurrency.min(unique.len()))
+            .filter(|_| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, work)
+                    .is_ok()
+            })
+            .count();
+        if spawned == 0 {
+            log::warn(
+                "cannot start worker threads; fetching one secret at a time",
+                &[],
+            );
+            work();
         }
     });
     let mut fetched = Vec::with_capacity(specs.len());

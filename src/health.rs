@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,45 +122,75 @@ impl Status {
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long one connection may take in all, reading and writing.
 const CONNECTION_TIME: Duration = Duration::from_secs(2);
-/// Connections served at once; more are closed at once (a probe retries).
-const MAX_CONNECTIONS: usize = 32;
+/// Connections still sending their request line at once; beyond this the oldest is closed to
+/// make room, so idle or dribbling clients can never lock a probe out.
+const MAX_READING: usize = 32;
+
+/// A connection that has not yet sent its request line.
+struct Reading {
+    id: u64,
+    since: Instant,
+    stream: TcpStream,
+}
 
 /// Serve the endpoints on `addr` from a background thread, each connection on its own short
 /// thread: a slow or hostile client can hold only its own connection, for at most
-/// [`CONNECTION_TIME`], and never read more than [`MAX_REQUEST`] bytes into memory.
+/// [`CONNECTION_TIME`], never read more than [`MAX_REQUEST`] bytes into memory, and is closed
+/// first when [`MAX_READING`] connections are waiting at once.
 pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
     let listener = TcpListener::bind(addr)
         .map_err(|e| Error::Usage(format!("cannot listen on --health-listen {addr}: {e}")))?;
-    let open = Arc::new(AtomicUsize::new(0));
+    let reading: Arc<Mutex<Vec<Reading>>> = Arc::default();
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                    continue; // dropped: closed at once
-                }
-                let (status, done) = (status.clone(), open.clone());
-                let spawned = std::thread::Builder::new()
+            for (id, conn) in (0u64..).zip(listener.incoming().flatten()) {
+                admit(&reading, id, &conn);
+                let (status, reading) = (status.clone(), reading.clone());
+                let _ = std::thread::Builder::new()
                     .stack_size(64 * 1024)
-                    .spawn(move || {
-                        serve_one(conn, &status);
-                        done.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    // No thread to be had (a process limit): this connection is dropped.
-                    open.fetch_sub(1, Ordering::SeqCst);
-                }
+                    .spawn(move || serve_one(conn, &status, &reading, id));
+                // No thread to be had (a process limit): the connection is dropped with the
+                // closure, and its slot is freed when the next connection makes room.
             }
         })
         .map_err(|e| Error::Other(format!("cannot start the health listener thread: {e}")))?;
     Ok(())
 }
 
+/// Count `conn` as reading; when too many are, close the one waiting longest.
+fn admit(reading: &Mutex<Vec<Reading>>, id: u64, conn: &TcpStream) {
+    let mut list = reading.lock().unwrap_or_else(|e| e.into_inner());
+    if list.len() >= MAX_READING
+        && let Some(oldest) = (0..list.len()).min_by_key(|i| list[*i].since)
+    {
+        let _ = list
+            .swap_remove(oldest)
+            .stream
+            .shutdown(std::net::Shutdown::Both);
+    }
+    if let Ok(stream) = conn.try_clone() {
+        list.push(Reading {
+            id,
+            since: Instant::now(),
+            stream,
+        });
+    }
+}
+
+fn done_reading(reading: &Mutex<Vec<Reading>>, id: u64) {
+    reading
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|r| r.id != id);
+}
+
 /// Answer one connection: read the request line (bounded in size and time), answer, close.
-fn serve_one(mut conn: TcpStream, status: &Mutex<Status>) {
+fn serve_one(mut conn: TcpStream, status: &Mutex<Status>, reading: &Mutex<Vec<Reading>>, id: u64) {
     let until = Instant::now() + CONNECTION_TIME;
-    let Some(line) = read_request_line(&mut conn, until) else {
+    let line = read_request_line(&mut conn, until);
+    done_reading(reading, id);
+    let Some(line) = line else {
         return;
     };
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();

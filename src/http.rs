@@ -6,10 +6,74 @@
 
 use std::time::Duration;
 
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
 use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::NextTimeout;
 
 use crate::error::Error;
+
+/// Name resolution without ureq's default helper thread: an IP literal (the emulator, IMDS at
+/// 169.254.169.254, loopback endpoints) needs no lookup at all, and a name is looked up on a
+/// helper thread bounded by the request's timeout, or, where no thread can be had (a process
+/// limit), on this one: a busy node never turns into a panic.
+#[derive(Debug, Default)]
+struct Resolve;
+
+impl Resolver for Resolve {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
+        let default_port = if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let found: Vec<SocketAddr> = match literal.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => lookup(format!("{host}:{port}"), *timeout.after)?,
+        };
+        let mut out = self.empty();
+        for addr in found.into_iter().take(16) {
+            out.push(addr);
+        }
+        if out.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(out)
+    }
+}
+
+fn lookup(name: String, within: Duration) -> Result<Vec<SocketAddr>, ureq::Error> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let query = name.clone();
+    let helper = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || tx.send(query.to_socket_addrs().map(Vec::from_iter)).ok());
+    let result = match helper {
+        Ok(_) => rx
+            .recv_timeout(within)
+            .map_err(|_| ureq::Error::Timeout(ureq::Timeout::Resolve))?,
+        Err(_) => name.to_socket_addrs().map(Vec::from_iter),
+    };
+    result.map_err(|_| ureq::Error::HostNotFound)
+}
+
+fn agent(config: ureq::config::Config) -> Agent {
+    Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        Resolve,
+    )
+}
 
 /// A response reduced to what kvfetch reads.
 pub struct Reply {
@@ -21,29 +85,34 @@ pub struct Reply {
 
 /// The client for IMDS / App Service endpoints: no proxy, no redirects, short connect timeout.
 pub fn identity_agent() -> Agent {
-    Agent::config_builder()
-        .proxy(None)
-        .max_redirects(0)
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(2)))
-        .build()
-        .into()
+    agent(
+        Agent::config_builder()
+            .proxy(None)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(2)))
+            .build(),
+    )
 }
 
-/// The client for Key Vault: proxy from the environment, bundled roots plus `ca_pem`.
+/// The clients for Key Vault: (remote vaults: proxy from the environment, bundled roots plus
+/// `ca_pem`; loopback vaults: no proxy, `ca_pem` alone when given).
 ///
-/// `loopback_only` (every vault is on loopback) leaves the bundled roots out when `ca_pem` is
-/// given: no public CA may vouch for a loopback name, so they could never match, and ureq would
-/// hash the whole list into its pool key on every request.
-pub fn vault_agent(
-    ca_pem: Option<&[u8]>,
-    concurrency: usize,
-    loopback_only: bool,
-) -> Result<Agent, Error> {
+/// The loopback client leaves the bundled roots out when `ca_pem` is given: no public CA may
+/// vouch for a loopback address, so they could never match, and ureq would hash the whole list
+/// into its pool key on every request.
+pub fn vault_agents(ca_pem: Option<&[u8]>, concurrency: usize) -> Result<(Agent, Agent), Error> {
+    Ok((
+        vault_agent(ca_pem, concurrency, false)?,
+        vault_agent(ca_pem, concurrency, true)?,
+    ))
+}
+
+fn vault_agent(ca_pem: Option<&[u8]>, concurrency: usize, loopback: bool) -> Result<Agent, Error> {
     let mut tls = TlsConfig::builder();
     if let Some(pem) = ca_pem {
         let mut roots: Vec<Certificate<'static>> = Vec::new();
-        if !loopback_only {
+        if !loopback {
             roots.extend(
                 webpki_root_certs::TLS_SERVER_ROOT_CERTS
                     .iter()
@@ -53,7 +122,11 @@ pub fn vault_agent(
         roots.extend(parse_certs(pem)?);
         tls = tls.root_certs(RootCerts::new_with_certs(&roots));
     }
-    Ok(Agent::config_builder()
+    let mut config = Agent::config_builder();
+    if loopback {
+        config = config.proxy(None);
+    }
+    let config = config
         .tls_config(tls.build())
         .max_redirects(0)
         .http_status_as_error(false)
@@ -64,8 +137,8 @@ pub fn vault_agent(
         .max_response_header_size(16 * 1024)
         .max_idle_connections_per_host(concurrency.max(1))
         .max_idle_connections(concurrency.max(1) * 4)
-        .build()
-        .into())
+        .build();
+    Ok(agent(config))
 }
 
 fn parse_certs(pem: &[u8]) -> Result<Vec<Certificate<'static>>, Error> {
@@ -134,17 +207,24 @@ pub fn get(
     };
     let (retry_after, location) = (header("retry-after"), header("location"));
     let status = response.status().as_u16();
-    let bytes = response
+    let read = response
         .body_mut()
         .with_config()
         .limit(MAX_BODY)
-        .read_to_vec()
-        .map_err(|e| classify(&e))?;
-    let body = String::from_utf8(bytes).map_err(|_| Failure {
-        text: format!("HTTP {status} with an answer that is not UTF-8 text"),
-        permanent: true,
-        tls: false,
-    })?;
+        .read_to_vec();
+    // Only a success must be read whole and exactly: an error page (a proxy's, a CDN's) that is
+    // too large or not UTF-8 still says what its status says, and is judged by it.
+    let success = (200..300).contains(&status);
+    let body = match read {
+        Ok(bytes) if success => String::from_utf8(bytes).map_err(|_| Failure {
+            text: format!("HTTP {status} with an answer that is not UTF-8 text"),
+            permanent: true,
+            tls: false,
+        })?,
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if success => return Err(classify(&e)),
+        Err(_) => String::new(),
+    };
     Ok(Reply {
         status,
         body,

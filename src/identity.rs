@@ -104,6 +104,11 @@ impl Source {
         url
     }
 
+    /// Whether the endpoint is a loopback address (as the emulator's is).
+    pub fn on_loopback(&self) -> bool {
+        crate::url::parse(&self.endpoint()).is_ok_and(|u| crate::url::is_loopback(&u.host))
+    }
+
     /// The endpoint for messages (no query).
     pub fn endpoint(&self) -> String {
         match self {
@@ -309,13 +314,14 @@ impl Identity {
     }
 }
 
-/// The human part of an IMDS / App Service error body (which is not always JSON).
+/// The human part of an IMDS / App Service error body (which is not always JSON). A JSON body
+/// without an error field is never echoed: it could be a token answer.
 fn error_detail(body: &str) -> String {
     let text = match serde_json::from_str::<Value>(body) {
         Ok(v) => ["error_description", "message", "error"]
             .iter()
             .find_map(|k| v.get(k).and_then(Value::as_str).map(String::from))
-            .unwrap_or_else(|| body.to_string()),
+            .unwrap_or_else(|| "(a JSON answer without an error text)".to_string()),
         Err(_) => body.to_string(),
     };
     let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");

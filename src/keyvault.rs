@@ -57,6 +57,9 @@ pub fn wipe(s: &mut String) {
 /// How the client behaves.
 pub struct Client {
     agent: Agent,
+    /// For loopback vaults: never through a proxy (a proxy's "loopback" is not ours, and the
+    /// token would cross it in clear text over http).
+    loopback_agent: Agent,
     api_version: String,
     backoff: Backoff,
     access_retry: Duration,
@@ -80,13 +83,14 @@ pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
 
 impl Client {
     pub fn new(
-        agent: Agent,
+        (agent, loopback_agent): (Agent, Agent),
         api_version: &str,
         backoff_base: Duration,
         access_retry: Duration,
     ) -> Client {
         Client {
             agent,
+            loopback_agent,
             api_version: api_version.to_string(),
             backoff: Backoff {
                 base: backoff_base,
@@ -120,6 +124,9 @@ impl Client {
         let mut token = tokens.get(resource, deadline)?;
         let (mut refreshed, mut attempt) = (false, 0u32);
         let mut first_403: Option<Instant> = None;
+        // The last answer the vault gave: the last attempt may be cut short by the deadline
+        // itself, and "timed out" alone would hide that the vault was answering 503.
+        let mut last_answer: Option<String> = None;
         let started = Instant::now();
         loop {
             let timeout = deadline.remaining().min(Duration::from_secs(30));
@@ -128,7 +135,12 @@ impl Client {
                 ("Authorization", bearer.as_str()),
                 ("Accept", "application/json"),
             ];
-            let next = match http::get(&self.agent, &url, &headers, timeout) {
+            let agent = if crate::url::is_loopback(&spec.vault.host) {
+                &self.loopback_agent
+            } else {
+                &self.agent
+            };
+            let next = match http::get(agent, &url, &headers, timeout) {
                 Err(e) if e.permanent => return Err(protocol_error(spec, &e)),
                 Err(e) => Next::Retry(None, e.text),
                 Ok(reply) => self.judge(spec, reply, &token, refreshed, &mut first_403)?,
@@ -141,10 +153,15 @@ impl Client {
                     refreshed = true;
                     continue;
                 }
-                Next::Retry(delay, problem) => (
-                    delay.unwrap_or_else(|| self.backoff.delay(attempt)),
-                    problem,
-                ),
+                Next::Retry(delay, problem) => {
+                    if problem.starts_with("HTTP ") {
+                        last_answer = Some(problem.clone());
+                    }
+                    (
+                        delay.unwrap_or_else(|| self.backoff.delay(attempt)),
+                        problem,
+                    )
+                }
                 Next::RetryDenied(e) => {
                     let problem = "HTTP 403 (a new role assignment may still be propagating)";
                     denied = Some(e);
@@ -164,8 +181,12 @@ impl Client {
                 if let Some(e) = denied {
                     return Err(e);
                 }
+                let last = match last_answer.filter(|a| *a != problem) {
+                    Some(answer) => format!("last: {problem}; last answer: {answer}"),
+                    None => format!("last: {problem}"),
+                };
                 return Err(Error::VaultUnavailable(format!(
-                    "gave up on secret {} in vault {} after {} and {attempt} attempts (last: {problem}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
+                    "gave up on secret {} in vault {} after {} and {attempt} attempts ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
                     spec.reference(),
                     spec.vault.url,
                     human(started.elapsed())
@@ -289,21 +310,21 @@ fn protocol_error(spec: &SecretSpec, e: &http::Failure) -> Error {
 /// (code, innererror.code, message's first line) from a Key Vault error body.
 fn error_parts(body: &str) -> (String, String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    let get = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_str)
+    // Codes are short words (cut at 100 characters); of the message, its first line (300).
+    let get = |p: &str, max: usize| {
+        let text = v.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        text.lines()
+            .next()
             .unwrap_or_default()
-            .to_string()
+            .chars()
+            .take(max)
+            .collect::<String>()
     };
-    let message = get("/error/message");
-    let first = message
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(300)
-        .collect();
-    (get("/error/code"), get("/error/innererror/code"), first)
+    (
+        get("/error/code", 100),
+        get("/error/innererror/code", 100),
+        get("/error/message", 300),
+    )
 }
 
 /// A SecretBundle → what kvfetch keeps of it.

@@ -63,6 +63,14 @@ fn emit(min_level: u8, level: &str, msg: &str, fields: &[(&str, &str)]) {
     if l.level < min_level {
         return;
     }
+    let msg = sanitize(msg, MAX_MESSAGE);
+    let values: Vec<String> = fields.iter().map(|(_, v)| sanitize(v, MAX_FIELD)).collect();
+    let fields: Vec<(&str, &str)> = fields
+        .iter()
+        .zip(&values)
+        .map(|((k, _), v)| (*k, v.as_str()))
+        .collect();
+    let (msg, fields) = (msg.as_str(), fields.as_slice());
     let line = match l.format {
         Format::Text => text_line(level, msg, fields),
         Format::Json => json_line(level, msg, fields),
@@ -83,9 +91,50 @@ fn text_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
     line
 }
 
-/// Characters that could break a log line or drive a terminal.
+/// The longest message and field value a log line carries (server text can be any length).
+const MAX_MESSAGE: usize = 2000;
+const MAX_FIELD: usize = 500;
+
+/// A log text cut to `max` characters, with anything shaped like a JWT replaced: a hostile
+/// server could echo the bearer token it was sent into an error text.
+fn sanitize(text: &str, max: usize) -> String {
+    let redacted = redact_tokens(text);
+    match redacted.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…(cut)", &redacted[..cut]),
+        None => redacted,
+    }
+}
+
+/// Replace every run that starts with `eyJ` (a base64url JSON header), holds a `.` and is at
+/// least 20 characters of base64url and dots, with `<token>`.
+pub fn redact_tokens(text: &str) -> String {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("eyJ") {
+        out.push_str(&rest[..start]);
+        let run = &rest[start..];
+        let len = run.find(|c: char| !token_char(c)).unwrap_or(run.len());
+        if len >= 20 && run[..len].contains('.') {
+            out.push_str("<token>");
+        } else {
+            out.push_str(&run[..len]);
+        }
+        rest = &run[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Characters that could break a log line, drive a terminal or reorder what is shown
+/// (bidirectional and other invisible format characters).
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{85}' | '\u{61c}' | '\u{feff}'
+        )
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}')
 }
 
 /// `msg` with every [`needs_escape`] character written as `\n`, `\r`, `\t` or `\u{..}`.
@@ -138,5 +187,19 @@ mod tests {
         assert_eq!(json.matches('\n').count(), 1);
         let back: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(back["msg"], hostile);
+    }
+
+    #[test]
+    fn tokens_are_redacted_and_long_text_is_cut() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJl";
+        let text = format!("HTTP 201 {{\"access_token\":\"{jwt}\"}} eyJ short");
+        let clean = sanitize(&text, 2000);
+        assert!(
+            !clean.contains("eyJhbGci") && clean.contains("<token>"),
+            "{clean}"
+        );
+        assert!(clean.ends_with("eyJ short"));
+        assert_eq!(sanitize(&"x".repeat(3000), 10), "xxxxxxxxxx…(cut)");
+        assert!(escape("a\u{202e}b").contains("\\u{202e}"));
     }
 }

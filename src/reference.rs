@@ -26,12 +26,7 @@ const KEYS: [&str; 4] = ["secreturi", "vaultname", "secretname", "secretversion"
 
 /// The spec a reference in variable `var` names; a malformed reference is a usage error, so an
 /// unresolved reference never reaches the app.
-pub fn parse(
-    var: &str,
-    value: &str,
-    default_vault: Option<&Vault>,
-    resource: Option<&str>,
-) -> Result<SecretSpec, Error> {
+pub fn parse(var: &str, value: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
     let bad = |why: &str| {
         Error::Usage(format!(
             "the Key Vault reference in {var} is malformed ({why}); expected @Microsoft.KeyVault(SecretUri=https://VAULT.vault.azure.net/secrets/NAME) or @Microsoft.KeyVault(VaultName=V;SecretName=N)"
@@ -83,7 +78,7 @@ pub fn parse(
         }
         _ => return Err(bad("give either SecretUri, or VaultName and SecretName")),
     };
-    spec::parse_spec(&format!("{var}={reference}"), None, resource)
+    spec::parse_spec(&format!("{var}={reference}"), default_vault)
 }
 
 /// `https://V.<suffix>`: the DNS suffix of `--vault` when given (a loopback `--vault`, an
@@ -107,13 +102,12 @@ fn vault_base(name: &str, default_vault: Option<&Vault>) -> Option<String> {
 pub fn scan<'a>(
     vars: impl Iterator<Item = (&'a String, &'a String)>,
     default_vault: Option<&Vault>,
-    resource: Option<&str>,
 ) -> Result<Vec<SecretSpec>, Error> {
     let mut found: Vec<(&String, &String)> = vars.filter(|(_, v)| is_reference(v)).collect();
     found.sort();
     found
         .into_iter()
-        .map(|(k, v)| parse(k, v, default_vault, resource))
+        .map(|(k, v)| parse(k, v, default_vault))
         .collect()
 }
 
@@ -126,7 +120,6 @@ mod tests {
         let s = parse(
             "DB",
             " @Microsoft.KeyVault( SecretUri = https://v1.vault.azure.net/secrets/db/abc123/ ) ",
-            None,
             None,
         )
         .unwrap();
@@ -148,7 +141,6 @@ mod tests {
             "X",
             "@microsoft.keyvault(vaultname=kv1;SECRETNAME=x;SecretVersion=ff)",
             None,
-            None,
         )
         .unwrap();
         assert_eq!(
@@ -160,7 +152,6 @@ mod tests {
             "X",
             "@Microsoft.KeyVault(VaultName=kv1;SecretName=x)",
             Some(&cn),
-            None,
         )
         .unwrap();
         assert_eq!(
@@ -190,7 +181,7 @@ mod tests {
         ] {
             assert!(is_reference(bad), "{bad}");
             assert!(
-                matches!(parse("X", bad, None, None), Err(Error::Usage(_))),
+                matches!(parse("X", bad, None), Err(Error::Usage(_))),
                 "{bad}"
             );
         }

@@ -93,9 +93,15 @@ impl Refresher {
         }
         self.in_flight = true;
         let (session, tx) = (self.session.clone(), self.tx.clone());
-        std::thread::spawn(move || {
+        let spawned = std::thread::Builder::new().spawn(move || {
             let _ = tx.send(Event::Fetched(session.fetch()));
         });
+        if let Err(e) = spawned {
+            // This refresh fails like any other and is retried with backoff.
+            let _ = self.tx.send(Event::Fetched(Err(Error::Other(format!(
+                "cannot start the refresh thread ({e}); the process or node is at its thread limit (ulimit -u, pids.max)"
+            )))));
+        }
     }
 
     /// Digest one fetch result. `Err` ends the mode: a failed first fetch (with `fetch`'s exit

@@ -16,12 +16,19 @@ pub fn forward<T: Send + 'static>(
 ) -> Result<(), Error> {
     let mut caught = Signals::new(signals)
         .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
-    std::thread::spawn(move || {
-        for sig in caught.forever() {
-            if tx.send(wrap(sig)).is_err() {
-                break;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in caught.forever() {
+                if tx.send(wrap(sig)).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        })
+        .map_err(|e| {
+            Error::Other(format!(
+                "cannot start the signal thread ({e}); the process or node is at its thread limit (ulimit -u, pids.max)"
+            ))
+        })?;
     Ok(())
 }

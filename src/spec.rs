@@ -30,6 +30,20 @@ pub struct Vault {
     pub host: String,
     /// The token audience (resource) for this vault.
     pub resource: String,
+    /// Why this vault may have a token for `resource`.
+    pub audience: Audience,
+}
+
+/// What allows a token to be sent to a vault's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// The host ends in a known Key Vault DNS suffix, which names the audience.
+    Cloud,
+    /// `--resource` vouches for the `--vault` host (and only that host).
+    Vouched,
+    /// A loopback address: allowed only while the identity endpoint is on loopback too (an
+    /// emulator); see [`check_loopback_vaults`].
+    Loopback,
 }
 
 /// One secret to fetch, and the names it lands under.
@@ -96,10 +110,13 @@ pub fn valid_file_name(name: &str) -> bool {
         && !name.starts_with(crate::output::files::TEMP_PREFIX)
 }
 
-/// Variables that choose which program runs or how a shell or the loader behaves. A vault value
-/// must not set them unless the operator names them in `--allow-env`.
+/// Variables that choose which program runs, what a shell, the loader or a language runtime
+/// loads before the app's own code, or where the app's traffic goes and whom it trusts. A vault
+/// value must not set them unless the operator names them in `--allow-env`. Compared without
+/// regard to case, as some tools read lower-case forms (`http_proxy`).
 pub fn steers_programs(name: &str) -> bool {
-    const NAMES: [&str; 8] = [
+    const NAMES: &[&str] = &[
+        // shells and the C library
         "PATH",
         "IFS",
         "ENV",
@@ -107,15 +124,58 @@ pub fn steers_programs(name: &str) -> bool {
         "SHELLOPTS",
         "BASHOPTS",
         "PS4",
+        "CDPATH",
         "GLIBC_TUNABLES",
+        "GCONV_PATH",
+        "LOCPATH",
+        "NLSPATH",
+        "HOSTALIASES",
+        "RES_OPTIONS",
+        "LOCALDOMAIN",
+        "MALLOC_CONF",
+        "TMPDIR",
+        // language runtimes
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "NODE_EXTRA_CA_CERTS",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONHOME",
+        "PYTHONINSPECT",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+        "DOTNET_STARTUP_HOOKS",
+        "DOTNET_ADDITIONAL_DEPS",
+        "GODEBUG",
+        // traffic and trust
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
     ];
-    NAMES.contains(&name) || name.starts_with("LD_")
+    const PREFIXES: &[&str] = &["LD_", "DYLD_", "CORECLR_", "COR_", "COMPlus_"];
+    let upper = name.to_ascii_uppercase();
+    NAMES.contains(&upper.as_str())
+        || PREFIXES
+            .iter()
+            .any(|p| upper.starts_with(&p.to_ascii_uppercase()))
 }
 
 pub use crate::url::is_loopback;
 
-/// Resolve `--vault NAME|URL` (or the vault part of a secret identifier) into a [`Vault`].
-/// `resource` is `--resource`, which vouches for any host.
+/// Resolve `--vault NAME|URL` into a [`Vault`]. `resource` is `--resource`, which vouches for
+/// this host; other hosts (in secret identifiers and references) never inherit it.
 pub fn parse_vault(text: &str, resource: Option<&str>) -> Result<Vault, Error> {
     if !text.contains("://") {
         if valid_vault_name(text) {
@@ -159,14 +219,14 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
         .iter()
         .find(|(suffix, _)| host.ends_with(suffix))
         .map(|(_, r)| r.to_string());
-    let resource = match (resource, implied) {
-        (Some(r), _) => check_resource(r)?,
-        (None, Some(r)) => r,
-        (None, None) if loopback => "https://vault.azure.net".to_string(),
+    let (resource, audience) = match (resource, implied) {
+        (Some(r), _) => (check_resource(r)?, Audience::Vouched),
+        (None, Some(r)) => (r, Audience::Cloud),
+        (None, None) if loopback => ("https://vault.azure.net".to_string(), Audience::Loopback),
         (None, None) => {
             return Err(Error::Usage(format!(
                 "vault host {host} is not a known Key Vault domain (*.vault.azure.net, *.vault.azure.cn, *.vault.usgovcloudapi.net, *.vault.microsoftazure.de); \
-                 kvfetch will not send a token there unless you vouch for it with --resource (e.g. --resource https://vault.azure.net)"
+                 kvfetch will not send a token there unless it is --vault and you vouch for it with --resource (e.g. --vault https://{host} --resource https://vault.azure.net)"
             )));
         }
     };
@@ -174,6 +234,7 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
         url: url.origin(),
         host,
         resource,
+        audience,
     })
 }
 
@@ -194,13 +255,30 @@ fn valid_vault_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
+/// A loopback vault gets a real-audience token only from an identity endpoint that is itself on
+/// loopback (the emulator): on a real host, whatever listens on a loopback port (another
+/// container of the pod, another user) must not receive the identity's token. `--resource`
+/// vouches for a loopback `--vault` explicitly.
+pub fn check_loopback_vaults(
+    specs: &[SecretSpec],
+    identity_on_loopback: bool,
+) -> Result<(), Error> {
+    match specs
+        .iter()
+        .find(|s| s.vault.audience == Audience::Loopback)
+    {
+        Some(s) if !identity_on_loopback => Err(Error::Usage(format!(
+            "vault {} is on loopback but the identity endpoint is not: kvfetch sends a real token to a loopback address only when both are local (an emulator); to vouch for it, give --vault {} --resource AUDIENCE",
+            s.vault.url, s.vault.url
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Parse one `[ALIAS=]REF` spec. `default_vault` is `--vault`, needed unless REF is a full
-/// secret identifier.
-pub fn parse_spec(
-    text: &str,
-    default_vault: Option<&Vault>,
-    resource: Option<&str>,
-) -> Result<SecretSpec, Error> {
+/// secret identifier; an identifier naming `--vault`'s own origin gets its audience (vouched or
+/// not), any other host only what its DNS suffix implies.
+pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
     let (alias, reference) = match text.split_once('=') {
         Some((a, r)) => (Some(a.trim().to_string()), r.trim()),
         None => (None, text.trim()),
@@ -211,7 +289,7 @@ pub fn parse_spec(
         )));
     }
     let (vault, path) = if reference.contains("://") {
-        identifier_parts(reference, resource)?
+        identifier_parts(reference, default_vault)?
     } else {
         let vault = default_vault.cloned().ok_or_else(|| {
             Error::Usage(format!(
@@ -243,7 +321,10 @@ pub fn parse_spec(
 }
 
 /// `https://HOST/secrets/NAME[/VERSION][/]` → (vault, "NAME[/VERSION]").
-fn identifier_parts(reference: &str, resource: Option<&str>) -> Result<(Vault, String), Error> {
+fn identifier_parts(
+    reference: &str,
+    default_vault: Option<&Vault>,
+) -> Result<(Vault, String), Error> {
     let bad = || {
         Error::Usage(format!(
             "{reference:?} is not a secret identifier of the form https://VAULT.vault.azure.net/secrets/NAME[/VERSION]"
@@ -259,7 +340,10 @@ fn identifier_parts(reference: &str, resource: Option<&str>) -> Result<(Vault, S
         .strip_prefix("/secrets/")
         .ok_or_else(bad)?
         .to_string();
-    let vault = vault_from_url(url, resource, reference)?;
+    let vault = match default_vault.filter(|v| v.url == url.origin()) {
+        Some(v) => v.clone(),
+        None => vault_from_url(url, None, reference)?,
+    };
     Ok((vault, rest.trim_end_matches('/').to_string()))
 }
 
@@ -305,7 +389,7 @@ pub fn check_names(
                     spec.text
                 )));
             }
-            if steers_programs(&e) && !allow_env.contains(&e) {
+            if steers_programs(&e) && !allow_env.iter().any(|a| a == &e) {
                 return Err(Error::Usage(format!(
                     "--secret {:?} would set {e}, which decides what programs run or load; a vault value may not set it unless you allow it with --allow-env {e} (KVFETCH_ALLOW_ENV), or give an alias (ALIAS=NAME)",
                     spec.text
@@ -388,26 +472,40 @@ mod tests {
     #[test]
     fn specs() {
         let v = vault("kv1").unwrap();
-        let s = parse_spec("db-password", Some(&v), None).unwrap();
+        let s = parse_spec("db-password", Some(&v)).unwrap();
         assert_eq!(
             (s.file_name(), s.env_name().as_str()),
             ("db-password", "DB_PASSWORD")
         );
-        let s = parse_spec("DB=db-password/0123abcd", Some(&v), None).unwrap();
+        let s = parse_spec("DB=db-password/0123abcd", Some(&v)).unwrap();
         assert_eq!(
             (s.alias.as_deref(), s.version.as_deref()),
             (Some("DB"), Some("0123abcd"))
         );
-        let s = parse_spec("https://other.vault.azure.net/secrets/x/", Some(&v), None).unwrap();
+        let s = parse_spec("https://other.vault.azure.net/secrets/x/", Some(&v)).unwrap();
         assert_eq!(
             (s.vault.url.as_str(), s.name.as_str(), s.version),
             ("https://other.vault.azure.net", "x", None)
         );
-        assert!(parse_spec("bad_name", Some(&v), None).is_err());
-        assert!(parse_spec("a/b/c", Some(&v), None).is_err());
-        assert!(parse_spec("x", None, None).is_err());
-        assert!(parse_spec("=x", Some(&v), None).is_err());
-        assert!(parse_spec("https://evil.com/secrets/x", Some(&v), None).is_err());
+        assert!(parse_spec("bad_name", Some(&v)).is_err());
+        assert!(parse_spec("a/b/c", Some(&v)).is_err());
+        assert!(parse_spec("x", None).is_err());
+        assert!(parse_spec("=x", Some(&v)).is_err());
+        assert!(parse_spec("https://evil.com/secrets/x", Some(&v)).is_err());
+        // --resource vouches for the --vault host only, never for other identifiers.
+        let vouched = parse_vault(
+            "https://kv.internal.example",
+            Some("https://vault.azure.net"),
+        )
+        .unwrap();
+        assert_eq!(vouched.audience, Audience::Vouched);
+        let same = parse_spec("https://kv.internal.example/secrets/x", Some(&vouched)).unwrap();
+        assert_eq!(same.vault, vouched);
+        assert!(parse_spec("https://evil.example/secrets/x", Some(&vouched)).is_err());
+        assert!(
+            parse_spec("http://127.0.0.1:9/secrets/x", Some(&vouched))
+                .is_ok_and(|s| s.vault.audience == Audience::Loopback)
+        );
     }
 
     #[test]
@@ -415,7 +513,7 @@ mod tests {
         let v = vault("kv1").unwrap();
         let specs = |list: &[&str]| {
             list.iter()
-                .map(|s| parse_spec(s, Some(&v), None).unwrap())
+                .map(|s| parse_spec(s, Some(&v)).unwrap())
                 .collect::<Vec<_>>()
         };
         let check = |list: &[&str], files, env| check_names(&specs(list), files, env, &[]);

@@ -15,10 +15,10 @@ use crate::{health, log, signals};
 
 /// Run `watch`.
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
-    let plan = plan(opts)?;
-    // A ready file left by a crashed instance must not say "ready" for this one.
+    let session = Session::new(opts, env, plan(opts)?)?;
+    // A ready file left by a crashed instance must not say "ready" for this one (removed once
+    // every check has passed).
     remove_ready_file(opts);
-    let session = Session::new(opts, env, plan)?;
     let (tx, rx) = mpsc::channel();
     signals::forward(
         &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP],
@@ -131,7 +131,7 @@ impl Notifier {
             .unwrap_or_else(|e| e.into_inner())
             .extend(names);
         let pending = self.pending.clone();
-        std::thread::spawn(move || {
+        let spawned = std::thread::Builder::new().spawn(move || {
             let names: Vec<String> =
                 std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()))
                     .into_iter()
@@ -168,5 +168,11 @@ impl Notifier {
                 }
             }
         });
+        if let Err(e) = spawned {
+            log::warn(
+                "cannot start the notify thread; the names stay pending for the next change",
+                &[("error", &e.to_string())],
+            );
+        }
     }
 }

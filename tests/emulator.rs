@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kvfetch::http::{Reply, get, identity_agent, vault_agent};
+use kvfetch::http::{Reply, get, identity_agent, vault_agents};
 use kvfetch_emulator::{Config, VaultCert};
 use serde_json::Value;
 
@@ -28,7 +28,7 @@ fn token_for(emu: &Emulator, resource: &str) -> String {
 
 fn vault(emu: &Emulator, path: &str, token: Option<&str>) -> Reply {
     let pem = std::fs::read(emu.ca_file()).unwrap();
-    let agent = vault_agent(Some(&pem), 4, true).unwrap();
+    let agent = vault_agents(Some(&pem), 4).unwrap().1;
     let bearer = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = bearer
         .iter()
@@ -276,7 +276,7 @@ fn vault_challenge_and_token_checks() {
 fn www_authenticate_header_shape() {
     let emu = Emulator::start().unwrap();
     let pem = std::fs::read(emu.ca_file()).unwrap();
-    let agent = vault_agent(Some(&pem), 1, true).unwrap();
+    let agent = vault_agents(Some(&pem), 1).unwrap().1;
     let resp = agent
         .get(format!("{}/secrets/x?api-version=7.5", emu.vault_url()))
         .config()
@@ -513,7 +513,7 @@ fn vault_faults_and_counters() {
     }
     emu.push_kv_fault(Fault::Drop);
     let pem = std::fs::read(emu.ca_file()).unwrap();
-    let agent = vault_agent(Some(&pem), 1, true).unwrap();
+    let agent = vault_agents(Some(&pem), 1).unwrap().1;
     assert!(
         get(
             &agent,
@@ -551,7 +551,7 @@ fn vault_faults_and_counters() {
 #[test]
 fn vault_tls_needs_the_emulator_ca() {
     let emu = Emulator::start().unwrap();
-    let agent = vault_agent(None, 1, true).unwrap();
+    let agent = vault_agents(None, 1).unwrap().1;
     let err = get(
         &agent,
         &format!("{}/secrets/s?api-version=7.5", emu.vault_url()),

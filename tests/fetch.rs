@@ -704,29 +704,76 @@ fn app_service_identity_endpoint_is_used_when_configured() {
     assert_eq!(r.code, 3, "{}", r.stderr);
 }
 
+/// A proxy on loopback that records each request line (a CONNECT names the target) and
+/// refuses it; no connection goes any further.
+fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(conn);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_ok() {
+                log.lock().unwrap().push(line.trim_end().to_string());
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
 #[test]
-fn proxy_is_used_for_key_vault_but_never_for_imds() {
+fn proxy_is_used_for_remote_vaults_but_never_for_imds_or_loopback_vaults() {
     let emu = seeded();
     let s = Scratch::new();
+    let (proxy, seen) = recording_proxy();
     let mut env = env_for(&emu);
-    env.insert("HTTPS_PROXY".into(), "http://127.0.0.1:9".into());
-    env.insert("HTTP_PROXY".into(), "http://127.0.0.1:9".into());
+    env.insert("HTTPS_PROXY".into(), proxy.clone());
+    env.insert("HTTP_PROXY".into(), proxy);
     env.insert("KVFETCH_TIMEOUT".into(), "500ms".into());
+    // A vault on loopback (the emulator) never goes through a proxy.
     let r = fetch_sample(&env, &s);
-    assert_eq!(
-        r.code, 7,
-        "the dead proxy makes the vault unreachable: {}",
-        r.stderr
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
     );
+    // A remote vault does: the proxy is asked for it by name (kvfetch resolves nothing itself,
+    // so nothing leaves loopback) and refuses, so the vault stays unreachable.
+    emu.reset_counters();
+    let dir = s.path("remote").display().to_string();
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--vault",
+            "myvault",
+            "--secret",
+            "SampleSecret",
+            "--dir",
+            &dir,
+        ],
+    );
+    assert_eq!(r.code, 7, "{}", r.stderr);
     assert_eq!(
         emu.counters().imds_token_requests,
         1,
         "IMDS was reached directly"
     );
-    assert_eq!(emu.counters().kv_total_requests, 0);
-    env.insert("NO_PROXY".into(), "127.0.0.1".into());
-    let r = fetch_sample(&env, &s);
-    assert_eq!(r.code, 0, "NO_PROXY is honoured: {}", r.stderr);
+    let lines = seen.lock().unwrap().clone();
+    assert!(!lines.is_empty(), "the proxy was asked");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l == "CONNECT myvault.vault.azure.net:443 HTTP/1.1"),
+        "{lines:?}"
+    );
 }
 
 #[test]

@@ -111,7 +111,7 @@ proptest! {
             Some(a) => format!("{a}={reference}"),
             None => reference,
         };
-        if let Ok(s) = spec::parse_spec(&text, Some(&default), None) {
+        if let Ok(s) = spec::parse_spec(&text, Some(&default)) {
             prop_assert!(spec::valid_name(&s.name), "{:?}", s.name);
             prop_assert!(s.version.as_deref().is_none_or(|v| v.bytes().all(|b| b.is_ascii_alphanumeric())));
             prop_assert_eq!(connected_to(&s.vault.url).map(|h| h.0), Some(s.vault.host.clone()));
@@ -129,7 +129,7 @@ proptest! {
     ) {
         let value = format!("{lead}{mark}{gap}(SecretUri={uri}/secrets/x;{body})");
         prop_assert!(reference::is_reference(&value));
-        match reference::parse("V", &value, None, None) {
+        match reference::parse("V", &value, None) {
             Ok(s) => {
                 prop_assert!(lead.is_empty() && gap.is_empty());
                 prop_assert_eq!(connected_to(&s.vault.url).map(|h| h.0), Some(s.vault.host.clone()));

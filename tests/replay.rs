@@ -51,7 +51,7 @@ impl Replayer {
         let emu = Emulator::start().unwrap();
         let pem = std::fs::read(emu.ca_file()).unwrap();
         Replayer {
-            vault: kvfetch::http::vault_agent(Some(&pem), 4, true).unwrap(),
+            vault: kvfetch::http::vault_agents(Some(&pem), 4).unwrap().1,
             plain: kvfetch::http::identity_agent(),
             emu,
             versions: Default::default(),

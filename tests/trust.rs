@@ -161,6 +161,7 @@ fn secrets_may_not_set_variables_that_steer_programs() {
     let marker = s.path("started");
     let touch = format!("touch {}", marker.display());
     emu.set_secret("path", "/tmp/evil");
+    emu.set_secret("node-options", "--require /tmp/evil.js");
     for spec in [
         "path",
         "LD_PRELOAD=api-key",
@@ -171,6 +172,12 @@ fn secrets_may_not_set_variables_that_steer_programs() {
         "ENV=api-key",
         "SHELLOPTS=api-key",
         "PS4=api-key",
+        "NODE_OPTIONS=api-key",
+        "node-options",
+        "GCONV_PATH=api-key",
+        "PYTHONPATH=api-key",
+        "http_proxy=api-key",
+        "JAVA_TOOL_OPTIONS=api-key",
     ] {
         let r = run(&emu, &["exec", "--secret", spec, "--", "sh", "-c", &touch]);
         assert_eq!(r.code, 2, "{spec}: {}", r.stderr);
@@ -344,7 +351,8 @@ fn health_probes_answer_within_a_second_beside_a_hog_and_idle_connections() {
         ],
     );
     wait_ready(&addr);
-    let idle: Vec<_> = (0..10)
+    // More idle connections than the listener keeps waiting: the oldest make room.
+    let idle: Vec<_> = (0..100)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
     let hog_addr = addr.clone();
@@ -541,7 +549,7 @@ fn out_of_range_and_unsafe_flags_are_usage_errors_not_panics() {
 fn control_characters_from_a_server_cannot_forge_log_lines() {
     let emu = seeded();
     let s = Scratch::new();
-    let forged = "Oops\n kvfetch: info: fetched and wrote secrets\r\x1b[2K\u{2028}";
+    let forged = "Oops\r kvfetch: info: fetched and wrote secrets\x1b[2K\u{2028}\u{202e}x\n kvfetch: info: second line";
     emu.push_kv_fault(Fault::ErrorText {
         status: 400,
         code: forged.into(),
@@ -553,7 +561,7 @@ fn control_characters_from_a_server_cannot_forge_log_lines() {
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        !r.stderr.contains(['\r', '\x1b', '\u{2028}']),
+        !r.stderr.contains(['\r', '\x1b', '\u{2028}', '\u{202e}']),
         "raw control characters: {:?}",
         r.stderr
     );
@@ -562,7 +570,13 @@ fn control_characters_from_a_server_cannot_forge_log_lines() {
         assert!(!line.starts_with(" kvfetch"), "{line:?}");
     }
     assert_eq!(r.stderr.lines().count(), 1, "{:?}", r.stderr);
-    assert!(r.stderr.contains("Oops\\n kvfetch: info"), "{}", r.stderr);
+    assert!(r.stderr.contains("Oops\\r kvfetch: info"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("second line"),
+        "only a message's first line: {}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains('\u{202e}'), "no bidirectional override");
 }
 
 // 10. Not dumpable.
@@ -739,38 +753,38 @@ fn stale_temp_files_are_swept_and_live_ones_kept() {
     let s = Scratch::new();
     std::fs::create_dir_all(s.path("out")).unwrap();
     let stale = s.path("out/.kvfetch-tmp-999999999-deadbeef");
-    let old = s.path("out/.kvfetch-tmp-1-0badf00d"); // PID 1 lives, but this is old
-    let live = s.path(&format!("out/.kvfetch-tmp-{}-cafe", std::process::id()));
     let unrelated = s.path("out/.kvfetch-tmpnot");
-    for p in [&stale, &old, &live, &unrelated] {
+    for p in [&stale, &unrelated] {
         std::fs::write(p, "leftover").unwrap();
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o400)).unwrap();
     }
-    let backdate = |p: &std::path::Path, secs| {
-        let f = std::fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap_or_else(|_| {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
-                std::fs::File::options().write(true).open(p).unwrap()
-            });
-        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
-            .unwrap();
-    };
-    backdate(&stale, 10);
-    backdate(&old, 3600);
+    // A file of a gone process is swept once it is 2 s old (judged by its ctime, which a
+    // rename or link refreshes); younger, or of a live process, it stays.
+    std::thread::sleep(ms(2100));
+    let fresh = s.path("out/.kvfetch-tmp-999999998-0badf00d");
+    let live = s.path(&format!("out/.kvfetch-tmp-{}-cafe", std::process::id()));
+    for p in [&fresh, &live] {
+        std::fs::write(p, "leftover").unwrap();
+    }
     let r = run(
         &emu,
         &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
     let mut expected = vec![
         "api-key".to_string(),
-        ".kvfetch-tmpnot".to_string(),
-        live.file_name().unwrap().to_string_lossy().into_owned(),
+        name(&unrelated),
+        name(&fresh),
+        name(&live),
     ];
     expected.sort();
     assert_eq!(s.entries("out"), expected);
+    assert!(
+        r.stderr.contains("removed temp files") && r.stderr.contains("count=1"),
+        "{}",
+        r.stderr
+    );
 }
 
 // 15. A directory others can write, a symlinked one, and the env file's directory.
@@ -865,4 +879,339 @@ fn a_dripping_answer_is_bounded_by_the_timeout_and_a_redirect_is_never_followed(
     assert!(r.stderr.contains("never follows redirects"), "{}", r.stderr);
     assert_eq!(emu.counters().kv_total_requests, 1);
     assert!(s.entries("").is_empty());
+}
+
+// Found by the adversarial review of the fixes above.
+
+#[test]
+fn resource_vouches_for_the_vault_host_only() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let touch = format!("touch {}", marker.display());
+    let vault = emu.vault_url();
+    for (what, args, reference) in [
+        (
+            "a reference to another host",
+            vec!["--resource", "https://vault.azure.net"],
+            Some("@Microsoft.KeyVault(SecretUri=https://kv.other.example:8443/secrets/api-key)"),
+        ),
+        (
+            "a secret identifier on another host",
+            vec![
+                "--resource",
+                "https://vault.azure.net",
+                "--secret",
+                "https://kv.other.example:8443/secrets/api-key",
+            ],
+            None,
+        ),
+    ] {
+        let mut env = env_for(&emu);
+        if let Some(r) = reference {
+            env.insert("DB".into(), r.into());
+        }
+        let mut all = vec!["exec", "--vault", vault.as_str()];
+        all.extend(args);
+        all.extend(["--", "sh", "-c", &touch]);
+        let r = run_with(&env, &all);
+        assert_eq!(r.code, 2, "{what}: {}", r.stderr);
+        assert!(!marker.exists());
+        assert_no_requests(&emu, what);
+    }
+}
+
+#[test]
+fn a_loopback_vault_gets_a_token_only_from_a_loopback_identity_endpoint() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    // A real (non-loopback) identity endpoint: refused before any request is sent to it.
+    env.insert(
+        "IDENTITY_ENDPOINT".into(),
+        "http://10.0.0.1:9/msi/token".into(),
+    );
+    env.insert("IDENTITY_HEADER".into(), "h".into());
+    let r = run_with(
+        &env,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("loopback"), "{}", r.stderr);
+    assert_no_requests(&emu, "loopback vault, remote identity");
+    for vault in ["http://localhost:9", "https://localhost:9"] {
+        let r = run(
+            &emu,
+            &[
+                "fetch",
+                "--vault",
+                vault,
+                "--secret",
+                "api-key",
+                "--dir",
+                &out_dir(&s),
+            ],
+        );
+        assert_eq!(
+            r.code, 2,
+            "{vault}: localhost is a name, not a loopback address: {}",
+            r.stderr
+        );
+    }
+    assert_no_requests(&emu, "localhost");
+}
+
+#[test]
+fn a_directory_owned_by_another_user_is_not_private() {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to create directories owned by another user");
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("theirs/secrets")).unwrap();
+    std::os::unix::fs::chown(s.path("theirs"), Some(65534), Some(65534)).unwrap();
+    for dir in [
+        s.path("theirs"),
+        s.path("theirs/secrets"),
+        s.path("theirs/new"),
+    ] {
+        let d = dir.display().to_string();
+        let r = run(
+            &emu,
+            &[
+                "fetch",
+                "--secret",
+                "api-key",
+                "--dir",
+                &d,
+                "--require-private-dir",
+            ],
+        );
+        assert_eq!(r.code, 6, "{d}: {}", r.stderr);
+        assert!(r.stderr.contains("belongs to uid 65534"), "{}", r.stderr);
+        assert_no_requests(&emu, &d);
+    }
+}
+
+#[test]
+fn the_ready_file_cannot_be_a_secret_file_and_nothing_is_removed_before_the_checks() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::fs::write(s.path("out/api-key"), "good").unwrap();
+    let ready = s.path("out/api-key").display().to_string();
+    let r = run(
+        &emu,
+        &[
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--ready-file",
+            &ready,
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let other_ready = s.path("ready");
+    std::fs::write(&other_ready, "ready\n").unwrap();
+    let r = run(
+        &emu,
+        &[
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--ready-file",
+            other_ready.to_str().unwrap(),
+            "--health-listen",
+            "not-an-address",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(read(&s.path("out/api-key")), "good");
+    assert!(other_ready.exists(), "a usage error removes nothing");
+    assert_no_requests(&emu, "ready file");
+}
+
+#[test]
+fn a_token_echoed_by_a_server_never_reaches_the_log() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let echoed = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJlLXh5eg";
+    emu.push_kv_fault(Fault::ErrorText {
+        status: 400,
+        code: "BadParameter".into(),
+        message: format!("the token {echoed} is not welcome"),
+    });
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the token <token> is not welcome"),
+        "{}",
+        r.stderr
+    );
+    assert_no_leak(&r, &[VALUE]);
+}
+
+#[test]
+fn output_paths_are_plain_and_owners_possible_before_any_request() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let slash = format!("{}/", s.path("newdir").display());
+    let temp_named = s.path(".kvfetch-tmp-env").display().to_string();
+    for args in [
+        vec!["fetch", "--secret", "api-key", "--dir", ""],
+        vec!["fetch", "--secret", "api-key", "--env-file", ""],
+        vec!["fetch", "--secret", "api-key", "--env-file", &slash],
+        vec!["fetch", "--secret", "api-key", "--env-file", &temp_named],
+        vec![
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            "x",
+            "--ready-file",
+            &temp_named,
+        ],
+        vec![
+            "fetch",
+            "--secret",
+            "api-key",
+            "--dir",
+            "x",
+            "--ca-file",
+            "/dev/zero",
+        ],
+        vec![
+            "watch",
+            "--secret",
+            "api-key",
+            "--dir",
+            "x",
+            "--health-listen",
+            "8089",
+        ],
+    ] {
+        let r = run(&emu, &args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_no_requests(&emu, &format!("{args:?}"));
+    }
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("SKIPPED (owner part): needs root to run kvfetch as another user");
+        return;
+    }
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            &bin(),
+        ])
+        .args([
+            "fetch",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--owner",
+            "0",
+        ])
+        .env_clear()
+        .envs(env_for(&emu))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_CHOWN"));
+    assert_no_requests(&emu, "--owner without CAP_CHOWN");
+    assert!(s.entries("out").is_empty());
+}
+
+#[test]
+fn without_threads_secrets_are_fetched_one_at_a_time() {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to run kvfetch as another user under a process limit");
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
+    // RLIMIT_NPROC 1 for uid 65534: kvfetch itself is its one process, so no thread can start.
+    let out = Command::new("prlimit")
+        .args([
+            "--nproc=1:1",
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+        ])
+        .args(["--clear-groups", &bin()])
+        .args([
+            "fetch",
+            "--secret",
+            "api-key",
+            "--secret",
+            "other",
+            "--dir",
+            &out_dir(&s),
+        ])
+        .env_clear()
+        .envs(env_for(&emu))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("one secret at a time"), "{stderr}");
+    assert_eq!(read(&s.path("out/api-key")), VALUE);
+}
+
+#[test]
+fn exec_finds_the_command_before_any_request_or_write() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--secret",
+            "api-key",
+            "--dir",
+            &out_dir(&s),
+            "--",
+            "/nonexistent/cmd",
+        ],
+    );
+    assert_eq!(r.code, 127, "{}", r.stderr);
+    assert_no_requests(&emu, "a missing command");
+    assert!(s.entries("").is_empty());
+}
+
+#[test]
+fn an_error_page_that_is_not_utf8_is_judged_by_its_status_and_retried() {
+    let emu = seeded();
+    emu.push_kv_fault(Fault::InvalidUtf8(503));
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "api-key", "--dir", &out_dir(&s)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().kv_total_requests, 2);
+    assert_eq!(read(&s.path("out/api-key")), VALUE);
 }

@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::error::Error;
 
@@ -83,13 +83,17 @@ impl Staged {
                 Err(_) => {} // the file system cannot exchange: keep a hard link instead
             }
         }
-        let backup = fs::symlink_metadata(&self.target)
-            .is_ok()
-            .then(|| temp_path(dir_of(&self.target)))
-            .filter(|b| fs::hard_link(&self.target, b).is_ok());
+        let backup = match fs::symlink_metadata(&self.target) {
+            Ok(_) => Some(self.keep_old().map_err(fail)?),
+            Err(_) => None,
+        };
         if let Err(e) = fs::rename(&self.temp, &self.target) {
             if let Some(b) = &backup {
-                let _ = fs::remove_file(b);
+                if fs::symlink_metadata(&self.target).is_err() {
+                    let _ = fs::rename(b, &self.target); // it was moved aside: put it back
+                } else {
+                    let _ = fs::remove_file(b);
+                }
             }
             return Err(fail(e));
         }
@@ -100,27 +104,39 @@ impl Staged {
     }
 }
 
+impl Staged {
+    /// Keep the existing target for a roll-back: a hard link beside it, or, where the file
+    /// system has none, the target itself moved aside (it is missing until the new file lands).
+    fn keep_old(&self) -> io::Result<PathBuf> {
+        let backup = temp_path(dir_of(&self.target));
+        if fs::hard_link(&self.target, &backup).is_ok() {
+            return Ok(backup);
+        }
+        fs::rename(&self.target, &backup)?;
+        Ok(backup)
+    }
+}
+
 impl Moved {
-    /// Put the old file back (or remove a file that did not exist before).
-    fn undo(self) {
+    /// Put the old file back (or remove a file that did not exist before); false if that
+    /// failed.
+    fn undo(self) -> bool {
         match self {
             Moved::Exchanged { temp, target } => {
-                if exchange(&temp, &target).is_ok() {
+                let back = exchange(&temp, &target).is_ok();
+                if back {
                     let _ = fs::remove_file(&temp);
                 }
+                back
             }
             Moved::Replaced {
                 backup: Some(b),
                 target,
-            } => {
-                let _ = fs::rename(&b, &target);
-            }
+            } => fs::rename(&b, &target).is_ok(),
             Moved::Replaced {
                 backup: None,
                 target,
-            } => {
-                let _ = fs::remove_file(&target);
-            }
+            } => fs::remove_file(&target).is_ok(),
         }
     }
 
@@ -228,10 +244,15 @@ pub fn write_all(items: &[(PathBuf, Vec<u8>)], opts: FileOptions) -> Result<(), 
             Ok(m) => moved.push(m),
             Err(e) => {
                 rest.for_each(Staged::discard);
-                moved.into_iter().rev().for_each(Moved::undo);
-                return Err(Error::Output(format!(
-                    "{e}; every output was put back as it was"
-                )));
+                // Every move is undone, even after one that fails.
+                let results: Vec<bool> = moved.into_iter().rev().map(Moved::undo).collect();
+                let undone = !results.contains(&false);
+                let state = if undone {
+                    "every output was put back as it was"
+                } else {
+                    "some earlier outputs could not be put back and hold the new values: check the output directory"
+                };
+                return Err(Error::Output(format!("{e}; {state}")));
             }
         }
     }
@@ -309,11 +330,10 @@ pub fn sweep_stale_temps(dir: &Path) -> usize {
         }
         let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
         let gone = pid.is_some_and(|p| p != std::process::id() as i32 && !alive(p));
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .unwrap_or_default();
+        // The status-change time, not the modification time: an old file kept for a roll-back
+        // keeps its old mtime, but its rename or link just changed its ctime.
+        let changed = UNIX_EPOCH + Duration::new(meta.ctime().max(0) as u64, 0);
+        let age = changed.elapsed().unwrap_or_default();
         let stale = age > STALE_AFTER || (gone && age > ORPHAN_AFTER);
         if stale && fs::remove_file(entry.path()).is_ok() {
             removed += 1;
@@ -329,9 +349,21 @@ fn alive(pid: i32) -> bool {
             || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
 }
 
-/// Create `dir` (mode 0700, owned like the files) if missing.
+/// Create `dir` (mode 0700, owned like the files) if missing. A directory that already exists
+/// must belong to root, this user or `--owner` (someone else may have created it since the
+/// checks).
 pub fn ensure_dir(dir: &Path, opts: FileOptions) -> Result<(), Error> {
-    if dir.is_dir() {
+    if let Ok(m) = fs::metadata(dir)
+        && m.is_dir()
+    {
+        let uid = m.uid();
+        let ours = uid == 0 || uid == euid() || opts.owner.is_some_and(|(o, _)| o == uid);
+        if !ours {
+            return Err(Error::Output(format!(
+                "--dir {} belongs to uid {uid}, not to root, this user or --owner; kvfetch will not write secrets into it",
+                dir.display()
+            )));
+        }
         return Ok(());
     }
     let fail =
@@ -358,20 +390,64 @@ pub fn same_path(a: &Path, b: &Path) -> bool {
     a == b || resolve(a) == resolve(b)
 }
 
-/// Why a directory that secrets go into is not private, if it is not: a symlink (it can be
-/// pointed elsewhere) or writable by group or others (they can swap files in it).
-pub fn exposure(dir: &Path) -> Option<String> {
-    let meta = fs::symlink_metadata(dir).ok()?;
-    if meta.file_type().is_symlink() {
+/// The capability bit that allows `chown` to anyone (linux/capability.h).
+const CAP_CHOWN: u32 = 0;
+
+/// The effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether this process may give files to `uid`/`gid`: root, CAP_CHOWN, or its own uid (a gid
+/// change to another group may still fail at write time, as the kernel decides group rights).
+pub fn can_chown(uid: u32, gid: Option<u32>) -> bool {
+    let _ = gid;
+    if euid() == 0 || uid == euid() {
+        return true;
+    }
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_CHOWN) != 0)
+}
+
+/// Why a directory that secrets go into is not private, if it is not: it is a symlink (it can
+/// be pointed elsewhere); it or any directory above it belongs to someone other than root, this
+/// user or `owner` (they can rename it away and put their own in its place); it is writable by
+/// group or others (they can swap files in it); or a directory above it is writable by group or
+/// others without the sticky bit. A `dir` that does not exist yet is judged by its nearest
+/// existing ancestor.
+pub fn exposure(dir: &Path, owner: Option<u32>) -> Option<String> {
+    let meta = fs::symlink_metadata(dir).ok();
+    if meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
         return Some(format!("{} is a symlink", dir.display()));
     }
-    let mode = meta.mode() & 0o7777;
-    (meta.is_dir() && mode & 0o022 != 0).then(|| {
-        format!(
-            "{} is writable by group or others (mode {mode:04o})",
-            dir.display()
-        )
-    })
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    let real = fs::canonicalize(existing).ok()?;
+    let trusted = |uid: u32| uid == 0 || uid == euid() || Some(uid) == owner;
+    for (i, p) in real.ancestors().enumerate() {
+        let m = fs::metadata(p).ok()?;
+        let mode = m.mode() & 0o7777;
+        let own = i == 0 && existing == dir;
+        if !trusted(m.uid()) {
+            return Some(format!(
+                "{} belongs to uid {}, not to root or this user",
+                p.display(),
+                m.uid()
+            ));
+        }
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && (own || !sticky) {
+            return Some(format!(
+                "{} is writable by group or others (mode {mode:04o})",
+                p.display()
+            ));
+        }
+    }
+    None
 }
 
 /// Whether `dir` lives on tmpfs or ramfs (memory, never disk).
