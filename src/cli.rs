@@ -255,9 +255,9 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_HEALTH_LISTEN",
             Some("ADDR"),
             None,
-            "serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:8089)",
+            "serve /healthz, /readyz and /metrics on this address (e.g. 127.0.0.1:8089; exec: with --refresh)",
         ),
-        WATCH,
+        WATCH | EXEC,
     ),
     only(
         flag(
@@ -416,6 +416,12 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
             )));
         }
     };
+    let refresh = refresh(&command, &given, env)?;
+    if matches!(command, Command::Exec(_)) && refresh.is_none() && get("health-listen").is_some() {
+        return Err(usage(
+            "--health-listen with exec needs --refresh (supervised mode): plain exec becomes the command",
+        ));
+    }
     Ok(Options {
         vault: get("vault"),
         secrets,
@@ -454,7 +460,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
                 1
             },
         },
-        refresh: refresh(&command, &given, env)?,
+        refresh,
         max_stale: get("max-stale")
             .map(|d| duration_flag("max-stale", &d))
             .transpose()?,

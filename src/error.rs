@@ -29,6 +29,10 @@ pub enum Error {
     /// trusted, expired, for another name), or an answer too large or not UTF-8.
     #[error("{0}")]
     Protocol(String),
+    /// A local resource limit: no thread, no file descriptor, an environment too large for
+    /// `execve`. Not the vault's fault, and not retried as if it were.
+    #[error("{0}")]
+    Resource(String),
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -51,6 +55,7 @@ pub mod exit {
     pub const OUTPUT: u8 = 6;
     pub const VAULT_UNAVAILABLE: u8 = 7;
     pub const PROTOCOL: u8 = 8;
+    pub const RESOURCE: u8 = 9;
     pub const NOT_EXECUTABLE: u8 = 126;
     pub const COMMAND_NOT_FOUND: u8 = 127;
 }
@@ -66,6 +71,7 @@ impl Error {
             Error::Output(_) => exit::OUTPUT,
             Error::VaultUnavailable(_) => exit::VAULT_UNAVAILABLE,
             Error::Protocol(_) => exit::PROTOCOL,
+            Error::Resource(_) => exit::RESOURCE,
             Error::Other(_) => exit::OTHER,
             Error::CommandNotFound(_) => exit::COMMAND_NOT_FOUND,
             Error::NotExecutable(_) => exit::NOT_EXECUTABLE,
@@ -82,6 +88,7 @@ impl Error {
             Error::Output(_) => "output",
             Error::VaultUnavailable(_) => "vault_unavailable",
             Error::Protocol(_) => "protocol",
+            Error::Resource(_) => "resource",
             Error::Other(_) => "other",
             Error::CommandNotFound(_) => "command_not_found",
             Error::NotExecutable(_) => "not_executable",
@@ -99,4 +106,6 @@ pub const EXIT_CODES: &str = "  0  success
   6  output could not be written (or a value the env format cannot carry)
   7  gave up on Key Vault at --timeout (429/5xx/unreachable); watch/exec: failing longer than --max-stale
   8  the vault failed TLS verification (untrusted, expired or wrong-name certificate) or sent an answer
-     kvfetch cannot use (larger than 1 MiB, not UTF-8); not retried";
+     kvfetch cannot use (larger than 1 MiB, not UTF-8); not retried
+  9  a local resource limit: no thread or file descriptor to be had, or an environment too large
+     for the kernel to start COMMAND with";

@@ -41,7 +41,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
         session.fetch()?
     };
     if opts.dir.is_some() || opts.env_file.is_some() {
-        write_outputs(opts, &session.plan, &values, None)?;
+        write_outputs(opts, &session.plan, &values)?;
     }
     let child_env = child_env(&base, &session.plan.specs, &values)?;
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
@@ -55,12 +55,22 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     if opts.refresh.is_some() {
         return supervise::run(opts, session, values, base, program, argv);
     }
-    let err = std::process::Command::new(&program)
+    check_exec_size(argv, &child_env)?;
+    log::flush();
+    let mut command = std::process::Command::new(&program);
+    command
         .arg0(&argv[0])
         .args(&argv[1..])
         .env_clear()
-        .envs(child_env)
-        .exec();
+        .envs(child_env);
+    // SAFETY: reset_in_child makes only async-signal-safe calls.
+    unsafe {
+        command.pre_exec(|| {
+            crate::signals::reset_in_child();
+            Ok(())
+        });
+    }
+    let err = command.exec();
     Err(exec_error(&argv[0], &shown(&program, secret_path), err))
 }
 
@@ -86,6 +96,34 @@ pub fn child_env(
         }
     }
     Ok(env)
+}
+
+/// The kernel's limit on one argument or `NAME=value` string (MAX_ARG_STRLEN, 32 pages).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Check that `argv` and `env` fit what `execve` accepts, so a value that cannot be passed is
+/// refused with its name before anything is stopped or started.
+pub fn check_exec_size(argv: &[String], env: &[(OsString, OsString)]) -> Result<(), Error> {
+    if let Some((k, v)) = env.iter().find(|(k, v)| k.len() + v.len() + 2 > MAX_ARG_STRLEN) {
+        return Err(Error::Resource(format!(
+            "the variable {} is {} bytes, more than the kernel passes to a program (128 KiB); put it in a file with --dir",
+            k.to_string_lossy(),
+            v.len()
+        )));
+    }
+    // SAFETY: sysconf with a valid name.
+    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    let arg_max = usize::try_from(arg_max).unwrap_or(128 * 1024);
+    let strings: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
+        + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+    let pointers = (argv.len() + env.len() + 2) * std::mem::size_of::<usize>();
+    if strings + pointers > arg_max {
+        return Err(Error::Resource(format!(
+            "the environment and arguments take {} bytes, more than the kernel's limit of {arg_max} for a new program; put large secrets in files with --dir",
+            strings + pointers
+        )));
+    }
+    Ok(())
 }
 
 fn path_of(env: &[(OsString, OsString)]) -> OsString {
@@ -164,6 +202,16 @@ fn executable(p: &Path) -> bool {
 
 /// What a failed `execve` means for the exit code.
 pub fn exec_error(command: &str, program: &Path, err: std::io::Error) -> Error {
+    if err.raw_os_error() == Some(libc::E2BIG) {
+        return Error::Resource(format!(
+            "{command}: the environment and arguments are larger than the kernel accepts for a new program ({err}); put large secrets in files with --dir"
+        ));
+    }
+    if crate::http::local_limit(&err) || err.raw_os_error() == Some(libc::EAGAIN) {
+        return Error::Resource(format!(
+            "{command}: cannot start it: {err} (a process, file or memory limit of this container or node)"
+        ));
+    }
     match err.kind() {
         std::io::ErrorKind::NotFound => Error::CommandNotFound(format!(
             "{command}: cannot run {} ({err}); a script's interpreter may be missing",

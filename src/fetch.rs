@@ -2,7 +2,7 @@
 //! token per audience, fetch every secret in parallel, then write all outputs or none.
 //!
 //! `watch` and `exec` reuse the same pieces: [`plan`], [`Session`] (fetch again and again with one
-//! token cache) and [`write_outputs`].
+//! token cache), [`write_outputs`] and [`sync_outputs`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -288,7 +288,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let session = Session::new(opts, env, plan(opts)?)?;
     let values = session.fetch()?;
-    write_outputs(opts, &session.plan, &values, None)?;
+    write_outputs(opts, &session.plan, &values)?;
     log::info(
         "fetched and wrote secrets",
         &[
@@ -391,27 +391,19 @@ fn report(mut errors: Vec<Error>) -> Result<(), Error> {
     Err(first)
 }
 
-/// Write every output, or none. With `changed`, only the files of changed secrets are replaced
-/// (unchanged ones keep their inode and mtime), and the env file only if anything changed.
-pub fn write_outputs(
+/// Every output's path and bytes: one file per secret under `--dir`, and the env file.
+fn output_items(
     opts: &Options,
     plan: &Plan,
     values: &[Fetched],
-    changed: Option<&[bool]>,
-) -> Result<(), Error> {
-    let is_changed = |i: usize| changed.is_none_or(|c| c[i]);
+) -> Result<Vec<(PathBuf, Vec<u8>)>, Error> {
     let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     if let Some(dir) = &opts.dir {
-        output::files::ensure_dir(dir, plan.files)?;
-        for (i, (spec, f)) in plan.specs.iter().zip(values).enumerate() {
-            if is_changed(i) {
-                items.push((dir.join(spec.file_name()), f.value.as_bytes().to_vec()));
-            }
+        for (spec, f) in plan.specs.iter().zip(values) {
+            items.push((dir.join(spec.file_name()), f.value.as_bytes().to_vec()));
         }
     }
-    if let Some(file) = &opts.env_file
-        && (0..values.len()).any(is_changed)
-    {
+    if let Some(file) = &opts.env_file {
         let entries: Vec<(String, String)> = plan
             .specs
             .iter()
@@ -421,5 +413,30 @@ pub fn write_outputs(
         let text = output::envfile::render(opts.env_format, &entries)?;
         items.push((file.clone(), text.into_bytes()));
     }
+    Ok(items)
+}
+
+/// Write every output, or none.
+pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<(), Error> {
+    let items = output_items(opts, plan, values)?;
+    if let Some(dir) = &opts.dir {
+        output::files::ensure_dir(dir, plan.files)?;
+    }
     output::files::write_all(&items, plan.files)
+}
+
+/// Make the outputs on disk what `values` say, rewriting only the ones that differ (in bytes,
+/// mode or owner, or missing): a changed secret, or an output someone else changed or removed.
+/// Unchanged outputs keep their inode and mtime. All or nothing; returns the paths written.
+pub fn sync_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<Vec<PathBuf>, Error> {
+    let items = output_items(opts, plan, values)?;
+    if let Some(dir) = &opts.dir {
+        output::files::ensure_dir(dir, plan.files)?;
+    }
+    let differ: Vec<(PathBuf, Vec<u8>)> = items
+        .into_iter()
+        .filter(|(path, bytes)| output::files::differs(path, bytes, plan.files))
+        .collect();
+    output::files::write_all(&differ, plan.files)?;
+    Ok(differ.into_iter().map(|(p, _)| p).collect())
 }

@@ -22,12 +22,29 @@ pub struct Status {
     /// Per secret: the `exp` attribute, where set.
     pub expires: BTreeMap<String, u64>,
     pub max_stale: Option<Duration>,
+    /// The main loop's last pass (it passes at least every [`HEARTBEAT`]).
+    pub last_tick: Option<Instant>,
+    /// The outputs on disk are as kvfetch wrote them (false while one could not be restored).
+    pub outputs_damaged: bool,
+    /// Supervised exec: restarts refused because the new environment could not be built.
+    pub restarts_refused: u64,
 }
 
+/// The main loops of `watch` and supervised `exec` pass at least this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// `/healthz` fails when the main loop has not passed for this long.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+
 impl Status {
-    /// Ready: the first write is done and the data is not older than `--max-stale`.
+    /// Ready: the first write is done, the outputs are intact, and the data is not older than
+    /// `--max-stale`.
     pub fn ready(&self) -> bool {
-        self.first_write_done && !self.stale()
+        self.first_write_done && !self.outputs_damaged && !self.stale()
+    }
+
+    /// Alive: the main loop has passed within [`STALLED_AFTER`].
+    pub fn alive(&self) -> bool {
+        self.last_tick.is_none_or(|t| t.elapsed() < STALLED_AFTER)
     }
 
     /// Refreshes have failed for longer than `--max-stale`.
@@ -59,6 +76,8 @@ impl Status {
             "not_found",
             "output",
             "vault_unavailable",
+            "protocol",
+            "resource",
             "usage",
             "other",
         ];
@@ -85,6 +104,18 @@ impl Status {
             "gauge",
             "Seconds since the last successful refresh.",
             vec![(String::new(), age)],
+        );
+        family(
+            "kvfetch_restarts_refused_total",
+            "counter",
+            "Supervised exec: restarts refused because the new environment could not be built.",
+            vec![(String::new(), self.restarts_refused.to_string())],
+        );
+        family(
+            "kvfetch_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stderr was not being read.",
+            vec![(String::new(), crate::log::dropped().to_string())],
         );
         family(
             "kvfetch_ready",
@@ -235,11 +266,19 @@ fn read_request_line(conn: &mut TcpStream, until: Instant) -> Option<String> {
 
 fn answer(path: &str, status: &Status) -> (u16, String) {
     match path {
-        "/healthz" => (200, "ok\n".into()),
+        "/healthz" if status.alive() => (200, "ok\n".into()),
+        "/healthz" => (
+            503,
+            "not alive: the main loop has not passed for over 10 s\n".into(),
+        ),
         "/readyz" if status.ready() => (200, "ready\n".into()),
         "/readyz" if !status.first_write_done => {
             (503, "not ready: the first fetch has not completed\n".into())
         }
+        "/readyz" if status.outputs_damaged => (
+            503,
+            "not ready: an output was changed or removed and could not be restored\n".into(),
+        ),
         "/readyz" => (
             503,
             "not ready: refreshes have failed for longer than --max-stale\n".into(),

@@ -166,6 +166,16 @@ pub struct Failure {
     pub permanent: bool,
     /// The failure was TLS verification (the fix is about certificates and proxies).
     pub tls: bool,
+    /// The failure is a local resource limit (file descriptors, memory), not the server's.
+    pub local: bool,
+}
+
+/// Whether an I/O error is this process's or node's limit: out of file descriptors or memory.
+pub fn local_limit(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
 }
 
 impl Failure {
@@ -174,6 +184,7 @@ impl Failure {
             text,
             permanent: false,
             tls: false,
+            local: false,
         }
     }
 }
@@ -220,6 +231,7 @@ pub fn get(
             text: format!("HTTP {status} with an answer that is not UTF-8 text"),
             permanent: true,
             tls: false,
+            local: false,
         })?,
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if success => return Err(classify(&e)),
@@ -239,10 +251,17 @@ fn classify(e: &ureq::Error) -> Failure {
         text,
         permanent: true,
         tls,
+        local: false,
     };
     match e {
         ureq::Error::Timeout(_) => Failure::transient("timed out".into()),
         ureq::Error::HostNotFound => Failure::transient("host not found".into()),
+        ureq::Error::Io(io) if local_limit(io) => Failure {
+            text: format!("{io} (a local limit of this process or node, not the server)"),
+            permanent: true,
+            tls: false,
+            local: true,
+        },
         ureq::Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
             Some(tls) => permanent(format!("TLS: {tls}"), true),
             None => Failure::transient(io.to_string()),

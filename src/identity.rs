@@ -133,6 +133,8 @@ pub struct Token {
     access: String,
     /// Unix seconds at which the token expires.
     pub expires_on: u64,
+    /// `expires_in`, where the answer gave it: the lifetime in seconds.
+    pub lifetime: Option<u64>,
     /// The identity's object id (`oid` claim), for messages.
     pub object_id: Option<String>,
     /// The identity's client id (`appid` claim), for messages.
@@ -163,13 +165,6 @@ impl Token {
     /// Whether this is the same token as `other`.
     pub fn same_as(&self, other: &Token) -> bool {
         self.access == other.access
-    }
-
-    /// Still usable: more than five minutes before `expires_on` (or half the remaining life
-    /// for very short-lived tokens).
-    pub fn fresh(&self, issued: u64) -> bool {
-        let margin = 300.min(self.expires_on.saturating_sub(issued) / 2);
-        now() + margin < self.expires_on
     }
 
     /// "object id X" or "client id Y", for messages.
@@ -250,6 +245,13 @@ impl Identity {
                     return parse_token(&reply.body, &self.describe());
                 }
                 Ok(reply) => self.classify(reply.status, &reply.body, resource)?,
+                Err(e) if e.local => {
+                    return Err(Error::Resource(format!(
+                        "cannot reach the identity endpoint {}: {}; raise the limit (ulimit -n, the container's memory)",
+                        self.source.endpoint(),
+                        e.text
+                    )));
+                }
                 Err(e) if e.permanent => {
                     return Err(Error::NoToken(format!(
                         "the identity endpoint {} sent an unusable answer for {} ({}); kvfetch does not retry this: check what answers at that address",
@@ -361,18 +363,17 @@ pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
             .and_then(Value::as_str)
             .map(String::from)
     };
+    let lifetime = v.get("expires_in").and_then(number);
     let expires_on = v
         .get("expires_on")
         .and_then(number_or_date)
-        .or_else(|| {
-            let lifetime = v.get("expires_in").and_then(number)?;
-            now().checked_add(lifetime)
-        })
+        .or_else(|| now().checked_add(lifetime?))
         .or_else(|| claims.as_ref().and_then(|c| c.get("exp")).and_then(number))
         .ok_or_else(|| bad("no usable expires_on or expires_in"))?;
     Ok(Token {
         access: access.to_string(),
         expires_on,
+        lifetime: lifetime.filter(|l| *l > 0 && *l < 10 * 365 * 86400),
         object_id: claim("oid"),
         client_id: claim("appid").or_else(|| claim("azp")),
     })
@@ -454,10 +455,61 @@ fn jwt_claims(token: &str) -> Option<Value> {
     serde_json::from_slice(&crate::encoding::base64url_decode(payload)?).ok()
 }
 
+/// A cached token and how long it may be used, measured on the monotonic clock from when it
+/// arrived: a wall clock that is off (a skewed VM, a container started with a wrong time) can
+/// neither make a fresh token look expired nor an expired one look fresh.
+#[derive(Clone)]
+struct Cached {
+    token: Arc<Token>,
+    arrived: Instant,
+    /// From `expires_in` where given, else `expires_on` minus the local clock; None when even
+    /// that says it has expired: then it is used until the vault answers 401.
+    valid_for: Option<Duration>,
+}
+
+impl Cached {
+    fn new(token: Token) -> Cached {
+        let now = now();
+        let valid_for = token
+            .lifetime
+            .or_else(|| token.expires_on.checked_sub(now).filter(|s| *s > 0))
+            .map(Duration::from_secs);
+        if token.expires_on <= now {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                log::warn(
+                    "the token's expires_on is already past by this machine's clock; kvfetch times tokens by expires_in, or uses them until Key Vault refuses them: check the clock (NTP)",
+                    &[("expires_on", &token.expires_on.to_string()), ("now", &now.to_string())],
+                );
+            });
+        }
+        Cached {
+            token: Arc::new(token),
+            arrived: Instant::now(),
+            valid_for,
+        }
+    }
+
+    /// Usable without renewal: more than five minutes (or half its life, for short-lived
+    /// tokens) before it ends; a token of unknown life until the vault says 401.
+    fn fresh(&self) -> bool {
+        self.valid_for.is_none_or(|life| {
+            let margin = Duration::from_secs(300).min(life / 2);
+            self.arrived.elapsed() + margin < life
+        })
+    }
+
+    /// Still valid at all.
+    fn valid(&self) -> bool {
+        self.valid_for
+            .is_none_or(|life| self.arrived.elapsed() < life)
+    }
+}
+
 /// The run's tokens, one request per audience, shared by the parallel fetchers.
 pub struct Tokens {
     pub identity: Identity,
-    cache: Mutex<HashMap<String, (Arc<Token>, u64)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Tokens {
@@ -468,24 +520,26 @@ impl Tokens {
         }
     }
 
-    /// A fresh token for `resource`, from the cache when it is still fresh. When renewal fails
-    /// while the cached token is still valid, the cached one keeps working.
+    /// A fresh token for `resource`, from the cache when it is still fresh or arrived during
+    /// this fetch (`deadline` marks one fetch: never more than one token request per fetch and
+    /// audience, whatever the token's times say). When renewal fails while the cached token is
+    /// still valid, the cached one keeps working.
     pub fn get(&self, resource: &str, deadline: &Deadline) -> Result<Arc<Token>, Error> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let cached = cache.get(resource).cloned();
-        if let Some((t, issued)) = &cached
-            && t.fresh(*issued)
+        if let Some(c) = &cached
+            && (c.fresh() || c.arrived >= deadline.started())
         {
-            return Ok(t.clone());
+            return Ok(c.token.clone());
         }
         let token = match (self.identity.request(resource, deadline), cached) {
-            (Ok(t), _) => Arc::new(t),
-            (Err(e), Some((old, _))) if now() < old.expires_on => {
+            (Ok(t), _) => t,
+            (Err(e), Some(old)) if old.valid() => {
                 log::warn(
                     "token renewal failed; the current token is still valid and stays in use",
                     &[("error", &e.to_string())],
                 );
-                return Ok(old);
+                return Ok(old.token);
             }
             (Err(e), _) => return Err(e),
         };
@@ -493,7 +547,9 @@ impl Tokens {
             "got a token",
             &[("resource", resource), ("identity", &token.who())],
         );
-        cache.insert(resource.to_string(), (token.clone(), now()));
+        let entry = Cached::new(token);
+        let token = entry.token.clone();
+        cache.insert(resource.to_string(), entry);
         Ok(token)
     }
 
@@ -505,11 +561,12 @@ impl Tokens {
         deadline: &Deadline,
     ) -> Result<Arc<Token>, Error> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, _)) = cache.get(resource).filter(|(t, _)| !t.same_as(stale)) {
-            return Ok(t.clone());
+        if let Some(c) = cache.get(resource).filter(|c| !c.token.same_as(stale)) {
+            return Ok(c.token.clone());
         }
-        let token = Arc::new(self.identity.request(resource, deadline)?);
-        cache.insert(resource.to_string(), (token.clone(), now()));
+        let entry = Cached::new(self.identity.request(resource, deadline)?);
+        let token = entry.token.clone();
+        cache.insert(resource.to_string(), entry);
         Ok(token)
     }
 }

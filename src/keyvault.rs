@@ -295,6 +295,12 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 /// A failure retrying cannot fix, as an error that names the fix.
 fn protocol_error(spec: &SecretSpec, e: &http::Failure) -> Error {
     let what = format!("secret {} in vault {}", spec.reference(), spec.vault.url);
+    if e.local {
+        return Error::Resource(format!(
+            "{what}: cannot connect: {}; raise the limit (ulimit -n, the container's memory) or lower --concurrency",
+            e.text
+        ));
+    }
     if e.tls {
         return Error::Protocol(format!(
             "{what}: the vault's TLS certificate was refused ({}); kvfetch does not retry this: check that --vault names the vault itself, the clock is right, and, behind a TLS-inspecting proxy or with a private CA, pass its root with --ca-file",

@@ -34,7 +34,11 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
     harden();
     let opts = match cli::parse(args, env) {
         Ok(o) => o,
-        Err(e) => return fail(&e),
+        Err(e) => {
+            let code = fail(&e);
+            log::flush();
+            return code;
+        }
     };
     log::init(opts.log);
     let result = match opts.command {
@@ -46,14 +50,22 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
             println!("kvfetch {}", env!("CARGO_PKG_VERSION"));
             Ok(exit::OK)
         }
-        cli::Command::Fetch => fetch::run(&opts, env).map(|()| exit::OK),
-        cli::Command::Watch => watch::run(&opts, env).map(|()| exit::OK),
-        cli::Command::Exec(ref argv) => exec::run(&opts, env, argv),
+        cli::Command::Fetch => early(|| fetch::run(&opts, env).map(|()| exit::OK)),
+        cli::Command::Watch => early(|| watch::run(&opts, env).map(|()| exit::OK)),
+        cli::Command::Exec(ref argv) => early(|| exec::run(&opts, env, argv)),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => fail(&e),
-    }
+    };
+    log::flush();
+    code
+}
+
+/// Run a mode with the early signal handler in place (see [`signals`]).
+fn early(mode: impl FnOnce() -> Result<u8, Error>) -> Result<u8, Error> {
+    signals::install_early()?;
+    mode()
 }
 
 /// Make the process non-dumpable before any secret or token is in memory: no core dump holds

@@ -5,10 +5,18 @@
 //! able to forge a log line, so text lines escape every control character (line breaks, ESC,
 //! C1 controls, Unicode line separators) in the message and in every field; JSON escapes them
 //! by construction.
+//!
+//! Logging never blocks the caller: lines go through a bounded queue to a writer thread, and a
+//! line that finds the queue full (stderr not being read: a stalled pipe, a full FIFO) is dropped
+//! and counted (`kvfetch_log_lines_dropped_total`), so a stalled reader can never hold up a
+//! refresh or a shutdown. [`flush`] waits (boundedly) for the queue before the process exits or
+//! `execve`s.
 
 use std::io::Write;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +66,77 @@ pub fn debug(msg: &str, fields: &[(&str, &str)]) {
     emit(2, "debug", msg, fields);
 }
 
+/// Lines the queue holds before new ones are dropped.
+const QUEUE: usize = 1024;
+/// How long [`flush`] waits for a stalled stderr.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+static WRITER: OnceLock<Option<SyncSender<String>>> = OnceLock::new();
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped because stderr was not being read.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::SeqCst)
+}
+
+/// The writer thread's queue (started on first use); None where no thread can be had, and then
+/// lines are written directly.
+fn writer() -> Option<&'static SyncSender<String>> {
+    WRITER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+            let spawned = std::thread::Builder::new()
+                .name("log".into())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut reported = 0;
+                    for line in rx {
+                        let dropped = dropped();
+                        if dropped > reported {
+                            let note = format!(
+                                "kvfetch: warn: {} log lines dropped: stderr was not being read\n",
+                                dropped - reported
+                            );
+                            let _ = std::io::stderr().lock().write_all(note.as_bytes());
+                            reported = dropped;
+                        }
+                        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+                        QUEUED.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            spawned.ok().map(|_| tx)
+        })
+        .as_ref()
+}
+
+fn write_line(line: String) {
+    let Some(tx) = writer() else {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        return;
+    };
+    QUEUED.fetch_add(1, Ordering::SeqCst);
+    match tx.try_send(line) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            QUEUED.fetch_sub(1, Ordering::SeqCst);
+            DROPPED.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(TrySendError::Disconnected(line)) => {
+            QUEUED.fetch_sub(1, Ordering::SeqCst);
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Wait until every queued line is written, for at most two seconds.
+pub fn flush() {
+    let until = Instant::now() + FLUSH_WAIT;
+    while QUEUED.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn emit(min_level: u8, level: &str, msg: &str, fields: &[(&str, &str)]) {
     let l = logger();
     if l.level < min_level {
@@ -75,7 +154,7 @@ fn emit(min_level: u8, level: &str, msg: &str, fields: &[(&str, &str)]) {
         Format::Text => text_line(level, msg, fields),
         Format::Json => json_line(level, msg, fields),
     };
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    write_line(line);
 }
 
 fn text_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, write_outputs};
+use crate::fetch::{Session, sync_outputs, write_outputs};
 use crate::health::Status;
 use crate::keyvault::Fetched;
 use crate::log;
@@ -132,11 +132,13 @@ impl Refresher {
         self.opts.refresh.unwrap_or(Duration::from_secs(300))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+    /// The shared status (for `/metrics` and the health endpoints).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Compare with the last good values and write what changed.
+    /// Compare with the last good values; make the outputs on disk match, which rewrites what
+    /// changed and restores what someone else changed or removed.
     fn apply(&mut self, values: Vec<Fetched>) -> Result<Outcome, Error> {
         let specs = &self.session.plan.specs;
         {
@@ -148,7 +150,7 @@ impl Refresher {
             }
         }
         let Some(old) = &self.current else {
-            write_outputs(&self.opts, &self.session.plan, &values, None)?;
+            write_outputs(&self.opts, &self.session.plan, &values)?;
             self.current = Some(values);
             return Ok(Outcome::First);
         };
@@ -157,11 +159,19 @@ impl Refresher {
             .zip(&values)
             .map(|(a, b)| a.version != b.version || a.value != b.value)
             .collect();
+        let written = match sync_outputs(&self.opts, &self.session.plan, &values) {
+            Ok(w) => w,
+            Err(e) => {
+                self.lock().outputs_damaged = true;
+                return Err(e);
+            }
+        };
+        self.lock().outputs_damaged = false;
+        self.log_restored(&written, &changed);
         if !changed.contains(&true) {
             self.current = Some(values);
             return Ok(Outcome::Unchanged);
         }
-        write_outputs(&self.opts, &self.session.plan, &values, Some(&changed))?;
         let mut names = BTreeSet::new();
         for (i, spec) in specs.iter().enumerate().filter(|(i, _)| changed[*i]) {
             log::info(
@@ -178,6 +188,27 @@ impl Refresher {
         }
         self.current = Some(values);
         Ok(Outcome::Changed(names.into_iter().collect()))
+    }
+
+    /// Log each written output that no secret change explains: it was restored.
+    fn log_restored(&self, written: &[std::path::PathBuf], changed: &[bool]) {
+        let specs = &self.session.plan.specs;
+        let explained = |p: &std::path::Path| {
+            let env_changed = changed.contains(&true) && self.opts.env_file.as_deref() == Some(p);
+            let file_changed = self.opts.dir.as_ref().is_some_and(|d| {
+                specs
+                    .iter()
+                    .zip(changed)
+                    .any(|(s, c)| *c && d.join(s.file_name()) == p)
+            });
+            env_changed || file_changed
+        };
+        for p in written.iter().filter(|p| !explained(p)) {
+            log::warn(
+                "an output was changed or removed by someone else; restored it",
+                &[("path", &p.display().to_string())],
+            );
+        }
     }
 
     /// A failed refresh: log, count, back off (capped at `--refresh`), check `--max-stale`.

@@ -72,6 +72,11 @@ impl Deadline {
         }
     }
 
+    /// When this deadline's run (one fetch) started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The instant itself.
     pub fn at(&self) -> Instant {
         self.started + Duration::from_nanos(self.end.load(Ordering::SeqCst))

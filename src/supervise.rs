@@ -1,11 +1,23 @@
-//! Supervised `exec` (`--refresh`): kvfetch stays the parent. It is safe as PID 1 (it reaps every
-//! orphan: it is a child subreaper), forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2
-//! and SIGWINCH to the child, exits with the child's status (128+N when killed by signal N), and
+//! Supervised `exec` (`--refresh`): kvfetch stays the parent, as tini or dumb-init would, and
 //! refreshes like `watch`, restarting or signalling the child when a secret changes.
 //!
-//! The child runs in its own process group and, when kvfetch holds the terminal, gets the
-//! terminal: a Ctrl-C then reaches the child once, from the terminal, and not again through
-//! kvfetch.
+//! What it guarantees:
+//! - Safe as PID 1: it is a child subreaper and reaps every orphan.
+//! - The child runs in its own process group; stop, restart and forwarded signals go to the
+//!   whole group, so `sh -c 'app; …'` cannot leave `app` behind with an old secret.
+//! - Shutdown wins: after SIGTERM/SIGINT no child is ever started again (a restart in progress
+//!   becomes the shutdown), and kvfetch exits within `--grace` (plus the reaping) with the
+//!   child's status; SIGKILL goes once, to the group, when `--grace` runs out.
+//! - A new environment is built and checked before the running child is touched: if it cannot
+//!   be (a NUL, over the kernel's size limits), the child keeps running with the old secrets,
+//!   the refusal is logged and counted, and the next refresh tries again.
+//! - Every child starts with default signal dispositions and an empty signal mask, and gets
+//!   SIGTERM should kvfetch die (`PR_SET_PDEATHSIG`).
+//! - When kvfetch ends, no process of any generation survives it: its group and every orphan
+//!   left with kvfetch get SIGTERM, then SIGKILL after `--grace`.
+//!
+//! The child gets the terminal when kvfetch holds it: a Ctrl-C then reaches the child once,
+//! from the terminal, and not again through kvfetch.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -15,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{OnChange, Options};
 use crate::error::Error;
-use crate::exec::{child_env, exec_error};
+use crate::exec::{check_exec_size, child_env, exec_error};
 use crate::fetch::Session;
+use crate::health::HEARTBEAT;
 use crate::keyvault::Fetched;
 use crate::refresh::{Event, Outcome, Refresher};
-use crate::{log, signals};
+use crate::{health, log, signals};
 
 const FORWARDED: [i32; 7] = [
     libc::SIGTERM,
@@ -34,20 +47,37 @@ const FORWARDED: [i32; 7] = [
 /// Restarts for changed secrets are at least this far apart (changes in between are coalesced).
 pub const RESTART_MIN_GAP: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+type Env = Vec<(OsString, OsString)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
     Running,
-    /// SIGTERM sent for a restart; SIGKILL at this instant if it is still alive.
-    Restarting(Instant),
+    /// The old generation got SIGTERM for a restart; the new one starts with `env` once the old
+    /// group is gone.
+    Restarting {
+        kill_at: Instant,
+        killed: bool,
+        /// The old child's status, once it has exited.
+        leader: Option<u8>,
+        env: Env,
+    },
+    /// Shutting down: nothing starts again; kvfetch ends with the leader's status once the
+    /// group is gone.
+    Stopping {
+        kill_at: Instant,
+        killed: bool,
+        status: Option<u8>,
+    },
 }
 
 struct Supervisor<'a> {
     opts: &'a Options,
     program: PathBuf,
     argv: &'a [String],
-    base_env: Vec<(OsString, OsString)>,
+    base_env: Env,
+    /// The current child, which is also its process group's id.
     pid: i32,
-    state: State,
+    phase: Phase,
     restart_pending: bool,
     last_restart: Option<Instant>,
     /// kvfetch started in the terminal's foreground: every child (restarts too) gets the terminal.
@@ -59,7 +89,7 @@ pub fn run(
     opts: &Options,
     session: Session,
     values: Vec<Fetched>,
-    base_env: Vec<(OsString, OsString)>,
+    base_env: Env,
     program: PathBuf,
     argv: &[String],
 ) -> Result<u8, Error> {
@@ -71,52 +101,73 @@ pub fn run(
     signals::forward(&caught, tx.clone(), Event::Signal)?;
     let mut refresher = Refresher::new(session, opts, tx);
     refresher.seed(values);
+    if let Some(addr) = &opts.health_listen {
+        health::serve(addr, refresher.status.clone())?;
+    }
     let mut sup = Supervisor {
         opts,
         program,
         argv,
         base_env,
         pid: 0,
-        state: State::Running,
+        phase: Phase::Running,
         restart_pending: false,
         last_restart: None,
         tty: holds_terminal(),
     };
-    sup.pid = sup.spawn(&refresher)?;
+    let env = sup.env_for(&refresher)?;
+    sup.pid = sup.spawn(env)?;
     loop {
-        match rx.recv_timeout(refresher.wait().min(sup.timer())) {
-            Err(RecvTimeoutError::Timeout) => {
-                if refresher.wait().is_zero() {
-                    refresher.start();
-                }
-                sup.tick();
-            }
+        refresher.lock().last_tick = Some(Instant::now());
+        let wait = refresher.wait().min(sup.timer()).min(HEARTBEAT);
+        let event = match rx.recv_timeout(wait) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => {
                 return Err(Error::Other("the event channel closed".into()));
             }
-            Ok(Event::Signal(libc::SIGCHLD)) => {
-                if let Some(code) = sup.reap(&refresher)? {
-                    return Ok(code);
+        };
+        let done = match event {
+            None => {
+                let stopping = matches!(sup.phase, Phase::Stopping { .. });
+                if refresher.wait().is_zero() && !stopping {
+                    refresher.start();
                 }
+                sup.tick(&refresher)?
             }
-            Ok(Event::Signal(sig)) => sup.send(sig),
-            Ok(Event::Fetched(result)) => match refresher.handle(result) {
-                Ok(Outcome::Changed(names)) => sup.changed(&names),
-                Ok(_) => {}
+            Some(Event::Signal(libc::SIGCHLD)) => sup.reaped()?,
+            Some(Event::Signal(sig @ (libc::SIGTERM | libc::SIGINT))) => sup.shutdown(sig),
+            Some(Event::Signal(sig)) => {
+                sup.send(sig);
+                None
+            }
+            Some(Event::Fetched(result)) => match refresher.handle(result) {
+                Ok(Outcome::Changed(names)) => sup.changed(&names, &refresher)?,
+                Ok(_) => sup.retry_blocked(&refresher)?,
                 Err(e) => {
-                    sup.stop();
+                    sup.finish();
                     return Err(e);
                 }
             },
+        };
+        if let Some(code) = done {
+            sup.finish();
+            return Ok(code);
         }
     }
 }
 
 impl Supervisor<'_> {
-    /// Start the child with the current secrets in its environment.
-    fn spawn(&mut self, refresher: &Refresher) -> Result<i32, Error> {
+    /// The child's environment from the current secrets, checked against what `execve` takes.
+    fn env_for(&self, refresher: &Refresher) -> Result<Env, Error> {
         let values = refresher.current.as_deref().unwrap_or_default();
         let env = child_env(&self.base_env, &refresher.session().plan.specs, values)?;
+        check_exec_size(self.argv, &env)?;
+        Ok(env)
+    }
+
+    /// Start a child with `env` in its own process group.
+    fn spawn(&mut self, env: Env) -> Result<i32, Error> {
         let mut command = std::process::Command::new(&self.program);
         command
             .arg0(&self.argv[0])
@@ -124,10 +175,11 @@ impl Supervisor<'_> {
             .env_clear()
             .envs(env)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe. Should kvfetch die (even by SIGKILL), the child
-        // gets SIGTERM instead of running on unsupervised.
+        // SAFETY: only async-signal-safe calls between fork and exec. Should kvfetch die (even
+        // by SIGKILL), the child gets SIGTERM instead of running on unsupervised.
         unsafe {
             command.pre_exec(|| {
+                signals::reset_in_child();
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
                 Ok(())
             });
@@ -147,101 +199,256 @@ impl Supervisor<'_> {
         Ok(pid)
     }
 
+    /// Send `sig` to the child's whole process group.
     fn send(&self, sig: i32) {
-        // SAFETY: kill with a child pid and a signal number.
-        unsafe { libc::kill(self.pid, sig) };
+        if self.pid > 0 {
+            // SAFETY: kill with a process group id and a signal number.
+            unsafe { libc::kill(-self.pid, sig) };
+        }
     }
 
     /// How long until a timer of ours (SIGKILL after --grace, a held-back restart) is due.
     fn timer(&self) -> Duration {
         let now = Instant::now();
-        match (self.state, self.restart_pending, self.last_restart) {
-            (State::Restarting(kill_at), _, _) => kill_at.saturating_duration_since(now),
-            (State::Running, true, Some(t)) => (t + RESTART_MIN_GAP).saturating_duration_since(now),
+        match (&self.phase, self.restart_pending, self.last_restart) {
+            (
+                Phase::Restarting {
+                    kill_at,
+                    killed: false,
+                    ..
+                }
+                | Phase::Stopping {
+                    kill_at,
+                    killed: false,
+                    ..
+                },
+                _,
+                _,
+            ) => kill_at.saturating_duration_since(now),
+            (Phase::Running, true, Some(t)) => (t + RESTART_MIN_GAP).saturating_duration_since(now),
             _ => Duration::from_secs(3600),
         }
     }
 
-    fn tick(&mut self) {
-        if let State::Restarting(kill_at) = self.state
-            && Instant::now() >= kill_at
-        {
-            log::warn(
-                "child ignored SIGTERM for --grace; sending SIGKILL",
-                &[("pid", &self.pid.to_string())],
-            );
-            self.send(libc::SIGKILL);
+    /// SIGTERM/SIGINT: pass it to the group and stop; nothing is started again.
+    fn shutdown(&mut self, sig: i32) -> Option<u8> {
+        log::info("stopping", &[("signal", &sig.to_string())]);
+        self.send(sig);
+        if let Phase::Stopping { .. } = self.phase {
+            return None;
         }
-        self.maybe_restart();
+        // A restart whose old child already exited: the shutdown ends with its status.
+        let status = match &self.phase {
+            Phase::Restarting { leader, .. } => *leader,
+            _ => None,
+        };
+        self.restart_pending = false;
+        self.phase = Phase::Stopping {
+            kill_at: Instant::now() + self.opts.grace,
+            killed: false,
+            status,
+        };
+        self.progress()
     }
 
-    fn changed(&mut self, names: &[String]) {
-        match self.opts.on_change {
-            OnChange::Restart => {
-                self.restart_pending = true;
-                self.maybe_restart();
+    /// Timers: SIGKILL once when --grace runs out; a held-back restart.
+    fn tick(&mut self, refresher: &Refresher) -> Result<Option<u8>, Error> {
+        match &mut self.phase {
+            Phase::Restarting {
+                kill_at, killed, ..
             }
-            OnChange::Signal(sig) => {
+            | Phase::Stopping {
+                kill_at, killed, ..
+            } if !*killed && Instant::now() >= *kill_at => {
+                *killed = true;
+                log::warn(
+                    "the child's process group outlived --grace after SIGTERM; sending SIGKILL",
+                    &[("pgid", &self.pid.to_string())],
+                );
+                self.send(libc::SIGKILL);
+            }
+            _ => {}
+        }
+        self.maybe_restart(refresher)?;
+        Ok(self.progress())
+    }
+
+    fn changed(&mut self, names: &[String], refresher: &Refresher) -> Result<Option<u8>, Error> {
+        match self.opts.on_change {
+            OnChange::Restart if self.phase == Phase::Running => {
+                self.restart_pending = true;
+                self.maybe_restart(refresher)?;
+            }
+            OnChange::Signal(sig) if self.phase == Phase::Running => {
                 log::info(
                     "secrets changed; signalling the child",
                     &[("changed", &names.join(",")), ("signal", &sig.to_string())],
                 );
                 self.send(sig);
             }
-            OnChange::Nothing => {}
+            _ => {}
         }
+        Ok(self.progress())
     }
 
-    fn maybe_restart(&mut self) {
+    /// After a refresh: a restart refused for its environment is tried again.
+    fn retry_blocked(&mut self, refresher: &Refresher) -> Result<Option<u8>, Error> {
+        if self.restart_pending {
+            self.maybe_restart(refresher)?;
+        }
+        Ok(self.progress())
+    }
+
+    /// Start a pending restart if it is due: build the new environment first, and only if it
+    /// can be used, stop the old generation.
+    fn maybe_restart(&mut self, refresher: &Refresher) -> Result<(), Error> {
         let spaced = self
             .last_restart
             .is_none_or(|t| t.elapsed() >= RESTART_MIN_GAP);
-        if self.state == State::Running && self.restart_pending && spaced {
-            log::info(
-                "secrets changed; restarting the child",
-                &[("pid", &self.pid.to_string())],
-            );
-            self.restart_pending = false;
-            self.last_restart = Some(Instant::now());
-            self.state = State::Restarting(Instant::now() + self.opts.grace);
-            self.send(libc::SIGTERM);
+        if self.phase != Phase::Running || !self.restart_pending || !spaced {
+            return Ok(());
         }
+        let env = match self.env_for(refresher) {
+            Ok(env) => env,
+            Err(e) => {
+                refresher.lock().restarts_refused += 1;
+                log::error(
+                    &format!(
+                        "secrets changed but the child cannot be started with them, so the running child keeps the old ones; retrying after the next refresh: {e}"
+                    ),
+                    &[("kind", e.kind())],
+                );
+                return Ok(()); // restart_pending stays: retried after the next refresh
+            }
+        };
+        log::info(
+            "secrets changed; restarting the child",
+            &[("pid", &self.pid.to_string())],
+        );
+        self.restart_pending = false;
+        self.last_restart = Some(Instant::now());
+        self.phase = Phase::Restarting {
+            kill_at: Instant::now() + self.opts.grace,
+            killed: false,
+            leader: None,
+            env,
+        };
+        self.send(libc::SIGTERM);
+        Ok(())
     }
 
-    /// Reap every exited child (orphans included). `Some(code)` when the supervised child ended
-    /// by itself: kvfetch ends with its status.
-    fn reap(&mut self, refresher: &Refresher) -> Result<Option<u8>, Error> {
+    /// Reap every exited child (orphans included) and see what that means.
+    fn reaped(&mut self) -> Result<Option<u8>, Error> {
         for (pid, status) in reap_all() {
             if pid != self.pid {
                 continue;
             }
-            if let State::Restarting(_) = self.state {
-                self.state = State::Running;
-                self.pid = self.spawn(refresher)?;
-                continue;
-            }
             let code = exit_code(status);
-            log::info(
-                "child exited",
-                &[("pid", &pid.to_string()), ("exit_code", &code.to_string())],
-            );
-            return Ok(Some(code));
+            match &mut self.phase {
+                Phase::Running => {
+                    log::info(
+                        "child exited",
+                        &[("pid", &pid.to_string()), ("exit_code", &code.to_string())],
+                    );
+                    return Ok(Some(code));
+                }
+                Phase::Restarting { leader, .. } => *leader = Some(code),
+                Phase::Stopping { status, .. } => *status = Some(code),
+            }
         }
-        Ok(None)
+        self.next_generation()?;
+        Ok(self.progress())
     }
 
-    /// Before kvfetch itself exits (--max-stale): SIGTERM, --grace, SIGKILL.
-    fn stop(&mut self) {
+    /// A restart whose old group is gone starts the new generation.
+    fn next_generation(&mut self) -> Result<(), Error> {
+        let Phase::Restarting {
+            leader: Some(_),
+            env,
+            ..
+        } = &self.phase
+        else {
+            return Ok(());
+        };
+        if !group_gone(self.pid) {
+            return Ok(());
+        }
+        let env = env.clone();
+        self.phase = Phase::Running;
+        self.pid = self.spawn(env)?;
+        Ok(())
+    }
+
+    /// Whether a shutdown is complete: the leader's status once its group is gone.
+    fn progress(&mut self) -> Option<u8> {
+        if let Phase::Restarting { .. } = self.phase {
+            let _ = self.next_generation();
+        }
+        match self.phase {
+            Phase::Stopping {
+                status: Some(code), ..
+            } if group_gone(self.pid) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Before kvfetch exits: the child's group and every orphan left with kvfetch get SIGTERM,
+    /// then SIGKILL once --grace runs out; all are reaped.
+    fn finish(&mut self) {
         self.send(libc::SIGTERM);
+        let orphans = children();
+        for pid in &orphans {
+            // SAFETY: kill with a child's pid.
+            unsafe { libc::kill(*pid, libc::SIGTERM) };
+        }
         let until = Instant::now() + self.opts.grace;
-        while Instant::now() < until {
-            if reap_all().iter().any(|(pid, _)| *pid == self.pid) {
+        loop {
+            reap_all();
+            let left = children();
+            if left.is_empty() && group_gone(self.pid) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() >= until {
+                self.send(libc::SIGKILL);
+                for pid in left {
+                    // SAFETY: kill with a child's pid.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                reap_all();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        self.send(libc::SIGKILL);
     }
+}
+
+/// Whether no process is left in process group `pgid` (zombies not yet reaped count as left).
+fn group_gone(pgid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence.
+    pgid <= 0
+        || (unsafe { libc::kill(-pgid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
+}
+
+/// The live children of kvfetch (orphans re-parented to it included), from /proc.
+fn children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command's closing parenthesis: state, ppid, …
+            let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+            let mut fields = after.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            fields.next() == Some(me.as_str()) && state != "Z"
+        })
+        .collect()
 }
 
 /// Wait for every exited child without blocking.
@@ -277,7 +484,8 @@ fn holds_terminal() -> bool {
 
 /// Hand the terminal to the child's process group, so terminal signals (Ctrl-C, window size)
 /// reach the child directly and only once. kvfetch ignores SIGTTOU, as it is now in the
-/// background and may hand the terminal on again to a restarted child.
+/// background and may hand the terminal on again to a restarted child (children get their
+/// dispositions reset before `execve`).
 fn give_terminal(pid: i32) {
     // SAFETY: signal/tcsetpgrp with plain integer arguments.
     unsafe {

@@ -21,7 +21,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     remove_ready_file(opts);
     let (tx, rx) = mpsc::channel();
     signals::forward(
-        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP],
+        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT],
         tx.clone(),
         Event::Signal,
     )?;
@@ -32,10 +32,14 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     let notifier = Notifier::new(opts.notify_url.clone());
     refresher.start();
     loop {
-        let event = match rx.recv_timeout(refresher.wait()) {
+        // The loop passes at least every heartbeat, so /healthz can tell a stalled loop.
+        refresher.lock().last_tick = Some(std::time::Instant::now());
+        let event = match rx.recv_timeout(refresher.wait().min(health::HEARTBEAT)) {
             Ok(event) => event,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                refresher.start();
+                if refresher.wait().is_zero() {
+                    refresher.start();
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {

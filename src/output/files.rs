@@ -224,6 +224,8 @@ fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
 /// Write every `(target, bytes)` pair, or none: check every target, stage all, then move them
 /// into place; if a move fails, undo the earlier ones. No temp file is left either way.
 pub fn write_all(items: &[(PathBuf, Vec<u8>)], opts: FileOptions) -> Result<(), Error> {
+    // A signal arriving now waits for the commit (or roll-back) to finish.
+    let _writing = crate::signals::writing();
     for (target, _) in items {
         check_target(target)?;
     }
@@ -392,6 +394,21 @@ pub fn same_path(a: &Path, b: &Path) -> bool {
 
 /// The capability bit that allows `chown` to anyone (linux/capability.h).
 const CAP_CHOWN: u32 = 0;
+
+/// Whether the file at `path` is not exactly `bytes` with the mode (and owner) of `opts`: missing,
+/// not a regular file, another mode or owner, or other bytes.
+pub fn differs(path: &Path, bytes: &[u8], opts: FileOptions) -> bool {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return true;
+    };
+    let owner_differs = opts.owner.is_some_and(|(uid, gid)| {
+        meta.uid() != uid || gid.is_some_and(|g| meta.gid() != g)
+    });
+    if !meta.is_file() || meta.mode() & 0o7777 != opts.mode || owner_differs {
+        return true;
+    }
+    meta.len() != bytes.len() as u64 || fs::read(path).map_or(true, |on_disk| on_disk != bytes)
+}
 
 /// The effective uid.
 pub fn euid() -> u32 {
