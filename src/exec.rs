@@ -104,7 +104,10 @@ const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// Check that `argv` and `env` fit what `execve` accepts, so a value that cannot be passed is
 /// refused with its name before anything is stopped or started.
 pub fn check_exec_size(argv: &[String], env: &[(OsString, OsString)]) -> Result<(), Error> {
-    if let Some((k, v)) = env.iter().find(|(k, v)| k.len() + v.len() + 2 > MAX_ARG_STRLEN) {
+    if let Some((k, v)) = env
+        .iter()
+        .find(|(k, v)| k.len() + v.len() + 2 > MAX_ARG_STRLEN)
+    {
         return Err(Error::Resource(format!(
             "the variable {} is {} bytes, more than the kernel passes to a program (128 KiB); put it in a file with --dir",
             k.to_string_lossy(),
@@ -115,7 +118,10 @@ pub fn check_exec_size(argv: &[String], env: &[(OsString, OsString)]) -> Result<
     let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
     let arg_max = usize::try_from(arg_max).unwrap_or(128 * 1024);
     let strings: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>()
-        + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
     let pointers = (argv.len() + env.len() + 2) * std::mem::size_of::<usize>();
     if strings + pointers > arg_max {
         return Err(Error::Resource(format!(

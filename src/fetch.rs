@@ -428,7 +428,11 @@ pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<
 /// Make the outputs on disk what `values` say, rewriting only the ones that differ (in bytes,
 /// mode or owner, or missing): a changed secret, or an output someone else changed or removed.
 /// Unchanged outputs keep their inode and mtime. All or nothing; returns the paths written.
-pub fn sync_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<Vec<PathBuf>, Error> {
+pub fn sync_outputs(
+    opts: &Options,
+    plan: &Plan,
+    values: &[Fetched],
+) -> Result<Vec<PathBuf>, Error> {
     let items = output_items(opts, plan, values)?;
     if let Some(dir) = &opts.dir {
         output::files::ensure_dir(dir, plan.files)?;

@@ -119,11 +119,27 @@ pub fn reset_in_child() {
     // SAFETY: signal(2) and sigprocmask(2) are async-signal-safe; SIGKILL/SIGSTOP and numbers
     // the kernel does not know simply fail.
     unsafe {
+        // Raw rt_sigaction: the C library refuses its internal signals (32, 33), which a
+        // parent may still have left ignored. All zeros is SIG_DFL, no flags, an empty mask.
+        let default = [0u64; 4];
         for sig in 1..65 {
-            libc::signal(sig, libc::SIG_DFL);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                std::mem::size_of::<u64>(),
+            );
         }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // The raw system call: the C library's wrapper keeps its own internal signals
+        // (32, 33) as they are, and a child must not start with them blocked either.
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>(),
+        );
     }
 }

@@ -193,21 +193,25 @@ fn issue(
         },
     );
     let lifetime = (exp - iat).to_string();
+    // A skewed service clock shows in the answer's absolute times only; the vault checks the
+    // token's real expiry.
+    let shown = |t: u64| t.saturating_add_signed(world.clock_skew).to_string();
+    let (exp_shown, iat_shown) = (shown(exp), shown(iat));
     let mut body = match flavour {
         Flavour::Imds => json!({
             "access_token": access_token,
             "refresh_token": "",
             "expires_in": lifetime,
-            "expires_on": exp.to_string(),
+            "expires_on": exp_shown,
             "ext_expires_in": lifetime,
-            "not_before": iat.to_string(),
+            "not_before": iat_shown,
             "resource": resource,
             "token_type": "Bearer",
             "client_id": identity.client_id,
         }),
         Flavour::AppService => json!({
             "access_token": access_token,
-            "expires_on": exp.to_string(),
+            "expires_on": exp_shown,
             "resource": resource,
             "token_type": "Bearer",
             "client_id": identity.client_id,

@@ -243,6 +243,12 @@ impl Emulator {
         self.world().token_lifetime = lifetime;
     }
 
+    /// Shift the absolute times (`expires_on`, `not_before`) in token answers by `secs`, as a
+    /// skewed clock between the identity endpoint and kvfetch's host would.
+    pub fn set_clock_skew(&self, secs: i64) {
+        self.world().clock_skew = secs;
+    }
+
     /// Give the host a system-assigned identity, or take it away.
     pub fn set_system_identity(&self, present: bool) {
         self.world().system_identity = present.then(|| Identity::user("system-assigned"));

@@ -152,6 +152,8 @@ pub struct World {
     pub system_identity: Option<Identity>,
     pub user_identities: Vec<Identity>,
     pub token_lifetime: Duration,
+    /// Seconds added to the absolute times in token answers (a service clock that is off).
+    pub clock_skew: i64,
     pub secrets: BTreeMap<String, Secret>,
     pub denied: HashSet<String>,
     pub tokens: HashMap<String, IssuedToken>,

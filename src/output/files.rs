@@ -194,10 +194,13 @@ pub fn stage(target: &Path, bytes: &[u8], opts: FileOptions) -> Result<Staged, E
     let temp = temp_path(dir_of(target));
     if let Err(e) = write_temp(&temp, bytes, opts) {
         let _ = fs::remove_file(&temp);
-        return Err(Error::Output(format!(
-            "cannot write {}: {e}",
-            target.display()
-        )));
+        let msg = format!("cannot write {}: {e}", target.display());
+        if crate::http::local_limit(&e) {
+            return Err(Error::Resource(format!(
+                "{msg}: a limit of this process or node (ulimit -n, memory), not of the output"
+            )));
+        }
+        return Err(Error::Output(msg));
     }
     Ok(Staged {
         temp,
@@ -401,9 +404,9 @@ pub fn differs(path: &Path, bytes: &[u8], opts: FileOptions) -> bool {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return true;
     };
-    let owner_differs = opts.owner.is_some_and(|(uid, gid)| {
-        meta.uid() != uid || gid.is_some_and(|g| meta.gid() != g)
-    });
+    let owner_differs = opts
+        .owner
+        .is_some_and(|(uid, gid)| meta.uid() != uid || gid.is_some_and(|g| meta.gid() != g));
     if !meta.is_file() || meta.mode() & 0o7777 != opts.mode || owner_differs {
         return true;
     }

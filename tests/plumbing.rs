@@ -1,0 +1,581 @@
+//! Processes, signals, limits and clocks around the fetch (issue "Supervisor and process
+//! plumbing"): each test reproduces one defect found on the build before the fixes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use common::*;
+
+fn is_root() -> bool {
+    unsafe { geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is not alive: it only waits to be reaped.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start())
+                .unwrap_or("");
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// Start supervised `kvfetch exec --refresh 100ms ARGS -- sh -c SCRIPT`.
+fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
+    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", script]);
+    Background::start(env, &all)
+}
+
+fn seeded(value: &str) -> Emulator {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", value);
+    emu
+}
+
+// 1. Shutdown wins.
+
+#[test]
+fn sigterm_during_a_restart_stops_everything_and_starts_nothing() {
+    let emu = seeded("Pq1-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    // The child takes 0.5 s to stop, so SIGTERM to kvfetch lands in the middle of the restart.
+    let script = format!(
+        "echo \"up $A\" >> {0}; trap 'echo term >> {0}; sleep 0.5; exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "A=a", "--grace", "3s"],
+        &script,
+    );
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    emu.set_secret("a", "Pq1-second");
+    wait_for("the restart's SIGTERM", ms(5000), || {
+        read(&log).contains("term")
+    });
+    let t = Instant::now();
+    sup.signal(SIGTERM);
+    assert_eq!(sup.exit_within(ms(3500)), Some(0), "the child's status");
+    assert!(t.elapsed() < ms(3000), "{:?}", t.elapsed());
+    std::thread::sleep(ms(300));
+    assert_eq!(
+        read(&log).matches("up").count(),
+        1,
+        "no new child: {}",
+        read(&log)
+    );
+}
+
+#[test]
+fn a_rotation_during_shutdown_starts_nothing() {
+    let emu = seeded("Pq2-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo up >> {0}; trap 'echo term >> {0}; sleep 1; exit 7' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "A=a", "--grace", "3s"],
+        &script,
+    );
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    sup.signal(SIGTERM);
+    wait_for("the child's SIGTERM", ms(3000), || {
+        read(&log).contains("term")
+    });
+    emu.set_secret("a", "Pq2-second");
+    assert_eq!(sup.exit_within(ms(4000)), Some(7));
+    assert_eq!(read(&log).matches("up").count(), 1, "{}", read(&log));
+}
+
+// 2. SIGKILL once.
+
+#[test]
+fn sigkill_goes_once_after_grace() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap '' TERM; echo up >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "a", "--grace", "300ms"],
+        &script,
+    );
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    let t = Instant::now();
+    sup.signal(SIGTERM);
+    assert_eq!(sup.exit_within(ms(3000)), Some(137), "128 + SIGKILL");
+    assert!(
+        t.elapsed() >= ms(250),
+        "SIGKILL only after --grace: {:?}",
+        t.elapsed()
+    );
+    let stderr = sup.stop_and_stderr();
+    assert_eq!(stderr.matches("sending SIGKILL").count(), 1, "{stderr}");
+}
+
+// 3. The whole process group, and nothing left behind.
+
+#[test]
+fn restarts_and_exit_reach_the_whole_group_and_every_orphan() {
+    let emu = seeded("Pq3-first");
+    let s = Scratch::new();
+    let (pids, log) = (s.path("pids"), s.path("log"));
+    // `app` (a background sleep) shares the child's group; `escaped` leaves it with setsid.
+    let script = format!(
+        "sleep 1000 & echo \"app $!\" >> {p}; setsid sleep 1000 & echo \"escaped $!\" >> {p}; echo up >> {l}; wait",
+        p = pids.display(),
+        l = log.display()
+    );
+    let pid_of = |what: &str, nth: usize| -> i32 {
+        read(&pids)
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .nth(nth)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap()
+    };
+    let mut sup = supervised(&env_for(&emu), &["--secret", "a", "--grace", "1s"], &script);
+    wait_for("the first generation", ms(5000), || {
+        read(&log).contains("up")
+    });
+    let first_app = pid_of("app", 0);
+    emu.set_secret("a", "Pq3-second");
+    wait_for("the second generation", ms(8000), || {
+        read(&log).matches("up").count() == 2
+    });
+    assert!(
+        !alive(first_app),
+        "the old generation's app was stopped with its group"
+    );
+    let second_app = pid_of("app", 1);
+    let escaped = [pid_of("escaped", 0), pid_of("escaped", 1)];
+    assert!(alive(second_app));
+    sup.signal(SIGTERM);
+    assert!(sup.exit_within(ms(4000)).is_some());
+    std::thread::sleep(ms(200));
+    assert!(!alive(second_app), "the group ends with kvfetch");
+    for pid in escaped {
+        assert!(
+            !alive(pid),
+            "an orphan left with kvfetch ends with it ({pid})"
+        );
+    }
+}
+
+// 4. A new environment that cannot be built keeps the healthy child.
+
+#[test]
+fn an_unusable_rotation_keeps_the_old_child_and_is_counted() {
+    let emu = seeded("Pq4-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let addr = free_addr();
+    let script = format!(
+        "echo \"up $A\" >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "A=a", "--health-listen", &addr],
+        &script,
+    );
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Pq4-first")
+    });
+    for bad in ["with\0nul".to_string(), "x".repeat(200 * 1024)] {
+        emu.set_secret("a", &bad);
+        wait_for("a refused restart", ms(5000), || {
+            http_get(&addr, "/metrics")
+                .1
+                .lines()
+                .any(|l| l.starts_with("kvfetch_restarts_refused_total ") && !l.ends_with(" 0"))
+        });
+        assert_eq!(read(&log).matches("up").count(), 1, "the old child runs on");
+    }
+    assert_eq!(sup.exit_within(ms(10)), None);
+    emu.set_secret("a", "Pq4-third");
+    wait_for("the restart with a usable value", ms(15000), || {
+        read(&log).contains("up Pq4-third")
+    });
+    let stderr = sup.stop_and_stderr();
+    assert!(stderr.contains("keeps the old ones"), "{stderr}");
+    assert!(
+        !stderr.contains("with\\u{0}nul") && !stderr.contains("xxxxxxxx"),
+        "no value"
+    );
+}
+
+// 5. Signals are handled before the first request, also as PID 1.
+
+/// Run `kvfetch ARGS` as PID 1 of a new PID namespace; returns it and its PID outside.
+fn as_pid_1(env: &HashMap<String, String>, args: &[&str]) -> Option<(Background, i32)> {
+    if !is_root() {
+        eprintln!("SKIPPED: unshare --pid needs root (CI runs as root)");
+        return None;
+    }
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", &bin()])
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let unshare = child.id();
+    let mut bg = Background(child);
+    let mut inner = 0;
+    wait_for("kvfetch as PID 1", ms(5000), || {
+        if bg.exit_within(ms(1)).is_some() {
+            panic!("unshare ended early: {}", bg.stop_and_stderr());
+        }
+        inner = child_of(unshare as i32).unwrap_or(0);
+        inner > 0
+    });
+    Some((bg, inner))
+}
+
+#[test]
+fn sigterm_ends_the_first_fetch_even_as_pid_1() {
+    for mode in [
+        &["fetch", "--dir", "DIR"][..],
+        &["exec", "--", "true"],
+        &["watch", "--dir", "DIR"],
+    ] {
+        let emu = seeded("x");
+        for _ in 0..1000 {
+            emu.push_imds_fault(Fault::Status(503)); // the first fetch keeps waiting
+        }
+        let s = Scratch::new();
+        let dir = s.path("out").display().to_string();
+        let mut args: Vec<&str> = vec![mode[0], "--secret", "a"];
+        args.extend(
+            mode[1..]
+                .iter()
+                .map(|a| if *a == "DIR" { dir.as_str() } else { a }),
+        );
+        let mut env = env_for(&emu);
+        env.insert("KVFETCH_TIMEOUT".into(), "30s".into());
+        env.insert("KVFETCH_BACKOFF_BASE".into(), "100ms".into());
+        let Some((mut kv, inner)) = as_pid_1(&env, &args) else {
+            return;
+        };
+        wait_for("the identity endpoint being retried", ms(5000), || {
+            emu.counters().imds_token_requests >= 2
+        });
+        let t = Instant::now();
+        // SAFETY: kill(2) on a process we started.
+        unsafe { libc_kill(inner, SIGTERM) };
+        let code = kv.exit_within(ms(3000));
+        assert!(code.is_some(), "{mode:?}: SIGTERM to PID 1 was ignored");
+        assert!(t.elapsed() < ms(1500), "{mode:?}: {:?}", t.elapsed());
+        assert!(s.entries("").is_empty(), "{mode:?}: nothing written");
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A child of `parent`, from /proc.
+fn child_of(parent: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+}
+
+// 7. A token whose expires_on is already past.
+
+#[test]
+fn a_token_from_a_skewed_clock_is_requested_once() {
+    let emu = Emulator::start().unwrap();
+    for n in ["a", "b", "c", "d"] {
+        emu.set_secret(n, "v");
+    }
+    emu.set_clock_skew(-2 * 86_400); // the answer's expires_on lies a day in the past
+    let s = Scratch::new();
+    let dir = s.path("out").display().to_string();
+    let r = run(
+        &emu,
+        &[
+            "fetch", "--secret", "a", "--secret", "b", "--secret", "c", "--secret", "d", "--dir",
+            &dir,
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().imds_token_requests, 1);
+    assert_eq!(
+        r.stderr.matches("check the clock").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+
+    emu.reset_counters();
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--secret",
+            "a",
+            "--secret",
+            "b",
+            "--dir",
+            &dir,
+            "--refresh",
+            "50ms",
+        ],
+    );
+    wait_for("many refreshes", ms(8000), || {
+        emu.counters().kv_total_requests >= 30
+    });
+    assert_eq!(emu.counters().imds_token_requests, 1, "timed by expires_in");
+    let stderr = w.stop_and_stderr();
+    assert_eq!(
+        stderr.matches("check the clock").count(),
+        1,
+        "warned once: {stderr}"
+    );
+
+    // Without expires_in (the App Service shape) it is used until the vault says 401.
+    emu.reset_counters();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.identity_endpoint());
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    let mut w = Background::start(
+        &env,
+        &["watch", "--secret", "a", "--dir", &dir, "--refresh", "50ms"],
+    );
+    wait_for("many refreshes", ms(8000), || {
+        emu.counters().kv_total_requests >= 20
+    });
+    assert_eq!(emu.counters().app_service_token_requests, 1);
+    w.stop_and_stderr();
+}
+
+// 8. Children start with default dispositions and an empty mask.
+
+#[test]
+fn children_start_with_default_signal_dispositions() {
+    let emu = seeded("x");
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    for refresh in [&["--refresh", "1h"][..], &[]] {
+        // The parent ignores and blocks signals; kvfetch passes none of that on.
+        let script = format!(
+            "trap '' USR1 TTOU INT; exec \"$KVFETCH_BIN_UNDER_TEST\" exec {} --secret a -- cat /proc/self/status",
+            refresh.join(" ")
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            field("SigIgn:"),
+            "0000000000000000",
+            "{refresh:?}: {status}"
+        );
+        assert_eq!(
+            field("SigBlk:"),
+            "0000000000000000",
+            "{refresh:?}: {status}"
+        );
+    }
+}
+
+// 9. watch keeps what is on disk as it wrote it.
+
+#[test]
+fn watch_restores_outputs_and_readiness_tells() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "Pq9-alpha");
+    emu.set_secret("b", "Pq9-beta");
+    let s = Scratch::new();
+    let (dir, env_file) = (s.path("out"), s.path("app.env"));
+    let addr = free_addr();
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--secret",
+            "a",
+            "--secret",
+            "b",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--refresh",
+            "100ms",
+            "--health-listen",
+            &addr,
+        ],
+    );
+    wait_ready(&addr);
+    let env_text = read(&env_file);
+    std::fs::remove_file(dir.join("a")).unwrap();
+    std::fs::set_permissions(
+        dir.join("b"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(dir.join("b"), "tampered").unwrap();
+    std::fs::write(&env_file, "A=evil\n").unwrap();
+    wait_for("restored files", ms(5000), || {
+        read(&dir.join("a")) == "Pq9-alpha"
+            && read(&dir.join("b")) == "Pq9-beta"
+            && read(&env_file) == env_text
+    });
+    assert_eq!(mode(&dir.join("b")), 0o400);
+    std::fs::remove_dir_all(&dir).unwrap();
+    wait_for("a recreated directory", ms(5000), || {
+        read(&dir.join("a")) == "Pq9-alpha" && read(&dir.join("b")) == "Pq9-beta"
+    });
+    // What cannot be restored shows in /readyz until it can be.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "in the way").unwrap();
+    wait_for("/readyz to fail", ms(5000), || {
+        http_get(&addr, "/readyz").0 == 503
+    });
+    std::fs::remove_file(&dir).unwrap();
+    wait_for("/readyz again", ms(5000), || {
+        http_get(&addr, "/readyz").0 == 200
+    });
+    assert_eq!(read(&dir.join("a")), "Pq9-alpha");
+    let stderr = w.stop_and_stderr();
+    assert!(stderr.contains("restored"), "{stderr}");
+}
+
+// 11. A stalled stderr reader.
+
+#[test]
+fn a_stalled_stderr_never_stops_refreshes_or_shutdown() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let addr = free_addr();
+    let dir = s.path("out").display().to_string();
+    // stderr is a pipe nobody reads: -v logs every refresh until it fills.
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "-v",
+            "--secret",
+            "a",
+            "--dir",
+            &dir,
+            "--refresh",
+            "10ms",
+            "--health-listen",
+            &addr,
+        ],
+    );
+    wait_ready(&addr);
+    wait_for("dropped log lines", ms(20000), || {
+        http_get(&addr, "/metrics")
+            .1
+            .lines()
+            .any(|l| l.starts_with("kvfetch_log_lines_dropped_total ") && !l.ends_with(" 0"))
+    });
+    let before = emu.counters().kv_total_requests;
+    wait_for("refreshes going on", ms(3000), || {
+        emu.counters().kv_total_requests > before + 20
+    });
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let t = Instant::now();
+    w.signal(SIGTERM);
+    assert_eq!(
+        w.exit_within(ms(4000)),
+        Some(0),
+        "SIGTERM is not held up by logging"
+    );
+    assert!(t.elapsed() < ms(3000), "{:?}", t.elapsed());
+}
+
+// 12. Local limits are reported as what they are.
+
+#[test]
+fn out_of_file_descriptors_is_exit_9_not_throttling() {
+    let emu = Emulator::start().unwrap();
+    let names: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        emu.set_secret(n, "v");
+    }
+    emu.set_kv_delay(ms(20));
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_SECRETS".into(), names.join(","));
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    let dir = s.path("out").display().to_string();
+    let mut seen = Vec::new();
+    for limit in 6..20 {
+        let out = Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .args([&bin(), "fetch", "--dir", &dir, "--concurrency", "8"])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            [0, 2, 9].contains(&code),
+            "limit {limit}: exit {code}: {stderr}"
+        );
+        if code == 9 {
+            assert!(stderr.contains("limit"), "{stderr}");
+        }
+        seen.push(code);
+    }
+    assert!(seen.contains(&9), "{seen:?}");
+    assert!(!seen.contains(&7), "never reported as throttling: {seen:?}");
+}
+
+#[test]
+fn an_environment_too_large_for_execve_is_exit_9() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("big", &"y".repeat(200 * 1024));
+    let r = run(&emu, &["exec", "--secret", "big", "--", "true"]);
+    assert_eq!(r.code, 9, "{}", r.stderr);
+    assert!(r.stderr.contains("--dir"), "{}", r.stderr);
+    assert!(!r.stderr.contains("yyyyyyyy"));
+}
