@@ -287,3 +287,24 @@ fn answer(path: &str, status: &Status) -> (u16, String) {
         _ => (404, "not found\n".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_fails_when_the_loop_stalls_and_readyz_when_outputs_are_damaged() {
+        let mut s = Status {
+            first_write_done: true,
+            last_tick: Some(Instant::now()),
+            ..Status::default()
+        };
+        assert_eq!(answer("/healthz", &s).0, 200);
+        assert_eq!(answer("/readyz", &s).0, 200);
+        s.last_tick = Instant::now().checked_sub(STALLED_AFTER + Duration::from_secs(1));
+        assert_eq!(answer("/healthz", &s).0, 503);
+        s.outputs_damaged = true;
+        assert_eq!(answer("/readyz", &s).0, 503);
+        assert!(s.metrics().contains("kvfetch_ready 0\n"));
+    }
+}
