@@ -238,6 +238,7 @@ impl Identity {
         }
         let started = Instant::now();
         let (mut attempt, mut first_410) = (0u32, None);
+        let mut last_410_try = false;
         loop {
             let timeout = deadline.remaining().min(Duration::from_secs(20));
             let problem = match http::get(&self.agent, &url, &headers, timeout) {
@@ -274,6 +275,13 @@ impl Identity {
                 &[("endpoint", &self.source.endpoint()), ("problem", &problem)],
             );
             if !deadline.sleep(delay) {
+                // In a 410 window, one last try at its very end (at or after 70 × base), as
+                // Microsoft asks, before giving up.
+                if first_410.is_some() && !last_410_try {
+                    last_410_try = true;
+                    std::thread::sleep(deadline.remaining());
+                    continue;
+                }
                 return Err(Error::NoToken(format!(
                     "gave up on the identity endpoint {} after {} ({attempt} attempts; last: {problem}) asking for {}; \
                      check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly",

@@ -319,10 +319,10 @@ fn random_command_lines_never_panic_hang_or_leak() {
     });
     let codes = codes.into_inner().unwrap();
     eprintln!("fuzz: exit codes seen: {codes:?}");
-    for c in ["0", "2", "5", "6"] {
-        assert!(
-            codes.get(c).is_some_and(|n| *n > 0) || cases < 200,
-            "no case exited {c}: {codes:?}"
-        );
-    }
+    // The generator reaches past parsing: many cases run a real fetch to the end.
+    let ok = codes.get("0").copied().unwrap_or(0);
+    assert!(
+        ok * 10 >= cases,
+        "only {ok} of {cases} cases succeeded: {codes:?}"
+    );
 }

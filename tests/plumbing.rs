@@ -490,17 +490,21 @@ fn watch_restores_outputs_and_readiness_tells() {
 #[test]
 fn a_stalled_stderr_never_stops_refreshes_or_shutdown() {
     let emu = seeded("x");
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    for n in &names {
+        emu.set_secret(n, "v");
+    }
     let s = Scratch::new();
     let addr = free_addr();
     let dir = s.path("out").display().to_string();
-    // stderr is a pipe nobody reads: -v logs every refresh until it fills.
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_SECRETS".into(), names.join(","));
+    // stderr is a pipe nobody reads: -v logs every secret of every refresh until it fills.
     let mut w = Background::start(
-        &env_for(&emu),
+        &env,
         &[
             "watch",
             "-v",
-            "--secret",
-            "a",
             "--dir",
             &dir,
             "--refresh",
@@ -510,7 +514,7 @@ fn a_stalled_stderr_never_stops_refreshes_or_shutdown() {
         ],
     );
     wait_ready(&addr);
-    wait_for("dropped log lines", ms(20000), || {
+    wait_for("dropped log lines", ms(40000), || {
         http_get(&addr, "/metrics")
             .1
             .lines()

@@ -1,0 +1,389 @@
+//! The tests an audit of the suite found missing (issue "Tests that fail when the code is
+//! wrong"): each pins down a rule a plausible bug would break while every other test passed.
+//! (Host rules are in `trust.rs`, SIGKILL after --grace in `plumbing.rs`.)
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use common::*;
+
+fn seeded() -> Emulator {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "Au1-alpha");
+    emu.set_secret("b", "Au2-beta");
+    emu
+}
+
+fn out(s: &Scratch) -> String {
+    s.path("out").display().to_string()
+}
+
+#[test]
+fn an_endless_410_ends_no_earlier_than_70_times_the_base_and_not_much_later() {
+    let emu = seeded();
+    for _ in 0..10_000 {
+        emu.push_imds_fault(Fault::Status(410));
+    }
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "20ms".into()); // 70 x 20 ms = 1.4 s
+    env.insert("KVFETCH_TIMEOUT".into(), "100ms".into());
+    let t = Instant::now();
+    let r = run_with(&env, &["fetch", "--secret", "a", "--dir", &out(&s)]);
+    let took = t.elapsed();
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(took >= ms(1400), "gave up after {took:?}, before 70 x base");
+    assert!(took < ms(3000), "kept going for {took:?}");
+    assert!(r.stderr.contains("410"), "{}", r.stderr);
+}
+
+#[test]
+fn a_408_is_retried_on_both_endpoints() {
+    let emu = seeded();
+    emu.push_imds_fault(Fault::Status(408));
+    emu.push_kv_fault(Fault::Status(408));
+    let s = Scratch::new();
+    let r = run(&emu, &["fetch", "--secret", "a", "--dir", &out(&s)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = emu.counters();
+    assert_eq!((c.imds_token_requests, c.kv_total_requests), (2, 2));
+    assert_eq!(read(&s.path("out/a")), "Au1-alpha");
+}
+
+#[test]
+fn a_403_that_is_not_about_roles_is_exit_4_after_one_request() {
+    for inner in ["ForbiddenByFirewall", "ForbiddenByPolicy", "Forbidden"] {
+        let emu = seeded();
+        emu.push_kv_fault(Fault::ErrorText {
+            status: 403,
+            code: inner.into(),
+            message: "Client address is not authorized".into(),
+        });
+        let s = Scratch::new();
+        let mut env = env_for(&emu);
+        env.insert("KVFETCH_ACCESS_RETRY".into(), "30s".into());
+        let t = Instant::now();
+        let r = run_with(&env, &["fetch", "--secret", "a", "--dir", &out(&s)]);
+        assert_eq!(r.code, 4, "{inner}: {}", r.stderr);
+        assert_eq!(emu.counters().kv_total_requests, 1, "{inner}: not retried");
+        assert!(t.elapsed() < ms(3000));
+    }
+}
+
+#[test]
+fn the_first_failing_secret_decides_the_exit_code_and_each_gets_one_line() {
+    let emu = seeded();
+    emu.deny("b", true);
+    let s = Scratch::new();
+    // Given order: missing (exit 5) first, then the denied one (exit 4).
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "missing",
+            "--secret",
+            "b",
+            "--secret",
+            "a",
+            "--dir",
+            &out(&s),
+        ],
+    );
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains(": error: "))
+        .collect();
+    assert_eq!(errors.len(), 2, "{}", r.stderr);
+    assert_eq!(errors.iter().filter(|l| l.contains("missing")).count(), 1);
+    assert_eq!(errors.iter().filter(|l| l.contains("secret b ")).count(), 1);
+    assert!(s.entries("").is_empty(), "nothing written");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "b",
+            "--secret",
+            "missing",
+            "--dir",
+            &out(&s),
+        ],
+    );
+    assert_eq!(r.code, 4, "the first in the given order: {}", r.stderr);
+}
+
+#[test]
+fn exact_modes_under_a_restrictive_umask() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    let script = format!(
+        "umask 077; exec \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret a --dir {} --env-file {} --file-mode 0440",
+        out(&s),
+        s.path("app.env").display()
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&s.path("out/a")), 0o440);
+    assert_eq!(mode(&s.path("app.env")), 0o440);
+    assert_eq!(mode(&s.path("out")), 0o700);
+}
+
+#[test]
+fn a_secret_named_twice_is_requested_once() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "a",
+            "--secret",
+            "SECOND=a",
+            "--secret",
+            "A3=A",
+            "--dir",
+            &out(&s),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().kv_requests.get("a"), Some(&1));
+    assert_eq!(emu.counters().kv_total_requests, 1);
+    for f in ["a", "SECOND", "A3"] {
+        assert_eq!(read(&s.path(&format!("out/{f}"))), "Au1-alpha");
+    }
+}
+
+#[test]
+fn fetched_secrets_and_tokens_never_show_in_debug() {
+    let f = kvfetch::keyvault::parse_bundle(
+        r#"{"value":"Au9-debug-value","id":"https://v.vault.azure.net/secrets/a/0123abcd"}"#,
+    )
+    .unwrap();
+    let shown = format!("{f:?} {f:#?}");
+    assert!(
+        !shown.contains("Au9-debug-value") && shown.contains("0123abcd"),
+        "{shown}"
+    );
+    let t = kvfetch::identity::parse_token(
+        r#"{"access_token":"eyJhbGciOiJub25lIn0.eyJvaWQiOiJ4In0.Au9sig","expires_in":"60"}"#,
+        "x",
+    )
+    .unwrap();
+    let shown = format!("{t:?} {t:#?}");
+    assert!(
+        !shown.contains("Au9sig") && !shown.contains("eyJhbGci"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_bad_api_version_is_a_usage_error_before_any_request() {
+    let emu = seeded();
+    let s = Scratch::new();
+    for v in ["7.5&x=1", "7.5/../x", "", "x".repeat(40).as_str()] {
+        let r = run(
+            &emu,
+            &[
+                "fetch",
+                "--secret",
+                "a",
+                "--dir",
+                &out(&s),
+                "--api-version",
+                v,
+            ],
+        );
+        assert_eq!(r.code, 2, "{v:?}: {}", r.stderr);
+    }
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "a",
+            "--dir",
+            &out(&s),
+            "--api-version",
+            "1.0",
+        ],
+    );
+    assert_eq!(
+        r.code, 2,
+        "the vault's 400 for an unknown version: {}",
+        r.stderr
+    );
+    assert_eq!(emu.counters().kv_total_requests, 1);
+}
+
+// Supervised exec.
+
+fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
+    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", script]);
+    Background::start(env, &all)
+}
+
+#[test]
+fn every_listed_signal_is_forwarded() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let log = s.path("log");
+    let names = ["HUP", "INT", "QUIT", "USR1", "USR2", "WINCH"];
+    let traps: String = names
+        .iter()
+        .map(|n| format!("trap 'echo {n} >> {}' {n}; ", log.display()))
+        .collect();
+    let script = format!(
+        "{traps} echo up >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(&env_for(&emu), &["--secret", "a"], &script);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    for (sig, name) in [
+        (1, "HUP"),
+        (2, "INT"),
+        (3, "QUIT"),
+        (10, "USR1"),
+        (12, "USR2"),
+        (28, "WINCH"),
+    ] {
+        sup.signal(sig);
+        wait_for(name, ms(2000), || read(&log).lines().any(|l| l == name));
+        if name == "INT" {
+            break; // SIGINT also ends kvfetch (shutdown wins)
+        }
+    }
+    let _ = sup.exit_within(ms(3000));
+    let mut sup = supervised(&env_for(&emu), &["--secret", "a"], &script);
+    std::fs::remove_file(&log).unwrap();
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    for (sig, name) in [(3, "QUIT"), (10, "USR1"), (12, "USR2"), (28, "WINCH")] {
+        sup.signal(sig);
+        wait_for(name, ms(2000), || read(&log).lines().any(|l| l == name));
+    }
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn the_child_gets_sigterm_when_kvfetch_is_killed() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo TERM >> {0}; exit 0' TERM; echo up >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let sup = supervised(&env_for(&emu), &["--secret", "a"], &script);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    sup.signal(9);
+    wait_for("SIGTERM at the orphaned child", ms(3000), || {
+        read(&log).contains("TERM")
+    });
+}
+
+#[test]
+fn on_change_none_updates_files_and_leaves_the_child_alone() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (log, dir) = (s.path("log"), s.path("out"));
+    let script = format!(
+        "echo \"up $A\" >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &[
+            "--secret",
+            "A=a",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--on-change",
+            "none",
+        ],
+        &script,
+    );
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Au1-alpha")
+    });
+    emu.set_secret("a", "Au1-rotated");
+    wait_for("the new file", ms(5000), || {
+        read(&dir.join("A")) == "Au1-rotated"
+    });
+    std::thread::sleep(ms(500));
+    assert_eq!(read(&log), "up Au1-alpha\n", "no restart, no signal");
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn changes_during_the_restart_gap_are_coalesced_into_one_restart() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo \"up $A\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(&env_for(&emu), &["--secret", "A=a"], &script);
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Au1-alpha")
+    });
+    emu.set_secret("a", "Au1-two");
+    wait_for("the first restart", ms(5000), || {
+        read(&log).contains("up Au1-two")
+    });
+    let first_restart = Instant::now();
+    emu.set_secret("a", "Au1-three");
+    std::thread::sleep(ms(400));
+    emu.set_secret("a", "Au1-four");
+    wait_for("the coalesced restart", ms(15000), || {
+        read(&log).contains("up Au1-four")
+    });
+    assert!(
+        first_restart.elapsed() >= ms(9500),
+        "restarts are at least 10 s apart: {:?}",
+        first_restart.elapsed()
+    );
+    assert_eq!(
+        read(&log).lines().collect::<Vec<_>>(),
+        ["up Au1-alpha", "up Au1-two", "up Au1-four"],
+        "the change in between was coalesced"
+    );
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn nul_in_an_exec_variable_is_refused() {
+    let emu = seeded();
+    emu.set_secret("nul", "before\0after");
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--secret",
+            "nul",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}", marker.display()),
+        ],
+    );
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(!marker.exists());
+    assert!(!r.stderr.contains("before"), "{}", r.stderr);
+}
