@@ -131,7 +131,7 @@ fn parse_port(p: &str) -> Result<u16, Refusal> {
 /// address. A name whose last label is all digits must be a valid IPv4 address, so `1.2.3.999`
 /// or `0x7f.1` are never taken as names.
 fn valid_host(host: &str) -> bool {
-    if host.is_empty() || host.len() > 253 {
+    if host.len() > 253 {
         return false;
     }
     let labels_ok = host.split('.').all(|l| {
@@ -201,9 +201,37 @@ mod tests {
             "ftp://v.vault.azure.net",
             "v.vault.azure.net",
             "https://vé.vault.azure.net",
+            "https://v.vault.azure.net/a\"b",
+            "https://v.vault.azure.net/a{b}",
+            "https://v.vault.azure.net/a;b",
+            "https://v.vault.azure.net/a|b",
+            "https://v.vault.azure.net/a'b",
+            "https://v.vault.azure.net/a:b",
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn host_names_are_at_most_253_characters() {
+        let label = "a".repeat(63);
+        let name = |len: usize| {
+            let mut h = format!("{label}.{label}.{label}.{label}");
+            h.truncate(len);
+            h.trim_end_matches('.').to_string()
+        };
+        let at_most = name(253);
+        assert_eq!(at_most.len(), 253);
+        assert!(parse(&format!("https://{at_most}")).is_ok());
+        for long in [
+            format!("{at_most}a"),
+            format!("{at_most}aaaaaaa"),
+            format!("{}.b", name(253)),
+        ] {
+            assert!(long.len() > 253);
+            assert!(parse(&format!("https://{long}")).is_err(), "{}", long.len());
+        }
+        assert!(parse("https://a.b/ok-path_1.2~x/y").is_ok());
     }
 
     #[test]
