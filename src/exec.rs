@@ -89,11 +89,10 @@ pub fn child_env(
                 spec.reference()
             )));
         }
-        let value = OsString::from(&f.value);
-        match env.iter_mut().find(|(k, _)| k == OsStr::new(&name)) {
-            Some(slot) => slot.1 = value,
-            None => env.push((name.into(), value)),
-        }
+        // Every inherited entry of that name goes (an environment may hold a name twice, and
+        // the last would win): no reference string or old value survives beside the secret.
+        env.retain(|(k, _)| k != OsStr::new(&name));
+        env.push((name.into(), OsString::from(&f.value)));
     }
     Ok(env)
 }
@@ -227,5 +226,30 @@ pub fn exec_error(command: &str, program: &Path, err: std::io::Error) -> Error {
             "{command}: cannot run {} ({err})",
             program.display()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_inherited_entry_of_a_secrets_name_is_replaced() {
+        let vault = crate::spec::parse_vault("https://127.0.0.1:1", None).unwrap();
+        let spec = crate::spec::parse_spec("DB=db", Some(&vault)).unwrap();
+        let fetched = crate::keyvault::parse_bundle(r#"{"value":"new","id":"x/1"}"#).unwrap();
+        let base: Vec<(OsString, OsString)> = vec![
+            (
+                "DB".into(),
+                "@Microsoft.KeyVault(SecretUri=https://x/secrets/db)".into(),
+            ),
+            ("OTHER".into(), "o".into()),
+            ("DB".into(), "old".into()),
+        ];
+        let env = child_env(&base, &[spec], &[fetched]).unwrap();
+        let dbs: Vec<_> = env.iter().filter(|(k, _)| k == "DB").collect();
+        assert_eq!(dbs.len(), 1);
+        assert_eq!(dbs[0].1, "new");
+        assert!(env.iter().any(|(k, v)| k == "OTHER" && v == "o"));
     }
 }

@@ -82,7 +82,13 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
 fn read_ca_file(p: &Path) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let bad = |why: String| Error::Usage(format!("cannot read --ca-file {}: {why}", p.display()));
-    let file = std::fs::File::open(p).map_err(|e| bad(e.to_string()))?;
+    let file = std::fs::File::open(p).map_err(|e| {
+        if http::local_limit(&e) {
+            Error::Resource(format!("cannot read --ca-file {}: {e}", p.display()))
+        } else {
+            bad(e.to_string())
+        }
+    })?;
     let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
         return Err(bad("it is not a regular file".into()));

@@ -169,13 +169,27 @@ struct Reading {
 /// [`CONNECTION_TIME`], never read more than [`MAX_REQUEST`] bytes into memory, and is closed
 /// first when [`MAX_READING`] connections are waiting at once.
 pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| Error::Usage(format!("cannot listen on --health-listen {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        let msg = format!("cannot listen on --health-listen {addr}: {e}");
+        if crate::http::local_limit(&e) {
+            Error::Resource(msg)
+        } else {
+            Error::Usage(msg)
+        }
+    })?;
     let reading: Arc<Mutex<Vec<Reading>>> = Arc::default();
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
-            for (id, conn) in (0u64..).zip(listener.incoming().flatten()) {
+            let accepted = listener.incoming().filter_map(|c| match c {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    // Out of file descriptors (or a passing fault): pause instead of spinning.
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+            });
+            for (id, conn) in (0u64..).zip(accepted) {
                 admit(&reading, id, &conn);
                 let (status, reading) = (status.clone(), reading.clone());
                 let _ = std::thread::Builder::new()
@@ -185,7 +199,7 @@ pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
                 // closure, and its slot is freed when the next connection makes room.
             }
         })
-        .map_err(|e| Error::Other(format!("cannot start the health listener thread: {e}")))?;
+        .map_err(|e| Error::Resource(format!("cannot start the health listener thread: {e}")))?;
     Ok(())
 }
 

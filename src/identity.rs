@@ -473,6 +473,8 @@ struct Cached {
     /// From `expires_in` where given, else `expires_on` minus the local clock; None when even
     /// that says it has expired: then it is used until the vault answers 401.
     valid_for: Option<Duration>,
+    /// When a renewal last failed while this token was still valid.
+    renewal_failed: Option<Instant>,
 }
 
 impl Cached {
@@ -495,6 +497,7 @@ impl Cached {
             token: Arc::new(token),
             arrived: Instant::now(),
             valid_for,
+            renewal_failed: None,
         }
     }
 
@@ -535,8 +538,9 @@ impl Tokens {
     pub fn get(&self, resource: &str, deadline: &Deadline) -> Result<Arc<Token>, Error> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let cached = cache.get(resource).cloned();
+        let this_fetch = |t: Instant| t >= deadline.started();
         if let Some(c) = &cached
-            && (c.fresh() || c.arrived >= deadline.started())
+            && (c.fresh() || this_fetch(c.arrived) || c.renewal_failed.is_some_and(this_fetch))
         {
             return Ok(c.token.clone());
         }
@@ -547,6 +551,10 @@ impl Tokens {
                     "token renewal failed; the current token is still valid and stays in use",
                     &[("error", &e.to_string())],
                 );
+                // Not asked again in this fetch: the next fetch tries again.
+                if let Some(c) = cache.get_mut(resource) {
+                    c.renewal_failed = Some(Instant::now());
+                }
                 return Ok(old.token);
             }
             (Err(e), _) => return Err(e),

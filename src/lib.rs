@@ -51,7 +51,7 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
             Ok(exit::OK)
         }
         cli::Command::Fetch => early(|| fetch::run(&opts, env).map(|()| exit::OK)),
-        cli::Command::Watch => early(|| watch::run(&opts, env).map(|()| exit::OK)),
+        cli::Command::Watch => early(|| watch::run(&opts, env)),
         cli::Command::Exec(ref argv) => early(|| exec::run(&opts, env, argv)),
     };
     let code = match result {

@@ -74,6 +74,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(2);
 static WRITER: OnceLock<Option<SyncSender<String>>> = OnceLock::new();
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+static REPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// Log lines dropped because stderr was not being read.
 pub fn dropped() -> u64 {
@@ -90,16 +91,16 @@ fn writer() -> Option<&'static SyncSender<String>> {
                 .name("log".into())
                 .stack_size(64 * 1024)
                 .spawn(move || {
-                    let mut reported = 0;
                     for line in rx {
                         let dropped = dropped();
+                        let reported = REPORTED.load(Ordering::SeqCst);
                         if dropped > reported {
                             let note = format!(
                                 "kvfetch: warn: {} log lines dropped: stderr was not being read\n",
                                 dropped - reported
                             );
                             let _ = std::io::stderr().lock().write_all(note.as_bytes());
-                            reported = dropped;
+                            REPORTED.store(dropped, Ordering::SeqCst);
                         }
                         let _ = std::io::stderr().lock().write_all(line.as_bytes());
                         QUEUED.fetch_sub(1, Ordering::SeqCst);
@@ -110,30 +111,49 @@ fn writer() -> Option<&'static SyncSender<String>> {
         .as_ref()
 }
 
-fn write_line(line: String) {
+/// Queue a line. An error line that finds the queue full waits for room a little (up to 100 ms):
+/// errors explain exit codes and are rare; other lines are dropped at once.
+fn write_line(line: String, error: bool) {
     let Some(tx) = writer() else {
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
         return;
     };
     QUEUED.fetch_add(1, Ordering::SeqCst);
-    match tx.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            QUEUED.fetch_sub(1, Ordering::SeqCst);
-            DROPPED.fetch_add(1, Ordering::SeqCst);
-        }
-        Err(TrySendError::Disconnected(line)) => {
-            QUEUED.fetch_sub(1, Ordering::SeqCst);
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let mut line = line;
+    let until = Instant::now() + Duration::from_millis(100);
+    loop {
+        match tx.try_send(line) {
+            Ok(()) => return,
+            Err(TrySendError::Full(back)) if error && Instant::now() < until => {
+                line = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TrySendError::Full(_)) => {
+                QUEUED.fetch_sub(1, Ordering::SeqCst);
+                DROPPED.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Err(TrySendError::Disconnected(back)) => {
+                QUEUED.fetch_sub(1, Ordering::SeqCst);
+                let _ = std::io::stderr().lock().write_all(back.as_bytes());
+                return;
+            }
         }
     }
 }
 
-/// Wait until every queued line is written, for at most two seconds.
+/// Wait until every queued line is written, for at most two seconds, then say how many lines
+/// were dropped, if any were and the writer has not said so yet.
 pub fn flush() {
     let until = Instant::now() + FLUSH_WAIT;
     while QUEUED.load(Ordering::SeqCst) > 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(1));
+    }
+    let dropped = dropped().saturating_sub(REPORTED.load(Ordering::SeqCst));
+    if dropped > 0 && QUEUED.load(Ordering::SeqCst) == 0 {
+        let note =
+            format!("kvfetch: warn: {dropped} log lines dropped: stderr was not being read\n");
+        let _ = std::io::stderr().lock().write_all(note.as_bytes());
     }
 }
 
@@ -154,7 +174,7 @@ fn emit(min_level: u8, level: &str, msg: &str, fields: &[(&str, &str)]) {
         Format::Text => text_line(level, msg, fields),
         Format::Json => json_line(level, msg, fields),
     };
-    write_line(line);
+    write_line(line, min_level == 0);
 }
 
 fn text_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {

@@ -58,6 +58,14 @@ fn early_signal(sig: i32) {
         signal_hook::low_level::exit(128 + sig);
     }
     PENDING.store(sig, Ordering::SeqCst);
+    // The commit may have ended between the attempt above and the store: then nobody will see
+    // PENDING, so act on it here.
+    if STATE
+        .compare_exchange(0, 2, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        signal_hook::low_level::exit(128 + sig);
+    }
 }
 
 fn early_exit(sig: i32) -> ! {
@@ -74,8 +82,16 @@ pub fn forward<T: Send + 'static>(
     tx: Sender<T>,
     wrap: fn(i32) -> T,
 ) -> Result<(), Error> {
-    let mut caught = Signals::new(signals)
-        .map_err(|e| Error::Other(format!("cannot install signal handlers: {e}")))?;
+    let mut caught = Signals::new(signals).map_err(|e| {
+        let msg = format!("cannot install signal handlers: {e}");
+        if crate::http::local_limit(&e) {
+            Error::Resource(format!(
+                "{msg} (a limit of this process or node: ulimit -n)"
+            ))
+        } else {
+            Error::Other(msg)
+        }
+    })?;
     spawn(move || {
         for sig in caught.forever() {
             if tx.send(wrap(sig)).is_err() {

@@ -79,6 +79,8 @@ struct Supervisor<'a> {
     pid: i32,
     phase: Phase,
     restart_pending: bool,
+    /// The pending restart was refused for its environment: retried only after a new fetch.
+    blocked: bool,
     last_restart: Option<Instant>,
     /// kvfetch started in the terminal's foreground: every child (restarts too) gets the terminal.
     tty: bool,
@@ -112,14 +114,33 @@ pub fn run(
         pid: 0,
         phase: Phase::Running,
         restart_pending: false,
+        blocked: false,
         last_restart: None,
         tty: holds_terminal(),
     };
     let env = sup.env_for(&refresher)?;
     sup.pid = sup.spawn(env)?;
+    let result = supervise(&mut sup, &mut refresher, &rx);
+    sup.finish();
+    result
+}
+
+/// The main loop; every way out of it goes through [`Supervisor::finish`].
+fn supervise(
+    sup: &mut Supervisor,
+    refresher: &mut Refresher,
+    rx: &mpsc::Receiver<Event>,
+) -> Result<u8, Error> {
     loop {
         refresher.lock().last_tick = Some(Instant::now());
-        let wait = refresher.wait().min(sup.timer()).min(HEARTBEAT);
+        let stopping = matches!(sup.phase, Phase::Stopping { .. });
+        // No refresh starts while stopping, so its timer must not drive the loop then.
+        let refresh_wait = if stopping {
+            Duration::from_secs(3600)
+        } else {
+            refresher.wait()
+        };
+        let wait = refresh_wait.min(sup.timer()).min(HEARTBEAT);
         let event = match rx.recv_timeout(wait) {
             Ok(event) => Some(event),
             Err(RecvTimeoutError::Timeout) => None,
@@ -129,29 +150,23 @@ pub fn run(
         };
         let done = match event {
             None => {
-                let stopping = matches!(sup.phase, Phase::Stopping { .. });
                 if refresher.wait().is_zero() && !stopping {
                     refresher.start();
                 }
-                sup.tick(&refresher)?
+                sup.tick(refresher)?
             }
             Some(Event::Signal(libc::SIGCHLD)) => sup.reaped()?,
-            Some(Event::Signal(sig @ (libc::SIGTERM | libc::SIGINT))) => sup.shutdown(sig),
+            Some(Event::Signal(sig @ (libc::SIGTERM | libc::SIGINT))) => sup.shutdown(sig)?,
             Some(Event::Signal(sig)) => {
                 sup.send(sig);
                 None
             }
-            Some(Event::Fetched(result)) => match refresher.handle(result) {
-                Ok(Outcome::Changed(names)) => sup.changed(&names, &refresher)?,
-                Ok(_) => sup.retry_blocked(&refresher)?,
-                Err(e) => {
-                    sup.finish();
-                    return Err(e);
-                }
+            Some(Event::Fetched(result)) => match refresher.handle(result)? {
+                Outcome::Changed(names) => sup.changed(&names, refresher)?,
+                _ => sup.retry_blocked(refresher)?,
             },
         };
         if let Some(code) = done {
-            sup.finish();
             return Ok(code);
         }
     }
@@ -160,10 +175,26 @@ pub fn run(
 impl Supervisor<'_> {
     /// The child's environment from the current secrets, checked against what `execve` takes.
     fn env_for(&self, refresher: &Refresher) -> Result<Env, Error> {
+        Self::env_of(self.argv, &self.base_env, refresher)
+    }
+
+    fn env_of(argv: &[String], base_env: &Env, refresher: &Refresher) -> Result<Env, Error> {
         let values = refresher.current.as_deref().unwrap_or_default();
-        let env = child_env(&self.base_env, &refresher.session().plan.specs, values)?;
-        check_exec_size(self.argv, &env)?;
+        let env = child_env(base_env, &refresher.session().plan.specs, values)?;
+        check_exec_size(argv, &env)?;
         Ok(env)
+    }
+
+    /// The program can still be started: checked before the old generation is stopped.
+    fn runnable(&self) -> Result<(), Error> {
+        let c = std::ffi::CString::new(self.program.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Usage("the command's path holds a NUL byte".into()))?;
+        // SAFETY: access(2) with a valid NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(exec_error(&self.argv[0], Path::new(&self.argv[0]), e));
+        }
+        Ok(())
     }
 
     /// Start a child with `env` in its own process group.
@@ -177,8 +208,15 @@ impl Supervisor<'_> {
             .process_group(0);
         // SAFETY: only async-signal-safe calls between fork and exec. Should kvfetch die (even
         // by SIGKILL), the child gets SIGTERM instead of running on unsupervised.
+        let tty = self.tty;
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                if tty {
+                    // Take the terminal before the program runs, so it never reads from a
+                    // terminal it does not own yet (SIGTTIN would stop it).
+                    libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                    libc::tcsetpgrp(0, libc::getpid());
+                }
                 signals::reset_in_child();
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0);
                 Ok(())
@@ -225,17 +263,19 @@ impl Supervisor<'_> {
                 _,
                 _,
             ) => kill_at.saturating_duration_since(now),
-            (Phase::Running, true, Some(t)) => (t + RESTART_MIN_GAP).saturating_duration_since(now),
+            (Phase::Running, true, Some(t)) if !self.blocked => {
+                (t + RESTART_MIN_GAP).saturating_duration_since(now)
+            }
             _ => Duration::from_secs(3600),
         }
     }
 
     /// SIGTERM/SIGINT: pass it to the group and stop; nothing is started again.
-    fn shutdown(&mut self, sig: i32) -> Option<u8> {
+    fn shutdown(&mut self, sig: i32) -> Result<Option<u8>, Error> {
         log::info("stopping", &[("signal", &sig.to_string())]);
         self.send(sig);
         if let Phase::Stopping { .. } = self.phase {
-            return None;
+            return Ok(None);
         }
         // A restart whose old child already exited: the shutdown ends with its status.
         let status = match &self.phase {
@@ -266,18 +306,29 @@ impl Supervisor<'_> {
                     &[("pgid", &self.pid.to_string())],
                 );
                 self.send(libc::SIGKILL);
+                signal_orphans(self.pid, libc::SIGKILL);
             }
             _ => {}
         }
         self.maybe_restart(refresher)?;
-        Ok(self.progress())
+        self.progress()
     }
 
     fn changed(&mut self, names: &[String], refresher: &Refresher) -> Result<Option<u8>, Error> {
         match self.opts.on_change {
             OnChange::Restart if self.phase == Phase::Running => {
                 self.restart_pending = true;
+                self.blocked = false;
                 self.maybe_restart(refresher)?;
+            }
+            OnChange::Restart => {
+                // A change during a restart: the new generation starts with it.
+                if let (Phase::Restarting { env, .. }, Ok(new)) = (
+                    &mut self.phase,
+                    Self::env_of(self.argv, &self.base_env, refresher),
+                ) {
+                    *env = new;
+                }
             }
             OnChange::Signal(sig) if self.phase == Phase::Running => {
                 log::info(
@@ -288,15 +339,16 @@ impl Supervisor<'_> {
             }
             _ => {}
         }
-        Ok(self.progress())
+        self.progress()
     }
 
-    /// After a refresh: a restart refused for its environment is tried again.
+    /// After a refresh: a restart refused for its environment is tried again (once per fetch).
     fn retry_blocked(&mut self, refresher: &Refresher) -> Result<Option<u8>, Error> {
-        if self.restart_pending {
+        if self.restart_pending && self.blocked {
+            self.blocked = false;
             self.maybe_restart(refresher)?;
         }
-        Ok(self.progress())
+        self.progress()
     }
 
     /// Start a pending restart if it is due: build the new environment first, and only if it
@@ -305,12 +357,16 @@ impl Supervisor<'_> {
         let spaced = self
             .last_restart
             .is_none_or(|t| t.elapsed() >= RESTART_MIN_GAP);
-        if self.phase != Phase::Running || !self.restart_pending || !spaced {
+        if self.phase != Phase::Running || !self.restart_pending || self.blocked || !spaced {
             return Ok(());
         }
-        let env = match self.env_for(refresher) {
+        let env = match self
+            .env_for(refresher)
+            .and_then(|env| self.runnable().map(|()| env))
+        {
             Ok(env) => env,
             Err(e) => {
+                self.blocked = true;
                 refresher.lock().restarts_refused += 1;
                 log::error(
                     &format!(
@@ -334,6 +390,7 @@ impl Supervisor<'_> {
             env,
         };
         self.send(libc::SIGTERM);
+        signal_orphans(self.pid, libc::SIGTERM);
         Ok(())
     }
 
@@ -356,8 +413,7 @@ impl Supervisor<'_> {
                 Phase::Stopping { status, .. } => *status = Some(code),
             }
         }
-        self.next_generation()?;
-        Ok(self.progress())
+        self.progress()
     }
 
     /// A restart whose old group is gone starts the new generation.
@@ -370,7 +426,8 @@ impl Supervisor<'_> {
         else {
             return Ok(());
         };
-        if !group_gone(self.pid) {
+        // The old generation is gone: its group, and every orphan it left with kvfetch.
+        if !group_gone(self.pid) || children().iter().any(|p| *p != self.pid) {
             return Ok(());
         }
         let env = env.clone();
@@ -379,47 +436,58 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    /// Whether a shutdown is complete: the leader's status once its group is gone.
-    fn progress(&mut self) -> Option<u8> {
-        if let Phase::Restarting { .. } = self.phase {
-            let _ = self.next_generation();
-        }
-        match self.phase {
+    /// Move on where we can: the next generation once the old one is gone; the leader's status
+    /// once a shutdown's group is gone.
+    fn progress(&mut self) -> Result<Option<u8>, Error> {
+        self.next_generation()?;
+        Ok(match self.phase {
             Phase::Stopping {
                 status: Some(code), ..
             } if group_gone(self.pid) => Some(code),
             _ => None,
-        }
+        })
     }
 
     /// Before kvfetch exits: the child's group and every orphan left with kvfetch get SIGTERM,
-    /// then SIGKILL once --grace runs out; all are reaped.
+    /// then SIGKILL once --grace runs out (counted from a shutdown's start, so it is not paid
+    /// twice); then SIGKILL and reaping go on until no child is left (the children of killed
+    /// orphans are re-parented to kvfetch a moment later), for at most a second more.
     fn finish(&mut self) {
-        self.send(libc::SIGTERM);
-        let orphans = children();
-        for pid in &orphans {
-            // SAFETY: kill with a child's pid.
-            unsafe { libc::kill(*pid, libc::SIGTERM) };
+        let until = match self.phase {
+            Phase::Stopping { kill_at, .. } => kill_at,
+            _ => Instant::now() + self.opts.grace,
+        };
+        if !group_gone(self.pid) {
+            self.send(libc::SIGTERM);
         }
-        let until = Instant::now() + self.opts.grace;
-        loop {
+        signal_orphans(0, libc::SIGTERM);
+        while Instant::now() < until {
             reap_all();
-            let left = children();
-            if left.is_empty() && group_gone(self.pid) {
-                return;
-            }
-            if Instant::now() >= until {
-                self.send(libc::SIGKILL);
-                for pid in left {
-                    // SAFETY: kill with a child's pid.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-                reap_all();
+            if children().is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let last = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < last {
+            if !group_gone(self.pid) {
+                self.send(libc::SIGKILL);
+            }
+            signal_orphans(0, libc::SIGKILL);
+            std::thread::sleep(Duration::from_millis(10));
+            reap_all();
+            if children().is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Send `sig` to every child of kvfetch but `except` (orphans re-parented to it).
+fn signal_orphans(except: i32, sig: i32) {
+    for pid in children().into_iter().filter(|p| *p != except) {
+        // SAFETY: kill with the pid of a live child of ours.
+        unsafe { libc::kill(pid, sig) };
     }
 }
 

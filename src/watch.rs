@@ -14,7 +14,9 @@ use crate::refresh::{Event, Outcome, Refresher};
 use crate::{health, log, signals};
 
 /// Run `watch`.
-pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
+/// Run `watch`; returns the exit code: 0 when stopped after the first write, 128+N when signal
+/// N stopped it before (nothing was written, which must not look like success).
+pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     let session = Session::new(opts, env, plan(opts)?)?;
     // A ready file left by a crashed instance must not say "ready" for this one (removed once
     // every check has passed).
@@ -54,7 +56,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
             Event::Signal(sig) => {
                 log::info("stopping", &[("signal", &sig.to_string())]);
                 stop(opts, &refresher);
-                return Ok(());
+                let before_first_write = refresher.current.is_none();
+                return Ok(if before_first_write {
+                    128 + sig as u8
+                } else {
+                    0
+                });
             }
             Event::Fetched(result) => match refresher.handle(result) {
                 Ok(Outcome::First) => ready(opts, &refresher)?,

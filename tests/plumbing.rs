@@ -287,6 +287,7 @@ fn sigterm_ends_the_first_fetch_even_as_pid_1() {
         unsafe { libc_kill(inner, SIGTERM) };
         let code = kv.exit_within(ms(3000));
         assert!(code.is_some(), "{mode:?}: SIGTERM to PID 1 was ignored");
+        assert_eq!(code, Some(143), "{mode:?}: 128 + SIGTERM, not success");
         assert!(t.elapsed() < ms(1500), "{mode:?}: {:?}", t.elapsed());
         assert!(s.entries("").is_empty(), "{mode:?}: nothing written");
     }
@@ -551,7 +552,7 @@ fn out_of_file_descriptors_is_exit_9_not_throttling() {
     env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
     let dir = s.path("out").display().to_string();
     let mut seen = Vec::new();
-    for limit in 6..20 {
+    for limit in 4..20 {
         let out = Command::new("prlimit")
             .arg(format!("--nofile={limit}:{limit}"))
             .args([&bin(), "fetch", "--dir", &dir, "--concurrency", "8"])
@@ -582,4 +583,134 @@ fn an_environment_too_large_for_execve_is_exit_9() {
     assert_eq!(r.code, 9, "{}", r.stderr);
     assert!(r.stderr.contains("--dir"), "{}", r.stderr);
     assert!(!r.stderr.contains("yyyyyyyy"));
+}
+
+// Found by the review of the supervisor.
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after the command.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_refused_restart_is_retried_once_per_fetch_not_in_a_loop() {
+    let emu = seeded("Pq5-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let addr = free_addr();
+    let script = format!(
+        "echo \"up $A\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut all = vec![
+        "exec",
+        "--refresh",
+        "300ms",
+        "--secret",
+        "A=a",
+        "--health-listen",
+        &addr,
+        "--",
+        "sh",
+        "-c",
+    ];
+    all.push(&script);
+    let mut sup = Background::start(&env_for(&emu), &all);
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Pq5-first")
+    });
+    emu.set_secret("a", "Pq5-second");
+    wait_for("a restart", ms(5000), || {
+        read(&log).contains("up Pq5-second")
+    });
+    emu.set_secret("a", "with\0nul");
+    let refused = |addr: &str| -> u64 {
+        http_get(addr, "/metrics")
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("kvfetch_restarts_refused_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // The refusal comes when the restart is due: 10 s after the last one.
+    wait_for("a refusal", ms(15000), || refused(&addr) > 0);
+    let (before, t) = (cpu_ticks(sup.pid()), Instant::now());
+    std::thread::sleep(ms(2000));
+    let n = refused(&addr);
+    assert!(n <= 12, "{n} refusals in about 2 s: one per fetch at most");
+    let cpu = cpu_ticks(sup.pid()) - before;
+    assert!(
+        cpu < 50,
+        "{cpu} ticks of CPU in {:?}: a busy loop",
+        t.elapsed()
+    );
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn stopping_does_not_spin() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap '' TERM; echo up >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut all = vec![
+        "exec",
+        "--refresh",
+        "1s",
+        "--grace",
+        "3s",
+        "--secret",
+        "a",
+        "--",
+        "sh",
+        "-c",
+    ];
+    all.push(&script);
+    let mut sup = Background::start(&env_for(&emu), &all);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    std::thread::sleep(ms(1200)); // past the first refresh's due time
+    sup.signal(SIGTERM);
+    std::thread::sleep(ms(200));
+    let before = cpu_ticks(sup.pid());
+    std::thread::sleep(ms(1500));
+    let cpu = cpu_ticks(sup.pid()) - before;
+    assert!(cpu < 40, "{cpu} ticks of CPU while waiting for --grace");
+    assert_eq!(sup.exit_within(ms(4000)), Some(137));
+}
+
+#[test]
+fn a_rotation_during_a_restart_reaches_the_new_child() {
+    let emu = seeded("Pq6-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo \"up $A\" >> {0}; trap 'echo term >> {0}; sleep 1; exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "A=a", "--grace", "5s"],
+        &script,
+    );
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Pq6-first")
+    });
+    emu.set_secret("a", "Pq6-second");
+    wait_for("the restart's SIGTERM", ms(5000), || {
+        read(&log).contains("term")
+    });
+    emu.set_secret("a", "Pq6-third");
+    wait_for("the new child", ms(8000), || {
+        read(&log).matches("up").count() == 2
+    });
+    std::thread::sleep(ms(300));
+    assert!(read(&log).contains("up Pq6-third"), "{}", read(&log));
+    sup.stop_and_stderr();
 }

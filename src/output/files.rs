@@ -399,9 +399,19 @@ pub fn same_path(a: &Path, b: &Path) -> bool {
 const CAP_CHOWN: u32 = 0;
 
 /// Whether the file at `path` is not exactly `bytes` with the mode (and owner) of `opts`: missing,
-/// not a regular file, another mode or owner, or other bytes.
+/// not a regular file, another mode or owner, or other bytes. The file is opened without
+/// following a symlink and without blocking (a FIFO swapped in cannot hang the caller), judged
+/// by `fstat` of what was opened, and read no further than one byte past the expected length.
 pub fn differs(path: &Path, bytes: &[u8], opts: FileOptions) -> bool {
-    let Ok(meta) = fs::symlink_metadata(path) else {
+    use std::io::Read;
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return true;
+    };
+    let Ok(meta) = file.metadata() else {
         return true;
     };
     let owner_differs = opts
@@ -410,7 +420,12 @@ pub fn differs(path: &Path, bytes: &[u8], opts: FileOptions) -> bool {
     if !meta.is_file() || meta.mode() & 0o7777 != opts.mode || owner_differs {
         return true;
     }
-    meta.len() != bytes.len() as u64 || fs::read(path).map_or(true, |on_disk| on_disk != bytes)
+    if meta.len() != bytes.len() as u64 {
+        return true;
+    }
+    let mut on_disk = Vec::with_capacity(bytes.len() + 1);
+    let read = file.take(bytes.len() as u64 + 1).read_to_end(&mut on_disk);
+    read.is_err() || on_disk != bytes
 }
 
 /// The effective uid.
