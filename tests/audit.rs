@@ -68,6 +68,20 @@ fn a_403_that_is_not_about_roles_is_exit_4_after_one_request() {
         let r = run_with(&env, &["fetch", "--secret", "a", "--dir", &out(&s)]);
         assert_eq!(r.code, 4, "{inner}: {}", r.stderr);
         assert_eq!(emu.counters().kv_total_requests, 1, "{inner}: not retried");
+        // A network rule names the firewall fix; anything else the access fix.
+        let network = inner == "ForbiddenByFirewall";
+        assert_eq!(
+            r.stderr.contains("firewall"),
+            network,
+            "{inner}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            r.stderr.contains("Key Vault Secrets User"),
+            !network,
+            "{}",
+            r.stderr
+        );
         assert!(t.elapsed() < ms(3000));
     }
 }
@@ -386,4 +400,27 @@ fn nul_in_an_exec_variable_is_refused() {
     assert_eq!(r.code, 6, "{}", r.stderr);
     assert!(!marker.exists());
     assert!(!r.stderr.contains("before"), "{}", r.stderr);
+}
+
+#[test]
+fn retries_back_off_exponentially() {
+    let emu = seeded();
+    for _ in 0..1000 {
+        emu.push_kv_fault(Fault::Status(503));
+    }
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "50ms".into());
+    env.insert("KVFETCH_TIMEOUT".into(), "1500ms".into());
+    let r = run_with(&env, &["fetch", "--secret", "a", "--dir", &out(&s)]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    // 50, 100, 200, 400, 800 ms (±20 %): about 5 retries in 1.5 s; a fixed delay would be ~30.
+    let n = emu.counters().kv_total_requests;
+    assert!((4..=8).contains(&n), "{n} requests");
+    assert_eq!(
+        r.stderr.matches("HTTP 503").count(),
+        1,
+        "named once: {}",
+        r.stderr
+    );
 }
