@@ -98,7 +98,7 @@ impl Refresher {
         });
         if let Err(e) = spawned {
             // This refresh fails like any other and is retried with backoff.
-            let _ = self.tx.send(Event::Fetched(Err(Error::Other(format!(
+            let _ = self.tx.send(Event::Fetched(Err(Error::Resource(format!(
                 "cannot start the refresh thread ({e}); the process or node is at its thread limit (ulimit -u, pids.max)"
             )))));
         }

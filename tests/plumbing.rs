@@ -714,3 +714,66 @@ fn a_rotation_during_a_restart_reaches_the_new_child() {
     assert!(read(&log).contains("up Pq6-third"), "{}", read(&log));
     sup.stop_and_stderr();
 }
+
+// 6. A thread that cannot be had after the first write fails that refresh, which is retried.
+
+#[test]
+fn a_refresh_without_a_thread_fails_and_is_retried() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root to run kvfetch as another user under a process limit");
+        return;
+    }
+    let emu = seeded("x");
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
+    let addr = free_addr();
+    // RLIMIT_NPROC 5 for uid 65534: the main, log, signal, health and refresh threads fit; a
+    // health connection's thread then takes the refresh thread's place.
+    let child = Command::new("prlimit")
+        .args([
+            "--nproc=5:5",
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+        ])
+        .args(["--clear-groups", &bin()])
+        .args([
+            "watch",
+            "--secret",
+            "a",
+            "--dir",
+            &s.path("out").display().to_string(),
+        ])
+        .args(["--refresh", "100ms", "--health-listen", &addr])
+        .env_clear()
+        .envs(env_for(&emu))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = Background(child);
+    wait_for("the first write", ms(5000), || s.path("out/a").exists());
+    // Hold the thread budget with idle health connections (each has a thread for 2 s).
+    let idle: Vec<_> = (0..3)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(ms(1000));
+    drop(idle);
+    std::thread::sleep(ms(2500));
+    let metrics = http_get(&addr, "/metrics").1;
+    let failed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kvfetch_refresh_failures_total{kind=\"resource\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failed > 0, "{metrics}");
+    let before = emu.counters().kv_total_requests;
+    wait_for("refreshes again", ms(5000), || {
+        emu.counters().kv_total_requests > before + 3
+    });
+    assert_eq!(w.exit_within(ms(10)), None, "still running");
+    let stderr = w.stop_and_stderr();
+    assert!(stderr.contains("thread limit"), "{stderr}");
+}
