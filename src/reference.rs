@@ -68,15 +68,16 @@ pub fn parse(var: &str, value: &str, default_vault: Option<&Vault>) -> Result<Se
         (None, Some(vault), Some(name)) if !name.contains('/') => {
             let base = vault_base(vault, default_vault)
                 .ok_or_else(|| bad("VaultName is not a valid vault name"))?;
-            match fields.get("secretversion").filter(|v| !v.is_empty()) {
+            match fields.get("secretversion") {
                 Some(version) => format!("{base}/secrets/{name}/{version}"),
                 None => format!("{base}/secrets/{name}"),
             }
         }
-        (Some(_), _, _) if fields.len() > 1 => {
-            return Err(bad("SecretUri goes alone"));
+        _ => {
+            return Err(bad(
+                "give either SecretUri alone, or VaultName and SecretName (and SecretVersion)",
+            ));
         }
-        _ => return Err(bad("give either SecretUri, or VaultName and SecretName")),
     };
     spec::parse_spec(&format!("{var}={reference}"), default_vault)
 }
