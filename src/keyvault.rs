@@ -278,7 +278,12 @@ fn access_denied(what: &str, spec: &SecretSpec, token: &Token, code: &str) -> St
     )
 }
 
+/// The vault's name for `az keyvault` (the first DNS label); a placeholder for an IP address,
+/// which names no vault.
 fn vault_name(host: &str) -> &str {
+    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return "VAULT_NAME";
+    }
     host.split('.').next().unwrap_or(host)
 }
 
@@ -352,4 +357,19 @@ pub fn parse_bundle(body: &str) -> Option<Fetched> {
             .map(String::from),
         expires: v.pointer("/attributes/exp").and_then(Value::as_u64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_names_for_messages() {
+        assert_eq!(vault_name("myvault.vault.azure.net"), "myvault");
+        assert_eq!(vault_name("127.0.0.1"), "VAULT_NAME");
+        assert_eq!(vault_name("[::1]"), "VAULT_NAME");
+        assert_eq!(parse_retry_after("0"), Some(RETRY_AFTER_FLOOR));
+        assert_eq!(parse_retry_after("99999999"), Some(RETRY_AFTER_CAP));
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+    }
 }

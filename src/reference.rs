@@ -179,6 +179,7 @@ mod tests {
             "@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db;SecretName=x)",
             "@Microsoft.KeyVault(SecretUri=https://evil.test?.vault.azure.net/secrets/db)",
             "@Microsoft.KeyVaultx",
+            "@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db;SecretVersion=abc)",
         ] {
             assert!(is_reference(bad), "{bad}");
             assert!(
@@ -187,5 +188,22 @@ mod tests {
             );
         }
         assert!(!is_reference("plain value"));
+        for (value, why) in [
+            (
+                "@Microsoft.KeyVault(VaultName=v1;SecretName=)",
+                "an empty or quoted value",
+            ),
+            (
+                "@Microsoft.KeyVault(VaultName=v1;SecretName=\"db\")",
+                "an empty or quoted value",
+            ),
+            (
+                "@Microsoft.KeyVault(VaultName=v1;SecretName=a;secretname=b)",
+                "a key given twice",
+            ),
+        ] {
+            let e = parse("X", value, None).unwrap_err().to_string();
+            assert!(e.contains(why), "{value}: {e}");
+        }
     }
 }
