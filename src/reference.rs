@@ -85,9 +85,7 @@ pub fn parse(var: &str, value: &str, default_vault: Option<&Vault>) -> Result<Se
 /// `https://V.<suffix>`: the DNS suffix of `--vault` when given (a loopback `--vault`, an
 /// emulator, stands for every vault name), else `vault.azure.net`.
 fn vault_base(name: &str, default_vault: Option<&Vault>) -> Option<String> {
-    let valid = (3..=24).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !valid {
+    if !spec::valid_vault_name(name) {
         return None;
     }
     if let Some(v) = default_vault.filter(|v| spec::is_loopback(&v.host)) {
@@ -180,6 +178,9 @@ mod tests {
             "@Microsoft.KeyVault(SecretUri=https://evil.test?.vault.azure.net/secrets/db)",
             "@Microsoft.KeyVaultx",
             "@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db;SecretVersion=abc)",
+            "@Microsoft.KeyVault(VaultName=ab;SecretName=db)",
+            "@Microsoft.KeyVault(VaultName=a--b;SecretName=db)",
+            "@Microsoft.KeyVault(VaultName=a_b_c;SecretName=db)",
         ] {
             assert!(is_reference(bad), "{bad}");
             assert!(

@@ -249,7 +249,8 @@ pub fn check_resource(r: &str) -> Result<String, Error> {
     }
 }
 
-fn valid_vault_name(name: &str) -> bool {
+/// A Key Vault name: 3 to 24 letters, digits and single dashes.
+pub fn valid_vault_name(name: &str) -> bool {
     (3..=24).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !name.contains("--")
