@@ -120,3 +120,58 @@ pub fn human(d: Duration) -> String {
     };
     humantime::format_duration(rounded).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_units_are_uniform_and_jitter_stays_within_its_band() {
+        let xs: Vec<f64> = (0..2000).map(|_| random_unit()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "mean {mean}");
+        let low = xs.iter().filter(|x| **x < 0.1).count();
+        assert!((120..280).contains(&low), "{low} of 2000 below 0.1");
+        let mut distinct = xs.clone();
+        distinct.sort_by(f64::total_cmp);
+        distinct.dedup();
+        assert!(distinct.len() > 1990);
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap_factor: 16,
+        };
+        for (attempt, factor) in [(0, 1), (1, 2), (3, 8), (4, 16), (9, 16), (40, 16)] {
+            let d = b.delay(attempt).as_secs_f64();
+            let f = factor as f64 * 0.1;
+            assert!(d >= f * 0.8 - 1e-9 && d <= f * 1.2 + 1e-9, "{attempt}: {d}");
+        }
+        let spread: Vec<Duration> = (0..200)
+            .map(|_| jitter(Duration::from_secs(1), 0.1))
+            .collect();
+        assert!(
+            spread
+                .iter()
+                .all(|d| *d >= Duration::from_millis(900) && *d <= Duration::from_millis(1100))
+        );
+        assert!(spread.iter().any(|d| *d < Duration::from_millis(960)));
+        assert!(spread.iter().any(|d| *d > Duration::from_millis(1040)));
+    }
+
+    #[test]
+    fn the_deadline_moves_only_later() {
+        let d = Deadline::after(Duration::from_millis(200));
+        let at = d.at();
+        d.extend_to(at - Duration::from_millis(100));
+        assert_eq!(d.at(), at);
+        d.extend_to(at + Duration::from_millis(100));
+        assert_eq!(d.at(), at + Duration::from_millis(100));
+        assert!(
+            !d.sleep(Duration::from_secs(5)),
+            "a sleep past the deadline is refused"
+        );
+        assert!(d.remaining() > Duration::from_millis(100));
+        assert_eq!(human(Duration::from_millis(1500)), "1s");
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+    }
+}
