@@ -96,11 +96,6 @@ impl Deadline {
         self.at().saturating_duration_since(Instant::now())
     }
 
-    /// How long since the run started.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// Sleep for `d` if that still ends before the deadline; false (without sleeping) if not.
     pub fn sleep(&self, d: Duration) -> bool {
         if d >= self.remaining() {
