@@ -204,14 +204,10 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
     match url.scheme.as_str() {
         "https" => {}
         "http" if loopback => {}
-        "http" => {
-            return Err(Error::Usage(format!(
-                "vault {text:?} uses plain http; kvfetch sends tokens over https only (http is allowed for loopback emulators)"
-            )));
-        }
+        // The URL parser admits only http and https: this is plain http to another host.
         _ => {
             return Err(Error::Usage(format!(
-                "vault {text:?}: the scheme must be https"
+                "vault {text:?} uses plain http; kvfetch sends tokens over https only (http is allowed for loopback emulators)"
             )));
         }
     }
