@@ -506,6 +506,45 @@ mod tests {
     }
 
     #[test]
+    fn name_rules_at_their_boundaries() {
+        assert!(valid_name("a") && valid_name(&"a".repeat(127)) && valid_name("a-B-9"));
+        assert!(!valid_name("") && !valid_name(&"a".repeat(128)) && !valid_name("a_b"));
+        assert!(valid_version(&"f".repeat(64)) && !valid_version(&"f".repeat(65)));
+        assert!(!valid_version("") && !valid_version("ab-c"));
+        assert!(valid_env_name("_A1") && valid_env_name("a"));
+        assert!(!valid_env_name("1A") && !valid_env_name("A-B") && !valid_env_name(""));
+        assert!(valid_vault_name("abc") && valid_vault_name(&"a".repeat(24)));
+        assert!(!valid_vault_name("ab") && !valid_vault_name(&"a".repeat(25)));
+        assert!(!valid_vault_name("a--b") && !valid_vault_name("a_b"));
+        assert_eq!(env_name_for("db-pass-2"), "DB_PASS_2");
+        for name in [
+            "PATH",
+            "path",
+            "Ld_Preload",
+            "LD_AUDIT",
+            "DYLD_X",
+            "http_proxy",
+            "NODE_OPTIONS",
+        ] {
+            assert!(steers_programs(name), "{name}");
+        }
+        for name in ["DB_PASSWORD", "PATHS", "MY_LD_X", "API_KEY"] {
+            assert!(!steers_programs(name), "{name}");
+        }
+        assert!(
+            check_resource("https://vault.azure.net/")
+                .is_ok_and(|r| r == "https://vault.azure.net")
+        );
+        assert!(check_resource("http://vault.azure.net").is_err());
+        assert!(parse_vault("https://v.vault.azure.net/", None).is_ok());
+        assert!(parse_vault("https://v.vault.azure.net/x", None).is_err());
+        let v = parse_vault("https://127.0.0.1:1", None).unwrap();
+        assert_eq!(v.audience, Audience::Loopback);
+        assert!(check_loopback_vaults(&[parse_spec("a", Some(&v)).unwrap()], false).is_err());
+        assert!(check_loopback_vaults(&[parse_spec("a", Some(&v)).unwrap()], true).is_ok());
+    }
+
+    #[test]
     fn collisions_and_aliases() {
         let v = vault("kv1").unwrap();
         let specs = |list: &[&str]| {
