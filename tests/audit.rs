@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use common::*;
@@ -243,13 +242,6 @@ fn a_bad_api_version_is_a_usage_error_before_any_request() {
 }
 
 // Supervised exec.
-
-fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
-    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
-    all.extend(args);
-    all.extend(["--", "sh", "-c", script]);
-    Background::start(env, &all)
-}
 
 #[test]
 fn every_listed_signal_is_forwarded() {

@@ -166,14 +166,6 @@ fn the_app_keeps_kvfetchs_pid_and_files_are_written_first() {
     );
 }
 
-/// Start supervised `kvfetch exec --refresh 100ms ARGS -- sh -c SCRIPT`.
-fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
-    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
-    all.extend(args);
-    all.extend(["--", "sh", "-c", script]);
-    Background::start(env, &all)
-}
-
 #[test]
 fn supervised_forwards_signals_and_passes_exit_status() {
     let emu = Emulator::start().unwrap();

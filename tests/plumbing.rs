@@ -9,14 +9,6 @@ use std::time::Instant;
 
 use common::*;
 
-fn is_root() -> bool {
-    unsafe { geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    fn geteuid() -> u32;
-}
-
 fn alive(pid: i32) -> bool {
     // A zombie is not alive: it only waits to be reaped.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -28,14 +20,6 @@ fn alive(pid: i32) -> bool {
             !state.starts_with('Z')
         })
         .unwrap_or(false)
-}
-
-/// Start supervised `kvfetch exec --refresh 100ms ARGS -- sh -c SCRIPT`.
-fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
-    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
-    all.extend(args);
-    all.extend(["--", "sh", "-c", script]);
-    Background::start(env, &all)
 }
 
 fn seeded(value: &str) -> Emulator {
@@ -229,8 +213,7 @@ fn an_unusable_rotation_keeps_the_old_child_and_is_counted() {
 
 /// Run `kvfetch ARGS` as PID 1 of a new PID namespace; returns it and its PID outside.
 fn as_pid_1(env: &HashMap<String, String>, args: &[&str]) -> Option<(Background, i32)> {
-    if !is_root() {
-        eprintln!("SKIPPED: unshare --pid needs root (CI runs as root)");
+    if !root_or_skip("unshare --pid needs root (CI runs as root)") {
         return None;
     }
     let child = Command::new("unshare")
@@ -628,14 +611,7 @@ fn a_refused_restart_is_retried_once_per_fetch_not_in_a_loop() {
         read(&log).contains("up Pq5-second")
     });
     emu.set_secret("a", "with\0nul");
-    let refused = |addr: &str| -> u64 {
-        http_get(addr, "/metrics")
-            .1
-            .lines()
-            .find_map(|l| l.strip_prefix("kvfetch_restarts_refused_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let refused = |addr: &str| metric(addr, "kvfetch_restarts_refused_total");
     // The refusal comes when the restart is due: 10 s after the last one.
     wait_for("a refusal", ms(15000), || refused(&addr) > 0);
     let (before, t) = (cpu_ticks(sup.pid()), Instant::now());
@@ -719,40 +695,35 @@ fn a_rotation_during_a_restart_reaches_the_new_child() {
 
 #[test]
 fn a_refresh_without_a_thread_fails_and_is_retried() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root to run kvfetch as another user under a process limit");
+    if !root_or_skip("needs root to run kvfetch as another user under a process limit") {
         return;
     }
     let emu = seeded("x");
     let s = Scratch::new();
-    std::fs::create_dir_all(s.path("out")).unwrap();
-    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
+    users_dir(&s.path("out"), 64_015);
     let addr = free_addr();
-    // RLIMIT_NPROC 5 for uid 65534: the main, log, signal, health and refresh threads fit; a
+    // RLIMIT_NPROC 5 for a uid of its own: the main, log, signal, health and refresh threads fit; a
     // health connection's thread then takes the refresh thread's place.
-    let child = Command::new("prlimit")
-        .args([
-            "--nproc=5:5",
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-        ])
-        .args(["--clear-groups", &bin()])
-        .args([
+    let dir = s.path("out").display().to_string();
+    let child = as_user(
+        64_015,
+        &["prlimit", "--nproc=5:5"],
+        &[
             "watch",
             "--secret",
             "a",
             "--dir",
-            &s.path("out").display().to_string(),
-        ])
-        .args(["--refresh", "100ms", "--health-listen", &addr])
-        .env_clear()
-        .envs(env_for(&emu))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            &dir,
+            "--refresh",
+            "100ms",
+            "--health-listen",
+            &addr,
+        ],
+        &env_for(&emu),
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut w = Background(child);
     wait_for("the first write", ms(5000), || s.path("out/a").exists());
     // Hold the thread budget with idle health connections (each has a thread for 2 s).

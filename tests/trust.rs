@@ -585,32 +585,23 @@ fn control_characters_from_a_server_cannot_forge_log_lines() {
 fn the_process_is_not_dumpable() {
     // /proc/PID files of a non-dumpable process belong to root, whoever runs it: run kvfetch as
     // another user and look.
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to run kvfetch as another user");
+    if !root_or_skip("needs root to run kvfetch as another user") {
         return;
     }
     let emu = seeded();
     let s = Scratch::new();
-    std::fs::create_dir_all(s.path("out")).unwrap();
-    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
+    nobodys_dir(&s.path("out"));
     let mut env = env_for(&emu);
     env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
     let mut w = Background(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                &bin(),
-            ])
-            .args(["watch", "--secret", "api-key", "--dir", &out_dir(&s)])
-            .env_clear()
-            .envs(&env)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
+        as_nobody(
+            &[],
+            &["watch", "--secret", "api-key", "--dir", &out_dir(&s)],
+            &env,
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
     );
     wait_for("the first write", ms(5000), || {
         s.path("out/api-key").exists()
@@ -622,11 +613,6 @@ fn the_process_is_not_dumpable() {
         "a dumpable process's /proc files belong to its user"
     );
     w.stop_and_stderr();
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 // 11. Permanent errors fail fast with their cause.
@@ -963,8 +949,7 @@ fn a_loopback_vault_gets_a_token_only_from_a_loopback_identity_endpoint() {
 
 #[test]
 fn a_directory_owned_by_another_user_is_not_private() {
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to create directories owned by another user");
+    if !root_or_skip("needs root to create directories owned by another user") {
         return;
     }
     let emu = seeded();
@@ -1102,22 +1087,13 @@ fn output_paths_are_plain_and_owners_possible_before_any_request() {
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert_no_requests(&emu, &format!("{args:?}"));
     }
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("SKIPPED (owner part): needs root to run kvfetch as another user");
+    if !root_or_skip("(the owner part) needs root to run kvfetch as another user") {
         return;
     }
-    std::fs::create_dir_all(s.path("out")).unwrap();
-    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            &bin(),
-        ])
-        .args([
+    nobodys_dir(&s.path("out"));
+    let out = as_nobody(
+        &[],
+        &[
             "fetch",
             "--secret",
             "api-key",
@@ -1125,11 +1101,11 @@ fn output_paths_are_plain_and_owners_possible_before_any_request() {
             &out_dir(&s),
             "--owner",
             "0",
-        ])
-        .env_clear()
-        .envs(env_for(&emu))
-        .output()
-        .unwrap();
+        ],
+        &env_for(&emu),
+    )
+    .output()
+    .unwrap();
     assert_eq!(
         out.status.code(),
         Some(6),
@@ -1143,26 +1119,18 @@ fn output_paths_are_plain_and_owners_possible_before_any_request() {
 
 #[test]
 fn without_threads_secrets_are_fetched_one_at_a_time() {
-    if unsafe { libc_geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to run kvfetch as another user under a process limit");
+    if !root_or_skip("needs root to run kvfetch as another user under a process limit") {
         return;
     }
     let emu = seeded();
     let s = Scratch::new();
-    std::fs::create_dir_all(s.path("out")).unwrap();
-    std::os::unix::fs::chown(s.path("out"), Some(65534), Some(65534)).unwrap();
-    // RLIMIT_NPROC 1 for uid 65534: kvfetch itself is its one process, so no thread can start.
-    let out = Command::new("prlimit")
-        .args([
-            "--nproc=1:1",
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-        ])
-        .args(["--clear-groups", &bin()])
-        .args([
+    users_dir(&s.path("out"), 64_008);
+    // RLIMIT_NPROC 1 for a uid of its own: kvfetch itself is its one process, so no thread
+    // can start.
+    let out = as_user(
+        64_008,
+        &["prlimit", "--nproc=1:1"],
+        &[
             "fetch",
             "--secret",
             "api-key",
@@ -1170,11 +1138,11 @@ fn without_threads_secrets_are_fetched_one_at_a_time() {
             "other",
             "--dir",
             &out_dir(&s),
-        ])
-        .env_clear()
-        .envs(env_for(&emu))
-        .output()
-        .unwrap();
+        ],
+        &env_for(&emu),
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("one secret at a time"), "{stderr}");

@@ -246,3 +246,67 @@ pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
+
+/// Whether the tests run as root; when not, print `SKIPPED: <why>` (the test report shows it)
+/// and return false.
+pub fn root_or_skip(why: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: {why}");
+    }
+    root
+}
+
+/// Create `dir` and give it to uid/gid 65534 (nobody), for kvfetch run by [`as_nobody`].
+pub fn nobodys_dir(dir: &Path) {
+    users_dir(dir, 65534);
+}
+
+/// Create `dir` and give it to `uid` (as its gid too).
+pub fn users_dir(dir: &Path, uid: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
+}
+
+/// `kvfetch ARGS` as uid/gid 65534 (through setpriv), with exactly `env`; `prefix` runs before
+/// setpriv (e.g. `prlimit --nproc=1:1`).
+pub fn as_nobody(prefix: &[&str], args: &[&str], env: &HashMap<String, String>) -> Command {
+    as_user(65534, prefix, args, env)
+}
+
+/// Like [`as_nobody`] with another uid. Tests that limit processes per user (RLIMIT_NPROC counts
+/// all of a uid's processes on the machine) use a uid of their own, so that no other test's
+/// processes share the budget.
+pub fn as_user(uid: u32, prefix: &[&str], args: &[&str], env: &HashMap<String, String>) -> Command {
+    let id = uid.to_string();
+    let mut all: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    all.extend(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"].map(String::from));
+    all.push(bin());
+    all.extend(args.iter().map(|s| s.to_string()));
+    let mut c = Command::new(&all[0]);
+    c.args(&all[1..]).env_clear().envs(env);
+    c
+}
+
+/// Start supervised `kvfetch exec --refresh 100ms ARGS -- sh -c SCRIPT`.
+pub fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) -> Background {
+    let mut all: Vec<&str> = vec!["exec", "--refresh", "100ms"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", script]);
+    Background::start(env, &all)
+}
+
+/// The value of the metric line that starts with `series ` (0 when absent).
+pub fn metric(addr: &str, series: &str) -> u64 {
+    http_get(addr, "/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
