@@ -34,7 +34,9 @@ fn an_endless_410_ends_no_earlier_than_70_times_the_base_and_not_much_later() {
     let took = t.elapsed();
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(took >= ms(1400), "gave up after {took:?}, before 70 x base");
-    assert!(took < ms(3000), "kept going for {took:?}");
+    // An endless 410 loop would go on for minutes (10,000 queued 410s); the bound leaves room
+    // for a loaded machine.
+    assert!(took < ms(6000), "kept going for {took:?}");
     assert!(r.stderr.contains("410"), "{}", r.stderr);
 }
 
