@@ -239,6 +239,8 @@ impl Identity {
         let started = Instant::now();
         let (mut attempt, mut first_410) = (0u32, None);
         let mut last_410_try = false;
+        // The last HTTP answer: a final attempt cut short by the deadline must not hide it.
+        let mut last_answer: Option<String> = None;
         loop {
             let timeout = deadline.remaining().min(Duration::from_secs(20));
             let problem = match http::get(&self.agent, &url, &headers, timeout) {
@@ -263,6 +265,9 @@ impl Identity {
                 }
                 Err(e) => e.text,
             };
+            if problem.starts_with("HTTP ") {
+                last_answer = Some(problem.clone());
+            }
             if problem.starts_with("HTTP 410") {
                 // "Back within 70 s": keep trying at least that long, even past --timeout.
                 let first = *first_410.get_or_insert_with(Instant::now);
@@ -280,13 +285,19 @@ impl Identity {
                 if first_410.is_some() && !last_410_try {
                     last_410_try = true;
                     std::thread::sleep(deadline.remaining());
+                    // Time for the last request itself to be answered.
+                    deadline.extend_to(Instant::now() + Duration::from_secs(1));
                     continue;
                 }
                 return Err(Error::NoToken(format!(
-                    "gave up on the identity endpoint {} after {} ({attempt} attempts; last: {problem}) asking for {}; \
+                    "gave up on the identity endpoint {} after {} ({attempt} attempts; last: {problem}{}) asking for {}; \
                      check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly",
                     self.source.endpoint(),
                     human(started.elapsed()),
+                    last_answer
+                        .filter(|a| *a != problem)
+                        .map(|a| format!("; last answer: {a}"))
+                        .unwrap_or_default(),
                     Selector::describe(self.selector.as_ref()),
                 )));
             }
