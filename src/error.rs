@@ -44,6 +44,29 @@ pub enum Error {
     NotExecutable(String),
 }
 
+/// Whether an I/O error is this process's or node's limit: out of file descriptors or memory.
+pub fn local_limit(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
+impl Error {
+    /// `msg` (which names `e`) as the error `kind` makes of it, unless `e` is a local resource
+    /// limit: then it is [`Error::Resource`], so a limit is never reported as a bad flag, output
+    /// or server.
+    pub fn from_io(e: &std::io::Error, kind: fn(String) -> Error, msg: String) -> Error {
+        if local_limit(e) {
+            Error::Resource(format!(
+                "{msg}: a limit of this process or node (ulimit -n, memory), not a fault of what was named"
+            ))
+        } else {
+            kind(msg)
+        }
+    }
+}
+
 /// Process exit codes, stable across releases.
 pub mod exit {
     pub const OK: u8 = 0;

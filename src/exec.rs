@@ -212,7 +212,7 @@ pub fn exec_error(command: &str, program: &Path, err: std::io::Error) -> Error {
             "{command}: the environment and arguments are larger than the kernel accepts for a new program ({err}); put large secrets in files with --dir"
         ));
     }
-    if crate::http::local_limit(&err) || err.raw_os_error() == Some(libc::EAGAIN) {
+    if crate::error::local_limit(&err) || err.raw_os_error() == Some(libc::EAGAIN) {
         return Error::Resource(format!(
             "{command}: cannot start it: {err} (a process, file or memory limit of this container or node)"
         ));

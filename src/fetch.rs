@@ -83,11 +83,8 @@ fn read_ca_file(p: &Path) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let bad = |why: String| Error::Usage(format!("cannot read --ca-file {}: {why}", p.display()));
     let file = std::fs::File::open(p).map_err(|e| {
-        if http::local_limit(&e) {
-            Error::Resource(format!("cannot read --ca-file {}: {e}", p.display()))
-        } else {
-            bad(e.to_string())
-        }
+        let msg = format!("cannot read --ca-file {}: {e}", p.display());
+        Error::from_io(&e, Error::Usage, msg)
     })?;
     let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {

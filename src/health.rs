@@ -171,11 +171,7 @@ struct Reading {
 pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         let msg = format!("cannot listen on --health-listen {addr}: {e}");
-        if crate::http::local_limit(&e) {
-            Error::Resource(msg)
-        } else {
-            Error::Usage(msg)
-        }
+        Error::from_io(&e, Error::Usage, msg)
     })?;
     let reading: Arc<Mutex<Vec<Reading>>> = Arc::default();
     std::thread::Builder::new()

@@ -170,13 +170,7 @@ pub struct Failure {
     pub local: bool,
 }
 
-/// Whether an I/O error is this process's or node's limit: out of file descriptors or memory.
-pub fn local_limit(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
-    )
-}
+use crate::error::local_limit;
 
 impl Failure {
     fn transient(text: String) -> Failure {

@@ -84,13 +84,7 @@ pub fn forward<T: Send + 'static>(
 ) -> Result<(), Error> {
     let mut caught = Signals::new(signals).map_err(|e| {
         let msg = format!("cannot install signal handlers: {e}");
-        if crate::http::local_limit(&e) {
-            Error::Resource(format!(
-                "{msg} (a limit of this process or node: ulimit -n)"
-            ))
-        } else {
-            Error::Other(msg)
-        }
+        Error::from_io(&e, Error::Other, msg)
     })?;
     spawn(move || {
         for sig in caught.forever() {

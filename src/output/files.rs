@@ -195,12 +195,7 @@ pub fn stage(target: &Path, bytes: &[u8], opts: FileOptions) -> Result<Staged, E
     if let Err(e) = write_temp(&temp, bytes, opts) {
         let _ = fs::remove_file(&temp);
         let msg = format!("cannot write {}: {e}", target.display());
-        if crate::http::local_limit(&e) {
-            return Err(Error::Resource(format!(
-                "{msg}: a limit of this process or node (ulimit -n, memory), not of the output"
-            )));
-        }
-        return Err(Error::Output(msg));
+        return Err(Error::from_io(&e, Error::Output, msg));
     }
     Ok(Staged {
         temp,
