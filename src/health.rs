@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::log;
 
 /// What the sidecar knows about itself.
 #[derive(Debug, Default)]
@@ -173,6 +174,14 @@ pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
         let msg = format!("cannot listen on --health-listen {addr}: {e}");
         Error::from_io(&e, Error::Usage, msg)
     })?;
+    // The address actually bound: with port 0 the system chose it, and this line is how a
+    // script (or a test) learns it.
+    if let Ok(bound) = listener.local_addr() {
+        log::info(
+            "health endpoints listening",
+            &[("addr", &bound.to_string())],
+        );
+    }
     let reading: Arc<Mutex<Vec<Reading>>> = Arc::default();
     std::thread::Builder::new()
         .name("health".into())
@@ -187,12 +196,15 @@ pub fn serve(addr: &str, status: Arc<Mutex<Status>>) -> Result<(), Error> {
             });
             for (id, conn) in (0u64..).zip(accepted) {
                 admit(&reading, id, &conn);
-                let (status, reading) = (status.clone(), reading.clone());
-                let _ = std::thread::Builder::new()
+                let (status, list) = (status.clone(), reading.clone());
+                let spawned = std::thread::Builder::new()
                     .stack_size(64 * 1024)
-                    .spawn(move || serve_one(conn, &status, &reading, id));
-                // No thread to be had (a process limit): the connection is dropped with the
-                // closure, and its slot is freed when the next connection makes room.
+                    .spawn(move || serve_one(conn, &status, &list, id));
+                if spawned.is_err() {
+                    // No thread to be had (a process limit): close the connection now (its
+                    // copy in the list would keep it open, and the probe waiting).
+                    done_reading(&reading, id);
+                }
             }
         })
         .map_err(|e| Error::Resource(format!("cannot start the health listener thread: {e}")))?;

@@ -251,7 +251,7 @@ fn ready_file_replaces_a_symlink_and_has_the_file_mode_whatever_the_umask() {
         out_dir(&s),
         ready.display()
     );
-    let mut w = Background(
+    let mut w = Background::new(
         Command::new("sh")
             .args(["-c", &script])
             .env_clear()
@@ -337,7 +337,6 @@ fn vm_rss_kb(pid: i32) -> u64 {
 fn health_probes_answer_within_a_second_beside_a_hog_and_idle_connections() {
     let emu = seeded();
     let s = Scratch::new();
-    let addr = free_addr();
     let mut w = Background::start(
         &env_for(&emu),
         &[
@@ -347,9 +346,10 @@ fn health_probes_answer_within_a_second_beside_a_hog_and_idle_connections() {
             "--dir",
             &out_dir(&s),
             "--health-listen",
-            &addr,
+            "127.0.0.1:0",
         ],
     );
+    let addr = w.health_addr();
     wait_ready(&addr);
     // More idle connections than the listener keeps waiting: the oldest make room.
     let idle: Vec<_> = (0..100)
@@ -593,7 +593,7 @@ fn the_process_is_not_dumpable() {
     nobodys_dir(&s.path("out"));
     let mut env = env_for(&emu);
     env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
-    let mut w = Background(
+    let mut w = Background::new(
         as_nobody(
             &[],
             &["watch", "--secret", "api-key", "--dir", &out_dir(&s)],

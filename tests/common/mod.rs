@@ -131,8 +131,14 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A kvfetch process running in the background (watch, supervised exec); killed on drop.
-pub struct Background(pub std::process::Child);
+/// A kvfetch process running in the background (watch, supervised exec); killed on drop. Its
+/// stderr, when piped, is read all the time by a thread (a child never blocks on a full pipe)
+/// and kept for [`Background::stderr`].
+pub struct Background {
+    pub child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
 
 unsafe extern "C" {
     #[link_name = "kill"]
@@ -154,11 +160,29 @@ impl Background {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        Background(child)
+        Background::new(child)
+    }
+
+    /// Watch over `child`, draining its stderr if it was piped.
+    pub fn new(mut child: std::process::Child) -> Background {
+        use std::io::Read;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let drain = child.stderr.take().map(|mut pipe| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    log.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        });
+        Background { child, log, drain }
     }
 
     pub fn pid(&self) -> i32 {
-        self.0.id() as i32
+        self.child.id() as i32
     }
 
     pub fn signal(&self, sig: i32) {
@@ -166,11 +190,84 @@ impl Background {
         unsafe { libc_kill(self.pid(), sig) };
     }
 
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Watch over `child` without reading its stderr (a test of a stalled reader): the pipe fills.
+    pub fn undrained(child: std::process::Child) -> Background {
+        let log = std::sync::Arc::default();
+        Background {
+            child,
+            log,
+            drain: None,
+        }
+    }
+
+    /// The address its health listener reports having bound (start it with
+    /// `--health-listen 127.0.0.1:0`: the system picks a free port, nothing is handed over).
+    /// An undrained child's stderr is read up to that line and no further.
+    pub fn health_addr(&mut self) -> String {
+        if self.drain.is_none() {
+            self.read_until("health endpoints listening");
+        }
+        let mut addr = String::new();
+        self.wait("the health listener's address", ms(10000), || {
+            let log = self.stderr();
+            let found = log.lines().find_map(|l| {
+                let rest = l.split("health endpoints listening").nth(1)?;
+                rest.split_whitespace()
+                    .find_map(|f| f.strip_prefix("addr="))
+                    .map(str::to_string)
+            });
+            addr = found.unwrap_or_default();
+            !addr.is_empty()
+        });
+        addr
+    }
+
+    /// Read an undrained child's stderr into the log up to the first line holding `text`.
+    fn read_until(&mut self, text: &str) {
+        use std::io::Read;
+        let Some(pipe) = self.child.stderr.as_mut() else {
+            return;
+        };
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        while let Ok(1) = pipe.read(&mut byte) {
+            line.push(byte[0]);
+            if byte[0] == b'\n' {
+                let l = String::from_utf8_lossy(&line).into_owned();
+                self.log.lock().unwrap().push_str(&l);
+                line.clear();
+                if l.contains(text) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Poll `check` like [`wait_for`]; on time-out the panic shows this process's stderr.
+    pub fn wait(&self, what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if check() {
+                return;
+            }
+            std::thread::sleep(ms(20));
+        }
+        panic!(
+            "timed out waiting for {what}; stderr so far:\n{}",
+            self.stderr()
+        );
+    }
+
     /// The exit code, if it exits within `within`.
     pub fn exit_within(&mut self, within: Duration) -> Option<i32> {
         let until = std::time::Instant::now() + within;
         while std::time::Instant::now() < until {
-            if let Some(status) = self.0.try_wait().unwrap() {
+            if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
             std::thread::sleep(ms(10));
@@ -180,27 +277,30 @@ impl Background {
 
     /// Stop it as an orchestrator does (SIGTERM, then SIGKILL after 3 s) and return its stderr.
     pub fn stop_and_stderr(&mut self) -> String {
-        use std::io::Read;
         self.signal(SIGTERM);
         if self.exit_within(ms(3000)).is_none() {
-            let _ = self.0.kill();
+            let _ = self.child.kill();
         }
-        let _ = self.0.wait();
-        let mut s = String::new();
-        self.0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
-        s
+        let _ = self.child.wait();
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        } else if let Some(mut pipe) = self.child.stderr.take() {
+            use std::io::Read;
+            let mut rest = Vec::new();
+            let _ = pipe.read_to_end(&mut rest);
+            self.log
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&rest));
+        }
+        self.stderr()
     }
 }
 
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -221,16 +321,24 @@ pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// GET `path` from a health endpoint: (status, body), or (0, "") when nothing listens.
+/// GET `path` from a health endpoint: (status, body), or (0, "") when nothing listens, the
+/// connection is closed or reset without an answer, or no answer comes within 5 s.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = s.set_read_timeout(Some(ms(5000)));
+    let _ = s.set_write_timeout(Some(ms(5000)));
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").is_err()
+        || s.read_to_string(&mut out).is_err()
+    {
+        return (0, String::new());
+    }
+    let Some(code) = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()) else {
+        return (0, String::new());
+    };
     (
         code,
         out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
@@ -240,11 +348,6 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// Wait until the health endpoint at `addr` answers `/readyz` with 200.
 pub fn wait_ready(addr: &str) {
     wait_for("readiness", ms(5000), || http_get(addr, "/readyz").0 == 200);
-}
-
-pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
 }
 
 unsafe extern "C" {
@@ -301,12 +404,13 @@ pub fn supervised(env: &HashMap<String, String>, args: &[&str], script: &str) ->
     Background::start(env, &all)
 }
 
-/// The value of the metric line that starts with `series ` (0 when absent).
-pub fn metric(addr: &str, series: &str) -> u64 {
-    http_get(addr, "/metrics")
-        .1
-        .lines()
+/// The value of the metric `series` (its name and labels exactly, such as
+/// `kvfetch_refresh_failures_total{kind="no_token"}`); panics when the series is absent, so a
+/// renamed metric fails the test instead of reading as 0.
+pub fn metric(addr: &str, series: &str) -> f64 {
+    let text = http_get(addr, "/metrics").1;
+    text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or_else(|| panic!("no series {series} in /metrics: {text}"))
 }
