@@ -252,6 +252,11 @@ pub fn escape(msg: &str) -> String {
         .collect()
 }
 
+/// Fields that always hold a whole number: JSON lines carry them as numbers, so a machine
+/// can compare them without parsing. Every other field stays a string, whatever it holds (a
+/// secret named `123` is still a name).
+const NUMERIC_FIELDS: &[&str] = &["count", "exit_code", "pid", "pgid", "secrets", "signal"];
+
 fn json_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
     let mut obj = serde_json::Map::new();
     let ts = SystemTime::now()
@@ -265,7 +270,12 @@ fn json_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
     obj.insert("level".into(), level.into());
     obj.insert("msg".into(), msg.into());
     for (k, v) in fields {
-        obj.insert((*k).into(), (*v).into());
+        let number = NUMERIC_FIELDS
+            .contains(k)
+            .then(|| v.parse::<i64>().ok())
+            .flatten();
+        let value = number.map_or_else(|| (*v).into(), serde_json::Value::from);
+        obj.insert((*k).into(), value);
     }
     format!("{}\n", serde_json::Value::Object(obj))
 }

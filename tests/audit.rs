@@ -418,3 +418,75 @@ fn retries_back_off_exponentially() {
         r.stderr
     );
 }
+
+/// Each stderr line as a JSON object (panics on a line that is not one).
+fn json_lines(stderr: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    stderr
+        .lines()
+        .map(|l| match serde_json::from_str(l) {
+            Ok(serde_json::Value::Object(o)) => o,
+            _ => panic!("not a JSON object: {l:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_carry_typed_fields() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--log-format",
+            "json",
+            "--secret",
+            "a",
+            "--secret",
+            "b",
+            "--dir",
+            &out(&s),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines = json_lines(&r.stderr);
+    let done = lines
+        .iter()
+        .find(|o| o["msg"] == "fetched and wrote secrets")
+        .unwrap_or_else(|| panic!("no success line: {}", r.stderr));
+    assert_eq!(done["level"], "info");
+    assert_eq!(done["count"], serde_json::json!(2), "a number, not \"2\"");
+    assert!(done["ts"].as_f64().is_some_and(|t| t > 1.7e9), "{done:?}");
+    for o in &lines {
+        assert!(o["level"].is_string() && o["msg"].is_string(), "{o:?}");
+    }
+    // A failure: one error line with its kind and exit code, and the secret named.
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--log-format",
+            "json",
+            "--secret",
+            "Zx9-missing",
+            "--dir",
+            &out(&s),
+        ],
+    );
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let errors: Vec<_> = json_lines(&r.stderr)
+        .into_iter()
+        .filter(|o| o["level"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert_eq!(errors[0]["kind"], "not_found");
+    assert_eq!(errors[0]["exit_code"], serde_json::json!(5));
+    assert!(
+        errors[0]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("Zx9-missing")),
+        "{:?}",
+        errors[0]
+    );
+    assert_no_leak(&r, &["Au1-alpha", "Au2-beta"]);
+}
