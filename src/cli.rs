@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::{EXIT_CODES, Error};
+use crate::error::Error;
 use crate::identity::Selector;
 use crate::log;
 use crate::output::Format;
@@ -310,6 +310,10 @@ pub enum Command {
     Exec(Vec<String>),
     /// Help for one command (or the overview).
     Help(Option<&'static str>),
+    /// A bare `kvfetch`: the short usage, exit 2.
+    Usage,
+    /// `completions SHELL`: a completion script.
+    Completions(String),
     Version,
 }
 
@@ -542,8 +546,30 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
         let arg = &args[i];
         i += 1;
         match arg.as_str() {
-            "-h" | "--help" | "help" => {
-                return Ok((Command::Help(command.as_ref().map(name)), given));
+            "-h" | "--help" => {
+                return Ok((Command::Help(command.as_ref().map(command_name)), given));
+            }
+            "help" if command.is_none() => {
+                let topic = match args.get(i).map(String::as_str) {
+                    None => None,
+                    Some(t @ ("fetch" | "watch" | "exec")) => Some(command_name(&parse_command(t))),
+                    Some(other) => {
+                        return Err(usage(format!(
+                            "no help on {other:?}: try kvfetch help fetch, watch or exec"
+                        )));
+                    }
+                };
+                return Ok((Command::Help(topic), given));
+            }
+            "completions" if command.is_none() => {
+                return match args.get(i).map(String::as_str) {
+                    Some(shell @ ("bash" | "zsh" | "fish")) => {
+                        Ok((Command::Completions(shell.to_string()), given))
+                    }
+                    other => Err(usage(format!(
+                        "completions needs a shell: kvfetch completions bash, zsh or fish (got {other:?})"
+                    ))),
+                };
             }
             "-V" | "--version" => return Ok((Command::Version, given)),
             "fetch" if command.is_none() => command = Some(Command::Fetch),
@@ -565,11 +591,16 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
                     return Err(usage(format!(
                         "--{} does not apply to `kvfetch {}`",
                         f.long,
-                        name(c)
+                        command_name(c)
                     )));
                 }
                 i += next;
                 given.entry(f.long).or_default().push(v);
+            }
+            other if matches!(command, Some(Command::Exec(_))) => {
+                return Err(usage(format!(
+                    "unexpected argument {other:?}: put -- before the command to run: kvfetch exec [options] -- {other} [ARGS...]"
+                )));
             }
             other => {
                 return Err(usage(format!(
@@ -586,11 +617,14 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
         return Err(usage(format!(
             "--{} does not apply to `kvfetch {}`",
             f.long,
-            name(c)
+            command_name(c)
         )));
     }
     match command {
-        None => Ok((Command::Help(None), given)),
+        None if given.is_empty() => Ok((Command::Usage, given)),
+        None => Err(usage(
+            "options need a command first: kvfetch fetch|watch|exec [options]",
+        )),
         Some(Command::Exec(argv)) if argv.is_empty() => Err(usage(
             "exec needs a command: kvfetch exec [options] -- COMMAND [ARGS...]",
         )),
@@ -598,7 +632,17 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
     }
 }
 
-fn name(c: &Command) -> &'static str {
+/// `fetch`, `watch` or `exec` as the command it names.
+fn parse_command(name: &str) -> Command {
+    match name {
+        "watch" => Command::Watch,
+        "exec" => Command::Exec(Vec::new()),
+        _ => Command::Fetch,
+    }
+}
+
+/// The name of a command, as typed.
+pub fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Fetch => "fetch",
         Command::Watch => "watch",
@@ -806,62 +850,6 @@ fn duration_flag(name: &str, s: &str) -> Result<Duration, Error> {
     Ok(d)
 }
 
-/// The `--help` text for one command (or the overview), generated from [`FLAGS`].
-pub fn help(command: Option<&str>) -> String {
-    let (mode, intro) = match command {
-        Some("watch") => (
-            WATCH,
-            "Usage:\n  kvfetch watch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
-             `watch` fetches like `fetch` (same first-fetch rules and exit codes), then keeps the outputs fresh:\n\
-             only changed files are replaced; SIGHUP refreshes now; SIGTERM/SIGINT exit 0.\n",
-        ),
-        Some("exec") => (
-            EXEC,
-            "Usage:\n  kvfetch exec [options] -- COMMAND [ARGS...]\n\n\
-             `exec` resolves --secret specs and inherited @Microsoft.KeyVault(...) references into the\n\
-             environment, then becomes COMMAND (execve). With --refresh it stays the parent instead:\n\
-             it forwards signals, reaps zombies, refreshes, and restarts or signals the child on change.\n",
-        ),
-        _ => (
-            FETCH,
-            "Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n  \
-             kvfetch watch [options]            (sidecar: fetch, then keep fresh; kvfetch watch --help)\n  \
-             kvfetch exec [options] -- COMMAND  (entrypoint wrapper; kvfetch exec --help)\n\n\
-             `fetch` gets one token, fetches every secret in parallel, and writes all outputs or none.\n",
-        ),
-    };
-    let mut out = format!(
-        "kvfetch: read Azure Key Vault secrets with a managed identity.\n\n{intro}\n\
-         Options (each also read from the environment variable shown; a flag wins over its variable):\n"
-    );
-    for f in FLAGS.iter().filter(|f| f.modes & mode != 0) {
-        let short = f.short.map(|c| format!("-{c}, ")).unwrap_or_default();
-        let value = f.value.map(|v| format!(" {v}")).unwrap_or_default();
-        out.push_str(&format!(
-            "  {short}--{}{value}\n      {}\n      [env: {}]",
-            f.long, f.help, f.env
-        ));
-        if let Some(d) = f.default.filter(|_| !(mode == EXEC && f.long == "refresh")) {
-            out.push_str(&format!(" [default: {d}]"));
-        }
-        out.push('\n');
-    }
-    out.push_str(
-        "  -h, --help     show this help\n  -V, --version  show the version\n\n\
-         Identity endpoint (environment only):\n\
-         \x20 AZURE_POD_IDENTITY_AUTHORITY_HOST  base URL replacing IMDS (http://169.254.169.254), as in the Azure SDKs\n\
-         \x20 IDENTITY_ENDPOINT + IDENTITY_HEADER  App Service / Container Apps identity endpoint (used when both are set)\n\
-         \x20 HTTPS_PROXY, NO_PROXY               honoured for Key Vault; identity endpoints never use a proxy\n\n\
-         Exit codes:\n",
-    );
-    out.push_str(EXIT_CODES);
-    if mode == EXEC {
-        out.push_str("\n  126  COMMAND is not executable\n  127  COMMAND not found\n  otherwise the child's exit status, or 128+N when it was killed by signal N");
-    }
-    out.push('\n');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -927,9 +915,9 @@ mod tests {
     fn help_lists_every_flag_with_env_and_default() {
         let h = format!(
             "{}{}{}",
-            help(None),
-            help(Some("watch")),
-            help(Some("exec"))
+            crate::help::help(None),
+            crate::help::help(Some("watch")),
+            crate::help::help(Some("exec"))
         );
         for f in FLAGS {
             assert!(

@@ -1,7 +1,7 @@
 //! kvfetch: read Azure Key Vault secrets with a managed identity, with no credentials in code.
 //!
 //! The binary is a thin shell around [`run`], which tests drive directly. Modules, one concern
-//! each: [`cli`] (flags, env, help), [`spec`] (what to fetch, host rules), [`identity`] (tokens),
+//! each: [`cli`] (flags, env), [`help`] (help, examples, completions), [`spec`] (what to fetch, host rules), [`identity`] (tokens),
 //! [`keyvault`] (the vault client), [`retry`] (backoff and deadline), [`output`] (files and env
 //! files), [`fetch`] (the init-step mode), [`error`] (the error enum and exit codes), [`log`].
 
@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod fetch;
 pub mod health;
+pub mod help;
 pub mod http;
 pub mod identity;
 pub mod keyvault;
@@ -43,7 +44,15 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
     log::init(opts.log);
     let result = match opts.command {
         cli::Command::Help(command) => {
-            print!("{}", cli::help(command));
+            print!("{}", help::help(command));
+            Ok(exit::OK)
+        }
+        cli::Command::Usage => {
+            eprint!("{}", help::short_usage());
+            Ok(exit::USAGE)
+        }
+        cli::Command::Completions(ref shell) => {
+            print!("{}", help::completions(shell).unwrap_or_default());
             Ok(exit::OK)
         }
         cli::Command::Version => {

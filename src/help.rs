@@ -1,0 +1,482 @@
+//! What kvfetch says about itself: each command's `--help` (flags grouped, each with its
+//! environment variable and default, then real examples), the short usage a bare `kvfetch`
+//! prints, and shell completions. Everything is generated from [`cli::FLAGS`], the same table
+//! parsing uses, so help, completions and parsing cannot disagree.
+
+use crate::cli::{self, EXEC, FETCH, FLAGS, Flag, WATCH};
+use crate::error::EXIT_CODES;
+
+/// The help groups, in the order shown; every flag is in exactly one (a unit test checks).
+pub const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "Source (which secrets, from which vault)",
+        &["vault", "secret", "api-version", "ca-file", "concurrency"],
+    ),
+    (
+        "Identity (which managed identity, which audience)",
+        &["client-id", "object-id", "resource-id", "resource"],
+    ),
+    (
+        "Output (where the secrets go)",
+        &[
+            "dir",
+            "env-file",
+            "env-format",
+            "file-mode",
+            "owner",
+            "require-tmpfs",
+            "require-private-dir",
+            "allow-env",
+        ],
+    ),
+    ("Retry", &["timeout", "backoff-base", "access-retry"]),
+    ("Logging", &["log-format", "quiet", "verbose"]),
+    (
+        "Refresh (watch, supervised exec)",
+        &[
+            "refresh",
+            "max-stale",
+            "ready-file",
+            "health-listen",
+            "notify-url",
+            "cleanup",
+            "on-change",
+            "grace",
+        ],
+    ),
+];
+
+/// One example: the command it belongs to, what it does, environment set before it (shown as
+/// `NAME='value'`), and the arguments after `kvfetch`.
+pub struct Example {
+    pub command: &'static str,
+    pub about: &'static str,
+    pub env: &'static [(&'static str, &'static str)],
+    pub args: &'static str,
+}
+
+/// Examples shown in help; a unit test parses every one of them with the real parser.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        command: "fetch",
+        about: "init step: two secrets as files in a tmpfs volume",
+        env: &[],
+        args: "fetch --vault contoso-kv --secret db-password --secret api-key --dir /run/secrets",
+    },
+    Example {
+        command: "fetch",
+        about: "an env file, with a user-assigned identity",
+        env: &[],
+        args: "fetch --vault contoso-kv --secret DB_PASSWORD=db-password --env-file /run/secrets/app.env --client-id 3f2a9c4e-1b7d-4e8a-9c2f-5d6e7f8a9b0c",
+    },
+    Example {
+        command: "fetch",
+        about: "files the app's group (1000) can read",
+        env: &[],
+        args: "fetch --vault contoso-kv --secret tls-key --dir /run/secrets --file-mode 0440 --owner 65532:1000",
+    },
+    Example {
+        command: "watch",
+        about: "sidecar: refresh every 10 minutes, probes on port 8089",
+        env: &[],
+        args: "watch --vault contoso-kv --secret db-password --dir /run/secrets --refresh 10m --health-listen 0.0.0.0:8089",
+    },
+    Example {
+        command: "watch",
+        about: "tell the app when a secret changed; a ready file for a startup probe",
+        env: &[],
+        args: "watch --vault contoso-kv --secret api-key --dir /run/secrets --notify-url http://127.0.0.1:8080/reload --ready-file /run/ready",
+    },
+    Example {
+        command: "exec",
+        about: "entrypoint: secrets in the environment, then become the app",
+        env: &[],
+        args: "exec --vault contoso-kv --secret DB_PASSWORD=db-password -- /app/server",
+    },
+    Example {
+        command: "exec",
+        about: "App Service style references already in the environment",
+        env: &[(
+            "DB_PASSWORD",
+            "@Microsoft.KeyVault(SecretUri=https://contoso-kv.vault.azure.net/secrets/db-password)",
+        )],
+        args: "exec -- /app/server --port 8080",
+    },
+    Example {
+        command: "exec",
+        about: "supervised: restart the app when a secret rotates",
+        env: &[],
+        args: "exec --refresh 15m --vault contoso-kv --secret API_KEY=api-key -- /app/server",
+    },
+];
+
+/// What a bare `kvfetch` prints (to stderr, exit 2).
+pub fn short_usage() -> String {
+    "Usage: kvfetch COMMAND [options]\n\n\
+     Commands:\n\
+     \x20 fetch        fetch secrets once, write them, exit (init step)\n\
+     \x20 watch        fetch, then keep the outputs fresh (sidecar)\n\
+     \x20 exec         put secrets in the environment, then become COMMAND (entrypoint)\n\
+     \x20 help CMD     the options of one command, with examples (also: kvfetch CMD --help)\n\
+     \x20 completions  bash|zsh|fish: a completion script for your shell\n\n\
+     Example:\n  kvfetch fetch --vault contoso-kv --secret db-password --dir /run/secrets\n"
+        .to_string()
+}
+
+fn mode_of(command: Option<&str>) -> u8 {
+    match command {
+        Some("watch") => WATCH,
+        Some("exec") => EXEC,
+        _ => FETCH,
+    }
+}
+
+fn intro(command: Option<&str>) -> &'static str {
+    match command {
+        Some("watch") => {
+            "Usage:\n  kvfetch watch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
+             `watch` fetches like `fetch` (same first-fetch rules and exit codes), then keeps the outputs fresh:\n\
+             only changed files are replaced; SIGHUP refreshes now; SIGTERM/SIGINT exit 0.\n"
+        }
+        Some("exec") => {
+            "Usage:\n  kvfetch exec [options] -- COMMAND [ARGS...]\n\n\
+             `exec` resolves --secret specs and inherited @Microsoft.KeyVault(...) references into the\n\
+             environment, then becomes COMMAND (execve). With --refresh it stays the parent instead:\n\
+             it forwards signals, reaps zombies, refreshes, and restarts or signals the child on change.\n"
+        }
+        _ => {
+            "Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n  \
+             kvfetch watch [options]            (sidecar: fetch, then keep fresh; kvfetch help watch)\n  \
+             kvfetch exec [options] -- COMMAND  (entrypoint wrapper; kvfetch help exec)\n  \
+             kvfetch completions bash|zsh|fish  (a completion script)\n\n\
+             `fetch` gets one token, fetches every secret in parallel, and writes all outputs or none.\n"
+        }
+    }
+}
+
+fn flag_entry(f: &Flag, mode: u8) -> String {
+    let short = f.short.map(|c| format!("-{c}, ")).unwrap_or_default();
+    let value = f.value.map(|v| format!(" {v}")).unwrap_or_default();
+    let mut out = format!(
+        "  {short}--{}{value}\n      {}\n      [env: {}]",
+        f.long, f.help, f.env
+    );
+    if let Some(d) = f.default.filter(|_| !(mode == EXEC && f.long == "refresh")) {
+        out.push_str(&format!(" [default: {d}]"));
+    }
+    out.push('\n');
+    out
+}
+
+/// One example as a person would type it.
+pub fn example_line(e: &Example) -> String {
+    let env: String = e.env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    format!("{env}kvfetch {}", e.args)
+}
+
+/// The `--help` text for one command (or the overview: fetch's flags), from [`FLAGS`].
+pub fn help(command: Option<&str>) -> String {
+    let mode = mode_of(command);
+    let mut out = format!(
+        "kvfetch: read Azure Key Vault secrets with a managed identity.\n\n{}\n\
+         Options (each also read from the environment variable shown; a flag wins over its variable):\n",
+        intro(command)
+    );
+    for (title, names) in GROUPS {
+        let flags: Vec<&Flag> = names
+            .iter()
+            .filter_map(|n| FLAGS.iter().find(|f| f.long == *n))
+            .filter(|f| f.modes & mode != 0)
+            .collect();
+        if flags.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("\n{title}:\n"));
+        for f in flags {
+            out.push_str(&flag_entry(f, mode));
+        }
+    }
+    out.push_str(
+        "\n  -h, --help     show this help\n  -V, --version  show the version\n\n\
+         Identity endpoint (environment only):\n\
+         \x20 AZURE_POD_IDENTITY_AUTHORITY_HOST  base URL replacing IMDS (http://169.254.169.254), as in the Azure SDKs\n\
+         \x20 IDENTITY_ENDPOINT + IDENTITY_HEADER  App Service / Container Apps identity endpoint (used when both are set)\n\
+         \x20 HTTPS_PROXY, NO_PROXY               honoured for Key Vault; identity endpoints never use a proxy\n\n\
+         Examples:\n",
+    );
+    let name = command.unwrap_or("fetch");
+    for e in EXAMPLES.iter().filter(|e| e.command == name) {
+        out.push_str(&format!("  # {}\n  {}\n", e.about, example_line(e)));
+    }
+    out.push_str("\nExit codes:\n");
+    out.push_str(EXIT_CODES);
+    if mode == EXEC {
+        out.push_str("\n  126  COMMAND is not executable\n  127  COMMAND not found\n  otherwise the child's exit status, or 128+N when it was killed by signal N");
+    }
+    out.push('\n');
+    out
+}
+
+/// The commands that take `f`, by name.
+fn commands_of(f: &Flag) -> Vec<&'static str> {
+    [("fetch", FETCH), ("watch", WATCH), ("exec", EXEC)]
+        .iter()
+        .filter(|(_, m)| f.modes & m != 0)
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// The values a flag takes, when they are a fixed list.
+fn choices(f: &Flag) -> Option<&'static str> {
+    match f.long {
+        "env-format" => Some("dotenv shell docker json"),
+        "log-format" => Some("text json"),
+        "on-change" => Some("restart none signal:HUP signal:TERM signal:USR1 signal:USR2"),
+        _ => None,
+    }
+}
+
+/// How a flag's value is completed: a directory, a file, or nothing special.
+fn path_kind(f: &Flag) -> Option<&'static str> {
+    match f.long {
+        "dir" => Some("dir"),
+        "env-file" | "ca-file" | "ready-file" => Some("file"),
+        _ => None,
+    }
+}
+
+/// A flag's help cut to its first clause, with the characters shells treat specially removed.
+fn summary(f: &Flag) -> String {
+    let first = f.help.split([';', '(']).next().unwrap_or(f.help).trim();
+    first
+        .chars()
+        .filter(|c| !matches!(c, '[' | ']' | ':' | '\'' | '"' | '`' | '$' | '\\'))
+        .collect()
+}
+
+/// A completion script for `shell` (bash, zsh or fish).
+pub fn completions(shell: &str) -> Option<String> {
+    match shell {
+        "bash" => Some(bash()),
+        "zsh" => Some(zsh()),
+        "fish" => Some(fish()),
+        _ => None,
+    }
+}
+
+fn names_for(mode: u8) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for f in FLAGS.iter().filter(|f| f.modes & mode != 0) {
+        names.push(format!("--{}", f.long));
+        names.extend(f.short.map(|c| format!("-{c}")));
+    }
+    names.extend(["--help".to_string(), "-h".to_string()]);
+    names.join(" ")
+}
+
+fn bash() -> String {
+    let mut values = String::new();
+    for f in FLAGS.iter().filter(|f| f.value.is_some()) {
+        let action = match (choices(f), path_kind(f)) {
+            (Some(list), _) => format!("COMPREPLY=($(compgen -W \"{list}\" -- \"$cur\"))"),
+            (_, Some("dir")) => "COMPREPLY=($(compgen -d -- \"$cur\"))".to_string(),
+            (_, Some(_)) => "COMPREPLY=($(compgen -f -- \"$cur\"))".to_string(),
+            _ => "COMPREPLY=()".to_string(),
+        };
+        values.push_str(&format!("    --{}) {action}; return 0 ;;\n", f.long));
+    }
+    format!(
+        r#"# bash completion for kvfetch (generated by `kvfetch completions bash`)
+_kvfetch() {{
+  local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" cmd="" i
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case "${{COMP_WORDS[i]}}" in
+      --) COMPREPLY=($(compgen -c -f -- "$cur")); return 0 ;;
+      fetch|watch|exec) [ -z "$cmd" ] && cmd="${{COMP_WORDS[i]}}" ;;
+      help|completions) [ -z "$cmd" ] && cmd="${{COMP_WORDS[i]}}" ;;
+    esac
+  done
+  case "$prev" in
+{values}  esac
+  case "$cmd" in
+    "") COMPREPLY=($(compgen -W "fetch watch exec help completions --help --version" -- "$cur")) ;;
+    help) COMPREPLY=($(compgen -W "fetch watch exec" -- "$cur")) ;;
+    completions) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
+    fetch) COMPREPLY=($(compgen -W "{fetch}" -- "$cur")) ;;
+    watch) COMPREPLY=($(compgen -W "{watch}" -- "$cur")) ;;
+    exec) COMPREPLY=($(compgen -W "{exec} --" -- "$cur")) ;;
+  esac
+}}
+complete -F _kvfetch kvfetch
+"#,
+        fetch = names_for(FETCH),
+        watch = names_for(WATCH),
+        exec = names_for(EXEC),
+    )
+}
+
+fn zsh_spec(f: &Flag) -> String {
+    let action = match (f.value, choices(f), path_kind(f)) {
+        (None, _, _) => String::new(),
+        (Some(v), Some(list), _) => format!(":{v}:({list})"),
+        (Some(v), _, Some("dir")) => format!(":{v}:_files -/"),
+        (Some(v), _, Some(_)) => format!(":{v}:_files"),
+        (Some(v), _, _) => format!(":{v}: "),
+    };
+    let repeat = if matches!(f.long, "secret" | "allow-env") {
+        "*"
+    } else {
+        ""
+    };
+    let mut specs = vec![format!("'{repeat}--{}[{}]{action}'", f.long, summary(f))];
+    if let Some(c) = f.short {
+        specs.push(format!("'-{c}[{}]'", summary(f)));
+    }
+    specs.join(" ")
+}
+
+fn zsh() -> String {
+    let mut cases = String::new();
+    for (name, mode) in [("fetch", FETCH), ("watch", WATCH), ("exec", EXEC)] {
+        let specs: Vec<String> = FLAGS
+            .iter()
+            .filter(|f| f.modes & mode != 0)
+            .map(zsh_spec)
+            .collect();
+        let rest = if mode == EXEC {
+            " '--[the command to run]' '*::command:_normal'"
+        } else {
+            ""
+        };
+        cases.push_str(&format!(
+            "    {name}) _arguments -s {}{rest} ;;\n",
+            specs.join(" ")
+        ));
+    }
+    format!(
+        r#"#compdef kvfetch
+# zsh completion for kvfetch (generated by `kvfetch completions zsh`)
+_kvfetch() {{
+  local -a commands
+  commands=(
+    'fetch:fetch secrets once, write them, exit'
+    'watch:fetch, then keep the outputs fresh'
+    'exec:put secrets in the environment, then become COMMAND'
+    'help:the options of one command'
+    'completions:a completion script for your shell'
+  )
+  if (( CURRENT == 2 )); then
+    _describe 'command' commands
+    return
+  fi
+  local cmd=$words[2]
+  shift words
+  (( CURRENT-- ))
+  case $cmd in
+{cases}    help) _values 'command' fetch watch exec ;;
+    completions) _values 'shell' bash zsh fish ;;
+  esac
+}}
+if [ "$funcstack[1]" = "_kvfetch" ]; then
+  _kvfetch "$@"
+else
+  compdef _kvfetch kvfetch
+fi
+"#
+    )
+}
+
+fn fish() -> String {
+    let mut out = String::from(
+        "# fish completion for kvfetch (generated by `kvfetch completions fish`)\n\
+         complete -c kvfetch -f\n\
+         complete -c kvfetch -n __fish_use_subcommand -a fetch -d 'fetch secrets once, write them, exit'\n\
+         complete -c kvfetch -n __fish_use_subcommand -a watch -d 'fetch, then keep the outputs fresh'\n\
+         complete -c kvfetch -n __fish_use_subcommand -a exec -d 'put secrets in the environment, then become COMMAND'\n\
+         complete -c kvfetch -n __fish_use_subcommand -a help -d 'the options of one command'\n\
+         complete -c kvfetch -n __fish_use_subcommand -a completions -d 'a completion script for your shell'\n\
+         complete -c kvfetch -n '__fish_seen_subcommand_from help' -a 'fetch watch exec'\n\
+         complete -c kvfetch -n '__fish_seen_subcommand_from completions' -a 'bash zsh fish'\n",
+    );
+    for f in FLAGS {
+        let when = format!("__fish_seen_subcommand_from {}", commands_of(f).join(" "));
+        let mut line = format!("complete -c kvfetch -n '{when}' -l {}", f.long);
+        if let Some(c) = f.short {
+            line.push_str(&format!(" -s {c}"));
+        }
+        match (f.value, choices(f), path_kind(f)) {
+            (None, _, _) => {}
+            (Some(_), Some(list), _) => line.push_str(&format!(" -x -a '{list}'")),
+            (Some(_), _, Some("dir")) => line.push_str(" -x -a '(__fish_complete_directories)'"),
+            (Some(_), _, Some(_)) => line.push_str(" -r -F"),
+            (Some(_), _, _) => line.push_str(" -x"),
+        }
+        line.push_str(&format!(" -d '{}'\n", summary(f)));
+        out.push_str(&line);
+    }
+    out
+}
+
+/// The arguments of an example, split as a shell would (examples hold no quotes).
+pub fn example_args(e: &Example) -> Vec<String> {
+    e.args.split_whitespace().map(String::from).collect()
+}
+
+/// Used by the unit tests: parse an example with the real parser.
+pub fn parse_example(e: &Example) -> Result<cli::Options, crate::Error> {
+    let env = e
+        .env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    cli::parse(&example_args(e), &env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_is_in_exactly_one_group() {
+        for f in FLAGS {
+            let n = GROUPS.iter().filter(|(_, g)| g.contains(&f.long)).count();
+            assert_eq!(n, 1, "--{} is in {n} groups", f.long);
+        }
+        for (_, names) in GROUPS {
+            for n in *names {
+                assert!(FLAGS.iter().any(|f| f.long == *n), "no flag --{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_example_parses_and_each_command_has_two_to_four() {
+        for e in EXAMPLES {
+            let o = parse_example(e).unwrap_or_else(|err| panic!("{}: {err}", e.args));
+            assert_eq!(cli::command_name(&o.command), e.command, "{}", e.args);
+        }
+        for c in ["fetch", "watch", "exec"] {
+            let n = EXAMPLES.iter().filter(|e| e.command == c).count();
+            assert!((2..=4).contains(&n), "{c}: {n} examples");
+            let h = help(Some(c));
+            for e in EXAMPLES.iter().filter(|e| e.command == c) {
+                assert!(h.contains(&example_line(e)), "{c} help lacks {}", e.args);
+            }
+        }
+    }
+
+    #[test]
+    fn help_is_grouped_and_shows_only_the_commands_flags() {
+        let fetch = help(Some("fetch"));
+        assert!(fetch.contains("\nIdentity (") && fetch.contains("\nRetry:\n"));
+        assert!(!fetch.contains("--health-listen") && !fetch.contains("Refresh ("));
+        let watch = help(Some("watch"));
+        assert!(watch.contains("--health-listen") && !watch.contains("--on-change"));
+        let exec = help(Some("exec"));
+        assert!(exec.contains("--on-change") && !exec.contains("--ready-file"));
+        // Each group's heading comes before its first flag, in the order of GROUPS.
+        let at = |s: &str| fetch.find(s).unwrap();
+        assert!(at("\nSource (") < at("\n  --vault") && at("\n  --vault") < at("\nIdentity ("));
+        assert!(at("\nOutput (") < at("\n  --dir") && at("\n  --timeout") > at("\nRetry:"));
+    }
+}
