@@ -176,7 +176,10 @@ pub fn find_program(command: &str, path: OsString, secret_path: bool) -> Result<
         return match (p.is_file(), executable(&p)) {
             (true, true) => Ok(p),
             (true, false) => Err(not_executable(&p)),
-            _ if p.is_dir() => Err(not_executable(&p)),
+            _ if p.is_dir() => Err(Error::NotExecutable(format!(
+                "{}: is a directory, not a program; fix the command after --",
+                p.display()
+            ))),
             _ => Err(not_found()),
         };
     }

@@ -310,9 +310,23 @@ impl Identity {
         if matches!(status, 404 | 408 | 410 | 429) || status >= 500 {
             return Ok(format!("HTTP {status} {detail}"));
         }
-        if detail.to_ascii_lowercase().contains("identity not found")
-            || (status == 400 && detail.to_ascii_lowercase().contains("not found"))
-        {
+        let app_service = matches!(self.source, Source::AppService { .. });
+        if app_service && matches!(status, 401 | 403) {
+            return Err(Error::NoToken(format!(
+                "the identity endpoint {} (IDENTITY_ENDPOINT) rejected IDENTITY_HEADER: HTTP {status} \"{detail}\"; \
+                 the platform rotates that header: pass the container's own IDENTITY_HEADER through unchanged (do not copy or pin it), or restart the app so it gets the current one",
+                self.source.endpoint()
+            )));
+        }
+        let lower = detail.to_ascii_lowercase();
+        if app_service && lower.contains("unable to load the proper managed identity") {
+            return Err(Error::NoToken(format!(
+                "no managed identity found: {} answered HTTP {status} \"{detail}\" for {}; assign it to the app (az containerapp identity assign / az webapp identity assign, with --user-assigned RESOURCE_ID for a user-assigned one) and check the id",
+                self.source.endpoint(),
+                Selector::describe(self.selector.as_ref())
+            )));
+        }
+        if lower.contains("identity not found") || (status == 400 && lower.contains("not found")) {
             let fix = match &self.selector {
                 None => {
                     "assign a system-assigned identity (e.g. az container create … --assign-identity, az vm identity assign) or select a user-assigned one with --client-id/--object-id/--resource-id"

@@ -219,6 +219,11 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
         (Some(r), _) => (check_resource(r)?, Audience::Vouched),
         (None, Some(r)) => (r, Audience::Cloud),
         (None, None) if loopback => ("https://vault.azure.net".to_string(), Audience::Loopback),
+        (None, None) if let Some(meant) = typo_of_cloud(&host) => {
+            return Err(Error::Usage(format!(
+                "vault host {host} is not a Key Vault domain: did you mean --vault https://{meant} ?"
+            )));
+        }
         (None, None) => {
             return Err(Error::Usage(format!(
                 "vault host {host} is not a known Key Vault domain (*.vault.azure.net, *.vault.azure.cn, *.vault.usgovcloudapi.net, *.vault.microsoftazure.de); \
@@ -232,6 +237,46 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
         resource,
         audience,
     })
+}
+
+/// `NAME.vault.azure.com` and other near misses of a cloud's suffix → the host that was
+/// probably meant (`NAME.vault.azure.net`): at most two edits away from one of [`CLOUDS`].
+fn typo_of_cloud(host: &str) -> Option<String> {
+    let (name, rest) = host.split_once('.')?;
+    if !valid_vault_name(name) {
+        return None;
+    }
+    // `.com` for `.net` is the commonest slip, and `.com` is closer to `.cn` than to `.net`.
+    let rest = rest.trim_end_matches('.');
+    let rest = match rest.strip_suffix(".com") {
+        Some(stem) => format!("{stem}.net"),
+        None => rest.to_string(),
+    };
+    CLOUDS
+        .iter()
+        .map(|(suffix, _)| &suffix[1..])
+        .map(|suffix| (edit_distance(&rest, suffix), suffix))
+        .filter(|(d, _)| *d <= 3)
+        // On a tie the first cloud (the public one) wins: `min_by_key` keeps the first.
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, suffix)| format!("{name}.{suffix}"))
+}
+
+/// Levenshtein distance (both texts are short host names).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (prev + cost).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// `--resource`: an `https://` URL as the token audience (kept verbatim but for a trailing `/`).
@@ -381,10 +426,16 @@ pub fn check_names(
         if env {
             let e = spec.env_name();
             if !valid_env_name(&e) {
-                return Err(Error::Usage(format!(
-                    "--secret {:?}: {e:?} is not a valid environment variable name; give an alias (ALIAS=NAME)",
-                    spec.text
-                )));
+                return Err(Error::Usage(match &spec.alias {
+                    Some(alias) => format!(
+                        "--secret {:?}: alias {alias:?} is not a valid environment variable name: use letters, digits and _, not starting with a digit",
+                        spec.text
+                    ),
+                    None => format!(
+                        "--secret {:?}: {e:?} is not a valid environment variable name; give an alias, e.g. --secret SECRET_{e}={}",
+                        spec.text, spec.text
+                    ),
+                }));
             }
             if steers_programs(&e) && !allow_env.iter().any(|a| a == &e) {
                 return Err(Error::Usage(format!(
@@ -409,6 +460,54 @@ mod tests {
 
     fn vault(text: &str) -> Result<Vault, Error> {
         parse_vault(text, None)
+    }
+
+    #[test]
+    fn a_near_miss_of_a_cloud_suffix_suggests_the_real_one_not_resource() {
+        for (typo, meant) in [
+            (
+                "https://x-kv.vault.azure.com",
+                "https://x-kv.vault.azure.net",
+            ),
+            (
+                "https://x-kv.vaults.azure.net",
+                "https://x-kv.vault.azure.net",
+            ),
+            (
+                "https://x-kv.keyvault.azure.net",
+                "https://x-kv.vault.azure.net",
+            ),
+            ("https://x-kv.vault.azure.cm", "https://x-kv.vault.azure.cn"),
+            (
+                "https://x-kv.vault.usgovcloudapi.com",
+                "https://x-kv.vault.usgovcloudapi.net",
+            ),
+        ] {
+            let Err(Error::Usage(msg)) = vault(typo) else {
+                panic!("{typo} accepted")
+            };
+            assert!(
+                msg.contains(&format!("did you mean --vault {meant} ")),
+                "{msg}"
+            );
+            assert!(!msg.contains("--resource"), "{msg}");
+        }
+        // Far from every suffix: no guess, the --resource explanation instead.
+        for other in [
+            "https://evilvault.azure.net",
+            "https://x.vault.azure.net.evil.test",
+        ] {
+            let Err(Error::Usage(msg)) = vault(other) else {
+                panic!("{other} accepted")
+            };
+            assert!(
+                !msg.contains("did you mean") && msg.contains("--resource"),
+                "{msg}"
+            );
+        }
+        assert_eq!(edit_distance("vault.azure.com", "vault.azure.net"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", "abc"), 0);
     }
 
     #[test]

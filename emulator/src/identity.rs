@@ -59,7 +59,12 @@ pub fn token(world: &mut World, req: &Request, flavour: Flavour, header: &str) -
     }
     let selector = chosen.first().map(|(k, v)| (*k, v.as_str()));
     let Some(identity) = world.find_identity(selector) else {
-        return error(flavour, 400, "invalid_request", "Identity not found");
+        // What each platform really says (App Service / Container Apps: protocol.md §2.1).
+        let text = match flavour {
+            Flavour::Imds => "Identity not found",
+            Flavour::AppService => "Unable to load the proper Managed Identity.",
+        };
+        return error(flavour, 400, "invalid_request", text);
     };
     let body = issue(world, &identity, &resource, flavour, selector);
     Reply::Respond(Response::json(200, &body))

@@ -292,7 +292,12 @@ pub fn check_writable_dir(dir: &Path, what: &str, create: bool) -> Result<(), Er
     }
     match fs::metadata(existing) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) if existing == dir => return Err(fail("it exists and is not a directory".into())),
+        Ok(_) if existing == dir && what == "--dir" => {
+            return Err(fail(
+                "is a file, not a directory: give a directory (kvfetch creates it if missing), or --env-file for one file of all secrets".into(),
+            ));
+        }
+        Ok(_) if existing == dir => return Err(fail("is a file, not a directory".into())),
         Ok(_) => {
             return Err(fail(format!("{} is not a directory", existing.display())));
         }
