@@ -45,6 +45,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     }
     let child_env = child_env(&base, &session.plan.specs, &values)?;
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
+    crate::fetch::log_written(opts, &session.plan, &values, true);
     log::info(
         "starting",
         &[

@@ -292,6 +292,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     let session = Session::new(opts, env, plan(opts)?)?;
     let values = session.fetch()?;
     write_outputs(opts, &session.plan, &values)?;
+    log_written(opts, &session.plan, &values, opts.env_file.is_some());
     log::info(
         "fetched and wrote secrets",
         &[
@@ -417,6 +418,27 @@ fn output_items(
         items.push((file.clone(), text.into_bytes()));
     }
     Ok(items)
+}
+
+/// Say at info level what each secret became: its file and/or variable, and the version id
+/// that was written (never the value), so an operator can match it with the vault's history.
+/// `variables` is true when the secrets became environment variables (an env file or exec).
+pub fn log_written(opts: &Options, plan: &Plan, values: &[Fetched], variables: bool) {
+    for (spec, f) in plan.specs.iter().zip(values) {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("secret", spec.reference()),
+            ("vault", spec.vault.url.clone()),
+            ("version", f.version.clone()),
+        ];
+        if let Some(dir) = &opts.dir {
+            fields.push(("file", dir.join(spec.file_name()).display().to_string()));
+        }
+        if variables {
+            fields.push(("variable", spec.env_name()));
+        }
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        log::info("wrote", &fields);
+    }
 }
 
 /// Write every output, or none.

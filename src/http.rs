@@ -83,10 +83,14 @@ pub struct Reply {
     pub location: Option<String>,
 }
 
+/// Every request says who sent it (a vault's diagnostic log and a proxy then show kvfetch).
+pub const USER_AGENT: &str = concat!("kvfetch/", env!("CARGO_PKG_VERSION"));
+
 /// The client for IMDS / App Service endpoints: no proxy, no redirects, short connect timeout.
 pub fn identity_agent() -> Agent {
     agent(
         Agent::config_builder()
+            .user_agent(USER_AGENT)
             .proxy(None)
             .max_redirects(0)
             .http_status_as_error(false)
@@ -127,6 +131,7 @@ fn vault_agent(ca_pem: Option<&[u8]>, concurrency: usize, loopback: bool) -> Res
         config = config.proxy(None);
     }
     let config = config
+        .user_agent(USER_AGENT)
         .tls_config(tls.build())
         .max_redirects(0)
         .http_status_as_error(false)
@@ -239,6 +244,9 @@ pub fn get(
     })
 }
 
+/// The failure text of a name that does not resolve (messages about it name the vault).
+pub const HOST_NOT_FOUND: &str = "host not found";
+
 /// Sort a ureq error into a retryable or a permanent failure.
 fn classify(e: &ureq::Error) -> Failure {
     let permanent = |text: String, tls: bool| Failure {
@@ -249,7 +257,7 @@ fn classify(e: &ureq::Error) -> Failure {
     };
     match e {
         ureq::Error::Timeout(_) => Failure::transient("timed out".into()),
-        ureq::Error::HostNotFound => Failure::transient("host not found".into()),
+        ureq::Error::HostNotFound => Failure::transient(HOST_NOT_FOUND.into()),
         ureq::Error::Io(io) if local_limit(io) => Failure {
             text: format!("{io} (a local limit of this process or node, not the server)"),
             permanent: true,

@@ -116,6 +116,15 @@ impl Source {
             Source::AppService { endpoint, .. } => endpoint.clone(),
         }
     }
+
+    /// What chose this endpoint: the variable that named it, or the default.
+    pub fn chosen_by(&self) -> &'static str {
+        match self {
+            Source::Imds { base } if base == IMDS_BASE => "default (IMDS)",
+            Source::Imds { .. } => "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            Source::AppService { .. } => "IDENTITY_ENDPOINT",
+        }
+    }
 }
 
 /// An identity endpoint from the environment, through the one strict URL parser.
@@ -241,6 +250,7 @@ impl Identity {
         let mut last_410_try = false;
         // The last HTTP answer: a final attempt cut short by the deadline must not hide it.
         let mut last_answer: Option<String> = None;
+        let mut waiting = crate::progress::Waiting::new();
         loop {
             let timeout = deadline.remaining().min(Duration::from_secs(20));
             let problem = match http::get(&self.agent, &url, &headers, timeout) {
@@ -278,6 +288,16 @@ impl Identity {
             log::debug(
                 "identity endpoint not ready; retrying",
                 &[("endpoint", &self.source.endpoint()), ("problem", &problem)],
+            );
+            waiting.report(
+                "identity",
+                delay,
+                "waiting for the identity endpoint",
+                &[
+                    ("endpoint", &self.source.endpoint()),
+                    ("chosen_by", self.source.chosen_by()),
+                    ("problem", &problem),
+                ],
             );
             if !deadline.sleep(delay) {
                 // In a 410 window, one last try at its very end (at or after 70 × base), as

@@ -128,6 +128,7 @@ impl Client {
         // itself, and "timed out" alone would hide that the vault was answering 503.
         let mut last_answer: Option<String> = None;
         let started = Instant::now();
+        let mut waiting = crate::progress::Waiting::new();
         loop {
             let timeout = deadline.remaining().min(Duration::from_secs(30));
             let bearer = token.bearer();
@@ -177,9 +178,29 @@ impl Client {
                     ("problem", &problem),
                 ],
             );
+            let (kind, msg) = waiting_for(&problem, denied.is_some());
+            waiting.report(
+                &format!("{kind} {}", spec.vault.url),
+                delay,
+                msg,
+                &[
+                    ("secret", &spec.name),
+                    ("vault", &spec.vault.url),
+                    ("problem", &problem),
+                ],
+            );
             if !deadline.sleep(delay) {
                 if let Some(e) = denied {
                     return Err(e);
+                }
+                if problem == http::HOST_NOT_FOUND {
+                    return Err(Error::VaultUnavailable(format!(
+                        "gave up on secret {} after {}: the vault's host {} does not resolve; check the vault name (--vault, the secret's URL), \
+                         or, for a vault behind a private endpoint, that this network resolves privatelink.vaultcore.azure.net",
+                        spec.reference(),
+                        human(started.elapsed()),
+                        spec.vault.host
+                    )));
                 }
                 let last = match last_answer.filter(|a| *a != problem) {
                     Some(answer) => format!("last: {problem}; last answer: {answer}"),
@@ -276,6 +297,28 @@ fn access_denied(what: &str, spec: &SecretSpec, token: &Token, code: &str) -> St
          or for a vault using access policies: az keyvault set-policy --name {vault} --object-id {oid} --secret-permissions get",
         token.who()
     )
+}
+
+/// What a retried vault answer is waiting for: (kind of wait, the progress line).
+fn waiting_for(problem: &str, denied: bool) -> (&'static str, &'static str) {
+    if denied {
+        (
+            "denied",
+            "access denied; retrying while a role assignment propagates (--access-retry)",
+        )
+    } else if problem.starts_with("HTTP 429") {
+        (
+            "throttled",
+            "Key Vault is throttling; waiting as it asks (Retry-After)",
+        )
+    } else if problem == http::HOST_NOT_FOUND {
+        (
+            "dns",
+            "the vault's host does not resolve; check the vault name",
+        )
+    } else {
+        ("failing", "Key Vault is not answering; retrying")
+    }
 }
 
 /// The vault's name for `az keyvault` (the first DNS label); a placeholder for an IP address,

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod keyvault;
 pub mod log;
 pub mod output;
+pub mod progress;
 pub mod reference;
 pub mod refresh;
 pub mod retry;

@@ -151,6 +151,8 @@ impl Refresher {
         }
         let Some(old) = &self.current else {
             write_outputs(&self.opts, &self.session.plan, &values)?;
+            let variables = self.opts.env_file.is_some();
+            crate::fetch::log_written(&self.opts, &self.session.plan, &values, variables);
             self.current = Some(values);
             return Ok(Outcome::First);
         };

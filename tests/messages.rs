@@ -200,3 +200,262 @@ fn an_unknown_app_service_identity_names_the_assign_command() {
     assert_eq!(emu.counters().app_service_token_requests, 1, "not retried");
     assert_eq!(emu.counters().imds_token_requests, 0, "no fallback to IMDS");
 }
+
+#[test]
+fn success_lists_each_output_with_its_version_never_the_value() {
+    let emu = Emulator::start().unwrap();
+    let v1 = emu.set_secret("db-password", "Ms4-first-value");
+    let v2 = emu.set_secret("api-key", "Ms5-second-value");
+    let s = Scratch::new();
+    let (dir, env_file) = (s.path("out"), s.path("app.env"));
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--secret",
+            "KEY=api-key",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let wrote: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("kvfetch: info: wrote "))
+        .collect();
+    assert_eq!(wrote.len(), 2, "{}", r.stderr);
+    assert!(wrote[0].contains("secret=db-password "), "{}", wrote[0]);
+    assert!(
+        wrote[0].contains(&format!(" version={v1} ")),
+        "{}",
+        wrote[0]
+    );
+    assert!(
+        wrote[0].contains(&format!(" file={} ", dir.join("db-password").display())),
+        "{}",
+        wrote[0]
+    );
+    assert!(wrote[0].ends_with(" variable=DB_PASSWORD"), "{}", wrote[0]);
+    assert!(
+        wrote[1].contains(&format!(" version={v2} ")),
+        "{}",
+        wrote[1]
+    );
+    assert!(wrote[1].ends_with(" variable=KEY"), "{}", wrote[1]);
+    assert_no_leak(&r, &["Ms4-first-value", "Ms5-second-value"]);
+    // Quiet means quiet.
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "-q",
+            "--secret",
+            "db-password",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""));
+}
+
+// While waiting: a wait of more than a few seconds says what it waits for, at info level.
+
+/// The progress lines (`msg` prefix) in `stderr`.
+fn progress<'a>(stderr: &'a str, msg: &str) -> Vec<&'a str> {
+    let prefix = format!("kvfetch: info: {msg}");
+    stderr.lines().filter(|l| l.starts_with(&prefix)).collect()
+}
+
+#[test]
+fn a_slow_identity_endpoint_is_reported_while_waiting() {
+    let emu = seeded();
+    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s of backoff: the wait passes 3 s before the sixth try.
+    for _ in 0..5 {
+        emu.push_imds_fault(Fault::Status(410));
+    }
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "100ms".into());
+    let s = Scratch::new();
+    let out = s.path("out");
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines = progress(&r.stderr, "waiting for the identity endpoint");
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    for field in [
+        format!("endpoint={}/metadata/identity/oauth2/token", emu.imds_url()),
+        "chosen_by=AZURE_POD_IDENTITY_AUTHORITY_HOST".into(),
+        "problem=\"HTTP 410".into(),
+        "waited=".into(),
+        "retry_in=".into(),
+    ] {
+        assert!(lines[0].contains(&field), "{field}: {}", lines[0]);
+    }
+}
+
+#[test]
+fn throttling_is_reported_with_the_wait_it_asked_for() {
+    let emu = seeded();
+    emu.push_kv_fault(Fault::StatusRetryAfter(429, 3));
+    let s = Scratch::new();
+    let out = s.path("out");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines = progress(&r.stderr, "Key Vault is throttling");
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].contains("secret=db-password"), "{}", lines[0]);
+    assert!(lines[0].contains("retry_in=3s"), "{}", lines[0]);
+    // A short wait says nothing at the default level.
+    emu.push_kv_fault(Fault::StatusRetryAfter(429, 1));
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        progress(&r.stderr, "Key Vault is").is_empty(),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_403_retried_while_a_role_propagates_is_reported() {
+    let emu = seeded();
+    emu.deny("db-password", true);
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_ACCESS_RETRY".into(), "4s".into());
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "1s".into());
+    let s = Scratch::new();
+    let out = s.path("out");
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let lines = progress(
+        &r.stderr,
+        "access denied; retrying while a role assignment propagates",
+    );
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(lines[0].contains("secret=db-password"), "{}", lines[0]);
+}
+
+/// Run this test again inside a network namespace of its own (`unshare -n`), where it finds
+/// only `lo` and no route out: a name lookup there reaches no resolver, and nothing leaves the
+/// machine. Returns true in the outer run (which has checked the inner run passed), false in
+/// the inner run, which then does the work. Needs root (CI runs as root).
+fn rerun_in_private_netns(test: &str) -> bool {
+    if std::env::var_os("KVFETCH_TEST_IN_NETNS").is_some() {
+        let links = std::process::Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        assert_eq!(links.lines().count(), 1, "only lo: {links}");
+        assert!(links.contains(": lo:"), "{links}");
+        let routes = std::process::Command::new("ip")
+            .args(["route", "show"])
+            .output()
+            .unwrap();
+        assert!(routes.stdout.is_empty(), "no route out");
+        assert!(
+            std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap()
+                .success()
+        );
+        return false;
+    }
+    if !root_or_skip("a private network namespace needs root (CI runs as root)") {
+        return true;
+    }
+    let out = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("KVFETCH_TEST_IN_NETNS", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "inner run: {text}"
+    );
+    true
+}
+
+#[test]
+fn a_vault_name_that_does_not_resolve_says_to_check_the_name() {
+    if rerun_in_private_netns("a_vault_name_that_does_not_resolve_says_to_check_the_name") {
+        return;
+    }
+    let emu = seeded();
+    let mut env = env_for(&emu);
+    env.remove("KVFETCH_VAULT");
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "200ms".into());
+    env.insert("KVFETCH_TIMEOUT".into(), "4s".into());
+    let s = Scratch::new();
+    let out = s.path("out");
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--vault",
+            "kvfetch-nx-ms6",
+            "--secret",
+            "db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("kvfetch-nx-ms6.vault.azure.net does not resolve; check the vault name"),
+        "{}",
+        r.stderr
+    );
+    let lines = progress(&r.stderr, "the vault's host does not resolve");
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert_eq!(emu.counters().imds_token_requests, 1);
+}

@@ -338,6 +338,13 @@ fn notify_posts_names_only_and_retries_with_the_next_change() {
     assert!(first.starts_with("POST /reload"), "{first}");
     assert!(first.ends_with(r#"{"changed":["b"]}"#), "{first}");
     assert!(!first.contains("beta"), "names only");
+    let agent = format!("user-agent: kvfetch/{}\r\n", env!("CARGO_PKG_VERSION"));
+    assert!(first.to_ascii_lowercase().contains(&agent), "{first}");
+    // Token and vault requests say the same.
+    assert_eq!(
+        emu.counters().user_agents.into_iter().collect::<Vec<_>>(),
+        [format!("kvfetch/{}", env!("CARGO_PKG_VERSION"))]
+    );
     // The failed notification is retried with the next change.
     emu.set_secret("a", "new alpha");
     let second = accept_post(&listener, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");

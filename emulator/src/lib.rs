@@ -347,6 +347,7 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
         let (fault, token_lifetime) = {
             let mut w = lock(shared);
             w.counters.imds_token_requests += 1;
+            w.note_agent(req);
             (w.imds_faults.pop_front(), w.token_lifetime.as_secs())
         };
         // A delay fault sleeps in here, without the lock, then answers normally.
@@ -363,6 +364,7 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
     if path.eq_ignore_ascii_case(APP_SERVICE_PATH) {
         let mut w = lock(shared);
         w.counters.app_service_token_requests += 1;
+        w.note_agent(req);
         return identity::token(&mut w, req, Flavour::AppService, &shared.identity_header);
     }
     if let Some(rest) = path.strip_prefix("/emulator") {
@@ -376,6 +378,7 @@ fn vault_route(shared: &Shared, req: &Request) -> Reply {
     let (fault, delay, tenant) = {
         let mut w = lock(shared);
         w.count_kv(name.as_deref());
+        w.note_agent(req);
         w.kv_in_flight += 1;
         w.counters.kv_max_concurrent = w.counters.kv_max_concurrent.max(w.kv_in_flight);
         (w.kv_faults.pop_front(), w.kv_delay, w.tenant_id.clone())

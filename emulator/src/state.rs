@@ -144,6 +144,8 @@ pub struct Counters {
     pub kv_unauthenticated: u64,
     /// The highest number of Key Vault requests in progress at once.
     pub kv_max_concurrent: u64,
+    /// Every `User-Agent` that token and vault requests carried ("" for none).
+    pub user_agents: std::collections::BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -294,6 +296,12 @@ impl World {
                 field.to_ascii_lowercase() == value
             })
             .cloned()
+    }
+
+    /// Note the `User-Agent` of a token or vault request.
+    pub fn note_agent(&mut self, req: &crate::http::Request) {
+        let agent = req.header("user-agent").unwrap_or_default().to_string();
+        self.counters.user_agents.insert(agent);
     }
 
     pub fn count_kv(&mut self, name: Option<&str>) {
