@@ -416,17 +416,28 @@ fn a_target_that_is_a_directory_is_refused_before_any_request() {
 /// Run `script` as root in a private mount namespace; None (with the reason printed) where that
 /// is not possible.
 fn in_mount_namespace(script: &str, env: &HashMap<String, String>) -> Option<Run> {
+    in_mount_namespace_lacking(script, env, None)
+}
+
+/// [`in_mount_namespace`], on a machine that `lacks` a file-system feature (seccomp).
+fn in_mount_namespace_lacking(
+    script: &str,
+    env: &HashMap<String, String>,
+    lacks: Option<Lacks>,
+) -> Option<Run> {
     let probe = Command::new("unshare").args(["-m", "true"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("SKIPPED: needs root and unshare -m (a private mount namespace)");
         return None;
     }
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", script])
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script])
         .env_clear()
-        .envs(env)
-        .output()
-        .unwrap();
+        .envs(env);
+    if let Some(lacks) = lacks {
+        lacking(&mut cmd, lacks);
+    }
+    let out = cmd.output().unwrap();
     Some(Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -468,6 +479,79 @@ fn a_rename_that_fails_late_rolls_back_the_earlier_ones() {
         "no temp file left"
     );
     assert_eq!(s.entries(""), vec!["app.env", "mounted", "out"]);
+    assert_no_leak(&r, &[VALUE]);
+}
+
+#[test]
+fn without_rename_exchange_commits_fall_back_and_still_roll_back() {
+    for lacks in [Lacks::Exchange, Lacks::ExchangeAndLinks] {
+        let emu = seeded();
+        let s = Scratch::new();
+        std::fs::create_dir_all(s.path("out")).unwrap();
+        std::fs::write(s.path("out/api-key"), "old-a").unwrap();
+        std::fs::write(s.path("out/other"), "old-b").unwrap();
+        std::fs::write(s.path("mounted"), "mounted").unwrap();
+        let env_file = s.path("app.env");
+        std::fs::write(&env_file, "OLD=1\n").unwrap();
+        let mut env = env_for(&emu);
+        env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+        let fetch = format!(
+            "\"$KVFETCH_BIN_UNDER_TEST\" fetch --secret api-key --secret other --dir {d} --env-file {e}",
+            e = env_file.display(),
+            d = out_dir(&s),
+        );
+        // A late failure (the env file is a bind mount: EBUSY) puts the earlier files back.
+        let script = format!(
+            "mount --bind {} {} && {fetch}",
+            s.path("mounted").display(),
+            env_file.display()
+        );
+        let Some(r) = in_mount_namespace_lacking(&script, &env, Some(lacks)) else {
+            return;
+        };
+        assert_eq!(r.code, 6, "{lacks:?}: {}", r.stderr);
+        assert!(r.stderr.contains("put back"), "{}", r.stderr);
+        assert_eq!(read(&s.path("out/api-key")), "old-a", "{lacks:?}");
+        assert_eq!(read(&s.path("out/other")), "old-b", "{lacks:?}");
+        assert_eq!(
+            s.entries("out"),
+            vec!["api-key", "other"],
+            "{lacks:?}: no temp or backup left"
+        );
+        // Without the mount the same commit replaces every file, and leaves nothing beside them.
+        let Some(r) = in_mount_namespace_lacking(&fetch, &env, Some(lacks)) else {
+            return;
+        };
+        assert_eq!(r.code, 0, "{lacks:?}: {}", r.stderr);
+        assert_eq!(read(&s.path("out/api-key")), VALUE, "{lacks:?}");
+        assert_eq!(mode(&s.path("out/api-key")), 0o400);
+        assert_eq!(s.entries("out"), vec!["api-key", "other"], "{lacks:?}");
+        assert_eq!(
+            s.entries(""),
+            vec!["app.env", "mounted", "out"],
+            "{lacks:?}"
+        );
+        assert!(read(&env_file).starts_with("API_KEY="), "{lacks:?}");
+    }
+}
+
+#[test]
+fn a_staging_failure_removes_the_temp_files_already_made() {
+    let emu = seeded();
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    // A tmpfs with room for the directory and one file: the second temp file cannot be made.
+    let script = format!(
+        "mount -t tmpfs -o nr_inodes=2,mode=0700 tmpfs {d} && \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret api-key --secret other --dir {d}; rc=$?; ls -A {d}; exit $rc",
+        d = out_dir(&s),
+    );
+    let Some(r) = in_mount_namespace(&script, &env) else {
+        return;
+    };
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert_eq!(r.stdout, "", "nothing left in the directory: {}", r.stdout);
     assert_no_leak(&r, &[VALUE]);
 }
 

@@ -414,3 +414,77 @@ pub fn metric(addr: &str, series: &str) -> f64 {
         .map(|v| v.trim().parse().expect("a number"))
         .unwrap_or_else(|| panic!("no series {series} in /metrics: {text}"))
 }
+
+/// What a seccomp filter takes away from a process (and everything it starts), to run kvfetch
+/// as on a file system that lacks a feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lacks {
+    /// `renameat2(RENAME_EXCHANGE)` fails with EINVAL (NFS, FUSE, vfat).
+    Exchange,
+    /// Exchange fails as above, and hard links fail with EPERM (vfat).
+    ExchangeAndLinks,
+}
+
+/// Install, in `cmd`'s child before it execs, a seccomp filter for `lacks` (x86_64 only; on
+/// other machines the filter lets every call through).
+pub fn lacking(cmd: &mut Command, lacks: Lacks) {
+    use std::os::unix::process::CommandExt;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let jset = libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let errno = |e: i32| libc::SECCOMP_RET_ERRNO | e as u32;
+    // Jumps are relative to the next instruction; the returns sit at the end.
+    let links = lacks == Lacks::ExchangeAndLinks;
+    let (allow, einval, eperm) = if links { (9u8, 10u8, 8u8) } else { (6, 7, 0) };
+    let to = |from: u8, target: u8| target - from - 1;
+    let mut prog = vec![
+        stmt(ld, 4),                                                    // 0: the architecture
+        jump(jeq, 0xc000_003e, 0, to(1, allow)),                        // 1: x86_64 only
+        stmt(ld, 0),                                                    // 2: the syscall number
+        jump(jeq, libc::SYS_renameat2 as u32, 0, to(3, 6)),             // 3
+        stmt(ld, 48), // 4: args[4] (flags), low half
+        jump(jset, libc::RENAME_EXCHANGE, to(5, einval), to(5, allow)), // 5
+    ];
+    if links {
+        prog.push(jump(jeq, libc::SYS_linkat as u32, to(6, eperm), 0)); // 6
+        prog.push(jump(jeq, libc::SYS_link as u32, to(7, eperm), to(7, allow))); // 7
+        prog.push(stmt(ret, errno(libc::EPERM))); // 8
+    }
+    prog.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    prog.push(stmt(ret, errno(libc::EINVAL)));
+    // Built before the fork: the child only makes two prctl calls.
+    let filter = move || -> std::io::Result<()> {
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: prctl with a filter program that outlives the call.
+        unsafe {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes only prctl calls (async-signal-safe) on data made before fork.
+    unsafe { cmd.pre_exec(filter) };
+}
