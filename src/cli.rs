@@ -73,7 +73,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_DIR",
         Some("DIR"),
         None,
-        "write one file per secret here, named by alias or name (created with mode 0700 if missing)",
+        "write one file per secret here, named by alias or name (created if missing: mode 0700, with r-x for group/others where --file-mode lets them read, e.g. 0440 -> 0750; owned by --owner)",
     ),
     flag(
         "env-file",

@@ -138,7 +138,7 @@ pub fn check_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
         && !output::files::can_chown(uid, gid)
     {
         return Err(Error::Output(format!(
-            "--owner {uid}{}: kvfetch runs as uid {} without CAP_CHOWN, so it cannot give files to another owner; run it as root (or with CAP_CHOWN) or drop --owner",
+            "--owner {uid}{}: kvfetch runs as uid {} without CAP_CHOWN, so it can give files only to itself and its own groups; run it as root (or with CAP_CHOWN) or drop --owner",
             gid.map(|g| format!(":{g}")).unwrap_or_default(),
             output::files::euid()
         )));
@@ -213,7 +213,7 @@ fn check_ground(dir: &Path, what: &str, opts: &Options) -> Result<(), Error> {
         .unwrap_or(Path::new("/"));
     if output::files::on_memory_fs(existing) == Some(false) {
         let msg = format!(
-            "{what} {} is not on tmpfs or ramfs, so secrets would rest on disk; mount a memory volume there (Kubernetes emptyDir medium: Memory, ACI secret/emptyDir volume, docker --tmpfs)",
+            "{what} {} is not on tmpfs or ramfs, so secrets would rest on disk; mount a memory volume there (Kubernetes: emptyDir with medium: Memory; docker: --tmpfs). On ACI no writable volume is in memory (only read-only secret volumes are): expect this warning there, or use kvfetch exec to keep secrets off disk",
             dir.display()
         );
         strict_or_warn(opts.require_tmpfs, msg)?;

@@ -152,7 +152,68 @@ fn exact_modes_under_a_restrictive_umask() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(mode(&s.path("out/a")), 0o440);
     assert_eq!(mode(&s.path("app.env")), 0o440);
-    assert_eq!(mode(&s.path("out")), 0o700);
+    assert_eq!(
+        mode(&s.path("out")),
+        0o750,
+        "group-readable files: a group-searchable dir"
+    );
+}
+
+#[test]
+fn group_readable_files_can_be_read_by_that_group_in_a_dir_kvfetch_made() {
+    if !root_or_skip("--owner to another uid needs root (CI runs as root)") {
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "a",
+            "--dir",
+            &out(&s),
+            "--file-mode",
+            "0440",
+            "--owner",
+            "64020:64021",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), mode(&dir)), (64020, 64021, 0o750));
+    // Another user of that group (the app) reads the file; a user of no such group cannot.
+    let cat = |uid: &str, gid: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", gid, "--clear-groups", "cat"])
+            .arg(dir.join("a"))
+            .output()
+            .unwrap()
+    };
+    let app = cat("64099", "64021");
+    assert_eq!(
+        String::from_utf8_lossy(&app.stdout),
+        "Au1-alpha",
+        "{}",
+        String::from_utf8_lossy(&app.stderr)
+    );
+    assert!(!cat("64099", "64099").status.success(), "no other group");
+    // With the default 0400 the directory stays 0700.
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "a",
+            "--dir",
+            &s.path("private").display().to_string(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(mode(&s.path("private")), 0o700);
 }
 
 #[test]

@@ -681,6 +681,12 @@ fn require_tmpfs_refuses_a_disk_directory() {
     let r = run(&emu, &["fetch", "--secret", "SampleSecret", "--dir", &out]);
     assert_eq!(r.code, 0);
     assert!(r.stderr.contains("not on tmpfs"), "{}", r.stderr);
+    // What the README says of ACI: no writable volume there is in memory.
+    assert!(
+        r.stderr.contains("On ACI no writable volume is in memory"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -1199,6 +1199,31 @@ fn output_paths_are_plain_and_owners_possible_before_any_request() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_CHOWN"));
     assert_no_requests(&emu, "--owner without CAP_CHOWN");
     assert!(s.entries("out").is_empty());
+    // Its own uid with a group it is not in is refused the same way, before any request; its
+    // own uid and group are fine.
+    for (owner, code) in [("65534:1000", 6), ("65534:65534", 0)] {
+        let out = as_nobody(
+            &[],
+            &[
+                "fetch",
+                "--secret",
+                "api-key",
+                "--dir",
+                &out_dir(&s),
+                "--owner",
+                owner,
+            ],
+            &env_for(&emu),
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{owner}: {stderr}");
+        if code == 6 {
+            assert!(stderr.contains("CAP_CHOWN"), "{stderr}");
+            assert_no_requests(&emu, owner);
+        }
+    }
 }
 
 #[test]

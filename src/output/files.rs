@@ -373,16 +373,31 @@ pub fn ensure_dir(dir: &Path, opts: FileOptions) -> Result<(), Error> {
     }
     let fail =
         |e: io::Error| Error::Output(format!("cannot create directory {}: {e}", dir.display()));
+    let mode = dir_mode(opts.mode);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(fail)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(fail)?;
     if let Some((uid, gid)) = opts.owner {
         std::os::unix::fs::chown(dir, Some(uid), gid).map_err(fail)?;
     }
     Ok(())
+}
+
+/// The mode of a `--dir` kvfetch creates: rwx for its owner, and r-x for group or others
+/// exactly where `--file-mode` lets them read the files (0400 → 0700, 0440 → 0750,
+/// 0444 → 0755): a group that may read the files can also reach them. Never writable by them.
+pub fn dir_mode(file_mode: u32) -> u32 {
+    let mut mode = 0o700;
+    if file_mode & 0o040 != 0 {
+        mode |= 0o050;
+    }
+    if file_mode & 0o004 != 0 {
+        mode |= 0o005;
+    }
+    mode
 }
 
 /// Whether two paths name the same file: equal after resolving their (existing) parent
@@ -434,11 +449,13 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Whether this process may give files to `uid`/`gid`: root, CAP_CHOWN, or its own uid (a gid
-/// change to another group may still fail at write time, as the kernel decides group rights).
+/// Whether this process may give files to `uid`/`gid`: root or CAP_CHOWN may give them to
+/// anyone; anyone else only to itself, and to a group it is a member of (chown(2)).
 pub fn can_chown(uid: u32, gid: Option<u32>) -> bool {
-    let _ = gid;
-    if euid() == 0 || uid == euid() {
+    if euid() == 0 {
+        return true;
+    }
+    if uid == euid() && gid.is_none_or(member_of) {
         return true;
     }
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -447,6 +464,19 @@ pub fn can_chown(uid: u32, gid: Option<u32>) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_CHOWN) != 0)
+}
+
+/// Whether this process is in group `gid` (its effective group or a supplementary one).
+fn member_of(gid: u32) -> bool {
+    // SAFETY: getegid cannot fail; getgroups writes at most `groups.len()` entries.
+    unsafe {
+        if libc::getegid() == gid {
+            return true;
+        }
+        let mut groups = vec![0 as libc::gid_t; 1024];
+        let n = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
+        n > 0 && groups[..n as usize].contains(&gid)
+    }
 }
 
 /// Why a directory that secrets go into is not private, if it is not: it is a symlink (it can
