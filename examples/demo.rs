@@ -5,7 +5,7 @@
 //! written. The value is printed only because this is a demo secret.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 use kvfetch_emulator::Emulator;
 
@@ -20,6 +20,11 @@ fn main() {
     let dir = base.join(format!("kvfetch-demo-{}", std::process::id()));
     let out = dir.join("secrets");
     let env_file = dir.join("app.env");
+    // kvfetch creates --dir, but the env file's directory must exist (as a volume would).
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .expect("create the demo directory");
 
     let mut env: HashMap<String, String> = emu.env().into_iter().collect();
     env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
@@ -57,5 +62,6 @@ fn main() {
         c.imds_token_requests, c.kv_total_requests
     );
     let _ = std::fs::remove_dir_all(&dir);
+    drop(emu); // removes the emulator's temp directory (exit would skip it)
     std::process::exit(code.into());
 }

@@ -292,3 +292,54 @@ fn run_deployment(path: &PathBuf) {
     }
     assert!(checked >= 1, "{what}: no file checked");
 }
+
+#[test]
+fn the_demo_runs_and_removes_its_directory() {
+    // cargo test builds the examples beside the test binaries' deps directory.
+    let exe = std::env::current_exe().unwrap();
+    let demo = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/demo");
+    assert!(
+        demo.exists(),
+        "{} (a plain cargo test builds the examples; a filtered one may leave it stale)",
+        demo.display()
+    );
+    let out = std::process::Command::new(&demo)
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("exit code: 0"), "{stdout}");
+    assert!(
+        stdout.contains("(mode 400, 26 bytes): \"Hello Container Instances!\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("token requests: 1, Key Vault requests: 1"),
+        "{stdout}"
+    );
+    let dir = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/secrets"))
+        .expect("the demo names its directory");
+    assert!(!std::path::Path::new(dir).exists(), "{dir} is left behind");
+    let ca = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export KVFETCH_CA_FILE="))
+        .expect("the demo names the emulator's CA file");
+    let emulator_dir = std::path::Path::new(ca).parent().unwrap();
+    assert!(
+        !emulator_dir.exists(),
+        "{} is left behind",
+        emulator_dir.display()
+    );
+}
