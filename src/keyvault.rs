@@ -288,13 +288,26 @@ impl Client {
     }
 }
 
+/// The access-denied message, with the one fix the vault's permission model calls for:
+/// `ForbiddenByRbac` comes from an RBAC vault (a role assignment), `AccessDenied` from an
+/// access-policy vault (a policy); anything else gets both.
 fn access_denied(what: &str, spec: &SecretSpec, token: &Token, code: &str) -> String {
     let oid = token.object_id.as_deref().unwrap_or("OBJECT_ID");
     let vault = vault_name(&spec.vault.host);
+    let role = format!(
+        "az role assignment create --role 'Key Vault Secrets User' --assignee-object-id {oid} --assignee-principal-type ServicePrincipal --scope $(az keyvault show --name {vault} --query id -o tsv)"
+    );
+    let policy =
+        format!("az keyvault set-policy --name {vault} --object-id {oid} --secret-permissions get");
+    let fix = match code {
+        "ForbiddenByRbac" => format!("the vault uses Azure RBAC: grant the role with {role}"),
+        "AccessDenied" => format!("the vault uses access policies: grant get with {policy}"),
+        _ => format!(
+            "grant it the 'Key Vault Secrets User' role ({role}), or for a vault using access policies: {policy}"
+        ),
+    };
     format!(
-        "access denied to {what} for the managed identity ({}): 403 {code}; grant it the 'Key Vault Secrets User' role on the vault \
-         (az role assignment create --role 'Key Vault Secrets User' --assignee-object-id {oid} --scope VAULT_RESOURCE_ID), \
-         or for a vault using access policies: az keyvault set-policy --name {vault} --object-id {oid} --secret-permissions get",
+        "access denied to {what} for the managed identity ({}): 403 {code}; {fix}",
         token.who()
     )
 }

@@ -201,6 +201,27 @@ fn disabled_secret_exits_5() {
 }
 
 #[test]
+fn an_access_policy_vault_gets_the_set_policy_fix() {
+    let emu = seeded();
+    emu.set_access_policies(true);
+    emu.deny("db-password", true);
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "db-password", "--dir", &dir_arg(&s)],
+    );
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let oid = emu.system_identity().unwrap().object_id;
+    assert!(
+        r.stderr.contains(&format!(
+            "the vault uses access policies: grant get with az keyvault set-policy --name VAULT_NAME --object-id {oid} --secret-permissions get"
+        )) && !r.stderr.contains("az role assignment"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn denied_secret_exits_4_naming_identity_and_fix_after_slow_retries() {
     let emu = seeded();
     emu.deny("db-password", true);
@@ -214,9 +235,11 @@ fn denied_secret_exits_4_naming_identity_and_fix_after_slow_retries() {
     assert_eq!(r.code, 4, "{}", r.stderr);
     let oid = emu.system_identity().unwrap().object_id;
     assert!(r.stderr.contains(&oid), "{}", r.stderr);
+    // ForbiddenByRbac: the vault uses RBAC, so the fix is a role assignment, not a policy.
     assert!(
-        r.stderr.contains("Key Vault Secrets User")
-            && r.stderr.contains("--secret-permissions get"),
+        r.stderr.contains("the vault uses Azure RBAC")
+            && r.stderr.contains(&format!("az role assignment create --role 'Key Vault Secrets User' --assignee-object-id {oid} "))
+            && !r.stderr.contains("set-policy"),
         "{}",
         r.stderr
     );

@@ -238,6 +238,12 @@ impl Emulator {
         }
     }
 
+    /// Make the vault use the access-policy permission model (true) or Azure RBAC (false, the
+    /// default): a denied secret is answered as that model answers.
+    pub fn set_access_policies(&self, on: bool) {
+        self.world().access_policies = on;
+    }
+
     /// Lifetime of tokens issued from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.world().token_lifetime = lifetime;

@@ -158,6 +158,8 @@ pub struct World {
     pub clock_skew: i64,
     pub secrets: BTreeMap<String, Secret>,
     pub denied: HashSet<String>,
+    /// The vault uses access policies, not Azure RBAC: a denial says so (`AccessDenied`).
+    pub access_policies: bool,
     pub tokens: HashMap<String, IssuedToken>,
     pub imds_faults: VecDeque<Fault>,
     pub kv_faults: VecDeque<Fault>,

@@ -216,6 +216,9 @@ fn get(
     version: Option<&str>,
 ) -> Response {
     if world.denied.contains(&name.to_ascii_lowercase()) {
+        if world.access_policies {
+            return denied_by_policy(base);
+        }
         return forbidden_by_rbac(base, name);
     }
     let Some(secret) = world.secret(name) else {
@@ -242,6 +245,17 @@ fn get(
         );
     }
     Response::json(200, &bundle(base, &secret.name, v, true, true))
+}
+
+/// A vault on the access-policy model (protocol.md §3: 403 `Forbidden` / `AccessDenied`).
+fn denied_by_policy(base: &str) -> Response {
+    let message = format!(
+        "The user, group or application 'appid=00000000-0000-0000-0000-000000000000;oid=00000000-0000-0000-0000-000000000000;iss=https://sts.windows.net/00000000-0000-0000-0000-000000000000/' does not have secrets get permission on key vault '{base};location=westeurope'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287"
+    );
+    Response::json(
+        403,
+        &error_body("Forbidden", &message, Some("AccessDenied")),
+    )
 }
 
 fn forbidden_by_rbac(base: &str, name: &str) -> Response {
