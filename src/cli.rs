@@ -306,6 +306,8 @@ pub const FLAGS: &[Flag] = &[
 pub enum Command {
     Fetch,
     Watch,
+    /// `doctor [fetch flags]`: check what fetch would do, writing nothing.
+    Doctor,
     /// `exec [flags] -- COMMAND [ARGS…]`
     Exec(Vec<String>),
     /// Help for one command (or the overview).
@@ -320,7 +322,7 @@ pub enum Command {
 impl Command {
     fn mode(&self) -> u8 {
         match self {
-            Command::Fetch => FETCH,
+            Command::Fetch | Command::Doctor => FETCH,
             Command::Watch => WATCH,
             Command::Exec(_) => EXEC,
             _ => ALL,
@@ -552,10 +554,12 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
             "help" if command.is_none() => {
                 let topic = match args.get(i).map(String::as_str) {
                     None => None,
-                    Some(t @ ("fetch" | "watch" | "exec")) => Some(command_name(&parse_command(t))),
+                    Some(t @ ("fetch" | "watch" | "exec" | "doctor")) => {
+                        Some(command_name(&parse_command(t)))
+                    }
                     Some(other) => {
                         return Err(usage(format!(
-                            "no help on {other:?}: try kvfetch help fetch, watch or exec"
+                            "no help on {other:?}: try kvfetch help fetch, watch, exec or doctor"
                         )));
                     }
                 };
@@ -573,6 +577,7 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
             }
             "-V" | "--version" => return Ok((Command::Version, given)),
             "fetch" if command.is_none() => command = Some(Command::Fetch),
+            "doctor" if command.is_none() => command = Some(Command::Doctor),
             "watch" if command.is_none() => command = Some(Command::Watch),
             "exec" if command.is_none() => command = Some(Command::Exec(Vec::new())),
             "--" if matches!(command, Some(Command::Exec(_))) => {
@@ -604,7 +609,7 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
             }
             other => {
                 return Err(usage(format!(
-                    "unexpected argument {other:?} (commands: fetch, watch, exec)"
+                    "unexpected argument {other:?} (commands: fetch, watch, exec, doctor)"
                 )));
             }
         }
@@ -637,6 +642,7 @@ fn parse_command(name: &str) -> Command {
     match name {
         "watch" => Command::Watch,
         "exec" => Command::Exec(Vec::new()),
+        "doctor" => Command::Doctor,
         _ => Command::Fetch,
     }
 }
@@ -645,6 +651,7 @@ fn parse_command(name: &str) -> Command {
 pub fn command_name(c: &Command) -> &'static str {
     match c {
         Command::Fetch => "fetch",
+        Command::Doctor => "doctor",
         Command::Watch => "watch",
         Command::Exec(_) => "exec",
         _ => "kvfetch",

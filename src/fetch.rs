@@ -134,6 +134,15 @@ fn check_env_file_apart(opts: &Options, specs: &[SecretSpec]) -> Result<(), Erro
 /// on memory and private (a warning, or exit 6 with `--require-tmpfs` / `--require-private-dir`).
 /// Nothing on disk changes here.
 pub fn check_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
+    check_outputs_with(opts, plan, &mut |msg| log::warn(msg, &[]))
+}
+
+/// [`check_outputs`], handing each warning to `warn` (the doctor reports them as findings).
+pub fn check_outputs_with(
+    opts: &Options,
+    plan: &Plan,
+    warn: &mut dyn FnMut(&str),
+) -> Result<(), Error> {
     if let Some((uid, gid)) = opts.owner
         && !output::files::can_chown(uid, gid)
     {
@@ -151,14 +160,14 @@ pub fn check_outputs(opts: &Options, plan: &Plan) -> Result<(), Error> {
             check_file_name(spec.file_name(), &spec.text)?;
             output::files::check_target(&dir.join(spec.file_name()))?;
         }
-        check_ground(dir, "--dir", opts)?;
+        check_ground(dir, "--dir", opts, warn)?;
     }
     if let (Some(file), Some(dir)) = (&opts.env_file, env_dir) {
         let name = file.file_name().map(|n| n.to_string_lossy());
         check_file_name(name.as_deref().unwrap_or_default(), "--env-file")?;
         output::files::check_writable_dir(dir, "the directory of --env-file", false)?;
         output::files::check_target(file)?;
-        check_ground(dir, "the directory of --env-file", opts)?;
+        check_ground(dir, "the directory of --env-file", opts, warn)?;
     }
     if let (Some(file), Some(dir)) = (&opts.ready_file, ready_dir) {
         output::files::check_writable_dir(dir, "the directory of --ready-file", false)?;
@@ -206,7 +215,12 @@ fn parent_dir(file: &Path) -> &Path {
 }
 
 /// Warn (or fail with the strict flags) when `dir` would rest on disk or is not private.
-fn check_ground(dir: &Path, what: &str, opts: &Options) -> Result<(), Error> {
+fn check_ground(
+    dir: &Path,
+    what: &str,
+    opts: &Options,
+    warn: &mut dyn FnMut(&str),
+) -> Result<(), Error> {
     let existing = dir
         .ancestors()
         .find(|p| p.exists())
@@ -216,22 +230,22 @@ fn check_ground(dir: &Path, what: &str, opts: &Options) -> Result<(), Error> {
             "{what} {} is not on tmpfs or ramfs, so secrets would rest on disk; mount a memory volume there (Kubernetes: emptyDir with medium: Memory; docker: --tmpfs). On ACI no writable volume is in memory (only read-only secret volumes are): expect this warning there, or use kvfetch exec to keep secrets off disk",
             dir.display()
         );
-        strict_or_warn(opts.require_tmpfs, msg)?;
+        strict_or_warn(opts.require_tmpfs, msg, warn)?;
     }
     if let Some(why) = output::files::exposure(dir, opts.owner.map(|(uid, _)| uid)) {
         let msg = format!(
             "{what}: {why}, so another user or process could redirect or replace the secret files; use a directory only kvfetch and the app can write (e.g. mode 0700 or 0750)"
         );
-        strict_or_warn(opts.require_private_dir, msg)?;
+        strict_or_warn(opts.require_private_dir, msg, warn)?;
     }
     Ok(())
 }
 
-fn strict_or_warn(strict: bool, msg: String) -> Result<(), Error> {
+fn strict_or_warn(strict: bool, msg: String, warn: &mut dyn FnMut(&str)) -> Result<(), Error> {
     if strict {
         return Err(Error::Output(msg));
     }
-    log::warn(&msg, &[]);
+    warn(&msg);
     Ok(())
 }
 

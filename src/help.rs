@@ -76,6 +76,18 @@ pub const EXAMPLES: &[Example] = &[
         args: "fetch --vault contoso-kv --secret tls-key --dir /run/secrets --file-mode 0440 --owner 65532:1000",
     },
     Example {
+        command: "doctor",
+        about: "why does fetch fail? the same options, checked one by one",
+        env: &[],
+        args: "doctor --vault contoso-kv --secret db-password --secret api-key --dir /run/secrets",
+    },
+    Example {
+        command: "doctor",
+        about: "the same, for a machine (one JSON object per check)",
+        env: &[],
+        args: "doctor --vault contoso-kv --secret db-password --log-format json",
+    },
+    Example {
         command: "watch",
         about: "sidecar: refresh every 10 minutes, probes on port 8089",
         env: &[],
@@ -117,6 +129,7 @@ pub fn short_usage() -> String {
      \x20 fetch        fetch secrets once, write them, exit (init step)\n\
      \x20 watch        fetch, then keep the outputs fresh (sidecar)\n\
      \x20 exec         put secrets in the environment, then become COMMAND (entrypoint)\n\
+     \x20 doctor       check what fetch would do and why, writing nothing and showing no value\n\
      \x20 help CMD     the options of one command, with examples (also: kvfetch CMD --help)\n\
      \x20 completions  bash|zsh|fish: a completion script for your shell\n\n\
      Example:\n  kvfetch fetch --vault contoso-kv --secret db-password --dir /run/secrets\n"
@@ -127,12 +140,20 @@ fn mode_of(command: Option<&str>) -> u8 {
     match command {
         Some("watch") => WATCH,
         Some("exec") => EXEC,
-        _ => FETCH,
+        _ => FETCH, // fetch and doctor
     }
 }
 
 fn intro(command: Option<&str>) -> &'static str {
     match command {
+        Some("doctor") => {
+            "Usage:\n  kvfetch doctor [fetch options]\n\n\
+             `doctor` takes fetch's options and checks what fetch would do, writing nothing and printing no\n\
+             value or token: the outputs, the identity source and why, the token's claims (oid, appid,\n\
+             tid, aud, expiry), each vault (resolves, connects, trusted certificate) and each secret\n\
+             (version and content type), each failure with its fix. Exit 0 when all is well, else the\n\
+             code fetch would give. --log-format json prints one JSON object per check.\n"
+        }
         Some("watch") => {
             "Usage:\n  kvfetch watch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
              `watch` fetches like `fetch` (same first-fetch rules and exit codes), then keeps the outputs fresh:\n\
@@ -148,6 +169,7 @@ fn intro(command: Option<&str>) -> &'static str {
             "Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n  \
              kvfetch watch [options]            (sidecar: fetch, then keep fresh; kvfetch help watch)\n  \
              kvfetch exec [options] -- COMMAND  (entrypoint wrapper; kvfetch help exec)\n  \
+             kvfetch doctor [fetch options]     (check everything fetch needs; kvfetch help doctor)\n  \
              kvfetch completions bash|zsh|fish  (a completion script)\n\n\
              `fetch` gets one token, fetches every secret in parallel, and writes all outputs or none.\n"
         }
@@ -219,11 +241,16 @@ pub fn help(command: Option<&str>) -> String {
 
 /// The commands that take `f`, by name.
 fn commands_of(f: &Flag) -> Vec<&'static str> {
-    [("fetch", FETCH), ("watch", WATCH), ("exec", EXEC)]
-        .iter()
-        .filter(|(_, m)| f.modes & m != 0)
-        .map(|(n, _)| *n)
-        .collect()
+    [
+        ("fetch", FETCH),
+        ("doctor", FETCH),
+        ("watch", WATCH),
+        ("exec", EXEC),
+    ]
+    .iter()
+    .filter(|(_, m)| f.modes & m != 0)
+    .map(|(n, _)| *n)
+    .collect()
 }
 
 /// The values a flag takes, when they are a fixed list.
@@ -292,17 +319,17 @@ _kvfetch() {{
   for ((i = 1; i < COMP_CWORD; i++)); do
     case "${{COMP_WORDS[i]}}" in
       --) COMPREPLY=($(compgen -c -f -- "$cur")); return 0 ;;
-      fetch|watch|exec) [ -z "$cmd" ] && cmd="${{COMP_WORDS[i]}}" ;;
+      fetch|watch|exec|doctor) [ -z "$cmd" ] && cmd="${{COMP_WORDS[i]}}" ;;
       help|completions) [ -z "$cmd" ] && cmd="${{COMP_WORDS[i]}}" ;;
     esac
   done
   case "$prev" in
 {values}  esac
   case "$cmd" in
-    "") COMPREPLY=($(compgen -W "fetch watch exec help completions --help --version" -- "$cur")) ;;
-    help) COMPREPLY=($(compgen -W "fetch watch exec" -- "$cur")) ;;
+    "") COMPREPLY=($(compgen -W "fetch watch exec doctor help completions --help --version" -- "$cur")) ;;
+    help) COMPREPLY=($(compgen -W "fetch watch exec doctor" -- "$cur")) ;;
     completions) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")) ;;
-    fetch) COMPREPLY=($(compgen -W "{fetch}" -- "$cur")) ;;
+    fetch|doctor) COMPREPLY=($(compgen -W "{fetch}" -- "$cur")) ;;
     watch) COMPREPLY=($(compgen -W "{watch}" -- "$cur")) ;;
     exec) COMPREPLY=($(compgen -W "{exec} --" -- "$cur")) ;;
   esac
@@ -337,7 +364,12 @@ fn zsh_spec(f: &Flag) -> String {
 
 fn zsh() -> String {
     let mut cases = String::new();
-    for (name, mode) in [("fetch", FETCH), ("watch", WATCH), ("exec", EXEC)] {
+    for (name, mode) in [
+        ("fetch", FETCH),
+        ("doctor", FETCH),
+        ("watch", WATCH),
+        ("exec", EXEC),
+    ] {
         let specs: Vec<String> = FLAGS
             .iter()
             .filter(|f| f.modes & mode != 0)
@@ -362,6 +394,7 @@ _kvfetch() {{
     'fetch:fetch secrets once, write them, exit'
     'watch:fetch, then keep the outputs fresh'
     'exec:put secrets in the environment, then become COMMAND'
+    'doctor:check what fetch would do, writing nothing'
     'help:the options of one command'
     'completions:a completion script for your shell'
   )
@@ -373,7 +406,7 @@ _kvfetch() {{
   shift words
   (( CURRENT-- ))
   case $cmd in
-{cases}    help) _values 'command' fetch watch exec ;;
+{cases}    help) _values 'command' fetch watch exec doctor ;;
     completions) _values 'shell' bash zsh fish ;;
   esac
 }}
@@ -393,9 +426,10 @@ fn fish() -> String {
          complete -c kvfetch -n __fish_use_subcommand -a fetch -d 'fetch secrets once, write them, exit'\n\
          complete -c kvfetch -n __fish_use_subcommand -a watch -d 'fetch, then keep the outputs fresh'\n\
          complete -c kvfetch -n __fish_use_subcommand -a exec -d 'put secrets in the environment, then become COMMAND'\n\
+         complete -c kvfetch -n __fish_use_subcommand -a doctor -d 'check what fetch would do, writing nothing'\n\
          complete -c kvfetch -n __fish_use_subcommand -a help -d 'the options of one command'\n\
          complete -c kvfetch -n __fish_use_subcommand -a completions -d 'a completion script for your shell'\n\
-         complete -c kvfetch -n '__fish_seen_subcommand_from help' -a 'fetch watch exec'\n\
+         complete -c kvfetch -n '__fish_seen_subcommand_from help' -a 'fetch watch exec doctor'\n\
          complete -c kvfetch -n '__fish_seen_subcommand_from completions' -a 'bash zsh fish'\n",
     );
     for f in FLAGS {
@@ -455,7 +489,7 @@ mod tests {
             let o = parse_example(e).unwrap_or_else(|err| panic!("{}: {err}", e.args));
             assert_eq!(cli::command_name(&o.command), e.command, "{}", e.args);
         }
-        for c in ["fetch", "watch", "exec"] {
+        for c in ["fetch", "watch", "exec", "doctor"] {
             let n = EXAMPLES.iter().filter(|e| e.command == c).count();
             assert!((2..=4).contains(&n), "{c}: {n} examples");
             let h = help(Some(c));

@@ -27,7 +27,7 @@ pub enum Selector {
 }
 
 impl Selector {
-    fn describe(sel: Option<&Selector>) -> String {
+    pub fn describe(sel: Option<&Selector>) -> String {
         match sel {
             None => "the system-assigned identity".into(),
             Some(Selector::ClientId(v)) => format!("the user-assigned identity with client id {v}"),
@@ -148,6 +148,11 @@ pub struct Token {
     pub object_id: Option<String>,
     /// The identity's client id (`appid` claim), for messages.
     pub client_id: Option<String>,
+    /// The tenant (`tid`), audience (`aud`) and the managed identity's resource id
+    /// (`xms_mirid`): what `kvfetch doctor` shows of a token (never the token).
+    pub tenant_id: Option<String>,
+    pub audience: Option<String>,
+    pub mi_resource_id: Option<String>,
 }
 
 impl fmt::Debug for Token {
@@ -429,6 +434,9 @@ pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
         lifetime: lifetime.filter(|l| *l > 0 && *l < 10 * 365 * 86400),
         object_id: claim("oid"),
         client_id: claim("appid").or_else(|| claim("azp")),
+        tenant_id: claim("tid"),
+        audience: claim("aud"),
+        mi_resource_id: claim("xms_mirid"),
     })
 }
 

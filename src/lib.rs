@@ -6,6 +6,7 @@
 //! files), [`fetch`] (the init-step mode), [`error`] (the error enum and exit codes), [`log`].
 
 pub mod cli;
+pub mod doctor;
 pub mod encoding;
 pub mod error;
 pub mod exec;
@@ -62,6 +63,7 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
         }
         cli::Command::Fetch => early(|| fetch::run(&opts, env).map(|()| exit::OK)),
         cli::Command::Watch => early(|| watch::run(&opts, env)),
+        cli::Command::Doctor => early(|| doctor::run(&opts, env)),
         cli::Command::Exec(ref argv) => early(|| exec::run(&opts, env, argv)),
     };
     let code = match result {

@@ -1,0 +1,373 @@
+//! `kvfetch doctor`: with the same flags as `fetch`, find out what `fetch` would do and why,
+//! without writing any output and without printing any value or token. It checks, in the order
+//! `fetch` meets them: the outputs (writable, on memory, private), the identity source and why it
+//! was chosen, each token's claims that matter, each vault (resolves, connects, presents a
+//! trusted certificate, answers as Key Vault), and each secret (readable: its version and
+//! content type). Every failure is the error `fetch` would give, with its fix; the exit code is
+//! the one `fetch` would have given (0 when all is well).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cli::Options;
+use crate::error::Error;
+use crate::fetch;
+use crate::identity::{Identity, Selector, Source, Token, Tokens, now};
+use crate::keyvault::Client;
+use crate::log::{self, Format};
+use crate::retry::{Deadline, human};
+use crate::spec::{self, Vault};
+use crate::{exit, http};
+
+/// How one check came out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail(u8),
+}
+
+/// The report: lines on stdout as checks finish, and the exit code of the first failure.
+struct Report {
+    json: bool,
+    first_failure: Option<u8>,
+    problems: usize,
+}
+
+impl Report {
+    fn line(&mut self, status: Status, check: &str, text: &str, fields: &[(&str, String)]) {
+        let (word, code) = match status {
+            Status::Ok => ("ok", None),
+            Status::Warn => ("warn", None),
+            Status::Fail(c) => ("FAIL", Some(c)),
+        };
+        if let Some(c) = code {
+            self.first_failure.get_or_insert(c);
+            self.problems += 1;
+        }
+        let text = log::escape(&log::redact_tokens(text));
+        if self.json {
+            let mut obj = serde_json::Map::new();
+            obj.insert("check".into(), check.into());
+            obj.insert("status".into(), word.to_ascii_lowercase().into());
+            obj.insert("text".into(), text.into());
+            for (k, v) in fields {
+                obj.insert((*k).into(), log::escape(v).into());
+            }
+            if let Some(c) = code {
+                obj.insert("exit_code".into(), c.into());
+            }
+            println!("{}", serde_json::Value::Object(obj));
+        } else {
+            let extra: String = fields
+                .iter()
+                .map(|(k, v)| match log::escape(v) {
+                    v if v.contains(' ') => format!(" {k}={v:?}"),
+                    v => format!(" {k}={v}"),
+                })
+                .collect();
+            println!("{word:<5} {check:<8} {text}{extra}");
+        }
+    }
+
+    fn fail(&mut self, check: &str, e: &Error) {
+        self.line(Status::Fail(e.exit_code()), check, &e.to_string(), &[]);
+    }
+
+    /// The summary line, and the exit code.
+    fn finish(self) -> u8 {
+        let code = self.first_failure.unwrap_or(exit::OK);
+        let text = match self.problems {
+            0 => "all checks passed: kvfetch fetch would succeed".to_string(),
+            n => format!(
+                "{n} problem{}: kvfetch fetch would exit {code}",
+                if n == 1 { "" } else { "s" }
+            ),
+        };
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"check": "result", "status": if code == 0 {"ok"} else {"fail"}, "text": text, "exit_code": code})
+            );
+        } else {
+            println!("{text}");
+        }
+        code
+    }
+}
+
+/// Run the doctor; returns its exit code (usage errors are returned as errors, as for fetch).
+pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
+    let plan = fetch::plan_with(opts, Vec::new(), false)?;
+    let vault = fetch::default_vault(opts)?;
+    let mut r = Report {
+        json: opts.log.format == Format::Json,
+        first_failure: None,
+        problems: 0,
+    };
+    check_outputs(&mut r, opts, &plan);
+    let source = match Source::from_env(env) {
+        Ok(s) => s,
+        Err(e) => {
+            r.fail("identity", &e);
+            return Ok(r.finish());
+        }
+    };
+    report_source(&mut r, &source, opts.selector.as_ref());
+    if let Err(e) = spec::check_loopback_vaults(&plan.specs, source.on_loopback()) {
+        r.fail("identity", &e);
+        return Ok(r.finish());
+    }
+    let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
+    let tokens = Tokens::new(identity);
+    let deadline = Deadline::after(opts.timeout);
+    let vaults = vaults_of(&plan.specs, vault.as_ref());
+    let resources: BTreeSet<&str> = vaults.iter().map(|v| v.resource.as_str()).collect();
+    let mut have_token = true;
+    for resource in resources {
+        match tokens.get(resource, &deadline) {
+            Ok(t) => report_token(&mut r, resource, &t),
+            Err(e) => {
+                r.fail("token", &e);
+                have_token = false;
+            }
+        }
+    }
+    let agents = http::vault_agents(plan.ca_pem.as_deref(), 1)?;
+    for v in &vaults {
+        check_vault(&mut r, v, &agents, env, &opts.api_version, opts.timeout);
+    }
+    if !have_token {
+        return Ok(r.finish());
+    }
+    // The doctor does not wait for a role assignment to propagate: it says what is true now.
+    let client = Client::new(agents, &opts.api_version, opts.backoff_base, Duration::ZERO);
+    for spec in &plan.specs {
+        match client.fetch(spec, &tokens, &deadline) {
+            Ok(f) => r.line(
+                Status::Ok,
+                "secret",
+                &format!("{}: readable", spec.reference()),
+                &[
+                    ("vault", spec.vault.url.clone()),
+                    ("version", f.version.clone()),
+                    (
+                        "content_type",
+                        f.content_type.clone().unwrap_or_else(|| "(none)".into()),
+                    ),
+                ],
+            ),
+            Err(e) => r.fail("secret", &e),
+        }
+    }
+    Ok(r.finish())
+}
+
+/// The vaults to check: every spec's, and `--vault` when no spec names it.
+fn vaults_of(specs: &[spec::SecretSpec], default: Option<&Vault>) -> Vec<Vault> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for v in specs.iter().map(|s| &s.vault).chain(default) {
+        if seen.insert(v.url.clone()) {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+fn check_outputs(r: &mut Report, opts: &Options, plan: &fetch::Plan) {
+    if opts.dir.is_none() && opts.env_file.is_none() {
+        r.line(
+            Status::Warn,
+            "output",
+            "no --dir or --env-file given: fetch needs one (exit 2)",
+            &[],
+        );
+        return;
+    }
+    let mut warnings = Vec::new();
+    let result = fetch::check_outputs_with(opts, plan, &mut |m| warnings.push(m.to_string()));
+    for w in &warnings {
+        r.line(Status::Warn, "output", w, &[]);
+    }
+    match result {
+        Err(e) => r.fail("output", &e),
+        Ok(()) => {
+            let outputs: Vec<String> = opts
+                .dir
+                .iter()
+                .map(|d| format!("--dir {}", d.display()))
+                .chain(
+                    opts.env_file
+                        .iter()
+                        .map(|f| format!("--env-file {}", f.display())),
+                )
+                .collect();
+            r.line(
+                Status::Ok,
+                "output",
+                &format!("{}: can be written", outputs.join(", ")),
+                &[],
+            );
+        }
+    }
+}
+
+fn report_source(r: &mut Report, source: &Source, selector: Option<&Selector>) {
+    r.line(
+        Status::Ok,
+        "identity",
+        &format!(
+            "{} at {}",
+            match source {
+                Source::Imds { .. } => "IMDS",
+                Source::AppService { .. } => "App Service / Container Apps identity endpoint",
+            },
+            source.endpoint()
+        ),
+        &[
+            ("chosen_by", source.chosen_by().to_string()),
+            ("identity", Selector::describe(selector)),
+        ],
+    );
+}
+
+fn report_token(r: &mut Report, resource: &str, t: &Token) {
+    let expires = UNIX_EPOCH + Duration::from_secs(t.expires_on);
+    let left = Duration::from_secs(t.expires_on.saturating_sub(now()));
+    let unknown = || "(not in the token)".to_string();
+    r.line(
+        Status::Ok,
+        "token",
+        &format!("for {resource}"),
+        &[
+            ("oid", t.object_id.clone().unwrap_or_else(unknown)),
+            ("appid", t.client_id.clone().unwrap_or_else(unknown)),
+            (
+                "xms_mirid",
+                t.mi_resource_id.clone().unwrap_or_else(unknown),
+            ),
+            ("tid", t.tenant_id.clone().unwrap_or_else(unknown)),
+            ("aud", t.audience.clone().unwrap_or_else(unknown)),
+            (
+                "expires",
+                format!(
+                    "{} (in {})",
+                    humantime::format_rfc3339_seconds(expires.max(SystemTime::UNIX_EPOCH)),
+                    human(left)
+                ),
+            ),
+        ],
+    );
+}
+
+/// Whether a proxy carries requests to `host` (then the proxy resolves and connects).
+fn proxied(env: &HashMap<String, String>, host: &str) -> Option<String> {
+    let get = |k: &str| {
+        env.get(k)
+            .or_else(|| env.get(&k.to_ascii_lowercase()))
+            .filter(|v| !v.is_empty())
+    };
+    let proxy = get("HTTPS_PROXY").or_else(|| get("ALL_PROXY"))?;
+    let bypass = get("NO_PROXY").is_some_and(|list| {
+        list.split(',').map(str::trim).any(|p| {
+            p == "*"
+                || host == p.trim_start_matches('.')
+                || host.ends_with(&format!(".{}", p.trim_start_matches('.')))
+        })
+    });
+    (!bypass).then(|| proxy.clone())
+}
+
+/// Resolve, connect, then one request without a token: Key Vault answers 401 with a bearer
+/// challenge, which proves the certificate is trusted and that a vault answers.
+fn check_vault(
+    r: &mut Report,
+    v: &Vault,
+    agents: &(ureq::Agent, ureq::Agent),
+    env: &HashMap<String, String>,
+    api_version: &str,
+    timeout: Duration,
+) {
+    let port = crate::url::parse(&v.url)
+        .ok()
+        .and_then(|u| u.port)
+        .unwrap_or(443);
+    let loopback = crate::url::is_loopback(&v.host);
+    let mut steps = Vec::new();
+    match proxied(env, &v.host).filter(|_| !loopback) {
+        Some(proxy) => steps.push(format!(
+            "through the proxy {proxy} (it resolves and connects)"
+        )),
+        None => match reach(&v.host, port) {
+            Ok(step) => steps.push(step),
+            Err(e) => return r.fail("vault", &e),
+        },
+    }
+    let agent = if loopback { &agents.1 } else { &agents.0 };
+    let url = format!("{}/secrets?api-version={api_version}&maxresults=1", v.url);
+    match http::get(agent, &url, &[("Accept", "application/json")], timeout.min(Duration::from_secs(30))) {
+        Err(e) if e.tls => r.fail(
+            "vault",
+            &Error::Protocol(format!(
+                "vault {}: its certificate is not trusted ({}); if a proxy inspects TLS, give its root with --ca-file",
+                v.url, e.text
+            )),
+        ),
+        Err(e) => r.fail(
+            "vault",
+            &Error::VaultUnavailable(format!(
+                "vault {}: no answer ({}); check its firewall and network access",
+                v.url, e.text
+            )),
+        ),
+        Ok(reply) if reply.status == 401 => {
+            steps.push("trusted certificate, answers as Key Vault (401 without a token)".into());
+            r.line(Status::Ok, "vault", &format!("{}: {}", v.url, steps.join(", ")), &[]);
+        }
+        Ok(reply) => r.line(
+            Status::Warn,
+            "vault",
+            &format!(
+                "{}: {}, trusted certificate, but a request without a token got HTTP {} (Key Vault says 401): is this a vault?",
+                v.url,
+                steps.join(", "),
+                reply.status
+            ),
+            &[],
+        ),
+    }
+}
+
+/// Resolve `host` (unless it is an IP address) and connect to its first address.
+fn reach(host: &str, port: u16) -> Result<String, Error> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let (addrs, resolved): (Vec<SocketAddr>, bool) = match literal.parse::<std::net::IpAddr>() {
+        Ok(ip) => (vec![SocketAddr::new(ip, port)], false),
+        Err(_) => {
+            let found = (host, port).to_socket_addrs().map_err(|e| {
+                Error::VaultUnavailable(format!(
+                    "the vault's host {host} does not resolve ({e}); check the vault name, or, for a private endpoint, that this network resolves privatelink.vaultcore.azure.net"
+                ))
+            })?;
+            (found.collect(), true)
+        }
+    };
+    let first = addrs.first().ok_or_else(|| {
+        Error::VaultUnavailable(format!("the vault's host {host} has no address"))
+    })?;
+    TcpStream::connect_timeout(first, Duration::from_secs(5)).map_err(|e| {
+        Error::VaultUnavailable(format!(
+            "cannot connect to {first} ({host}): {e}; check the vault's firewall, private endpoint and this network's outbound rules"
+        ))
+    })?;
+    if !resolved {
+        return Ok("an IP address, connects".into());
+    }
+    let plural = if addrs.len() == 1 { "" } else { "es" };
+    Ok(format!(
+        "resolves ({} address{plural}), connects",
+        addrs.len()
+    ))
+}
