@@ -459,3 +459,28 @@ fn a_vault_name_that_does_not_resolve_says_to_check_the_name() {
     assert_eq!(lines.len(), 1, "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 1);
 }
+
+#[test]
+fn a_bare_port_for_the_health_listener_suggests_an_address() {
+    let emu = seeded();
+    let r = run(
+        &emu,
+        &[
+            "watch",
+            "--secret",
+            "db-password",
+            "--dir",
+            "x",
+            "--health-listen",
+            "8089",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("127.0.0.1:8089 (this host only)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("0.0.0.0:8089"), "{}", r.stderr);
+    assert_eq!(emu.counters().imds_token_requests, 0);
+}
