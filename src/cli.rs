@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::identity::Selector;
+use crate::identity::{Pin, Selector};
 use crate::log;
 use crate::output::Format;
 
@@ -123,6 +123,13 @@ pub const FLAGS: &[Flag] = &[
         Some("NAME"),
         None,
         "let a secret set this variable although it steers programs (PATH, IFS, ENV, BASH_ENV, SHELLOPTS, BASHOPTS, PS4, GLIBC_TUNABLES, LD_*); repeatable or comma-separated",
+    ),
+    flag(
+        "identity-source",
+        "KVFETCH_IDENTITY_SOURCE",
+        Some("SOURCE"),
+        Some("auto"),
+        "auto (the Azure SDKs' order), imds, app-service, workload, arc, cloud-shell or service-fabric; a source whose variables are incomplete is an error, never a fall back",
     ),
     flag(
         "client-id",
@@ -354,6 +361,7 @@ pub struct Options {
     /// Variables a secret may set although they steer programs (`--allow-env`).
     pub allow_env: Vec<String>,
     pub selector: Option<Selector>,
+    pub identity_source: Pin,
     pub resource: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub api_version: String,
@@ -447,6 +455,11 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         require_private_dir: switch("require-private-dir")?,
         allow_env: allow_env(given.get("allow-env"), env),
         selector: selector(get("client-id"), get("object-id"), get("resource-id"))?,
+        identity_source: {
+            let v = get("identity-source").unwrap_or_default();
+            Pin::parse(&v)
+                .ok_or_else(|| usage(format!("--identity-source {v:?} must be {}", Pin::NAMES)))?
+        },
         resource: get("resource")
             .map(|r| crate::spec::check_resource(&r))
             .transpose()?,

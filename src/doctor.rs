@@ -8,17 +8,23 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cli::Options;
 use crate::error::Error;
 use crate::fetch;
-use crate::identity::{Identity, Selector, Source, Token, Tokens, now};
+use crate::identity::{self, Choice, Identity, Selector, Token, Tokens, now};
 use crate::keyvault::Client;
 use crate::log::{self, Format};
 use crate::retry::{Deadline, human};
 use crate::spec::{self, Vault};
 use crate::{exit, http};
+
+/// One line on stdout; a closed stdout (`kvfetch doctor | head -1`) is not an error.
+fn out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
 
 /// How one check came out.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -37,6 +43,12 @@ struct Report {
 
 impl Report {
     fn line(&mut self, status: Status, check: &str, text: &str, fields: &[(&str, String)]) {
+        // Field values can come from a server (a version id, a content type): cut and
+        // redacted like every log field, then escaped.
+        let fields: Vec<(&str, String)> = fields
+            .iter()
+            .map(|(k, v)| (*k, log::escape(&log::sanitize(v, 500))))
+            .collect();
         let (word, code) = match status {
             Status::Ok => ("ok", None),
             Status::Warn => ("warn", None),
@@ -46,28 +58,28 @@ impl Report {
             self.first_failure.get_or_insert(c);
             self.problems += 1;
         }
-        let text = log::escape(&log::redact_tokens(text));
+        let text = log::escape(&log::sanitize(text, 2000));
         if self.json {
             let mut obj = serde_json::Map::new();
             obj.insert("check".into(), check.into());
             obj.insert("status".into(), word.to_ascii_lowercase().into());
             obj.insert("text".into(), text.into());
-            for (k, v) in fields {
-                obj.insert((*k).into(), log::escape(v).into());
+            for (k, v) in &fields {
+                obj.insert((*k).into(), v.clone().into());
             }
             if let Some(c) = code {
                 obj.insert("exit_code".into(), c.into());
             }
-            println!("{}", serde_json::Value::Object(obj));
+            out(&serde_json::Value::Object(obj).to_string());
         } else {
             let extra: String = fields
                 .iter()
-                .map(|(k, v)| match log::escape(v) {
-                    v if v.contains(' ') => format!(" {k}={v:?}"),
+                .map(|(k, v)| match v {
+                    v if v.contains([' ', '"', '=']) || v.is_empty() => format!(" {k}=\"{v}\""),
                     v => format!(" {k}={v}"),
                 })
                 .collect();
-            println!("{word:<5} {check:<8} {text}{extra}");
+            out(&format!("{word:<5} {check:<8} {text}{extra}"));
         }
     }
 
@@ -86,12 +98,9 @@ impl Report {
             ),
         };
         if self.json {
-            println!(
-                "{}",
-                serde_json::json!({"check": "result", "status": if code == 0 {"ok"} else {"fail"}, "text": text, "exit_code": code})
-            );
+            out(&serde_json::json!({"check": "result", "status": if code == 0 {"ok"} else {"fail"}, "text": text, "exit_code": code}).to_string());
         } else {
-            println!("{text}");
+            out(&text);
         }
         code
     }
@@ -106,15 +115,24 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         first_failure: None,
         problems: 0,
     };
+    if plan.specs.is_empty() {
+        r.line(
+            Status::Fail(exit::USAGE),
+            "secret",
+            "no --secret given: fetch needs at least one (KVFETCH_SECRETS)",
+            &[],
+        );
+    }
     check_outputs(&mut r, opts, &plan);
-    let source = match Source::from_env(env) {
-        Ok(s) => s,
+    let choice = match identity::choose(env, opts.identity_source, opts.selector.as_ref()) {
+        Ok(c) => c,
         Err(e) => {
             r.fail("identity", &e);
             return Ok(r.finish());
         }
     };
-    report_source(&mut r, &source, opts.selector.as_ref());
+    report_source(&mut r, &choice, opts.selector.as_ref());
+    let source = choice.source;
     if let Err(e) = spec::check_loopback_vaults(&plan.specs, source.on_loopback()) {
         r.fail("identity", &e);
         return Ok(r.finish());
@@ -136,7 +154,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     }
     let agents = http::vault_agents(plan.ca_pem.as_deref(), 1)?;
     for v in &vaults {
-        check_vault(&mut r, v, &agents, env, &opts.api_version, opts.timeout);
+        check_vault(&mut r, v, &agents, &opts.api_version, &deadline);
     }
     if !have_token {
         return Ok(r.finish());
@@ -164,10 +182,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     Ok(r.finish())
 }
 
-/// The vaults to check: every spec's, and `--vault` when no spec names it.
+/// The vaults to check: every spec's; `--vault` only when there is no spec (a `--vault` no
+/// spec uses is never contacted, as by fetch).
 fn vaults_of(specs: &[spec::SecretSpec], default: Option<&Vault>) -> Vec<Vault> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
+    let default = default.filter(|_| specs.is_empty());
     for v in specs.iter().map(|s| &s.vault).chain(default) {
         if seen.insert(v.url.clone()) {
             out.push(v.clone());
@@ -179,9 +199,9 @@ fn vaults_of(specs: &[spec::SecretSpec], default: Option<&Vault>) -> Vec<Vault> 
 fn check_outputs(r: &mut Report, opts: &Options, plan: &fetch::Plan) {
     if opts.dir.is_none() && opts.env_file.is_none() {
         r.line(
-            Status::Warn,
+            Status::Fail(exit::USAGE),
             "output",
-            "no --dir or --env-file given: fetch needs one (exit 2)",
+            "no --dir or --env-file given: fetch needs one (KVFETCH_DIR, KVFETCH_ENV_FILE)",
             &[],
         );
         return;
@@ -214,27 +234,29 @@ fn check_outputs(r: &mut Report, opts: &Options, plan: &fetch::Plan) {
     }
 }
 
-fn report_source(r: &mut Report, source: &Source, selector: Option<&Selector>) {
+fn report_source(r: &mut Report, choice: &Choice, selector: Option<&Selector>) {
+    let source = &choice.source;
     r.line(
         Status::Ok,
         "identity",
-        &format!(
-            "{} at {}",
-            match source {
-                Source::Imds { .. } => "IMDS",
-                Source::AppService { .. } => "App Service / Container Apps identity endpoint",
-            },
-            source.endpoint()
-        ),
+        &format!("{} at {}", source.name(), source.endpoint()),
         &[
             ("chosen_by", source.chosen_by().to_string()),
+            ("why", choice.why.clone()),
             ("identity", Selector::describe(selector)),
         ],
     );
 }
 
 fn report_token(r: &mut Report, resource: &str, t: &Token) {
-    let expires = UNIX_EPOCH + Duration::from_secs(t.expires_on);
+    // Year 10000 and later cannot be written as RFC 3339 (and a server may say anything).
+    let expires = (t.expires_on < 253_402_300_800)
+        .then(|| UNIX_EPOCH.checked_add(Duration::from_secs(t.expires_on)))
+        .flatten()
+        .map_or_else(
+            || format!("unix {}", t.expires_on),
+            |at| humantime::format_rfc3339_seconds(at).to_string(),
+        );
     let left = Duration::from_secs(t.expires_on.saturating_sub(now()));
     let unknown = || "(not in the token)".to_string();
     r.line(
@@ -250,34 +272,21 @@ fn report_token(r: &mut Report, resource: &str, t: &Token) {
             ),
             ("tid", t.tenant_id.clone().unwrap_or_else(unknown)),
             ("aud", t.audience.clone().unwrap_or_else(unknown)),
-            (
-                "expires",
-                format!(
-                    "{} (in {})",
-                    humantime::format_rfc3339_seconds(expires.max(SystemTime::UNIX_EPOCH)),
-                    human(left)
-                ),
-            ),
+            ("expires", format!("{expires} (in {})", human(left))),
         ],
     );
 }
 
-/// Whether a proxy carries requests to `host` (then the proxy resolves and connects).
-fn proxied(env: &HashMap<String, String>, host: &str) -> Option<String> {
-    let get = |k: &str| {
-        env.get(k)
-            .or_else(|| env.get(&k.to_ascii_lowercase()))
-            .filter(|v| !v.is_empty())
-    };
-    let proxy = get("HTTPS_PROXY").or_else(|| get("ALL_PROXY"))?;
-    let bypass = get("NO_PROXY").is_some_and(|list| {
-        list.split(',').map(str::trim).any(|p| {
-            p == "*"
-                || host == p.trim_start_matches('.')
-                || host.ends_with(&format!(".{}", p.trim_start_matches('.')))
-        })
-    });
-    (!bypass).then(|| proxy.clone())
+/// The proxy that carries requests to `url`, as `scheme://host:port` (never its credentials),
+/// found exactly as the Key Vault client finds it (ureq: `ALL_PROXY`, `HTTPS_PROXY`,
+/// `HTTP_PROXY` in both cases, and `NO_PROXY`).
+fn proxied(url: &str) -> Option<String> {
+    let proxy = ureq::Proxy::try_from_env()?;
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    if proxy.is_no_proxy(&uri) {
+        return None;
+    }
+    Some(format!("{:?}://{}:{}", proxy.protocol(), proxy.host(), proxy.port()).to_ascii_lowercase())
 }
 
 /// Resolve, connect, then one request without a token: Key Vault answers 401 with a bearer
@@ -286,9 +295,8 @@ fn check_vault(
     r: &mut Report,
     v: &Vault,
     agents: &(ureq::Agent, ureq::Agent),
-    env: &HashMap<String, String>,
     api_version: &str,
-    timeout: Duration,
+    deadline: &Deadline,
 ) {
     let port = crate::url::parse(&v.url)
         .ok()
@@ -296,27 +304,28 @@ fn check_vault(
         .unwrap_or(443);
     let loopback = crate::url::is_loopback(&v.host);
     let mut steps = Vec::new();
-    match proxied(env, &v.host).filter(|_| !loopback) {
+    match proxied(&v.url).filter(|_| !loopback) {
         Some(proxy) => steps.push(format!(
             "through the proxy {proxy} (it resolves and connects)"
         )),
-        None => match reach(&v.host, port) {
+        None => match reach(&v.host, port, deadline) {
             Ok(step) => steps.push(step),
-            Err(e) => return r.fail("vault", &e),
+            Err(e) => return warn(r, &e),
         },
     }
     let agent = if loopback { &agents.1 } else { &agents.0 };
     let url = format!("{}/secrets?api-version={api_version}&maxresults=1", v.url);
-    match http::get(agent, &url, &[("Accept", "application/json")], timeout.min(Duration::from_secs(30))) {
-        Err(e) if e.tls => r.fail(
-            "vault",
+    let timeout = deadline.remaining().min(Duration::from_secs(10));
+    match http::get(agent, &url, &[("Accept", "application/json")], timeout) {
+        Err(e) if e.tls => warn(
+            r,
             &Error::Protocol(format!(
                 "vault {}: its certificate is not trusted ({}); if a proxy inspects TLS, give its root with --ca-file",
                 v.url, e.text
             )),
         ),
-        Err(e) => r.fail(
-            "vault",
+        Err(e) => warn(
+            r,
             &Error::VaultUnavailable(format!(
                 "vault {}: no answer ({}); check its firewall and network access",
                 v.url, e.text
@@ -340,8 +349,14 @@ fn check_vault(
     }
 }
 
-/// Resolve `host` (unless it is an IP address) and connect to its first address.
-fn reach(host: &str, port: u16) -> Result<String, Error> {
+/// A vault check that failed: a warning (it explains), for the exit code is what the secret
+/// checks below give, as in fetch, which retries where this probe does not.
+fn warn(r: &mut Report, e: &Error) {
+    r.line(Status::Warn, "vault", &e.to_string(), &[]);
+}
+
+/// Resolve `host` (unless it is an IP address) and connect to one of its addresses.
+fn reach(host: &str, port: u16, deadline: &Deadline) -> Result<String, Error> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     let (addrs, resolved): (Vec<SocketAddr>, bool) = match literal.parse::<std::net::IpAddr>() {
         Ok(ip) => (vec![SocketAddr::new(ip, port)], false),
@@ -354,14 +369,26 @@ fn reach(host: &str, port: u16) -> Result<String, Error> {
             (found.collect(), true)
         }
     };
-    let first = addrs.first().ok_or_else(|| {
-        Error::VaultUnavailable(format!("the vault's host {host} has no address"))
-    })?;
-    TcpStream::connect_timeout(first, Duration::from_secs(5)).map_err(|e| {
-        Error::VaultUnavailable(format!(
-            "cannot connect to {first} ({host}): {e}; check the vault's firewall, private endpoint and this network's outbound rules"
-        ))
-    })?;
+    let within = deadline
+        .remaining()
+        .min(Duration::from_secs(5))
+        .max(Duration::from_millis(1));
+    let mut last = None;
+    if !addrs
+        .iter()
+        .any(|a| match TcpStream::connect_timeout(a, within) {
+            Ok(_) => true,
+            Err(e) => {
+                last = Some(format!("{a}: {e}"));
+                false
+            }
+        })
+    {
+        return Err(Error::VaultUnavailable(format!(
+            "cannot connect to {host} ({}); check the vault's firewall, private endpoint and this network's outbound rules",
+            last.unwrap_or_else(|| "no address".into())
+        )));
+    }
     if !resolved {
         return Ok("an IP address, connects".into());
     }

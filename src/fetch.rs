@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::identity::{Identity, Source, Tokens};
+use crate::identity::{Identity, Tokens};
 use crate::keyvault::{Client, Fetched};
 use crate::output::{self, FileOptions};
 use crate::retry::{Deadline, human};
@@ -267,7 +267,9 @@ impl Session {
         plan: Plan,
     ) -> Result<Session, Error> {
         check_outputs(opts, &plan)?;
-        let source = Source::from_env(env)?;
+        let choice = crate::identity::choose(env, opts.identity_source, opts.selector.as_ref())?;
+        choice.log();
+        let source = choice.source;
         spec::check_loopback_vaults(&plan.specs, source.on_loopback())?;
         let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
         let agents = http::vault_agents(plan.ca_pem.as_deref(), opts.concurrency)?;

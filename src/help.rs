@@ -14,7 +14,13 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ),
     (
         "Identity (which managed identity, which audience)",
-        &["client-id", "object-id", "resource-id", "resource"],
+        &[
+            "identity-source",
+            "client-id",
+            "object-id",
+            "resource-id",
+            "resource",
+        ],
     ),
     (
         "Output (where the secrets go)",
@@ -85,7 +91,7 @@ pub const EXAMPLES: &[Example] = &[
         command: "doctor",
         about: "the same, for a machine (one JSON object per check)",
         env: &[],
-        args: "doctor --vault contoso-kv --secret db-password --log-format json",
+        args: "doctor --vault contoso-kv --secret db-password --dir /run/secrets --log-format json",
     },
     Example {
         command: "watch",
@@ -259,6 +265,7 @@ fn choices(f: &Flag) -> Option<&'static str> {
         "env-format" => Some("dotenv shell docker json"),
         "log-format" => Some("text json"),
         "on-change" => Some("restart none signal:HUP signal:TERM signal:USR1 signal:USR2"),
+        "identity-source" => Some("auto imds app-service workload arc cloud-shell service-fabric"),
         _ => None,
     }
 }
@@ -342,10 +349,22 @@ complete -F _kvfetch kvfetch
     )
 }
 
+/// Text for inside a zsh `_arguments` spec: `:`, `[`, `]`, `(`, `)` and `\` are syntax there.
+fn zsh_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, ':' | '[' | ']' | '(' | ')' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn zsh_spec(f: &Flag) -> String {
-    let action = match (f.value, choices(f), path_kind(f)) {
+    let action = match (f.value.map(zsh_escape), choices(f), path_kind(f)) {
         (None, _, _) => String::new(),
-        (Some(v), Some(list), _) => format!(":{v}:({list})"),
+        (Some(v), Some(list), _) => format!(":{v}:({})", zsh_escape(list)),
         (Some(v), _, Some("dir")) => format!(":{v}:_files -/"),
         (Some(v), _, Some(_)) => format!(":{v}:_files"),
         (Some(v), _, _) => format!(":{v}: "),
@@ -355,9 +374,10 @@ fn zsh_spec(f: &Flag) -> String {
     } else {
         ""
     };
-    let mut specs = vec![format!("'{repeat}--{}[{}]{action}'", f.long, summary(f))];
+    let about = zsh_escape(&summary(f));
+    let mut specs = vec![format!("'{repeat}--{}[{about}]{action}'", f.long)];
     if let Some(c) = f.short {
-        specs.push(format!("'-{c}[{}]'", summary(f)));
+        specs.push(format!("'-{c}[{about}]'"));
     }
     specs.join(" ")
 }

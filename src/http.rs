@@ -76,11 +76,69 @@ fn agent(config: ureq::config::Config) -> Agent {
 }
 
 /// A response reduced to what kvfetch reads.
+#[derive(Default)]
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// `Retry-After` (seconds or an HTTP date).
     pub retry_after: Option<String>,
+    /// `retry-after-ms` or `x-ms-retry-after-ms` (milliseconds; preferred when present).
+    pub retry_after_ms: Option<String>,
     pub location: Option<String>,
+    /// `WWW-Authenticate` (Azure Arc's challenge names its key file here).
+    pub www_authenticate: Option<String>,
+}
+
+impl Reply {
+    /// How long the server asked to wait, if it said: `retry-after-ms` / `x-ms-retry-after-ms`
+    /// first, then `Retry-After` in seconds or as an HTTP date.
+    pub fn asked_delay(&self) -> Option<Duration> {
+        if let Some(ms) = self
+            .retry_after_ms
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            return Some(Duration::from_millis(ms));
+        }
+        let v = self.retry_after.as_deref()?.trim();
+        match v.parse::<u64>() {
+            Ok(secs) => Some(Duration::from_secs(secs.min(86_400))),
+            Err(_) => {
+                let at = httpdate_to_unix(v)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs();
+                Some(Duration::from_secs(at.saturating_sub(now).min(86_400)))
+            }
+        }
+    }
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110) → Unix seconds.
+fn httpdate_to_unix(v: &str) -> Option<u64> {
+    humantime::parse_rfc3339(&{
+        let parts: Vec<&str> = v.split_whitespace().collect();
+        let &[_, day, month, year, time, "GMT"] = parts.as_slice() else {
+            return None;
+        };
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let m = months.iter().position(|x| *x == month)? + 1;
+        let (d, y): (u32, u32) = (day.parse().ok()?, year.parse().ok()?);
+        format!("{y:04}-{m:02}-{d:02}T{time}Z")
+    })
+    .ok()?
+    .duration_since(std::time::UNIX_EPOCH)
+    .ok()
+    .map(|d| d.as_secs())
+}
+
+/// What to send: a GET, or a POST of a form (workload identity, Cloud Shell).
+pub enum Body<'a> {
+    None,
+    Form(&'a str),
 }
 
 /// Every request says who sent it (a vault's diagnostic log and a proxy then show kvfetch).
@@ -198,16 +256,40 @@ pub fn get(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<Reply, Failure> {
-    let mut req = agent.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut response = req
-        .config()
-        .timeout_global(Some(timeout.max(Duration::from_millis(1))))
-        .build()
-        .call()
-        .map_err(|e| classify(&e))?;
+    send(agent, url, headers, Body::None, timeout)
+}
+
+/// GET (or POST a form to) `url` with `headers`, giving up after `timeout`.
+pub fn send(
+    agent: &Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+    timeout: Duration,
+) -> Result<Reply, Failure> {
+    let timeout = Some(timeout.max(Duration::from_millis(1)));
+    let sent = match body {
+        Body::None => {
+            let mut req = agent.get(url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.config().timeout_global(timeout).build().call()
+        }
+        Body::Form(form) => {
+            let mut req = agent
+                .post(url)
+                .header("Content-Type", "application/x-www-form-urlencoded");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.config()
+                .timeout_global(timeout)
+                .build()
+                .send(form.as_bytes())
+        }
+    };
+    let mut response = sent.map_err(|e| classify(&e))?;
     let header = |name: &str| {
         response
             .headers()
@@ -216,6 +298,8 @@ pub fn get(
             .map(String::from)
     };
     let (retry_after, location) = (header("retry-after"), header("location"));
+    let retry_after_ms = header("retry-after-ms").or_else(|| header("x-ms-retry-after-ms"));
+    let www_authenticate = header("www-authenticate");
     let status = response.status().as_u16();
     let read = response
         .body_mut()
@@ -240,7 +324,9 @@ pub fn get(
         status,
         body,
         retry_after,
+        retry_after_ms,
         location,
+        www_authenticate,
     })
 }
 

@@ -132,22 +132,49 @@ impl Client {
         loop {
             let timeout = deadline.remaining().min(Duration::from_secs(30));
             let bearer = token.bearer();
+            // A fresh id per request: the vault's diagnostic log records it, so a failure
+            // logged at -v can be matched with the vault's side.
+            let request_id = request_id();
             let headers = [
                 ("Authorization", bearer.as_str()),
                 ("Accept", "application/json"),
+                ("x-ms-client-request-id", request_id.as_str()),
             ];
             let agent = if crate::url::is_loopback(&spec.vault.host) {
                 &self.loopback_agent
             } else {
                 &self.agent
             };
+            let failed = |what: &str| {
+                crate::log::debug(
+                    "Key Vault request failed",
+                    &[
+                        ("secret", &spec.name),
+                        ("vault", &spec.vault.url),
+                        ("problem", what),
+                        ("request_id", &request_id),
+                    ],
+                );
+            };
             let next = match http::get(agent, &url, &headers, timeout) {
-                Err(e) if e.permanent => return Err(protocol_error(spec, &e)),
+                Err(e) if e.permanent => {
+                    failed(&e.text);
+                    return Err(protocol_error(spec, &e));
+                }
                 Err(e) => Next::Retry(None, e.text),
-                Ok(reply) => self.judge(spec, reply, &token, refreshed, &mut first_403)?,
+                Ok(reply) => {
+                    let status = reply.status;
+                    match self.judge(spec, reply, &token, refreshed, &mut first_403) {
+                        Ok(next) => next,
+                        Err(e) => {
+                            failed(&format!("HTTP {status}"));
+                            return Err(e);
+                        }
+                    }
+                }
             };
             let mut denied = None;
-            let (delay, problem) = match next {
+            let (delay, problem, asked) = match next {
                 Next::Done(f) => return Ok(f),
                 Next::RefreshToken => {
                     token = tokens.refresh(resource, &token, deadline)?;
@@ -161,12 +188,21 @@ impl Client {
                     (
                         delay.unwrap_or_else(|| self.backoff.delay(attempt)),
                         problem,
+                        delay.is_some(),
                     )
                 }
                 Next::RetryDenied(e) => {
                     let problem = "HTTP 403 (a new role assignment may still be propagating)";
                     denied = Some(e);
-                    (self.backoff.delay(attempt), problem.to_string())
+                    // Never sleep past --access-retry: the last try comes at its end.
+                    let window = first_403.map_or(Duration::ZERO, |t| {
+                        self.access_retry.saturating_sub(t.elapsed())
+                    });
+                    (
+                        self.backoff.delay(attempt).min(window),
+                        problem.to_string(),
+                        false,
+                    )
                 }
             };
             attempt += 1;
@@ -176,12 +212,17 @@ impl Client {
                     ("secret", &spec.name),
                     ("vault", &spec.vault.url),
                     ("problem", &problem),
+                    ("request_id", &request_id),
                 ],
             );
             let (kind, msg) = waiting_for(&problem, denied.is_some());
-            waiting.report(
+            // A delay the vault asked for is kept or the loop gives up; our own backoff is cut
+            // so that tries go on until the deadline.
+            let planned = deadline.planned(delay, asked);
+            waiting.report_if(
+                planned.is_some(),
                 &format!("{kind} {}", spec.vault.url),
-                delay,
+                planned.unwrap_or(delay),
                 msg,
                 &[
                     ("secret", &spec.name),
@@ -189,7 +230,7 @@ impl Client {
                     ("problem", &problem),
                 ],
             );
-            if !deadline.sleep(delay) {
+            if !deadline.sleep_within(delay, asked) {
                 if let Some(e) = denied {
                     return Err(e);
                 }
@@ -276,11 +317,10 @@ impl Client {
                 spec.vault.url,
                 reply.location.as_deref().unwrap_or("?")
             ))),
-            429 => Ok(Next::Retry(
-                reply.retry_after.as_deref().and_then(parse_retry_after),
-                format!("HTTP 429 {code}"),
+            429 | 408 | 500..=599 => Ok(Next::Retry(
+                reply.asked_delay().map(clamp_retry_after),
+                format!("HTTP {status} {code}"),
             )),
-            408 | 500..=599 => Ok(Next::Retry(None, format!("HTTP {status} {code}"))),
             _ => Err(Error::Other(format!(
                 "unexpected HTTP {status} from Key Vault for {what}: {code}: {message}"
             ))),
@@ -341,6 +381,33 @@ fn vault_name(host: &str) -> &str {
         return "VAULT_NAME";
     }
     host.split('.').next().unwrap_or(host)
+}
+
+/// A random (version 4) UUID for `x-ms-client-request-id`.
+fn request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No randomness to be had: an id that is at least unique within this process.
+        let n = crate::retry::random_unit().to_bits();
+        b[..8].copy_from_slice(&n.to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// A delay a server asked for, kept between [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
+pub fn clamp_retry_after(d: Duration) -> Duration {
+    d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP)
 }
 
 /// `Retry-After` in seconds (an HTTP date is treated as "soon": one second), kept between

@@ -46,7 +46,7 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
     log::init(opts.log);
     let result = match opts.command {
         cli::Command::Help(command) => {
-            print!("{}", help::help(command));
+            stdout(&help::help(command));
             Ok(exit::OK)
         }
         cli::Command::Usage => {
@@ -54,11 +54,11 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
             Ok(exit::USAGE)
         }
         cli::Command::Completions(ref shell) => {
-            print!("{}", help::completions(shell).unwrap_or_default());
+            stdout(&help::completions(shell).unwrap_or_default());
             Ok(exit::OK)
         }
         cli::Command::Version => {
-            println!("kvfetch {}", env!("CARGO_PKG_VERSION"));
+            stdout(&format!("kvfetch {}\n", env!("CARGO_PKG_VERSION")));
             Ok(exit::OK)
         }
         cli::Command::Fetch => early(|| fetch::run(&opts, env).map(|()| exit::OK)),
@@ -72,6 +72,12 @@ pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
     };
     log::flush();
     code
+}
+
+/// Write `text` to stdout; a reader that went away (`kvfetch help | head`) is not an error.
+fn stdout(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Run a mode with the early signal handler in place (see [`signals`]).

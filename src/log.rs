@@ -196,7 +196,7 @@ const MAX_FIELD: usize = 500;
 
 /// A log text cut to `max` characters, with anything shaped like a JWT replaced: a hostile
 /// server could echo the bearer token it was sent into an error text.
-fn sanitize(text: &str, max: usize) -> String {
+pub fn sanitize(text: &str, max: usize) -> String {
     let redacted = redact_tokens(text);
     match redacted.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…(cut)", &redacted[..cut]),

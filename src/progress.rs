@@ -55,9 +55,22 @@ impl Waiting {
     }
 
     /// Report `msg` with `fields` (plus how long it has waited and when it tries again) when
-    /// due and no other worker reported this `kind` of wait just now.
+    /// due and no other worker reported this `kind` of wait just now. `delay` is the sleep that
+    /// will really happen (never one the deadline refuses).
     pub fn report(&mut self, kind: &str, delay: Duration, msg: &str, fields: &[(&str, &str)]) {
-        if !self.due(delay) || !first_in_gap(kind) {
+        self.report_if(true, kind, delay, msg, fields);
+    }
+
+    /// [`Waiting::report`] when `sleeping` (the retry loop will sleep `delay` and try again).
+    pub fn report_if(
+        &mut self,
+        sleeping: bool,
+        kind: &str,
+        delay: Duration,
+        msg: &str,
+        fields: &[(&str, &str)],
+    ) {
+        if !sleeping || !self.due(delay) || !first_in_gap(kind) {
             return;
         }
         let (waited, retry_in) = (human(self.started.elapsed()), human(delay));

@@ -96,6 +96,29 @@ impl Deadline {
         self.at().saturating_duration_since(Instant::now())
     }
 
+    /// Before the next try after `d`: sleep and return true when a try still fits before the
+    /// deadline. A delay the server asked for (`strict`) is never shortened: if it does not
+    /// fit, false. Our own backoff is cut to leave [`LAST_TRY`] for a last try, so retrying goes
+    /// on until the deadline, not until the first delay that would overshoot it.
+    pub fn sleep_within(&self, d: Duration, strict: bool) -> bool {
+        match self.planned(d, strict) {
+            Some(d) => {
+                std::thread::sleep(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The sleep [`Deadline::sleep_within`] would take now, or None when it would give up.
+    pub fn planned(&self, d: Duration, strict: bool) -> Option<Duration> {
+        let left = self.remaining();
+        if strict {
+            return (d < left).then_some(d);
+        }
+        (left > LAST_TRY).then(|| d.min(left - LAST_TRY))
+    }
+
     /// Sleep for `d` if that still ends before the deadline; false (without sleeping) if not.
     pub fn sleep(&self, d: Duration) -> bool {
         if d >= self.remaining() {
@@ -105,6 +128,9 @@ impl Deadline {
         true
     }
 }
+
+/// The time a last try before the deadline gets to be answered.
+pub const LAST_TRY: Duration = Duration::from_millis(200);
 
 /// A duration as people read it ("1m 10s", "250ms").
 pub fn human(d: Duration) -> String {

@@ -221,7 +221,7 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
         (None, None) if loopback => ("https://vault.azure.net".to_string(), Audience::Loopback),
         (None, None) if let Some(meant) = typo_of_cloud(&host) => {
             return Err(Error::Usage(format!(
-                "vault host {host} is not a Key Vault domain: did you mean --vault https://{meant} ?"
+                "vault host {host} is not a Key Vault domain: did you mean --vault https://{meant} ? (a vault under another domain needs --resource to vouch for it)"
             )));
         }
         (None, None) => {
@@ -240,7 +240,8 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
 }
 
 /// `NAME.vault.azure.com` and other near misses of a cloud's suffix → the host that was
-/// probably meant (`NAME.vault.azure.net`): at most two edits away from one of [`CLOUDS`].
+/// probably meant (`NAME.vault.azure.net`): at most two edits away from one of [`CLOUDS`]
+/// (after reading `.com` as `.net` and `keyvault` as `vault`, the commonest slips).
 fn typo_of_cloud(host: &str) -> Option<String> {
     let (name, rest) = host.split_once('.')?;
     if !valid_vault_name(name) {
@@ -252,11 +253,13 @@ fn typo_of_cloud(host: &str) -> Option<String> {
         Some(stem) => format!("{stem}.net"),
         None => rest.to_string(),
     };
+    // "keyvault" for "vault" (the product's name) is the other one.
+    let rest = rest.strip_prefix("key").unwrap_or(&rest).to_string();
     CLOUDS
         .iter()
         .map(|(suffix, _)| &suffix[1..])
         .map(|suffix| (edit_distance(&rest, suffix), suffix))
-        .filter(|(d, _)| *d <= 3)
+        .filter(|(d, _)| *d <= 2)
         // On a tie the first cloud (the public one) wins: `min_by_key` keeps the first.
         .min_by_key(|(d, _)| *d)
         .map(|(_, suffix)| format!("{name}.{suffix}"))
@@ -490,7 +493,7 @@ mod tests {
                 msg.contains(&format!("did you mean --vault {meant} ")),
                 "{msg}"
             );
-            assert!(!msg.contains("--resource"), "{msg}");
+            assert!(msg.contains("did you mean"), "{msg}");
         }
         // Far from every suffix: no guess, the --resource explanation instead.
         for other in [

@@ -201,6 +201,73 @@ fn group_readable_files_can_be_read_by_that_group_in_a_dir_kvfetch_made() {
         String::from_utf8_lossy(&app.stderr)
     );
     assert!(!cat("64099", "64099").status.success(), "no other group");
+    // Directories created above it get the same mode and owner: the group reaches the file.
+    let nested = s.path("a/b/c");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "a",
+            "--dir",
+            nested.to_str().unwrap(),
+            "--file-mode",
+            "0440",
+            "--owner",
+            "64020:64021",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for d in [s.path("a"), s.path("a/b"), nested.clone()] {
+        let meta = std::fs::metadata(&d).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), mode(&d)),
+            (64020, 64021, 0o750),
+            "{}",
+            d.display()
+        );
+    }
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "64099",
+            "--regid",
+            "64021",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(nested.join("a"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Au1-alpha");
+    // Root without CAP_CHOWN (a container that dropped every capability) cannot give files
+    // away: refused before any request, nothing created.
+    emu.reset_counters();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-chown",
+            &bin(),
+            "fetch",
+            "--secret",
+            "a",
+            "--owner",
+            "64020:64021",
+            "--dir",
+        ])
+        .arg(s.path("nocap"))
+        .env_clear()
+        .envs(env_for(&emu))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(emu.counters().imds_token_requests, 0);
+    assert!(!s.path("nocap").exists());
     // With the default 0400 the directory stays 0700.
     let r = run(
         &emu,

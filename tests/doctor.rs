@@ -199,10 +199,16 @@ fn an_untrusted_certificate_and_a_bad_output_are_both_reported() {
         "{}",
         r.stdout
     );
+    // The probe explains (a warning); the exit code is what the secret check gives, as in fetch.
     let vault = line(&r.stdout, "vault", "not trusted");
     assert!(
-        vault.starts_with("FAIL") && vault.contains("--ca-file"),
+        vault.starts_with("warn") && vault.contains("--ca-file"),
         "{vault}"
+    );
+    assert!(
+        line(&r.stdout, "secret", "alpha").starts_with("FAIL"),
+        "{}",
+        r.stdout
     );
 }
 
@@ -244,4 +250,45 @@ fn json_gives_one_object_per_check() {
     assert_eq!(find("result", "fail")["exit_code"], serde_json::json!(5));
     assert!(find("secret", "ok")["version"].is_string());
     assert_no_leak(&r, &[A]);
+}
+
+#[test]
+fn no_secret_or_no_output_is_what_fetch_refuses() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("out");
+    for args in [
+        vec!["doctor", "--dir", dir.to_str().unwrap()],
+        vec!["doctor", "--secret", "alpha"],
+    ] {
+        let r = run(&emu, &args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stdout);
+        assert!(r.stdout.contains("FAIL"), "{args:?}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("out").display().to_string();
+    for args in [
+        vec!["doctor", "--secret", "alpha", "--dir", &dir],
+        vec!["completions", "bash"],
+        vec!["help", "fetch"],
+    ] {
+        // A pipe whose reader is already gone: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(bin())
+            .args(&args)
+            .env_clear()
+            .envs(env_for(&emu))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }

@@ -1120,3 +1120,831 @@ fn control_api_queues_hostile_faults() {
         "{head}"
     );
 }
+
+// The other identity sources: Entra (workload identity), legacy App Service, Cloud Shell, Azure
+// Arc and Service Fabric. Spoken to with bare ureq clients (or a bare rustls one for Service
+// Fabric) that report every status and use no proxy.
+
+/// A plain-HTTP client that reports every status, follows nothing and uses no proxy.
+fn plain_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// Status, a header's value and the body of an answer (JSON, or else a JSON string of its text).
+fn answer_with(
+    mut r: ureq::http::Response<ureq::Body>,
+    header: &str,
+) -> (u16, Option<String>, Value) {
+    let value = r
+        .headers()
+        .get(header)
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = r.body_mut().read_to_string().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (r.status().as_u16(), value, body)
+}
+
+/// Status and body of an answer.
+fn answer(r: ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let (status, _, body) = answer_with(r, "content-type");
+    (status, body)
+}
+
+/// A vault GET of secret `s` with this bearer token: the status.
+fn vault_status_with(emu: &Emulator, token: &str) -> u16 {
+    kv_status(emu, &tls_agent(emu), token)
+}
+
+fn kv_status(emu: &Emulator, agent: &ureq::Agent, token: &str) -> u16 {
+    agent
+        .get(format!("{}/secrets/s?api-version=7.5", emu.vault_url()))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A projected service-account token: JWT-shaped, with issuer, subject and audience.
+const ASSERTION: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.eyJpc3MiOiJodHRwczovL29pZGMuZXhhbXBsZS9jbHVzdGVyIiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6YXBwIiwiYXVkIjoiYXBpOi8vQXp1cmVBRFRva2VuRXhjaGFuZ2UiLCJuYmYiOjE3MDAwMDAwMDAsImV4cCI6MTcwMDAwMzYwMH0.c2ln";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const CLIENT_ID: &str = "2f3c9a41-7b1e-4d2a-9c3f-0a1b2c3d4e5f";
+
+/// The form a workload-identity client posts, with `changes` applied (an empty value drops
+/// the field).
+fn wi_form<'a>(assertion: &'a str, changes: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", CLIENT_ID),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", assertion),
+        ("scope", "https://vault.azure.net/.default"),
+    ];
+    for (k, v) in changes {
+        form.retain(|(name, _)| name != k);
+        if !v.is_empty() {
+            form.push((k, v));
+        }
+    }
+    form
+}
+
+fn entra(emu: &Emulator, tenant: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", emu.authority_url());
+    answer(
+        plain_agent()
+            .post(&url)
+            .send_form(form.iter().copied())
+            .unwrap(),
+    )
+}
+
+/// An Entra error: (status, `error`, the one error code), after checking the envelope's shape.
+fn entra_error((status, body): (u16, Value)) -> (u16, String, u64) {
+    let codes = body["error_codes"].as_array().expect("error_codes");
+    assert_eq!(codes.len(), 1, "{body}");
+    let code = codes[0].as_u64().unwrap();
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.starts_with(&format!("AADSTS{code}: ")),
+        "{description}"
+    );
+    let timestamp = body["timestamp"].as_str().unwrap();
+    assert!(
+        description.ends_with(&format!("\r\nTimestamp: {timestamp}")),
+        "{description}"
+    );
+    assert!(
+        timestamp.len() == 20 && timestamp.ends_with('Z'),
+        "{timestamp}"
+    );
+    for k in ["trace_id", "correlation_id"] {
+        assert_eq!(body[k].as_str().unwrap().len(), 36, "{k}");
+    }
+    assert_eq!(
+        body["error_uri"],
+        format!("https://login.microsoftonline.com/error?code={code}")
+    );
+    (status, body["error"].as_str().unwrap().to_string(), code)
+}
+
+#[test]
+fn entra_issues_workload_identity_tokens_for_the_federated_assertion() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("s", "v");
+    let tenant = emu.tenant_id();
+    assert_eq!(emu.authority_url(), emu.imds_url(), "the plain listener");
+    let id = emu.federate(CLIENT_ID, ASSERTION);
+    assert_eq!(id.client_id, CLIENT_ID);
+    let (status, body) = entra(&emu, &tenant, &wi_form(ASSERTION, &[]));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["token_type"], "Bearer");
+    for k in ["expires_in", "ext_expires_in"] {
+        assert_eq!(body[k].as_u64(), Some(86_400), "{k} is a JSON number");
+    }
+    let token = body["access_token"].as_str().unwrap();
+    let c = claims(token);
+    assert_eq!(c["aud"], "https://vault.azure.net", "scope minus /.default");
+    assert_eq!(
+        (c["appid"].as_str(), c["oid"].as_str(), c["tid"].as_str()),
+        (
+            Some(CLIENT_ID),
+            Some(id.object_id.as_str()),
+            Some(tenant.as_str())
+        )
+    );
+    assert_eq!(vault_status_with(&emu, token), 200);
+    // A trailing slash on the authority's path and an upper-case tenant are the same endpoint;
+    // a resource with a trailing slash gives the same audience.
+    let (status, body) = entra(
+        &emu,
+        &tenant.to_uppercase(),
+        &wi_form(ASSERTION, &[("scope", "https://vault.azure.net//.default")]),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        claims(body["access_token"].as_str().unwrap())["aud"],
+        "https://vault.azure.net"
+    );
+
+    // The token file rotates: the new text is accepted, the old one no longer matches.
+    let rotated = "rotated-token-file-contents";
+    assert_eq!(emu.federate(CLIENT_ID, rotated), id, "the same identity");
+    let (status, body) = entra(&emu, &tenant, &wi_form(ASSERTION, &[]));
+    assert_eq!(
+        entra_error((status, body.clone())),
+        (401, "invalid_client".into(), 70021)
+    );
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("No matching federated identity record found for presented assertion. Assertion Issuer: 'https://oidc.example/cluster'. Assertion Subject: 'system:serviceaccount:default:app'. Assertion Audience: 'api://AzureADTokenExchange'."),
+        "{description}"
+    );
+    assert_eq!(entra(&emu, &tenant, &wi_form(rotated, &[])).0, 200);
+    emu.expire_assertion(rotated);
+    let (status, body) = entra(&emu, &tenant, &wi_form(rotated, &[]));
+    assert_eq!(
+        entra_error((status, body.clone())),
+        (400, "invalid_client".into(), 700024)
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Client assertion is not within its valid time range. Current time: "),
+        "{body}"
+    );
+    let c = emu.counters();
+    assert_eq!(c.entra_token_requests, 5);
+    assert_eq!(
+        c.entra_assertions,
+        [ASSERTION, ASSERTION, ASSERTION, rotated, rotated],
+        "every assertion received, in order"
+    );
+    assert!(c.user_agents.iter().any(|a| a.starts_with("ureq")));
+}
+
+#[test]
+fn entra_request_errors() {
+    let emu = Emulator::start().unwrap();
+    emu.federate(CLIENT_ID, ASSERTION);
+    let tenant = emu.tenant_id();
+    let other_tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let (status, body) = entra(&emu, other_tenant, &wi_form(ASSERTION, &[]));
+    assert_eq!(
+        entra_error((status, body.clone())),
+        (400, "invalid_request".into(), 90002)
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("AADSTS90002: Tenant '{other_tenant}' not found."))
+    );
+    let stranger = "00000000-1111-2222-3333-444444444444";
+    let (status, body) = entra(
+        &emu,
+        &tenant,
+        &wi_form(ASSERTION, &[("client_id", stranger)]),
+    );
+    assert_eq!(
+        entra_error((status, body.clone())),
+        (400, "unauthorized_client".into(), 700016)
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!(
+                "AADSTS700016: Application with identifier '{stranger}' was not found in the directory"
+            ))
+    );
+    for change in [
+        ("grant_type", "password"),
+        ("grant_type", ""),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:saml2-bearer",
+        ),
+        ("client_assertion_type", ""),
+        ("scope", ""),
+        ("client_id", ""),
+    ] {
+        let (status, body) = entra(&emu, &tenant, &wi_form(ASSERTION, &[change]));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{change:?}: {body}"
+        );
+        entra_error((status, body));
+    }
+    let (status, body) = entra(
+        &emu,
+        &tenant,
+        &wi_form(ASSERTION, &[("scope", "https://vault.azure.net")]),
+    );
+    assert_eq!(
+        entra_error((status, body)),
+        (400, "invalid_scope".into(), 1002012)
+    );
+    // Only POST, and only a form body.
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", emu.authority_url());
+    let (status, body) = answer(plain_agent().get(&url).call().unwrap());
+    assert_eq!(
+        entra_error((status, body)),
+        (400, "invalid_request".into(), 900561)
+    );
+    let json_body = serde_json::json!({"grant_type": "client_credentials"}).to_string();
+    let (status, body) = answer(
+        plain_agent()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(&json_body)
+            .unwrap(),
+    );
+    assert_eq!(
+        entra_error((status, body)),
+        (400, "invalid_request".into(), 900144)
+    );
+    // No tokens were issued by any of these.
+    assert!(
+        emu.counters()
+            .entra_assertions
+            .iter()
+            .all(|a| a == ASSERTION),
+        "only form bodies are read"
+    );
+}
+
+#[test]
+fn entra_faults_are_queued_like_the_others() {
+    let emu = Emulator::start().unwrap();
+    emu.federate(CLIENT_ID, ASSERTION);
+    let tenant = emu.tenant_id();
+    let form = wi_form(ASSERTION, &[]);
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", emu.authority_url());
+    emu.push_entra_fault(Fault::StatusRetryAfter(429, 7));
+    let (status, retry_after, body) = answer_with(
+        plain_agent()
+            .post(&url)
+            .send_form(form.iter().copied())
+            .unwrap(),
+        "retry-after",
+    );
+    assert_eq!((status, retry_after.as_deref()), (429, Some("7")));
+    entra_error((status, body));
+    emu.push_entra_fault(Fault::Status(503));
+    let (status, body) = entra(&emu, &tenant, &form);
+    assert_eq!(entra_error((status, body)).0, 503);
+    emu.push_entra_fault(Fault::Drop);
+    assert!(
+        plain_agent()
+            .post(&url)
+            .send_form(form.iter().copied())
+            .is_err(),
+        "dropped connection"
+    );
+    emu.push_entra_fault(Fault::ErrorText {
+        status: 400,
+        code: "invalid_grant".into(),
+        message: "AADSTS50173: The provided grant has expired.".into(),
+    });
+    let (status, body) = entra(&emu, &tenant, &form);
+    assert_eq!(
+        entra_error((status, body)),
+        (400, "invalid_grant".into(), 50173)
+    );
+    emu.push_entra_fault(Fault::HugeBody(4096));
+    let (status, body) = entra(&emu, &tenant, &form);
+    assert_eq!(status, 200);
+    assert_eq!(body["expires_in"].as_u64(), Some(86_400));
+    assert!(body["access_token"].as_str().unwrap().len() > 3900);
+    emu.push_entra_fault(Fault::Delay(Duration::from_millis(200)));
+    let started = Instant::now();
+    assert_eq!(entra(&emu, &tenant, &form).0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let c = emu.counters();
+    assert_eq!(
+        (c.entra_token_requests, c.entra_assertions.len()),
+        (6, 6),
+        "faulted requests count"
+    );
+    // Through the control API too.
+    let r = plain_agent()
+        .post(format!("{}/faults/entra", emu.control_url()))
+        .send(r#"{"status":500}"#)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(entra(&emu, &tenant, &form).0, 500);
+}
+
+/// Days since 1970-01-01 of a Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+/// Unix seconds of a legacy `expires_on`, `MM/DD/YYYY hh:mm:ss AM|PM +00:00`, checking its shape.
+fn legacy_time(text: &str) -> u64 {
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(parts.len(), 4, "{text}");
+    let (date, time, half, zone) = (parts[0], parts[1], parts[2], parts[3]);
+    assert!(
+        date.len() == 10 && time.len() == 8 && zone == "+00:00",
+        "{text}"
+    );
+    let num = |s: &str| s.parse::<i64>().unwrap();
+    let d: Vec<i64> = date.split('/').map(num).collect();
+    let t: Vec<i64> = time.split(':').map(num).collect();
+    assert!((1..=12).contains(&t[0]), "a 12-hour clock: {text}");
+    let hour = t[0] % 12
+        + match half {
+            "AM" => 0,
+            "PM" => 12,
+            _ => panic!("{text}"),
+        };
+    (days_from_civil(d[2], d[0], d[1]) * 86_400 + hour * 3_600 + t[1] * 60 + t[2]) as u64
+}
+
+#[test]
+fn legacy_msi_endpoint() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("s", "v");
+    let id = Identity::user("legacy");
+    emu.add_user_identity(id.clone());
+    assert!(emu.msi_endpoint().starts_with(&emu.imds_url()));
+    let call = |query: &str, secret: Option<&str>| {
+        let mut req = plain_agent().get(format!("{}?{query}", emu.msi_endpoint()));
+        if let Some(secret) = secret {
+            req = req.header("secret", secret);
+        }
+        let (status, body) = answer(req.call().unwrap());
+        (status, body)
+    };
+    let q = "api-version=2017-09-01&resource=https%3A%2F%2Fvault.azure.net";
+    let (status, body) = call(q, Some(emu.msi_secret()));
+    assert_eq!(status, 200, "{body}");
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["access_token", "expires_on", "resource", "token_type"]
+    );
+    assert_eq!(
+        (body["resource"].as_str(), body["token_type"].as_str()),
+        (Some("https://vault.azure.net"), Some("Bearer"))
+    );
+    let token = body["access_token"].as_str().unwrap();
+    let c = claims(token);
+    assert_eq!(
+        legacy_time(body["expires_on"].as_str().unwrap()),
+        c["exp"].as_u64().unwrap(),
+        "a date string in UTC: {}",
+        body["expires_on"]
+    );
+    assert_eq!(c["oid"], emu.system_identity().unwrap().object_id.as_str());
+    assert_eq!(vault_status_with(&emu, token), 200);
+
+    let (status, body) = call(
+        &format!("{q}&clientid={}", id.client_id),
+        Some(emu.msi_secret()),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        claims(body["access_token"].as_str().unwrap())["oid"],
+        id.object_id.as_str()
+    );
+    for secret in [None, Some("wrong")] {
+        let (status, body) = call(q, secret);
+        assert_eq!(status, 401);
+        assert!(
+            body["statusCode"] == 401 && body["message"].is_string(),
+            "{body}"
+        );
+    }
+    let (status, body) = call(&format!("{q}&clientid=nobody"), Some(emu.msi_secret()));
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            serde_json::json!({"statusCode": 400, "message": "Unable to load the proper Managed Identity."})
+        )
+    );
+    let (status, body) = call(
+        "api-version=2019-08-01&resource=https://vault.azure.net",
+        Some(emu.msi_secret()),
+    );
+    assert_eq!((status, body["statusCode"].as_u64()), (400, Some(400)));
+    emu.set_system_identity(false);
+    assert_eq!(call(q, Some(emu.msi_secret())).0, 400);
+    assert_eq!(emu.counters().legacy_msi_token_requests, 7);
+}
+
+#[test]
+fn cloud_shell_endpoint() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("s", "v");
+    let url = emu.cloud_shell_endpoint();
+    assert!(url.starts_with(&emu.imds_url()));
+    let post = |metadata: bool, form: &[(&str, &str)]| {
+        let mut req = plain_agent().post(&url);
+        if metadata {
+            req = req.header("Metadata", "true");
+        }
+        let (status, body) = answer(req.send_form(form.iter().copied()).unwrap());
+        (status, body)
+    };
+    let (status, body) = post(true, &[("resource", "https://vault.azure.net")]);
+    assert_eq!(status, 200, "{body}");
+    for k in [
+        "expires_in",
+        "expires_on",
+        "not_before",
+        "resource",
+        "token_type",
+    ] {
+        assert!(body[k].is_string(), "{k} must be a JSON string");
+    }
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(vault_status_with(&emu, token), 200);
+    // The signed-in user's token, whatever the host has.
+    emu.set_system_identity(false);
+    assert_eq!(
+        post(true, &[("resource", "https://vault.azure.net")]).0,
+        200
+    );
+    let (status, body) = post(false, &[("resource", "https://vault.azure.net")]);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(post(true, &[]).0, 400, "no resource in the form");
+    let in_query = plain_agent()
+        .post(format!("{url}?resource=https://vault.azure.net"))
+        .header("Metadata", "true")
+        .send_empty()
+        .unwrap();
+    assert_eq!(in_query.status(), 400, "the resource goes in the body");
+    let get = plain_agent()
+        .get(format!("{url}?resource=x"))
+        .header("Metadata", "true")
+        .call()
+        .unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(emu.counters().cloud_shell_token_requests, 6);
+}
+
+/// An Arc token request; the realm of a challenge is returned as the header's value.
+fn arc(emu: &Emulator, query: &str, auth: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut req = plain_agent()
+        .get(format!("{}?{query}", emu.arc_endpoint()))
+        .header("Metadata", "true");
+    if let Some(key) = auth {
+        req = req.header("Authorization", format!("Basic {key}"));
+    }
+    answer_with(req.call().unwrap(), "www-authenticate")
+}
+
+const ARC_QUERY: &str = "api-version=2020-06-01&resource=https%3A%2F%2Fvault.azure.net";
+
+/// The key file a challenge names, after checking the challenge's shape.
+fn arc_key_file(challenge: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(
+        challenge
+            .strip_prefix("Basic realm=")
+            .unwrap_or_else(|| panic!("{challenge}")),
+    );
+    assert!(!challenge.contains('"'), "unquoted: {challenge}");
+    assert!(path.is_absolute(), "{challenge}");
+    assert_eq!(path.parent(), Some(dir), "{challenge}");
+    assert_eq!(path.extension().and_then(|e| e.to_str()), Some("key"));
+    path
+}
+
+#[test]
+fn arc_challenge_names_a_fresh_key_file() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("s", "v");
+    assert_eq!(
+        emu.arc_endpoint(),
+        format!("{}/metadata/identity/oauth2/token", emu.arc_imds_endpoint())
+    );
+    assert!(emu.arc_imds_endpoint().starts_with(&emu.imds_url()));
+    let dir = emu.arc_key_dir().to_path_buf();
+    assert_eq!(dir, dir.canonicalize().unwrap());
+    let (status, challenge, body) = arc(&emu, ARC_QUERY, None);
+    assert_eq!(status, 401, "{body}");
+    let file = arc_key_file(&challenge.unwrap(), &dir);
+    assert_eq!(mode(&file), 0o600);
+    let key = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
+    let (status, _, body) = arc(&emu, ARC_QUERY, Some(&key));
+    assert_eq!(status, 200, "{body}");
+    for k in [
+        "expires_in",
+        "expires_on",
+        "not_before",
+        "resource",
+        "token_type",
+    ] {
+        assert!(body[k].is_string(), "{k} must be a JSON string");
+    }
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        claims(token)["oid"],
+        emu.system_identity().unwrap().object_id.as_str()
+    );
+    assert_eq!(vault_status_with(&emu, token), 200);
+    // The key may be used again until the next challenge.
+    assert_eq!(arc(&emu, ARC_QUERY, Some(&key)).0, 200);
+
+    // A wrong key: a new challenge, with a new file; the old key is spent.
+    let (status, challenge, _) = arc(&emu, ARC_QUERY, Some("not-the-key"));
+    assert_eq!(status, 401);
+    let second = arc_key_file(&challenge.unwrap(), &dir);
+    assert_ne!(second, file);
+    assert!(!file.exists(), "the previous key file is removed");
+    assert_eq!(arc(&emu, ARC_QUERY, Some(&key)).0, 401);
+    // That last request was challenged too: only the newest file's key is accepted.
+    let entries = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(entries, 1);
+    let newest = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let key = std::fs::read_to_string(&newest).unwrap();
+    assert_eq!(arc(&emu, ARC_QUERY, Some(&key)).0, 200);
+    // Base64 of the contents is not the contents.
+    let (status, _, _) = arc(&emu, ARC_QUERY, Some(&format!("{key}=")));
+    assert_eq!(status, 401);
+
+    // A hostile realm: named exactly, nothing written, no key accepted.
+    let before: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    emu.set_arc_realm(Some("/etc/shadow".into()));
+    let (status, challenge, _) = arc(&emu, ARC_QUERY, None);
+    assert_eq!(
+        (status, challenge.as_deref()),
+        (401, Some("Basic realm=/etc/shadow"))
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before.len());
+    emu.set_arc_realm(None);
+    let (status, challenge, _) = arc(&emu, ARC_QUERY, None);
+    assert_eq!(status, 401);
+    arc_key_file(&challenge.unwrap(), &dir);
+
+    // Request errors come before the challenge.
+    let no_metadata = plain_agent()
+        .get(format!("{}?{ARC_QUERY}", emu.arc_endpoint()))
+        .call()
+        .unwrap();
+    assert_eq!(no_metadata.status(), 400);
+    let (status, challenge, _) = arc(&emu, "api-version=2018-02-01&resource=x", None);
+    assert_eq!((status, challenge), (400, None));
+    assert_eq!(emu.counters().arc_token_requests, 11);
+}
+
+#[test]
+fn arc_key_directory_is_configurable() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("tokens");
+    let emu = Emulator::with_config(Config {
+        arc_key_dir: Some(dir.clone()),
+        ..Config::default()
+    })
+    .unwrap();
+    let dir = dir.canonicalize().unwrap();
+    assert_eq!(emu.arc_key_dir(), dir);
+    let (status, challenge, _) = arc(&emu, ARC_QUERY, None);
+    assert_eq!(status, 401);
+    let file = arc_key_file(&challenge.unwrap(), &dir);
+    let key = std::fs::read_to_string(&file).unwrap();
+    emu.set_system_identity(false);
+    let (status, _, body) = arc(&emu, ARC_QUERY, Some(&key));
+    assert_eq!(
+        (status, body["error_description"].as_str()),
+        (400, Some("Identity not found"))
+    );
+    drop(emu);
+    assert!(!file.exists(), "the last key file goes with the emulator");
+}
+
+/// Service Fabric over a bare rustls client that accepts any certificate and keeps it, as a
+/// client pinning by thumbprint would before comparing: (the certificate chain's DER, head, body).
+fn service_fabric(
+    emu: &Emulator,
+    query: &str,
+    secret: Option<&str>,
+) -> (Vec<Vec<u8>>, String, Vec<u8>) {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug)]
+    struct Keep(Mutex<Vec<Vec<u8>>>, Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for Keep {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let mut chain = vec![end_entity.to_vec()];
+            chain.extend(intermediates.iter().map(|c| c.to_vec()));
+            *self.0.lock().unwrap() = chain;
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.1.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.1.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.1.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let keep = Arc::new(Keep(Mutex::new(Vec::new()), provider.clone()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(keep.clone())
+        .with_no_client_auth();
+    let url = emu.service_fabric_endpoint();
+    let rest = url.strip_prefix("https://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let secret = secret.map_or(String::new(), |s| format!("Secret: {s}\r\n"));
+    write!(
+        tls,
+        "GET {path}?{query} HTTP/1.1\r\nHost: {addr}\r\n{secret}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    match tls.read_to_end(&mut all) {
+        Ok(_) => {}
+        // The emulator closes without close_notify.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("{e}"),
+    }
+    let (head, body) = split_head(&all);
+    let chain = keep.0.lock().unwrap().clone();
+    (chain, head, body)
+}
+
+#[test]
+fn service_fabric_endpoint_pins_a_self_signed_certificate() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("s", "v");
+    let url = emu.service_fabric_endpoint();
+    assert!(
+        url.starts_with("https://127.0.0.1:") && url.ends_with("/sf/token"),
+        "{url}"
+    );
+    let q = "api-version=2019-07-01-preview&resource=https%3A%2F%2Fvault.azure.net";
+    let (chain, head, body) = service_fabric(&emu, q, Some(emu.identity_header()));
+    assert_eq!(status_of(&head), 200, "{head}");
+    // The thumbprint is the SHA-1 of the certificate served, alone in its chain.
+    assert_eq!(chain.len(), 1, "a self-signed certificate, served alone");
+    let thumbprint = emu.service_fabric_thumbprint();
+    assert!(
+        thumbprint.len() == 40
+            && thumbprint
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
+        "{thumbprint}"
+    );
+    let mut sha1 = std::process::Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sha1.stdin.take().unwrap().write_all(&chain[0]).unwrap();
+    let out = String::from_utf8(sha1.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(out.split(' ').next().unwrap().to_uppercase(), thumbprint);
+    // The vault's CA did not sign it.
+    let err = tls_agent(&emu)
+        .get(format!("{url}?{q}"))
+        .call()
+        .expect_err("not signed by the vault CA")
+        .to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["access_token", "expires_on", "resource", "token_type"]
+    );
+    let token = v["access_token"].as_str().unwrap();
+    assert_eq!(
+        v["expires_on"].as_str().unwrap(),
+        claims(token)["exp"].as_u64().unwrap().to_string(),
+        "Unix seconds as a string"
+    );
+    assert_eq!(
+        (v["resource"].as_str(), v["token_type"].as_str()),
+        (Some("https://vault.azure.net"), Some("Bearer"))
+    );
+    assert_eq!(vault_status_with(&emu, token), 200);
+
+    let code = |query: &str, secret: Option<&str>| {
+        let (_, head, body) = service_fabric(&emu, query, secret);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        (
+            status_of(&head),
+            v["error"]["code"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(code(q, None), (401, "SecretHeaderNotFound".into()));
+    assert_eq!(code(q, Some("wrong")), (401, "SecretHeaderNotFound".into()));
+    assert_eq!(
+        code(
+            "api-version=2019-07-01-preview",
+            Some(emu.identity_header())
+        ),
+        (400, "ArgumentNullOrEmpty".into())
+    );
+    assert_eq!(
+        code(
+            "api-version=2019-08-01&resource=x",
+            Some(emu.identity_header())
+        )
+        .0,
+        400
+    );
+    emu.set_system_identity(false);
+    assert_eq!(
+        code(q, Some(emu.identity_header())),
+        (404, "ManagedIdentityNotFound".into())
+    );
+    // The TLS-refused request never reached the handler.
+    assert_eq!(emu.counters().service_fabric_token_requests, 6);
+}

@@ -200,4 +200,17 @@ fn zsh_loads_the_script_and_defines_the_completion() {
     };
     assert!(case("watch").contains("'--health-listen["));
     assert!(!case("fetch").contains("--health-listen"));
+    // `:`, `[`, `]` are _arguments syntax: a value name or choice holding them is escaped (an
+    // unescaped `UID[:GID]` made zsh run `GID]` as a command).
+    assert!(
+        case("fetch")
+            .contains(r"--owner[numeric owner of the files kvfetch writes]:UID\[\:GID\]: '"),
+        "{}",
+        case("fetch")
+    );
+    assert!(
+        case("exec").contains(r"(restart none signal\:HUP"),
+        "{}",
+        case("exec")
+    );
 }

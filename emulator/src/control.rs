@@ -8,11 +8,13 @@
 //! | `PUT /emulator/secrets/NAME` (body: the value) | add a version; answers `{"version": id}` |
 //! | `POST /emulator/secrets/NAME/disable` · `/enable` · `/deny` · `/allow` | as named |
 //! | `DELETE /emulator/secrets/NAME` | soft-delete |
-//! | `POST /emulator/faults/imds` · `/faults/keyvault` (body: a fault, see below) | queue one fault |
+//! | `POST /emulator/faults/imds` · `/faults/entra` · `/faults/keyvault` (body: a fault, see below) | queue one fault |
 //! | `PUT /emulator/token-lifetime` (body: seconds) | lifetime of new tokens |
 //! | `PUT /emulator/kv-delay` (body: milliseconds) | delay every vault answer |
 //! | `PUT /emulator/system-identity` (body: `true`/`false`) | assign or remove it |
 //! | `POST /emulator/identities` (body `{"name":"x"}`) | assign a user identity; answers its ids |
+//! | `PUT /emulator/federations/CLIENT_ID` (body: the assertion) | as [`crate::Emulator::federate`]; answers the ids |
+//! | `POST /emulator/assertions/expire` (body: the assertion) | answer it as expired (AADSTS700024) |
 //!
 //! Fault bodies, one per [`Fault`] variant: `{"status":429}`, `{"status":429,"retry_after":2}`,
 //! `{"drop":true}`, `{"delay_ms":500}`, `{"huge_body":1048576}`, `{"endless_body":true}`,
@@ -68,6 +70,13 @@ pub fn handle(world: &mut World, req: &Request, rest: &str) -> Response {
             ok()
         }
         ("POST", ["identities"]) => add_identity(world, &body),
+        ("PUT", ["federations", client_id]) => {
+            ids(&crate::entra::federate(world, client_id, &body))
+        }
+        ("POST", ["assertions", "expire"]) => {
+            world.expired_assertions.insert(body, crate::state::now());
+            ok()
+        }
         _ => Response::json(404, &json!({"error": "unknown control request"})),
     }
 }
@@ -95,6 +104,12 @@ fn counters(world: &World) -> Response {
         &json!({
             "imds_token_requests": c.imds_token_requests,
             "app_service_token_requests": c.app_service_token_requests,
+            "entra_token_requests": c.entra_token_requests,
+            "entra_assertions": c.entra_assertions,
+            "legacy_msi_token_requests": c.legacy_msi_token_requests,
+            "cloud_shell_token_requests": c.cloud_shell_token_requests,
+            "arc_token_requests": c.arc_token_requests,
+            "service_fabric_token_requests": c.service_fabric_token_requests,
             "kv_requests": c.kv_requests,
             "kv_total_requests": c.kv_total_requests,
             "kv_unauthenticated": c.kv_unauthenticated,
@@ -174,8 +189,9 @@ fn queue_fault(world: &mut World, endpoint: &str, body: &str) -> Response {
     };
     match endpoint {
         "imds" => world.imds_faults.push_back(fault),
+        "entra" => world.entra_faults.push_back(fault),
         "keyvault" => world.kv_faults.push_back(fault),
-        _ => return bad("endpoint must be imds or keyvault"),
+        _ => return bad("endpoint must be imds, entra or keyvault"),
     }
     ok()
 }
@@ -187,6 +203,10 @@ fn add_identity(world: &mut World, body: &str) -> Response {
         .unwrap_or_else(|| "user".into());
     let identity = Identity::user(&name);
     world.user_identities.push(identity.clone());
+    ids(&identity)
+}
+
+fn ids(identity: &Identity) -> Response {
     Response::json(
         200,
         &json!({

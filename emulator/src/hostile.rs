@@ -1,7 +1,7 @@
 //! Carrying out queued faults, the transient ones a real service shows and the hostile ones a
 //! misbehaving or spoofed server would send (huge, endless, dripped or non-UTF-8 bodies, odd
-//! error texts, redirects, raw headers). Both faulted endpoints, IMDS and the vault, go through
-//! [`answer`]; each describes its own bodies through [`Service`].
+//! error texts, redirects, raw headers). The faulted endpoints, IMDS, Entra and the vault, go
+//! through [`answer`]; each describes its own bodies through [`Service`].
 
 use serde_json::Value;
 

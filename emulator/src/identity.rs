@@ -1,5 +1,7 @@
-//! The two managed-identity token endpoints: IMDS (`/metadata/identity/oauth2/token`) and the
-//! App Service / Container Apps endpoint (`IDENTITY_ENDPOINT` + `X-IDENTITY-HEADER`).
+//! The two main managed-identity token endpoints: IMDS (`/metadata/identity/oauth2/token`) and
+//! the App Service / Container Apps endpoint (`IDENTITY_ENDPOINT` + `X-IDENTITY-HEADER`); and
+//! the token minting every identity source shares (the other sources are in `sources.rs` and
+//! `entra.rs`).
 //!
 //! Quirks kept on purpose: every number in an IMDS answer is a JSON string, App Service answers
 //! have an epoch-string `expires_on` and no `expires_in`, and each endpoint has its own error
@@ -186,17 +188,7 @@ fn issue(
     flavour: Flavour,
     selector: Option<(&str, &str)>,
 ) -> Value {
-    let iat = now();
-    let exp = iat + world.token_lifetime.as_secs();
-    let audience = resource.trim_end_matches('/').to_string();
-    let access_token = jwt(world, identity, &audience, iat, exp);
-    world.tokens.insert(
-        access_token.clone(),
-        IssuedToken {
-            audience,
-            expires_on: exp,
-        },
-    );
+    let (access_token, iat, exp) = mint(world, identity, resource);
     let lifetime = (exp - iat).to_string();
     // A skewed service clock shows in the answer's absolute times only; the vault checks the
     // token's real expiry.
@@ -226,6 +218,29 @@ fn issue(
         body[k] = Value::String(v.to_string());
     }
     body
+}
+
+/// The IMDS-shaped answer (every number a string) with a fresh token for `identity`: what IMDS,
+/// Azure Arc and (without `client_id`) Cloud Shell send.
+pub fn imds_answer(world: &mut World, identity: &Identity, resource: &str) -> Value {
+    issue(world, identity, resource, Flavour::Imds, None)
+}
+
+/// A fresh token for `identity` with the audience `resource` (a trailing `/` trimmed), recorded
+/// so the vault accepts it until it expires: (token, issued at, expires on), Unix seconds.
+pub fn mint(world: &mut World, identity: &Identity, resource: &str) -> (String, u64, u64) {
+    let iat = now();
+    let exp = iat + world.token_lifetime.as_secs();
+    let audience = resource.trim_end_matches('/').to_string();
+    let token = jwt(world, identity, &audience, iat, exp);
+    world.tokens.insert(
+        token.clone(),
+        IssuedToken {
+            audience,
+            expires_on: exp,
+        },
+    );
+    (token, iat, exp)
 }
 
 /// A JWT-shaped token: base64url header, claims and a random-looking signature.

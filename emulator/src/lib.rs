@@ -1,31 +1,39 @@
-//! A local stand-in for the three Azure endpoints kvfetch talks to: IMDS, the App Service /
-//! Container Apps identity endpoint, and the Key Vault secrets data plane.
+//! A local stand-in for the Azure endpoints kvfetch talks to: the managed-identity token sources
+//! (IMDS, App Service / Container Apps, legacy App Service `MSI_ENDPOINT`, Cloud Shell, Azure
+//! Arc, Service Fabric), the Entra token endpoint AKS workload identity exchanges its federated
+//! token at, and the Key Vault secrets data plane.
 //!
 //! Nothing in kvfetch may depend on reaching Azure, so this is how kvfetch is proven: every test,
 //! the demo, the benchmarks and users' local runs talk to it over loopback. It follows
 //! the protocol facts quirk for quirk, and the recorded SDK sessions in
 //! `tests/fixtures/azure/` are replayed against it to check that it does.
 //!
-//! Two listeners: plain HTTP for the identity endpoints and the `/emulator/…` control API,
-//! HTTPS (a generated CA plus leaf) for the vault. Tests drive it through [`Emulator`]'s methods;
-//! scripts through the control API (see `control.rs`).
+//! Three listeners: plain HTTP for the identity endpoints, the Entra endpoint and the
+//! `/emulator/…` control API; HTTPS (a generated CA plus leaf) for the vault; and HTTPS with a
+//! self-signed certificate for Service Fabric, whose clients pin it by thumbprint. Tests drive it
+//! through [`Emulator`]'s methods; scripts through the control API (see `control.rs`).
 
 mod b64;
 mod control;
+mod entra;
 mod hostile;
 pub mod http;
 mod identity;
+mod sources;
 mod state;
+mod time;
 mod tls;
 mod vault;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::{io, thread};
 
+pub use sources::ARC_API_VERSIONS;
 pub use state::{Counters, Fault, Identity, SecretInput};
 pub use tls::VaultCert;
 pub use vault::API_VERSIONS;
@@ -50,13 +58,25 @@ pub struct Config {
     pub system_identity: bool,
     /// Token lifetime.
     pub token_lifetime: Duration,
-    /// The `X-IDENTITY-HEADER` value the App Service endpoint expects.
+    /// The `IDENTITY_HEADER` value: the App Service endpoint expects it in `X-IDENTITY-HEADER`,
+    /// the Service Fabric endpoint in `Secret`.
     pub identity_header: String,
     /// Open the identity listener only after this long (connections are refused until then), as
     /// an Azure Container Instances group's identity endpoint may come up after the container.
     pub identity_start_delay: Duration,
     /// The certificate the vault presents: valid, or one a client must reject.
     pub vault_cert: VaultCert,
+    /// Address for the Service Fabric HTTPS listener (self-signed certificate); port 0 =
+    /// ephemeral.
+    pub service_fabric_addr: SocketAddr,
+    /// Where the Azure Arc endpoint writes its key files (created if missing); a directory in
+    /// the emulator's temp directory when `None`.
+    pub arc_key_dir: Option<PathBuf>,
+    /// The directory Arc challenges name (where a client sees `arc_key_dir`, e.g. bind-mounted
+    /// at `/var/opt/azcmagent/tokens` in a test's mount namespace); `arc_key_dir` when `None`.
+    pub arc_realm_dir: Option<PathBuf>,
+    /// The `MSI_SECRET` the legacy App Service endpoint expects in its `secret` header.
+    pub msi_secret: String,
 }
 
 impl Default for Config {
@@ -70,6 +90,10 @@ impl Default for Config {
             identity_header: "emulator-identity-header".into(),
             identity_start_delay: Duration::ZERO,
             vault_cert: VaultCert::Valid,
+            service_fabric_addr: "127.0.0.1:0".parse().expect("literal"),
+            arc_key_dir: None,
+            arc_realm_dir: None,
+            msi_secret: "emulator-msi-secret".into(),
         }
     }
 }
@@ -77,8 +101,11 @@ impl Default for Config {
 struct Shared {
     world: Mutex<World>,
     identity_header: String,
+    msi_secret: String,
+    arc_key_dir: PathBuf,
+    arc_realm_dir: PathBuf,
     stop: Arc<AtomicBool>,
-    /// Connections (on both listeners) whose thread is still running.
+    /// Connections (on every listener) whose thread is still running.
     open: Arc<AtomicUsize>,
 }
 
@@ -87,6 +114,8 @@ pub struct Emulator {
     shared: Arc<Shared>,
     identity_addr: SocketAddr,
     vault_addr: SocketAddr,
+    service_fabric_addr: SocketAddr,
+    service_fabric_thumbprint: String,
     ca_file: PathBuf,
     temp_dir: Option<PathBuf>,
 }
@@ -100,14 +129,31 @@ impl Emulator {
     /// Start with `config`.
     pub fn with_config(config: Config) -> io::Result<Emulator> {
         let tls = tls::generate(config.vault_cert)?;
-        let (ca_file, temp_dir) = match &config.ca_file {
-            Some(p) => (p.clone(), None),
+        let service_fabric_tls = tls::self_signed("kvfetch emulator service fabric")?;
+        let temp_dir = if config.ca_file.is_none() || config.arc_key_dir.is_none() {
+            Some(temp_dir()?)
+        } else {
+            None
+        };
+        let in_temp = |name: &str| temp_dir.as_ref().expect("made when needed").join(name);
+        let ca_file = config
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| in_temp("emulator-ca.pem"));
+        tls::write_ca(&tls, &ca_file)?;
+        let arc_key_dir = match &config.arc_key_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                dir.clone()
+            }
             None => {
-                let dir = temp_dir()?;
-                (dir.join("emulator-ca.pem"), Some(dir))
+                let dir = in_temp("arc-tokens");
+                std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+                dir
             }
         };
-        tls::write_ca(&tls, &ca_file)?;
+        // The realm names the file by its canonical path, as clients check it.
+        let arc_key_dir = arc_key_dir.canonicalize()?;
         let world = World {
             tenant_id: state::guid("tenant"),
             system_identity: config
@@ -119,12 +165,20 @@ impl Emulator {
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
             identity_header: config.identity_header.clone(),
+            msi_secret: config.msi_secret.clone(),
+            arc_realm_dir: config
+                .arc_realm_dir
+                .clone()
+                .unwrap_or_else(|| arc_key_dir.clone()),
+            arc_key_dir,
             stop: Arc::new(AtomicBool::new(false)),
             open: Arc::new(AtomicUsize::new(0)),
         });
         let plain = TcpListener::bind(config.identity_addr)?;
         let secure = TcpListener::bind(config.vault_addr)?;
+        let fabric = TcpListener::bind(config.service_fabric_addr)?;
         let (identity_addr, vault_addr) = (plain.local_addr()?, secure.local_addr()?);
+        let service_fabric_addr = fabric.local_addr()?;
         let s = shared.clone();
         let plain_handler: http::Handler = Arc::new(move |r: &Request| plain_route(&s, r));
         let s = shared.clone();
@@ -149,10 +203,17 @@ impl Emulator {
         let (stop, open) = (shared.stop.clone(), shared.open.clone());
         let wrap = tls::wrap(tls.server.clone());
         thread::spawn(move || http::serve(secure, wrap, vault_handler, stop, open));
+        let s = shared.clone();
+        let fabric_handler: http::Handler = Arc::new(move |r: &Request| fabric_route(&s, r));
+        let (stop, open) = (shared.stop.clone(), shared.open.clone());
+        let wrap = tls::wrap(service_fabric_tls.server);
+        thread::spawn(move || http::serve(fabric, wrap, fabric_handler, stop, open));
         Ok(Emulator {
             shared,
             identity_addr,
             vault_addr,
+            service_fabric_addr,
+            service_fabric_thumbprint: tls::thumbprint(&service_fabric_tls.der),
             ca_file,
             temp_dir,
         })
@@ -168,9 +229,94 @@ impl Emulator {
         format!("http://{}{APP_SERVICE_PATH}", self.identity_addr)
     }
 
-    /// The App Service / Container Apps `IDENTITY_HEADER`.
+    /// The App Service / Container Apps (and Service Fabric) `IDENTITY_HEADER`.
     pub fn identity_header(&self) -> &str {
         &self.shared.identity_header
+    }
+
+    /// The authority host for workload identity (`AZURE_AUTHORITY_HOST`): `http://127.0.0.1:PORT`,
+    /// where `POST /{tenant}/oauth2/v2.0/token` is the Entra token endpoint.
+    pub fn authority_url(&self) -> String {
+        format!("http://{}", self.identity_addr)
+    }
+
+    /// The tenant the Entra endpoint knows (`AZURE_TENANT_ID`); tokens carry it as `tid`.
+    pub fn tenant_id(&self) -> String {
+        self.world().tenant_id.clone()
+    }
+
+    /// Register an app registration / user-assigned identity with this client id
+    /// (`AZURE_CLIENT_ID`) whose federated credential accepts exactly `assertion` (the text of
+    /// `AZURE_FEDERATED_TOKEN_FILE`). Called again for the same client id, it replaces the
+    /// accepted assertion, as a rotated token file does; the identity stays the same.
+    pub fn federate(&self, client_id: &str, assertion: &str) -> Identity {
+        entra::federate(&mut self.world(), client_id, assertion)
+    }
+
+    /// Answer this assertion as expired (AADSTS700024) from now on.
+    pub fn expire_assertion(&self, assertion: &str) {
+        self.world()
+            .expired_assertions
+            .insert(assertion.to_string(), state::now());
+    }
+
+    /// Queue a fault for the next request to the Entra token endpoint.
+    pub fn push_entra_fault(&self, fault: Fault) {
+        self.world().entra_faults.push_back(fault);
+    }
+
+    /// The legacy App Service `MSI_ENDPOINT` (api-version 2017-09-01, header `secret`).
+    pub fn msi_endpoint(&self) -> String {
+        format!("http://{}{}", self.identity_addr, sources::LEGACY_MSI_PATH)
+    }
+
+    /// The legacy App Service `MSI_SECRET`.
+    pub fn msi_secret(&self) -> &str {
+        &self.shared.msi_secret
+    }
+
+    /// The Cloud Shell `MSI_ENDPOINT` (set without `MSI_SECRET`).
+    pub fn cloud_shell_endpoint(&self) -> String {
+        format!("http://{}{}", self.identity_addr, sources::CLOUD_SHELL_PATH)
+    }
+
+    /// The Azure Arc `IDENTITY_ENDPOINT` (the full token URL).
+    pub fn arc_endpoint(&self) -> String {
+        format!("http://{}{}", self.identity_addr, sources::ARC_PATH)
+    }
+
+    /// The Azure Arc `IMDS_ENDPOINT` (`http://127.0.0.1:PORT/arc`).
+    pub fn arc_imds_endpoint(&self) -> String {
+        format!("http://{}{}", self.identity_addr, sources::ARC_BASE)
+    }
+
+    /// The directory (canonical path) the Arc endpoint writes its key files to: what a client
+    /// must accept a challenge's realm in, instead of `/var/opt/azcmagent/tokens`.
+    pub fn arc_key_dir(&self) -> &Path {
+        &self.shared.arc_key_dir
+    }
+
+    /// Make Arc challenges name exactly `path` as their realm, writing nothing (and then no key
+    /// is accepted), so a client's checks of the realm can be tested; `None` goes back to
+    /// writing a fresh key file for each challenge.
+    pub fn set_arc_realm(&self, path: Option<String>) {
+        self.world().arc_realm = path;
+    }
+
+    /// The Service Fabric `IDENTITY_ENDPOINT` (`https://127.0.0.1:PORT/sf/token`); its header is
+    /// [`Emulator::identity_header`].
+    pub fn service_fabric_endpoint(&self) -> String {
+        format!(
+            "https://{}{}",
+            self.service_fabric_addr,
+            sources::SERVICE_FABRIC_PATH
+        )
+    }
+
+    /// The Service Fabric `IDENTITY_SERVER_THUMBPRINT`: the SHA-1 of its self-signed
+    /// certificate's DER, 40 upper-case hex digits.
+    pub fn service_fabric_thumbprint(&self) -> String {
+        self.service_fabric_thumbprint.clone()
     }
 
     /// The vault's base URL (`https://127.0.0.1:PORT`).
@@ -285,7 +431,7 @@ impl Emulator {
         self.world().kv_delay = delay;
     }
 
-    /// Connections the emulator holds open now, on both listeners: a connection counts from
+    /// Connections the emulator holds open now, on every listener: a connection counts from
     /// its accept until its thread ends (the client closed it, a fault dropped it, or a write to
     /// a client that went away failed). Idle keep-alive connections count.
     pub fn open_connections(&self) -> usize {
@@ -309,24 +455,20 @@ impl Emulator {
             .system_identity
             .clone()
             .unwrap_or_else(|| Identity::user("system-assigned"));
-        let iat = state::now();
-        let exp = iat + w.token_lifetime.as_secs();
-        let token = identity::jwt(&w, &identity, resource, iat, exp);
-        let issued = state::IssuedToken {
-            audience: resource.trim_end_matches('/').into(),
-            expires_on: exp,
-        };
-        w.tokens.insert(token.clone(), issued);
-        token
+        identity::mint(&mut w, &identity, resource).0
     }
 }
 
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake both accept loops so their threads end.
+        // Wake the accept loops so their threads end.
         let _ = TcpStream::connect(self.identity_addr);
         let _ = TcpStream::connect(self.vault_addr);
+        let _ = TcpStream::connect(self.service_fabric_addr);
+        if let Some((_, key_file)) = self.world().arc_key.take() {
+            let _ = std::fs::remove_file(key_file);
+        }
         if let Some(dir) = &self.temp_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -373,10 +515,65 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
         w.note_agent(req);
         return identity::token(&mut w, req, Flavour::AppService, &shared.identity_header);
     }
+    if let Some(tenant) = entra::tenant_of(path) {
+        let (fault, token_lifetime) = {
+            let mut w = lock(shared);
+            w.counters.entra_token_requests += 1;
+            w.note_agent(req);
+            let assertion = entra::form(req)
+                .into_iter()
+                .find(|(k, _)| k == "client_assertion");
+            if let Some((_, assertion)) = assertion {
+                w.counters.entra_assertions.push(assertion);
+            }
+            (w.entra_faults.pop_front(), w.token_lifetime.as_secs())
+        };
+        let service = entra::Faults { token_lifetime };
+        return hostile::answer(fault, &service, || {
+            Reply::Respond(entra::token(&mut lock(shared), req, tenant))
+        });
+    }
+    if path == sources::LEGACY_MSI_PATH {
+        let mut w = lock(shared);
+        w.counters.legacy_msi_token_requests += 1;
+        w.note_agent(req);
+        return Reply::Respond(sources::legacy_msi(&mut w, req, &shared.msi_secret));
+    }
+    if path == sources::CLOUD_SHELL_PATH {
+        let mut w = lock(shared);
+        w.counters.cloud_shell_token_requests += 1;
+        w.note_agent(req);
+        return Reply::Respond(sources::cloud_shell(&mut w, req));
+    }
+    if path == sources::ARC_PATH {
+        let mut w = lock(shared);
+        w.counters.arc_token_requests += 1;
+        w.note_agent(req);
+        return Reply::Respond(sources::arc(
+            &mut w,
+            req,
+            &shared.arc_key_dir,
+            &shared.arc_realm_dir,
+        ));
+    }
     if let Some(rest) = path.strip_prefix("/emulator") {
         return Reply::Respond(control::handle(&mut lock(shared), req, rest));
     }
     Reply::Respond(Response::text(404, "Not found"))
+}
+
+fn fabric_route(shared: &Shared, req: &Request) -> Reply {
+    if req.path.trim_end_matches('/') != sources::SERVICE_FABRIC_PATH {
+        return Reply::Respond(Response::text(404, "Not found"));
+    }
+    let mut w = lock(shared);
+    w.counters.service_fabric_token_requests += 1;
+    w.note_agent(req);
+    Reply::Respond(sources::service_fabric(
+        &mut w,
+        req,
+        &shared.identity_header,
+    ))
 }
 
 fn vault_route(shared: &Shared, req: &Request) -> Reply {

@@ -26,14 +26,15 @@ impl Identity {
     }
 }
 
-/// A fault to inject into the next request on one endpoint (IMDS token or Key Vault); each is
-/// served once, in the order queued. Besides the transient failures a real service shows, the
+/// A fault to inject into the next request on one endpoint (IMDS token, Entra token or Key
+/// Vault); each is served once, in the order queued. Besides the transient failures a real service shows, the
 /// hostile ones are what a misbehaving or spoofed server would send.
 ///
 /// "The success shape" below is the endpoint's usual answer reduced to its main string field:
-/// `{"value":"…"}` on the vault, and on IMDS `{"access_token":"…","expires_in":…,"expires_on":…,
+/// `{"value":"…"}` on the vault, on IMDS `{"access_token":"…","expires_in":…,"expires_on":…,
 /// "resource":"https://vault.azure.net","token_type":"Bearer"}` (numbers as strings, as IMDS
-/// sends them).
+/// sends them), and on Entra `{"token_type":"Bearer","expires_in":N,"ext_expires_in":N,
+/// "access_token":"…"}` (numbers as numbers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// Answer with this status and the service's error body for it.
@@ -66,7 +67,9 @@ pub enum Fault {
     /// Answer this status with the service's error envelope carrying `code` and `message`
     /// verbatim (JSON-escaped only): on the vault
     /// `{"error":{"code":C,"message":M,"innererror":{"code":C}}}`, on IMDS
-    /// `{"error":C,"error_description":M}`.
+    /// `{"error":C,"error_description":M}`, on Entra the same plus the trace lines in the
+    /// description, `error_codes` (M's leading `AADSTSn`, if any), `timestamp`, `trace_id`,
+    /// `correlation_id` and `error_uri`.
     ErrorText {
         status: u16,
         code: String,
@@ -129,6 +132,13 @@ pub struct IssuedToken {
     pub expires_on: u64,
 }
 
+/// An identity that Entra issues tokens to on presentation of one federated assertion.
+#[derive(Debug, Clone)]
+pub struct Federation {
+    pub identity: Identity,
+    pub assertion: String,
+}
+
 /// Counters tests and benchmarks read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -136,6 +146,20 @@ pub struct Counters {
     pub imds_token_requests: u64,
     /// Token requests that reached the App Service / Container Apps endpoint.
     pub app_service_token_requests: u64,
+    /// Requests that reached the Entra token endpoint (workload identity; faulted ones included).
+    pub entra_token_requests: u64,
+    /// Every `client_assertion` the Entra token endpoint received, in order (faulted and refused
+    /// requests included), so a test can tell a re-read token file from a cached one.
+    pub entra_assertions: Vec<String>,
+    /// Token requests that reached the legacy App Service endpoint (`MSI_ENDPOINT` +
+    /// `MSI_SECRET`, api-version 2017-09-01).
+    pub legacy_msi_token_requests: u64,
+    /// Token requests that reached the Cloud Shell endpoint (`MSI_ENDPOINT` alone).
+    pub cloud_shell_token_requests: u64,
+    /// Token requests that reached the Azure Arc endpoint, challenged ones included.
+    pub arc_token_requests: u64,
+    /// Token requests that reached the Service Fabric endpoint (over TLS).
+    pub service_fabric_token_requests: u64,
     /// Key Vault requests for one secret, by lower-cased name (faulted ones included).
     pub kv_requests: BTreeMap<String, u64>,
     /// All Key Vault requests.
@@ -162,6 +186,17 @@ pub struct World {
     pub access_policies: bool,
     pub tokens: HashMap<String, IssuedToken>,
     pub imds_faults: VecDeque<Fault>,
+    pub entra_faults: VecDeque<Fault>,
+    /// App registrations / user-assigned identities with a federated credential, and the one
+    /// assertion text each accepts now.
+    pub federations: Vec<Federation>,
+    /// Assertions answered as expired, with the time each was declared expired.
+    pub expired_assertions: HashMap<String, u64>,
+    /// The Arc key the latest challenge wrote (what `Authorization: Basic …` must carry) and
+    /// the file holding it.
+    pub arc_key: Option<(String, std::path::PathBuf)>,
+    /// Name this path in Arc challenges instead of writing a key file.
+    pub arc_realm: Option<String>,
     pub kv_faults: VecDeque<Fault>,
     pub kv_delay: Duration,
     pub counters: Counters,

@@ -1,7 +1,8 @@
 //! A throw-away certificate authority: a CA plus a separate leaf for `127.0.0.1`, `::1` and
 //! `localhost` (rustls refuses a self-signed leaf used as its own root), and the rustls server
 //! configuration that serves the leaf. [`VaultCert`] swaps the leaf for a hostile one; the CA
-//! clients are told to trust is the same kind of CA in every case.
+//! clients are told to trust is the same kind of CA in every case. Apart from that CA, a
+//! self-signed certificate for the Service Fabric endpoint, which clients pin by thumbprint.
 
 use std::io;
 use std::net::TcpStream;
@@ -108,6 +109,56 @@ fn leaf(
 pub fn generate(kind: VaultCert) -> io::Result<Tls> {
     let ca = ca()?;
     let (chain, key) = leaf(kind, &ca)?;
+    Ok(Tls {
+        ca_pem: ca.cert.pem(),
+        server: server_config(chain, key)?,
+    })
+}
+
+/// A self-signed certificate for the usual loopback names, its DER and a server configuration
+/// that serves it alone: what a Service Fabric cluster's managed-identity endpoint presents.
+/// Clients pin it by its SHA-1 thumbprint ([`thumbprint`]), not by a CA.
+pub struct SelfSigned {
+    pub der: Vec<u8>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+/// Generate the Service Fabric endpoint's self-signed certificate.
+pub fn self_signed(common_name: &str) -> io::Result<SelfSigned> {
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).map_err(err)?;
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let cert = params.self_signed(&key).map_err(err)?;
+    let der = cert.der().to_vec();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok(SelfSigned {
+        server: server_config(vec![CertificateDer::from(der.clone())], key)?,
+        der,
+    })
+}
+
+/// The SHA-1 thumbprint of a certificate's DER, as Windows and `IDENTITY_SERVER_THUMBPRINT`
+/// write it: 40 upper-case hex digits.
+pub fn thumbprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> io::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -115,10 +166,7 @@ pub fn generate(kind: VaultCert) -> io::Result<Tls> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(err)?;
-    Ok(Tls {
-        ca_pem: ca.cert.pem(),
-        server: Arc::new(server),
-    })
+    Ok(Arc::new(server))
 }
 
 /// The UTC calendar date `days` days before today, as (year, month, day).
@@ -127,21 +175,7 @@ fn days_ago(days: u64) -> (i32, u8, u8) {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0);
-    civil_from_days(today as i64 - days as i64)
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as i32, month as u8, day as u8)
+    crate::time::civil_from_days(today as i64 - days as i64)
 }
 
 /// Write the CA file clients should trust.
@@ -218,13 +252,5 @@ mod tests {
             verify(VaultCert::SelfSigned, "127.0.0.1", now),
             Err(Error::InvalidCertificate(CertificateError::UnknownIssuer))
         ));
-    }
-
-    #[test]
-    fn calendar_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }

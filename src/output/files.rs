@@ -371,17 +371,37 @@ pub fn ensure_dir(dir: &Path, opts: FileOptions) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let fail =
-        |e: io::Error| Error::Output(format!("cannot create directory {}: {e}", dir.display()));
-    let mode = dir_mode(opts.mode);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(fail)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(fail)?;
+    // Every directory created gets the mode and owner (a group that reads the files must be
+    // able to pass through all of them), set through a handle opened without following a
+    // symlink, so a directory swapped for a link in a shared parent changes nothing else.
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err())
+        .collect();
+    let mut made: Vec<&Path> = Vec::new();
+    for d in missing.iter().rev() {
+        if let Err(e) = make_dir(d, opts) {
+            for m in made.iter().rev() {
+                let _ = fs::remove_dir(m);
+            }
+            let msg = format!("cannot create directory {}: {e}", d.display());
+            return Err(Error::from_io(&e, Error::Output, msg));
+        }
+        made.push(d);
+    }
+    Ok(())
+}
+
+/// Create one directory with [`dir_mode`] and `--owner`.
+fn make_dir(d: &Path, opts: FileOptions) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o700).create(d)?;
+    let handle = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(d)?;
+    handle.set_permissions(fs::Permissions::from_mode(dir_mode(opts.mode)))?;
     if let Some((uid, gid)) = opts.owner {
-        std::os::unix::fs::chown(dir, Some(uid), gid).map_err(fail)?;
+        std::os::unix::fs::fchown(&handle, Some(uid), gid)?;
     }
     Ok(())
 }
@@ -449,12 +469,10 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Whether this process may give files to `uid`/`gid`: root or CAP_CHOWN may give them to
-/// anyone; anyone else only to itself, and to a group it is a member of (chown(2)).
+/// Whether this process may give files to `uid`/`gid`: with CAP_CHOWN to anyone; without it
+/// (root included) only to itself, and to a group it is a member of (chown(2)).
 pub fn can_chown(uid: u32, gid: Option<u32>) -> bool {
-    if euid() == 0 {
-        return true;
-    }
+    // Root without CAP_CHOWN (a container with `drop: [ALL]`) is no different from anyone.
     if uid == euid() && gid.is_none_or(member_of) {
         return true;
     }
@@ -473,7 +491,8 @@ fn member_of(gid: u32) -> bool {
         if libc::getegid() == gid {
             return true;
         }
-        let mut groups = vec![0 as libc::gid_t; 1024];
+        let count = libc::getgroups(0, std::ptr::null_mut());
+        let mut groups = vec![0 as libc::gid_t; count.max(0) as usize];
         let n = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
         n > 0 && groups[..n as usize].contains(&gid)
     }

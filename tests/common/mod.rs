@@ -425,8 +425,18 @@ pub enum Lacks {
     ExchangeAndLinks,
 }
 
+/// Whether [`lacking`] can simulate anything here (its filter is written for x86_64); prints
+/// `SKIPPED` when not.
+pub fn can_lack() -> bool {
+    let ok = cfg!(target_arch = "x86_64");
+    if !ok {
+        eprintln!("SKIPPED: the seccomp filter that simulates file systems is for x86_64 only");
+    }
+    ok
+}
+
 /// Install, in `cmd`'s child before it execs, a seccomp filter for `lacks` (x86_64 only; on
-/// other machines the filter lets every call through).
+/// other machines the filter lets every call through: check [`can_lack`] first).
 pub fn lacking(cmd: &mut Command, lacks: Lacks) {
     use std::os::unix::process::CommandExt;
     let stmt = |code: u32, k: u32| libc::sock_filter {

@@ -1,0 +1,505 @@
+//! Every identity source end to end against the emulator (issue "Identity everywhere"): AKS
+//! workload identity, legacy App Service, Cloud Shell, Azure Arc, Service Fabric; each refusal
+//! by name; and never a fall back to IMDS (the emulator's IMDS stays configured in every test,
+//! so a wrong fall back would show on its counter).
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use kvfetch_emulator::Config;
+
+const VALUE: &str = "Id1-secret-value";
+
+fn seeded() -> Emulator {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", VALUE);
+    emu
+}
+
+fn fetch_with(env: &HashMap<String, String>, s: &Scratch) -> Run {
+    let dir = s.path("out").display().to_string();
+    run_with(env, &["fetch", "--secret", "db-password", "--dir", &dir])
+}
+
+/// The environment of a pod with workload identity, the token file holding `assertion`.
+fn workload_env(
+    emu: &Emulator,
+    s: &Scratch,
+    client: &str,
+    assertion: &str,
+) -> HashMap<String, String> {
+    let file = s.path("azure-identity-token");
+    std::fs::write(&file, assertion).unwrap();
+    let mut env = env_for(emu);
+    env.insert(
+        "AZURE_FEDERATED_TOKEN_FILE".into(),
+        file.display().to_string(),
+    );
+    env.insert("AZURE_CLIENT_ID".into(), client.into());
+    env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
+    env.insert("AZURE_AUTHORITY_HOST".into(), emu.authority_url());
+    env
+}
+
+#[test]
+fn workload_identity_exchanges_the_token_file_and_never_asks_imds() {
+    let emu = seeded();
+    let client = "5e0d2a41-wi01-4c3b-9d7e-000000000001";
+    emu.federate(client, "Wi1-assertion-one");
+    let s = Scratch::new();
+    let r = fetch_with(&workload_env(&emu, &s, client, "Wi1-assertion-one\n"), &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(read(&s.path("out/db-password")), VALUE);
+    let c = emu.counters();
+    assert_eq!((c.entra_token_requests, c.imds_token_requests), (1, 0));
+    assert_eq!(
+        c.entra_assertions,
+        ["Wi1-assertion-one"],
+        "the file's token, trimmed"
+    );
+    assert!(
+        r.stderr
+            .contains("identity source source=\"AKS workload identity (Entra ID)\""),
+        "said once at info level: {}",
+        r.stderr
+    );
+    assert_no_leak(&r, &[VALUE, "Wi1-assertion-one"]);
+}
+
+#[test]
+fn workload_identity_rereads_the_rotated_file_in_watch() {
+    let emu = seeded();
+    emu.set_token_lifetime(std::time::Duration::from_secs(2)); // renewed after about 1 s
+    let client = "5e0d2a41-wi02-4c3b-9d7e-000000000002";
+    emu.federate(client, "Wi2-first");
+    let s = Scratch::new();
+    let env = workload_env(&emu, &s, client, "Wi2-first");
+    let dir = s.path("out").display().to_string();
+    let w = Background::start(
+        &env,
+        &[
+            "watch",
+            "--secret",
+            "db-password",
+            "--dir",
+            &dir,
+            "--refresh",
+            "200ms",
+        ],
+    );
+    w.wait("the first write", ms(5000), || {
+        s.path("out/db-password").exists()
+    });
+    // The kubelet rotates the projected token; the federation accepts the new one only.
+    std::fs::write(s.path("azure-identity-token"), "Wi2-second").unwrap();
+    emu.federate(client, "Wi2-second");
+    w.wait("an exchange with the rotated token", ms(8000), || {
+        emu.counters()
+            .entra_assertions
+            .iter()
+            .any(|a| a == "Wi2-second")
+    });
+    let before = emu.counters().kv_total_requests;
+    w.wait("refreshes going on", ms(5000), || {
+        emu.counters().kv_total_requests > before + 2
+    });
+    assert_eq!(emu.counters().imds_token_requests, 0);
+    let mut w = w;
+    let log = w.stop_and_stderr();
+    assert!(
+        !log.contains("Wi2-"),
+        "the token file's contents are never logged"
+    );
+}
+
+#[test]
+fn workload_identity_refusals_name_the_fix_and_never_fall_back() {
+    let emu = seeded();
+    let client = "5e0d2a41-wi03-4c3b-9d7e-000000000003";
+    emu.federate(client, "Wi3-good");
+    emu.expire_assertion("Wi3-expired");
+    let s = Scratch::new();
+    let base = workload_env(&emu, &s, client, "Wi3-good");
+    let cases: Vec<(&str, HashMap<String, String>, i32, &str)> = vec![
+        (
+            "no tenant",
+            {
+                let mut e = base.clone();
+                e.remove("AZURE_TENANT_ID");
+                e
+            },
+            2,
+            "AZURE_TENANT_ID is not set",
+        ),
+        (
+            "no client",
+            {
+                let mut e = base.clone();
+                e.remove("AZURE_CLIENT_ID");
+                e
+            },
+            2,
+            "AZURE_CLIENT_ID is not set",
+        ),
+        (
+            "http authority",
+            {
+                let mut e = base.clone();
+                e.insert(
+                    "AZURE_AUTHORITY_HOST".into(),
+                    "http://login.example.test".into(),
+                );
+                e
+            },
+            2,
+            "must be https",
+        ),
+        (
+            "missing file",
+            {
+                let mut e = base.clone();
+                e.insert(
+                    "AZURE_FEDERATED_TOKEN_FILE".into(),
+                    s.path("nope").display().to_string(),
+                );
+                e
+            },
+            3,
+            "cannot read the federated token",
+        ),
+        (
+            "unknown client",
+            {
+                let mut e = base.clone();
+                e.insert(
+                    "AZURE_CLIENT_ID".into(),
+                    "5e0d2a41-0000-4c3b-9d7e-00000000dead".into(),
+                );
+                e
+            },
+            3,
+            "AADSTS700016",
+        ),
+        (
+            "unknown tenant",
+            {
+                let mut e = base.clone();
+                e.insert(
+                    "AZURE_TENANT_ID".into(),
+                    "00000000-0000-0000-0000-00000000beef".into(),
+                );
+                e
+            },
+            3,
+            "check AZURE_TENANT_ID",
+        ),
+    ];
+    for (what, env, code, says) in cases {
+        emu.reset_counters();
+        let r = fetch_with(&env, &s);
+        assert_eq!(r.code, code, "{what}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{what}: {}", r.stderr);
+        assert_eq!(
+            emu.counters().imds_token_requests,
+            0,
+            "{what}: no fall back to IMDS"
+        );
+        assert_eq!(emu.counters().kv_total_requests, 0, "{what}");
+    }
+    // A token the federation does not match, and an expired one: each says what to do.
+    for (assertion, says) in [
+        ("Wi3-stranger", "az identity federated-credential create"),
+        ("Wi3-expired", "has expired"),
+    ] {
+        std::fs::write(s.path("azure-identity-token"), assertion).unwrap();
+        emu.reset_counters();
+        let r = fetch_with(&base, &s);
+        assert_eq!(r.code, 3, "{assertion}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{assertion}: {}", r.stderr);
+        assert_eq!(
+            emu.counters().entra_token_requests,
+            1,
+            "{assertion}: not retried"
+        );
+        assert_no_leak(&r, &[assertion]);
+    }
+}
+
+#[test]
+fn legacy_app_service_and_cloud_shell() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("MSI_ENDPOINT".into(), emu.msi_endpoint());
+    env.insert("MSI_SECRET".into(), emu.msi_secret().into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().legacy_msi_token_requests, 1);
+    // A stale secret: named, never shown.
+    env.insert("MSI_SECRET".into(), "Id2-stale-secret".into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("rejected MSI_SECRET"), "{}", r.stderr);
+    assert_no_leak(&r, &["Id2-stale-secret"]);
+    // MSI_ENDPOINT alone is Cloud Shell: a form POST.
+    let mut env = env_for(&emu);
+    env.insert("MSI_ENDPOINT".into(), emu.cloud_shell_endpoint());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = emu.counters();
+    assert_eq!(
+        (c.cloud_shell_token_requests, c.imds_token_requests),
+        (1, 0)
+    );
+}
+
+#[test]
+fn service_fabric_trusts_its_endpoint_by_thumbprint_only() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    env.insert(
+        "IDENTITY_SERVER_THUMBPRINT".into(),
+        emu.service_fabric_thumbprint(),
+    );
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().service_fabric_token_requests, 1);
+    // Another thumbprint: the handshake fails, nothing is asked, exit 3 at once.
+    env.insert("IDENTITY_SERVER_THUMBPRINT".into(), "00".repeat(20));
+    emu.reset_counters();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("thumbprint"), "{}", r.stderr);
+    let c = emu.counters();
+    assert_eq!(
+        (c.service_fabric_token_requests, c.imds_token_requests),
+        (0, 0)
+    );
+}
+
+#[test]
+fn arc_refuses_a_challenge_outside_its_token_directory() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.arc_endpoint());
+    env.insert("IMDS_ENDPOINT".into(), emu.arc_imds_endpoint());
+    for realm in [
+        "/etc/shadow",
+        "/var/opt/azcmagent/tokens/../../../etc/passwd",
+    ] {
+        emu.set_arc_realm(Some(realm.into()));
+        emu.reset_counters();
+        let r = fetch_with(&env, &s);
+        assert_eq!(r.code, 3, "{realm}: {}", r.stderr);
+        assert!(r.stderr.contains("refuses"), "{realm}: {}", r.stderr);
+        assert_eq!(
+            emu.counters().arc_token_requests,
+            1,
+            "{realm}: no second request"
+        );
+    }
+}
+
+#[test]
+fn arc_reads_the_key_its_challenge_names() {
+    if !root_or_skip("the Arc token directory is mounted in a private mount namespace (root)") {
+        return;
+    }
+    let emu = Emulator::with_config(Config {
+        arc_realm_dir: Some("/var/opt/azcmagent/tokens".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    emu.set_secret("db-password", VALUE);
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.arc_endpoint());
+    env.insert("IMDS_ENDPOINT".into(), emu.arc_imds_endpoint());
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    // The agent's token directory, here: the emulator's key directory, seen at the real path
+    // in a mount namespace of its own (a tmpfs over /var/opt, so nothing is left on the host).
+    let script = format!(
+        "mount -t tmpfs tmpfs /var/opt && mkdir -p /var/opt/azcmagent/tokens && mount --bind {keys} /var/opt/azcmagent/tokens && \
+         exec \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret db-password --dir {dir}",
+        keys = emu.arc_key_dir().display(),
+        dir = s.path("out").display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(read(&s.path("out/db-password")), VALUE);
+    let c = emu.counters();
+    assert_eq!(
+        (c.arc_token_requests, c.imds_token_requests),
+        (2, 0),
+        "challenge, then the key"
+    );
+}
+
+#[test]
+fn incomplete_variables_and_pins() {
+    let emu = seeded();
+    let s = Scratch::new();
+    for (var, value) in [
+        ("IDENTITY_ENDPOINT", emu.identity_endpoint()),
+        ("IDENTITY_HEADER", "h".to_string()),
+        ("IMDS_ENDPOINT", emu.arc_imds_endpoint()),
+    ] {
+        let mut env = env_for(&emu);
+        env.insert(var.into(), value);
+        emu.reset_counters();
+        let r = fetch_with(&env, &s);
+        assert_eq!(r.code, 2, "{var}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("{var} set")),
+            "{var}: {}",
+            r.stderr
+        );
+        assert_eq!(emu.counters().imds_token_requests, 0, "{var}: never IMDS");
+    }
+    // --identity-source imds pins IMDS although workload variables are set.
+    let mut env = workload_env(&emu, &s, "c", "x");
+    env.remove("AZURE_CLIENT_ID"); // else IMDS is asked for that user-assigned identity
+    env.insert("KVFETCH_IDENTITY_SOURCE".into(), "imds".into());
+    emu.reset_counters();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = emu.counters();
+    assert_eq!((c.imds_token_requests, c.entra_token_requests), (1, 0));
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--identity-source",
+            "kerberos",
+            "--secret",
+            "a",
+            "--dir",
+            "x",
+        ],
+    );
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("workload"), "{}", r.stderr);
+}
+
+// Fidelity with the SDKs on the wire.
+
+#[test]
+fn the_identity_endpoint_is_retried_until_the_timeout() {
+    let emu = seeded();
+    for _ in 0..1000 {
+        emu.push_imds_fault(Fault::Status(500));
+    }
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "1s".into());
+    env.insert("KVFETCH_TIMEOUT".into(), "3s".into());
+    let s = Scratch::new();
+    let t = std::time::Instant::now();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    // Backoff of 1 s then 2 s would overshoot at 1 s; the last try comes just before 3 s.
+    assert!(t.elapsed() >= ms(2600), "gave up at {:?}", t.elapsed());
+    assert!(t.elapsed() < ms(4500), "{:?}", t.elapsed());
+    assert!(
+        emu.counters().imds_token_requests >= 3,
+        "{:?}",
+        emu.counters()
+    );
+}
+
+#[test]
+fn retry_after_is_honoured_in_every_form_on_both_endpoints() {
+    let emu = seeded();
+    let s = Scratch::new();
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, std::time::Duration);
+    let cases: Vec<Case> = vec![
+        (
+            "IMDS 429 Retry-After: 2",
+            Box::new(|| emu.push_imds_fault(Fault::StatusRetryAfter(429, 2))),
+            ms(1900),
+        ),
+        (
+            "vault 503 Retry-After: 2",
+            Box::new(|| emu.push_kv_fault(Fault::StatusRetryAfter(503, 2))),
+            ms(1900),
+        ),
+        (
+            "vault 503 retry-after-ms: 1500",
+            Box::new(|| {
+                emu.push_kv_fault(Fault::Header {
+                    status: 503,
+                    name: "retry-after-ms".into(),
+                    value: "1500".into(),
+                })
+            }),
+            ms(1400),
+        ),
+        (
+            "vault 429 x-ms-retry-after-ms: 1200",
+            Box::new(|| {
+                emu.push_kv_fault(Fault::Header {
+                    status: 429,
+                    name: "x-ms-retry-after-ms".into(),
+                    value: "1200".into(),
+                })
+            }),
+            ms(1100),
+        ),
+    ];
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "10ms".into());
+    for (what, fault, at_least) in cases {
+        fault();
+        let t = std::time::Instant::now();
+        let r = fetch_with(&env, &s);
+        assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+        assert!(
+            t.elapsed() >= at_least,
+            "{what}: waited only {:?}",
+            t.elapsed()
+        );
+        assert!(
+            t.elapsed() < at_least + ms(2000),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn each_vault_request_carries_a_fresh_client_request_id_shown_at_v_on_failure() {
+    let emu = seeded();
+    emu.push_kv_fault(Fault::Status(503));
+    emu.push_kv_fault(Fault::Status(503));
+    let s = Scratch::new();
+    let dir = s.path("out").display().to_string();
+    let r = run(
+        &emu,
+        &["fetch", "-v", "--secret", "db-password", "--dir", &dir],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let ids: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("request_id=").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(ids.len(), 2, "{}", r.stderr);
+    assert_ne!(ids[0], ids[1], "a fresh id per request");
+    for id in ids {
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert_eq!(&id[14..15], "4", "version 4: {id}");
+    }
+}
