@@ -101,6 +101,23 @@ impl Error {
         }
     }
 
+    /// The same error with its text passed through `f` (to scrub what must not be shown).
+    pub fn map_text(self, f: impl Fn(&str) -> String) -> Error {
+        match self {
+            Error::Usage(t) => Error::Usage(f(&t)),
+            Error::NoToken(t) => Error::NoToken(f(&t)),
+            Error::AccessDenied(t) => Error::AccessDenied(f(&t)),
+            Error::NotFound(t) => Error::NotFound(f(&t)),
+            Error::Output(t) => Error::Output(f(&t)),
+            Error::VaultUnavailable(t) => Error::VaultUnavailable(f(&t)),
+            Error::Protocol(t) => Error::Protocol(f(&t)),
+            Error::Resource(t) => Error::Resource(f(&t)),
+            Error::Other(t) => Error::Other(f(&t)),
+            Error::CommandNotFound(t) => Error::CommandNotFound(f(&t)),
+            Error::NotExecutable(t) => Error::NotExecutable(f(&t)),
+        }
+    }
+
     /// A short name of the kind, for JSON logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

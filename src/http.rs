@@ -157,6 +157,19 @@ pub fn identity_agent() -> Agent {
     )
 }
 
+/// The client for Entra ID (workload identity): a remote host, so proxies from the
+/// environment are honoured as for Key Vault; bundled roots; no redirects.
+pub fn remote_identity_agent() -> Agent {
+    agent(
+        Agent::config_builder()
+            .user_agent(USER_AGENT)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build(),
+    )
+}
+
 /// The clients for Key Vault: (remote vaults: proxy from the environment, bundled roots plus
 /// `ca_pem`; loopback vaults: no proxy, `ca_pem` alone when given).
 ///

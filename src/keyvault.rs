@@ -410,16 +410,6 @@ pub fn clamp_retry_after(d: Duration) -> Duration {
     d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP)
 }
 
-/// `Retry-After` in seconds (an HTTP date is treated as "soon": one second), kept between
-/// [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let d = match v.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs.min(RETRY_AFTER_CAP.as_secs())),
-        Err(_) => Duration::from_secs(1),
-    };
-    Some(d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP))
-}
-
 /// A failure retrying cannot fix, as an error that names the fix.
 fn protocol_error(spec: &SecretSpec, e: &http::Failure) -> Error {
     let what = format!("secret {} in vault {}", spec.reference(), spec.vault.url);
@@ -491,8 +481,14 @@ mod tests {
         assert_eq!(vault_name("myvault.vault.azure.net"), "myvault");
         assert_eq!(vault_name("127.0.0.1"), "VAULT_NAME");
         assert_eq!(vault_name("[::1]"), "VAULT_NAME");
-        assert_eq!(parse_retry_after("0"), Some(RETRY_AFTER_FLOOR));
-        assert_eq!(parse_retry_after("99999999"), Some(RETRY_AFTER_CAP));
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(clamp_retry_after(Duration::ZERO), RETRY_AFTER_FLOOR);
+        assert_eq!(
+            clamp_retry_after(Duration::from_secs(99_999_999)),
+            RETRY_AFTER_CAP
+        );
+        assert_eq!(
+            clamp_retry_after(Duration::from_secs(7)),
+            Duration::from_secs(7)
+        );
     }
 }

@@ -503,3 +503,142 @@ fn each_vault_request_carries_a_fresh_client_request_id_shown_at_v_on_failure() 
         assert_eq!(&id[14..15], "4", "version 4: {id}");
     }
 }
+
+// Found by the review of the identity sources.
+
+/// A one-connection-at-a-time HTTP server on loopback answering every request with what
+/// `answer` makes of the request's head; returns its base URL.
+fn hostile_endpoint(answer: impl Fn(&str) -> (u16, String) + Send + 'static) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(50) {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let (status, body) = answer(&String::from_utf8_lossy(&head));
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn a_credential_an_endpoint_echoes_back_never_reaches_a_message() {
+    let header = "Id9-header/with+slash=";
+    for status in [400u16, 500] {
+        let url = hostile_endpoint(move |head| {
+            let sent = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("x-identity-header: ")
+                        .or_else(|| l.strip_prefix("X-IDENTITY-HEADER: "))
+                })
+                .unwrap_or("?")
+                .to_string();
+            // JSON-escaped as a server may write it: "\/" for "/".
+            let escaped = sent.replace('/', "\\/");
+            (
+                status,
+                format!(r#"{{"statusCode":{status},"message":"you sent {escaped}"}}"#),
+            )
+        });
+        let emu = seeded();
+        let mut env = env_for(&emu);
+        env.insert("IDENTITY_ENDPOINT".into(), format!("{url}/msi/token"));
+        env.insert("IDENTITY_HEADER".into(), header.into());
+        env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+        let s = Scratch::new();
+        let dir = s.path("out").display().to_string();
+        let r = run_with(
+            &env,
+            &["fetch", "-v", "--secret", "db-password", "--dir", &dir],
+        );
+        assert_eq!(r.code, 3, "{status}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("you sent <redacted>"),
+            "{status}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("Id9-header"), "{status}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn a_fifo_as_the_token_file_is_refused_at_once() {
+    let emu = seeded();
+    let client = "5e0d2a41-wi04-4c3b-9d7e-000000000004";
+    emu.federate(client, "x");
+    let s = Scratch::new();
+    let mut env = workload_env(&emu, &s, client, "x");
+    let fifo = s.path("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    env.insert(
+        "AZURE_FEDERATED_TOKEN_FILE".into(),
+        fifo.display().to_string(),
+    );
+    let t = std::time::Instant::now();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    assert!(t.elapsed() < ms(5000), "{:?}", t.elapsed());
+}
+
+#[test]
+fn bad_header_values_and_remote_arc_endpoints_are_refused_before_any_request() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let cases: Vec<(&[(&str, &str)], &str)> = vec![
+        (
+            &[("IDENTITY_HEADER", "Id8\r\nX-Injected: yes")],
+            "IDENTITY_HEADER holds characters",
+        ),
+        (&[("MSI_SECRET", "s")], "MSI_SECRET set"),
+        (
+            &[("IMDS_ENDPOINT", "http://10.1.2.3")],
+            "not on this machine",
+        ),
+    ];
+    for (vars, says) in cases {
+        let mut env = env_for(&emu);
+        match vars[0].0 {
+            "IDENTITY_HEADER" => {
+                env.insert("IDENTITY_ENDPOINT".into(), emu.identity_endpoint());
+            }
+            "IMDS_ENDPOINT" => {
+                env.insert(
+                    "IDENTITY_ENDPOINT".into(),
+                    "http://10.1.2.3:40342/metadata/identity/oauth2/token".into(),
+                );
+            }
+            _ => {}
+        }
+        for (k, v) in vars {
+            env.insert(k.to_string(), v.to_string());
+        }
+        emu.reset_counters();
+        let r = fetch_with(&env, &s);
+        assert_eq!(r.code, 2, "{says}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{says}: {}", r.stderr);
+        let c = emu.counters();
+        assert_eq!(
+            (c.imds_token_requests, c.app_service_token_requests),
+            (0, 0),
+            "{says}"
+        );
+    }
+}

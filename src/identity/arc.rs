@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path};
 
 use super::{ARC_AGENT, ARC_DEFAULT, Ask, Choice, Selector, Source, check_endpoint, no_selector};
@@ -35,6 +36,14 @@ pub fn choose(env: &HashMap<String, String>, selector: Option<&Selector>) -> Res
             ));
         }
     };
+    // The agent listens on this machine: a key file must never travel to another host.
+    let local = crate::url::parse(&endpoint)
+        .is_ok_and(|u| crate::url::is_loopback(&u.host) || u.host == "localhost");
+    if !local {
+        return Err(Error::Usage(format!(
+            "Azure Arc: IDENTITY_ENDPOINT={endpoint} is not on this machine (localhost or a loopback address); the agent's key would leave it"
+        )));
+    }
     Ok(Choice {
         source: Source::Arc { endpoint },
         why: why.into(),
@@ -81,27 +90,38 @@ pub(super) fn read_key(reply: &Reply, endpoint: &str) -> Result<String, Error> {
     if path.extension().is_none_or(|e| e != "key") {
         return Err(refuse("the key file's name does not end in .key"));
     }
-    let meta =
-        std::fs::symlink_metadata(path).map_err(|e| refuse(&format!("cannot stat it: {e}")))?;
+    let canonical = std::fs::canonicalize(path).ok();
+    let dir = std::fs::canonicalize(TOKEN_DIR).ok();
+    if canonical.as_deref().and_then(Path::parent) != dir.as_deref() {
+        return Err(refuse("it resolves outside the agent's token directory"));
+    }
+    // Opened once, never through a symlink, never blocking (a FIFO); then the open file itself
+    // is judged: a regular file, small, with no other name (a hard link to a file elsewhere).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            Error::NoToken(format!(
+                "cannot read the Azure Arc key file {realm}: {e}; run kvfetch as root or as a member of the himds group"
+            ))
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| refuse(&format!("cannot stat it: {e}")))?;
     if !meta.is_file() {
         return Err(refuse("it is not a regular file"));
     }
     if meta.len() > MAX_KEY {
         return Err(refuse("it is larger than 4096 bytes"));
     }
-    let canonical = std::fs::canonicalize(path).ok();
-    let dir = std::fs::canonicalize(TOKEN_DIR).ok();
-    if canonical.as_deref().and_then(Path::parent) != dir.as_deref() {
-        return Err(refuse("it resolves outside the agent's token directory"));
+    if meta.nlink() != 1 {
+        return Err(refuse("it has other names (a hard link)"));
     }
     let mut key = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_KEY).read_to_string(&mut key))
-        .map_err(|e| {
-            Error::NoToken(format!(
-                "cannot read the Azure Arc key file {realm}: {e}; run kvfetch as root or as a member of the himds group"
-            ))
-        })?;
+    file.take(MAX_KEY)
+        .read_to_string(&mut key)
+        .map_err(|e| refuse(&format!("cannot read it: {e}")))?;
     let key = key.trim().to_string();
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(refuse("the key is empty or not printable"));

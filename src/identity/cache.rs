@@ -27,10 +27,15 @@ struct Cached {
 impl Cached {
     fn new(token: Token) -> Cached {
         let now = now();
-        let valid_for = token
-            .lifetime
-            .or_else(|| token.expires_on.checked_sub(now).filter(|s| *s > 0))
-            .map(Duration::from_secs);
+        // `expires_in` counts from issuance, and an endpoint may hand out a cached token: the
+        // absolute `expires_on` wins when it is sooner. When this machine's clock puts
+        // `expires_on` in the past, `expires_in` alone is believed (a skewed clock).
+        let by_clock = token.expires_on.checked_sub(now).filter(|s| *s > 0);
+        let valid_for = match (token.lifetime, by_clock) {
+            (Some(life), Some(left)) => Some(life.min(left)),
+            (life, left) => life.or(left),
+        }
+        .map(Duration::from_secs);
         if token.expires_on <= now {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -131,5 +136,33 @@ impl Tokens {
         let token = entry.token.clone();
         cache.insert(resource.to_string(), entry);
         Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(lifetime: Option<u64>, expires_on: u64) -> Token {
+        let body = match lifetime {
+            Some(l) => format!(
+                r#"{{"access_token":"abc","expires_in":"{l}","expires_on":"{expires_on}"}}"#
+            ),
+            None => format!(r#"{{"access_token":"abc","expires_on":"{expires_on}"}}"#),
+        };
+        super::super::parse_token(&body, "x").unwrap()
+    }
+
+    #[test]
+    fn the_sooner_of_expires_in_and_expires_on_wins() {
+        let now = now();
+        // A cached answer: issued long ago, so expires_on is sooner than expires_in says.
+        let c = Cached::new(token(Some(3600), now + 60));
+        assert!(c.valid_for.unwrap() <= Duration::from_secs(60));
+        // A clock that puts expires_on in the past: expires_in alone.
+        let c = Cached::new(token(Some(3600), 1));
+        assert_eq!(c.valid_for, Some(Duration::from_secs(3600)));
+        let c = Cached::new(token(None, now + 120));
+        assert!(c.valid_for.unwrap() <= Duration::from_secs(120));
     }
 }

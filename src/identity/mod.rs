@@ -161,22 +161,71 @@ pub fn choose(
             || (!has("IDENTITY_ENDPOINT") && std::path::Path::new(ARC_AGENT).exists()),
     ) {
         arc::choose(env, selector)?
-    } else if auto && (has("IDENTITY_ENDPOINT") || has("IDENTITY_HEADER") || has("IMDS_ENDPOINT")) {
+    } else if auto
+        && [
+            "IDENTITY_ENDPOINT",
+            "IDENTITY_HEADER",
+            "IMDS_ENDPOINT",
+            "MSI_SECRET",
+        ]
+        .iter()
+        .any(|k| has(k))
+    {
         return Err(incomplete(env));
     } else {
         imds::choose(env)?
     };
+    // Credentials go into headers: a value a header cannot carry is a configuration error.
+    for var in ["IDENTITY_HEADER", "MSI_SECRET"] {
+        if get(var).is_some_and(|v| !v.bytes().all(|b| b.is_ascii_graphic()))
+            && choice.source.uses(var)
+        {
+            return Err(Error::Usage(format!(
+                "{var} holds characters an HTTP header cannot carry (spaces, line breaks, non-ASCII); pass the platform's value unchanged"
+            )));
+        }
+    }
+    if matches!(choice.source, Source::Imds { .. }) && auto {
+        for (var, meaning) in [
+            (
+                "AZURE_TENANT_ID",
+                "workload identity also needs AZURE_FEDERATED_TOKEN_FILE (is the pod labelled azure.workload.identity/use: \"true\"?)",
+            ),
+            (
+                "AZURE_CLIENT_SECRET",
+                "kvfetch uses managed identities, not a service principal's secret",
+            ),
+            (
+                "AZURE_CLIENT_CERTIFICATE_PATH",
+                "kvfetch uses managed identities, not a service principal's certificate",
+            ),
+        ] {
+            if has(var) {
+                log::warn(
+                    &format!(
+                        "{var} is set but not used: {meaning}; asking IMDS (pin with --identity-source to silence this)"
+                    ),
+                    &[],
+                );
+            }
+        }
+    }
     Ok(choice)
 }
 
 /// The refusal for identity variables that name no complete source.
 fn incomplete(env: &HashMap<String, String>) -> Error {
-    let set: Vec<&str> = ["IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IMDS_ENDPOINT"]
-        .into_iter()
-        .filter(|k| env.get(*k).is_some_and(|v| !v.is_empty()))
-        .collect();
+    let set: Vec<&str> = [
+        "IDENTITY_ENDPOINT",
+        "IDENTITY_HEADER",
+        "IMDS_ENDPOINT",
+        "MSI_SECRET",
+    ]
+    .into_iter()
+    .filter(|k| env.get(*k).is_some_and(|v| !v.is_empty()))
+    .collect();
     Error::Usage(format!(
-        "{} set, but no complete identity source: App Service / Container Apps needs IDENTITY_ENDPOINT and IDENTITY_HEADER, Azure Arc IDENTITY_ENDPOINT and IMDS_ENDPOINT; \
+        "{} set, but no complete identity source: App Service / Container Apps needs IDENTITY_ENDPOINT and IDENTITY_HEADER, Azure Arc IDENTITY_ENDPOINT and IMDS_ENDPOINT, the legacy endpoint MSI_ENDPOINT and MSI_SECRET; \
          kvfetch does not fall back to IMDS (another identity): set the missing variable, unset these, or pin one with --identity-source",
         set.join(" and ")
     ))
@@ -278,6 +327,15 @@ impl Source {
         }
     }
 
+    /// Whether this source sends the value of `var` in a header.
+    fn uses(&self, var: &str) -> bool {
+        match self {
+            Source::AppService { .. } | Source::ServiceFabric { .. } => var == "IDENTITY_HEADER",
+            Source::LegacyAppService { .. } => var == "MSI_SECRET",
+            _ => false,
+        }
+    }
+
     /// Whether the endpoint is a loopback address (as the emulator's is).
     pub fn on_loopback(&self) -> bool {
         crate::url::parse(&self.endpoint()).is_ok_and(|u| crate::url::is_loopback(&u.host))
@@ -321,8 +379,15 @@ impl Identity {
             }
             _ => None,
         };
+        // Entra ID is a remote host: reached like Key Vault, through HTTPS_PROXY where set
+        // (an emulator on loopback, directly). Every other source is local: never a proxy.
+        let remote = matches!(source, Source::Workload { .. }) && !source.on_loopback();
         Identity {
-            agent: http::identity_agent(),
+            agent: if remote {
+                http::remote_identity_agent()
+            } else {
+                http::identity_agent()
+            },
             source,
             selector,
             backoff: Backoff {
@@ -404,7 +469,14 @@ impl Identity {
                     arc_key = Some(arc::read_key(&reply, &self.source.endpoint())?);
                     continue;
                 }
-                Ok(reply) => (self.classify(&reply, resource)?, reply.asked_delay()),
+                Ok(reply) => {
+                    // An endpoint that echoes a credential back must not put it in a message.
+                    let scrub = |t: &str| scrub(t, &[self.secret.as_deref(), arc_key.as_deref()]);
+                    let verdict = self
+                        .classify(&reply, resource)
+                        .map_err(|e| e.map_text(scrub));
+                    (scrub(&verdict?), reply.asked_delay())
+                }
                 Err(e) if e.local => {
                     return Err(Error::Resource(format!(
                         "cannot reach the identity endpoint {}: {}; raise the limit (ulimit -n, the container's memory)",
@@ -485,11 +557,7 @@ impl Identity {
         let source_says = match &self.source {
             Source::Workload { .. } => workload::classify(&self.source, status, body),
             Source::AppService { .. } | Source::LegacyAppService { .. } => {
-                // An endpoint that echoed the header back must not put it in a message.
-                let secret = self.secret.as_deref().filter(|s| s.len() >= 4);
-                let body =
-                    secret.map_or_else(|| body.to_string(), |s| body.replace(s, "<redacted>"));
-                app_service::classify(&self.source, status, &body, &who)
+                app_service::classify(&self.source, status, body, &who)
             }
             Source::Arc { .. } if status == 401 => Some(Err(arc::rejected(&endpoint))),
             Source::ServiceFabric { .. } => service_fabric::classify(status, body, &endpoint),
@@ -520,6 +588,17 @@ impl Identity {
             "the identity endpoint {endpoint} refused a token for resource {resource} ({who}): HTTP {status} \"{detail}\""
         )))
     }
+}
+
+/// `text` with every credential in `secrets` (4 characters or more) replaced: what an
+/// endpoint echoed back (the header, the Arc key) never reaches a message. Decoded texts are
+/// scrubbed, so no JSON escape hides a credential.
+fn scrub(text: &str, secrets: &[Option<&str>]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().flatten().filter(|s| s.len() >= 4) {
+        out = out.replace(s, "<redacted>");
+    }
+    out
 }
 
 /// The human part of an identity endpoint's error body (which is not always JSON). A JSON body

@@ -210,7 +210,10 @@ impl Pinned {
         };
         let mut request = format!(
             "GET {path}?{query} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nConnection: close\r\n",
-            parsed.host,
+            match parsed.port {
+                Some(p) if p != 443 => format!("{}:{p}", parsed.host),
+                _ => parsed.host.clone(),
+            },
             crate::http::USER_AGENT
         );
         for (k, v) in headers {
@@ -223,18 +226,54 @@ impl Pinned {
                 None => fail(e.to_string(), false, false),
             };
         tls.write_all(request.as_bytes()).map_err(io)?;
+        // Read until the answer is complete (Content-Length, the last chunk, or the end), all
+        // within `timeout` in total: a server that drips or keeps the connection open cannot
+        // hold kvfetch past its deadline.
+        let until = std::time::Instant::now() + timeout;
         let mut raw = Vec::new();
-        let read = Read::by_ref(&mut tls)
-            .take(MAX_BODY + 64 * 1024)
-            .read_to_end(&mut raw);
-        // A peer that closes without close_notify still sent a whole answer.
-        if let Err(e) = read
-            && e.kind() != std::io::ErrorKind::UnexpectedEof
-        {
-            return Err(io(e));
+        let mut buf = [0u8; 8192];
+        while !complete(&raw) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || raw.len() as u64 > MAX_BODY + 64 * 1024 {
+                return Err(fail("timed out".into(), false, false));
+            }
+            let _ = tls.sock.set_read_timeout(Some(left));
+            match tls.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                // A peer that closes without close_notify still sent a whole answer.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(fail("timed out".into(), false, false));
+                }
+                Err(e) => return Err(io(e)),
+            }
         }
         parse_response(&raw).ok_or_else(|| fail("not an HTTP answer".into(), true, false))
     }
+}
+
+/// Whether `raw` holds a whole answer: its head, and all of a Content-Length body or the last
+/// chunk of a chunked one (otherwise the answer ends when the connection does).
+fn complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = raw.len() - split - 4;
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body >= len;
+    }
+    head.contains("transfer-encoding: chunked") && raw.ends_with(b"0\r\n\r\n")
 }
 
 /// Status, headers and body of an HTTP/1.1 answer (Content-Length, chunked, or to the end).
@@ -262,7 +301,12 @@ fn parse_response(raw: &[u8]) -> Option<Reply> {
     if chunked {
         body = dechunk(&body)?;
     }
-    reply.body = String::from_utf8(body).ok()?;
+    // Only a success must be exact text; an error page is judged by its status.
+    reply.body = if (200..300).contains(&status) {
+        String::from_utf8(body).ok()?
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
     Some(reply)
 }
 

@@ -160,7 +160,7 @@ fn parse_iso(s: &str) -> Option<u64> {
         (b, 0)
     } else if s.len() > 6
         && s.is_char_boundary(s.len() - 6)
-        && matches!(&s[s.len() - 6..s.len() - 5], "+" | "-")
+        && matches!(s.as_bytes()[s.len() - 6], b'+' | b'-')
     {
         let (b, o) = s.split_at(s.len() - 6);
         let sign = if o.starts_with('-') { -1 } else { 1 };
@@ -343,6 +343,9 @@ mod tests {
             "-5",
             "1.2.3",
             "12.",
+            "2017-09-14T1\u{e9}0000",
+            "2017-09-14T12:00:00\u{e9}:00",
+            "\u{e9}\u{e9}\u{e9}\u{e9}",
         ] {
             assert_eq!(number_or_date(&Value::String(bad.into())), None, "{bad}");
         }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -78,7 +79,13 @@ fn read_assertion(file: &Path) -> Result<String, Error> {
             file.display()
         ))
     };
-    let f = std::fs::File::open(file).map_err(|e| fail(e.to_string()))?;
+    // Non-blocking: a FIFO put there must not hang the open (it is then refused below). The
+    // path is followed: the kubelet's projected volume is made of symlinks.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)
+        .map_err(|e| fail(e.to_string()))?;
     if !f.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
         return Err(fail("it is not a regular file".into()));
     }
