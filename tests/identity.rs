@@ -642,3 +642,36 @@ fn bad_header_values_and_remote_arc_endpoints_are_refused_before_any_request() {
         );
     }
 }
+
+#[test]
+fn an_installed_arc_agent_means_arc_even_without_variables() {
+    if !root_or_skip("the Arc agent is faked in a private mount namespace (root)") {
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    // A tmpfs over /opt holding the agent's binary: nothing is left on the host. Nothing
+    // listens on the agent's port in this test, so the token cannot come; what matters is that
+    // kvfetch asks the agent, not IMDS (the emulator), and says why.
+    let script = format!(
+        "mount -t tmpfs tmpfs /opt && mkdir -p /opt/azcmagent/bin && touch /opt/azcmagent/bin/himds && \
+         exec \"$KVFETCH_BIN_UNDER_TEST\" fetch -v --secret db-password --dir {}",
+        s.path("out").display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the Azure Arc agent is installed"),
+        "{stderr}"
+    );
+    assert_eq!(emu.counters().imds_token_requests, 0, "{stderr}");
+}

@@ -747,6 +747,23 @@ mod tests {
     }
 
     #[test]
+    fn every_pin_name_parses_to_its_source() {
+        for (name, pin) in [
+            ("auto", Pin::Auto),
+            ("imds", Pin::Imds),
+            ("app-service", Pin::AppService),
+            ("workload", Pin::Workload),
+            ("arc", Pin::Arc),
+            ("cloud-shell", Pin::CloudShell),
+            ("service-fabric", Pin::ServiceFabric),
+        ] {
+            assert_eq!(Pin::parse(name), Some(pin), "{name}");
+            assert!(Pin::NAMES.contains(name), "{name} is listed");
+        }
+        assert_eq!(Pin::parse("IMDS"), None);
+    }
+
+    #[test]
     fn a_pin_wins_and_needs_its_variables() {
         let e = env(&[
             ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token"),
