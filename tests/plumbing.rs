@@ -767,3 +767,59 @@ fn a_refresh_without_a_thread_fails_and_is_retried() {
     assert_eq!(w.exit_within(ms(10)), None, "still running");
     w.stop_and_stderr();
 }
+
+// Found by mutation testing of the supervisor.
+
+#[test]
+fn a_command_that_can_no_longer_run_keeps_the_old_child_until_it_can() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = seeded("Pq6-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let app = s.path("app.sh");
+    std::fs::write(
+        &app,
+        format!(
+            "#!/bin/sh\necho \"up $A\" >> {}\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, PermissionsExt::from_mode(0o755)).unwrap();
+    let app_path = app.display().to_string();
+    let mut sup = Background::start(
+        &env_for(&emu),
+        &[
+            "exec",
+            "--refresh",
+            "100ms",
+            "--grace",
+            "1s",
+            "--secret",
+            "A=a",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--",
+            &app_path,
+        ],
+    );
+    let addr = sup.health_addr();
+    sup.wait("the child", ms(5000), || {
+        read(&log).contains("up Pq6-first")
+    });
+    // The program is no longer executable when a rotation comes: the restart is refused before
+    // the old child is stopped, and the old child runs on.
+    std::fs::set_permissions(&app, PermissionsExt::from_mode(0o644)).unwrap();
+    emu.set_secret("a", "Pq6-second");
+    sup.wait("a refused restart", ms(15000), || {
+        metric(&addr, "kvfetch_restarts_refused_total") > 0.0
+    });
+    assert_eq!(read(&log).matches("up").count(), 1, "the old child runs on");
+    assert_eq!(sup.exit_within(ms(10)), None, "kvfetch runs on");
+    // Executable again: the restart is retried at the next fetch, with no further change.
+    std::fs::set_permissions(&app, PermissionsExt::from_mode(0o755)).unwrap();
+    sup.wait("the restart once the command can run", ms(15000), || {
+        read(&log).contains("up Pq6-second")
+    });
+    sup.stop_and_stderr();
+}
