@@ -675,3 +675,72 @@ fn an_installed_arc_agent_means_arc_even_without_variables() {
     );
     assert_eq!(emu.counters().imds_token_requests, 0, "{stderr}");
 }
+
+// Found by mutation testing of the identity sources.
+
+#[test]
+fn header_values_are_checked_only_where_they_are_sent() {
+    let emu = seeded();
+    let s = Scratch::new();
+    // The legacy endpoint sends MSI_SECRET: a line break in it is a configuration error.
+    let mut env = env_for(&emu);
+    env.insert("MSI_ENDPOINT".into(), emu.msi_endpoint());
+    env.insert("MSI_SECRET".into(), "Id7\r\nX: y".into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("MSI_SECRET holds characters"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(emu.counters().legacy_msi_token_requests, 0);
+    // Workload identity sends neither: a stray IDENTITY_HEADER beside it changes nothing.
+    let client = "5e0d2a41-wi05-4c3b-9d7e-000000000005";
+    emu.federate(client, "Wi5-token");
+    let mut env = workload_env(&emu, &s, client, "Wi5-token");
+    env.insert("IDENTITY_HEADER".into(), "stray value".into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn unused_credential_variables_beside_imds_are_named_once() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert(
+        "AZURE_TENANT_ID".into(),
+        "e1d97a2c-0000-4000-8000-000000000000".into(),
+    );
+    env.insert("AZURE_CLIENT_SECRET".into(), "Id6-client-secret".into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stderr
+            .matches("AZURE_TENANT_ID is set but not used")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr
+            .matches("AZURE_CLIENT_SECRET is set but not used")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert_no_leak(&r, &["Id6-client-secret"]);
+    // Pinned to IMDS on purpose: nothing to warn about. Another source: not IMDS, no warning.
+    env.insert("KVFETCH_IDENTITY_SOURCE".into(), "imds".into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("is set but not used"), "{}", r.stderr);
+    env.remove("KVFETCH_IDENTITY_SOURCE");
+    env.insert("IDENTITY_ENDPOINT".into(), emu.identity_endpoint());
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("is set but not used"), "{}", r.stderr);
+}
