@@ -744,3 +744,59 @@ fn unused_credential_variables_beside_imds_are_named_once() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stderr.contains("is set but not used"), "{}", r.stderr);
 }
+
+#[test]
+fn each_final_identity_answer_gets_its_own_message() {
+    let emu = seeded();
+    let s = Scratch::new();
+    // A 200 that holds no token: the message names the identity and where it was asked.
+    emu.push_imds_fault(Fault::ErrorText {
+        status: 200,
+        code: "odd".into(),
+        message: "no token here".into(),
+    });
+    let r = fetch_with(&env_for(&emu), &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the identity endpoint for the system-assigned identity via IMDS at {}/metadata/identity/oauth2/token sent an unusable token answer",
+            emu.imds_url()
+        )),
+        "{}",
+        r.stderr
+    );
+    // A 400 that is not "identity not found" is not reported as a missing identity.
+    emu.push_imds_fault(Fault::ErrorText {
+        status: 400,
+        code: "bad_request_102".into(),
+        message: "Required metadata header not specified".into(),
+    });
+    let r = fetch_with(&env_for(&emu), &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused a token for resource"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("no managed identity found"),
+        "{}",
+        r.stderr
+    );
+    // Service Fabric's own codes: a rejected header is named as such.
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
+    env.insert("IDENTITY_HEADER".into(), "Id5-wrong-header".into());
+    env.insert(
+        "IDENTITY_SERVER_THUMBPRINT".into(),
+        emu.service_fabric_thumbprint(),
+    );
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("rejected IDENTITY_HEADER"),
+        "{}",
+        r.stderr
+    );
+    assert_no_leak(&r, &["Id5-wrong-header"]);
+}
