@@ -800,3 +800,131 @@ fn each_final_identity_answer_gets_its_own_message() {
     );
     assert_no_leak(&r, &["Id5-wrong-header"]);
 }
+
+#[test]
+fn arc_key_files_are_judged_as_opened_and_only_a_plain_one_is_sent() {
+    if !root_or_skip("the Arc token directory is made in a private mount namespace (root)") {
+        return;
+    }
+    use std::sync::{Arc, Mutex};
+    let realm = Arc::new(Mutex::new(String::new()));
+    let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (r2, s2) = (realm.clone(), sent.clone());
+    let url = hostile_endpoint(move |head| {
+        let auth = head.lines().find_map(|l| {
+            l.strip_prefix("authorization: ")
+                .or_else(|| l.strip_prefix("Authorization: "))
+        });
+        match auth {
+            None => (401, String::new()),
+            Some(a) => {
+                s2.lock().unwrap().push(a.to_string());
+                (
+                    500,
+                    r#"{"error":"server_error","error_description":"later"}"#.into(),
+                )
+            }
+        }
+    });
+    // The hostile endpoint names the realm in a header the helper does not set: wrap it.
+    let challenge = hostile_challenge(&url, realm.clone());
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert(
+        "IDENTITY_ENDPOINT".into(),
+        format!("{challenge}/metadata/identity/oauth2/token"),
+    );
+    env.insert("IMDS_ENDPOINT".into(), challenge.clone());
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    let dir = "/var/opt/azcmagent/tokens";
+    let make = format!(
+        "mount -t tmpfs tmpfs /var/opt && mkdir -p {dir} /var/opt/azcmagent/other && cd {dir} && \
+         head -c 4096 /dev/zero | tr '\\0' a > good.key && head -c 4097 /dev/zero | tr '\\0' a > big.key && \
+         : > empty.key && printf 'a\\001b' > bin.key && ln -s /etc/hostname link.key && \
+         echo elsewhere > /var/opt/azcmagent/other/x && ln /var/opt/azcmagent/other/x hard.key && mkfifo fifo.key"
+    );
+    for (file, accepted) in [
+        ("good.key", true),
+        ("big.key", false),
+        ("empty.key", false),
+        ("bin.key", false),
+        ("link.key", false),
+        ("hard.key", false),
+        ("fifo.key", false),
+    ] {
+        *realm.lock().unwrap() = format!("{dir}/{file}");
+        sent.lock().unwrap().clear();
+        let script = format!(
+            "{make} && exec \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret db-password --dir {}",
+            s.path("out").display()
+        );
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{file}: {stderr}");
+        assert!(t.elapsed() < ms(5000), "{file}: {:?}", t.elapsed());
+        let sent = sent.lock().unwrap().clone();
+        if accepted {
+            assert_eq!(
+                sent.first().map(String::as_str),
+                Some(format!("Basic {}", "a".repeat(4096)).as_str()),
+                "{file}"
+            );
+        } else {
+            assert!(sent.is_empty(), "{file}: sent {sent:?}");
+            assert!(
+                stderr.contains("refuses") || stderr.contains("cannot read"),
+                "{file}: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("elsewhere"), "{file}: {stderr}");
+    }
+    assert_eq!(emu.counters().imds_token_requests, 0);
+}
+
+/// A front for `inner` that adds Arc's challenge header to every 401: `WWW-Authenticate: Basic
+/// realm=<realm>`.
+fn hostile_challenge(inner: &str, realm: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let inner = inner.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(200) {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let Ok(mut up) = std::net::TcpStream::connect(&inner) else {
+                continue;
+            };
+            let _ = up.write_all(&head);
+            let mut answer = Vec::new();
+            let _ = up.read_to_end(&mut answer);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            let text = if text.starts_with("HTTP/1.1 401") {
+                text.replacen(
+                    "\r\n",
+                    &format!(
+                        "\r\nWWW-Authenticate: Basic realm={}\r\n",
+                        realm.lock().unwrap()
+                    ),
+                    1,
+                )
+            } else {
+                text
+            };
+            let _ = conn.write_all(text.as_bytes());
+        }
+    });
+    url
+}
