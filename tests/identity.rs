@@ -809,7 +809,7 @@ fn arc_key_files_are_judged_as_opened_and_only_a_plain_one_is_sent() {
     use std::sync::{Arc, Mutex};
     let realm = Arc::new(Mutex::new(String::new()));
     let sent: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (r2, s2) = (realm.clone(), sent.clone());
+    let s2 = sent.clone();
     let url = hostile_endpoint(move |head| {
         let auth = head.lines().find_map(|l| {
             l.strip_prefix("authorization: ")
