@@ -180,7 +180,7 @@ fn workload_identity_refusals_name_the_fix_and_never_fall_back() {
                 e
             },
             3,
-            "AADSTS700016",
+            "no app or identity with client id 5e0d2a41-0000-4c3b-9d7e-00000000dead",
         ),
         (
             "unknown tenant",
@@ -927,4 +927,51 @@ fn hostile_challenge(inner: &str, realm: std::sync::Arc<std::sync::Mutex<String>
         }
     });
     url
+}
+
+#[test]
+fn entra_is_retried_on_5xx_and_read_without_error_codes() {
+    let emu = seeded();
+    let client = "5e0d2a41-wi06-4c3b-9d7e-000000000006";
+    emu.federate(client, "Wi6-token");
+    let s = Scratch::new();
+    let env = workload_env(&emu, &s, client, "Wi6-token");
+    emu.push_entra_fault(Fault::Status(503));
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().entra_token_requests, 2, "the 503 is retried");
+    // An answer that names its AADSTS code in the text only is still understood.
+    let url = hostile_endpoint(|_| {
+        (
+            400,
+            r#"{"error":"invalid_client","error_description":"AADSTS700024: Client assertion is not within its valid time range."}"#.into(),
+        )
+    });
+    let mut env = env.clone();
+    env.insert("AZURE_AUTHORITY_HOST".into(), url);
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("has expired or is not yet valid"),
+        "{}",
+        r.stderr
+    );
+    // A token file of more than 64 KiB is not a service account token.
+    std::fs::write(s.path("azure-identity-token"), "a".repeat(64 * 1024 + 1)).unwrap();
+    let r = fetch_with(&workload_env_keeping_file(&emu, &s, client), &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("larger than 64 KiB"), "{}", r.stderr);
+}
+
+/// [`workload_env`] without rewriting the token file.
+fn workload_env_keeping_file(emu: &Emulator, s: &Scratch, client: &str) -> HashMap<String, String> {
+    let mut env = env_for(emu);
+    env.insert(
+        "AZURE_FEDERATED_TOKEN_FILE".into(),
+        s.path("azure-identity-token").display().to_string(),
+    );
+    env.insert("AZURE_CLIENT_ID".into(), client.into());
+    env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
+    env.insert("AZURE_AUTHORITY_HOST".into(), emu.authority_url());
+    env
 }
