@@ -100,6 +100,19 @@ fn flag_values(flag: &str, p: &Pools) -> Vec<String> {
             "signal:999",
         ],
         "allow-env" => &["PATH", "LD_PRELOAD,PATH", ""],
+        // Pins to sources whose variables are not set are refused before any request; imds is
+        // the emulator's (AZURE_POD_IDENTITY_AUTHORITY_HOST).
+        "identity-source" => &[
+            "auto",
+            "imds",
+            "workload",
+            "arc",
+            "cloud-shell",
+            "service-fabric",
+            "app-service",
+            "IMDS",
+            "",
+        ],
         _ => &[""], // switches
     };
     list.iter().map(|s| s.to_string()).collect()

@@ -68,6 +68,9 @@ impl Drop for Scratch {
 pub fn env_for(emu: &Emulator) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = emu.env().into_iter().collect();
     env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    // Entra ID too points at the emulator: a test that turns on workload identity by mistake
+    // reaches loopback, never a real authority.
+    env.insert("AZURE_AUTHORITY_HOST".into(), emu.authority_url());
     env.insert("KVFETCH_BACKOFF_BASE".into(), "10ms".into());
     env.insert("KVFETCH_ACCESS_RETRY".into(), "0s".into());
     env.insert("KVFETCH_TIMEOUT".into(), "20s".into());
