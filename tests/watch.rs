@@ -142,8 +142,10 @@ fn max_stale_fails_readyz_then_exits_7() {
     let dir = s.path("out");
     let mut env = env_for(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "200ms".into());
-    // With --refresh 1s failed refreshes are retried up to a second apart, so /readyz fails
-    // visibly before the failed refresh that ends the process.
+    // Refreshes 0.9 to 1.1 s apart, and a failed one retried after exactly 1 s (a 2 s backoff
+    // capped at --refresh): the first failure comes before 1.2 s of staleness, the one that ends
+    // the process at least 0.7 s after /readyz starts failing, a window no probe misses.
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "2s".into());
     let mut w = watch_with(
         &env,
         &[
@@ -156,7 +158,7 @@ fn max_stale_fails_readyz_then_exits_7() {
             "--health-listen",
             "127.0.0.1:0",
             "--max-stale",
-            "1s",
+            "1200ms",
         ],
     );
     let addr = w.health_addr();
