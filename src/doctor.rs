@@ -7,7 +7,7 @@
 //! the one `fetch` would have given (0 when all is well).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cli::Options;
@@ -357,18 +357,17 @@ fn warn(r: &mut Report, e: &Error) {
 
 /// Resolve `host` (unless it is an IP address) and connect to one of its addresses.
 fn reach(host: &str, port: u16, deadline: &Deadline) -> Result<String, Error> {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    let (addrs, resolved): (Vec<SocketAddr>, bool) = match literal.parse::<std::net::IpAddr>() {
-        Ok(ip) => (vec![SocketAddr::new(ip, port)], false),
-        Err(_) => {
-            let found = (host, port).to_socket_addrs().map_err(|e| {
-                Error::VaultUnavailable(format!(
-                    "the vault's host {host} does not resolve ({e}); check the vault name, or, for a private endpoint, that this network resolves privatelink.vaultcore.azure.net"
-                ))
-            })?;
-            (found.collect(), true)
-        }
-    };
+    let resolved = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_err();
+    let lookup_within = deadline.remaining().min(Duration::from_secs(10));
+    let addrs: Vec<SocketAddr> = http::resolve(host, port, lookup_within).map_err(|e| {
+        Error::VaultUnavailable(format!(
+            "the vault's host {host} does not resolve ({e}); check the vault name, or, for a private endpoint, that this network resolves privatelink.vaultcore.azure.net"
+        ))
+    })?;
     let within = deadline
         .remaining()
         .min(Duration::from_secs(5))

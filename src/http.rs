@@ -36,11 +36,7 @@ impl Resolver for Resolve {
             80
         };
         let port = uri.port_u16().unwrap_or(default_port);
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let found: Vec<SocketAddr> = match literal.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => lookup(format!("{host}:{port}"), *timeout.after)?,
-        };
+        let found = resolve(host, port, *timeout.after)?;
         let mut out = self.empty();
         for addr in found.into_iter().take(16) {
             out.push(addr);
@@ -49,6 +45,16 @@ impl Resolver for Resolve {
             return Err(ureq::Error::HostNotFound);
         }
         Ok(out)
+    }
+}
+
+/// The addresses of `host:port`: an IP literal as it is, a name looked up within `within`
+/// (the resolver every client here uses: the vault agents, doctor, Service Fabric).
+pub fn resolve(host: &str, port: u16, within: Duration) -> Result<Vec<SocketAddr>, ureq::Error> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<IpAddr>() {
+        Ok(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+        Err(_) => lookup(format!("{host}:{port}"), within),
     }
 }
 

@@ -54,14 +54,9 @@ impl Waiting {
         true
     }
 
-    /// Report `msg` with `fields` (plus how long it has waited and when it tries again) when
-    /// due and no other worker reported this `kind` of wait just now. `delay` is the sleep that
-    /// will really happen (never one the deadline refuses).
-    pub fn report(&mut self, kind: &str, delay: Duration, msg: &str, fields: &[(&str, &str)]) {
-        self.report_if(true, kind, delay, msg, fields);
-    }
-
-    /// [`Waiting::report`] when `sleeping` (the retry loop will sleep `delay` and try again).
+    /// When `sleeping` (the retry loop will sleep `delay`, the sleep that really happens, and
+    /// try again): report `msg` with `fields`, plus how long it has waited and when it tries
+    /// again, if due and no other worker reported this `kind` of wait just now.
     pub fn report_if(
         &mut self,
         sleeping: bool,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,12 +188,11 @@ impl Pinned {
             .trim_end_matches(']')
             .to_string();
         let port = parsed.port.unwrap_or(443);
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| fail(crate::http::HOST_NOT_FOUND.into(), false, false))?;
         let timeout = timeout.max(Duration::from_millis(1));
+        let addr = crate::http::resolve(&host, port, timeout)
+            .ok()
+            .and_then(|a| a.into_iter().next())
+            .ok_or_else(|| fail(crate::http::HOST_NOT_FOUND.into(), false, false))?;
         let tcp = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| fail(e.to_string(), false, false))?;
         let _ = tcp.set_read_timeout(Some(timeout));
