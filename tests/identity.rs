@@ -330,12 +330,7 @@ fn arc_reads_the_key_its_challenge_names() {
         keys = emu.arc_key_dir().display(),
         dir = s.path("out").display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env_clear()
-        .envs(&env)
-        .output()
-        .unwrap();
+    let out = in_private_mounts(&script, &env).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(read(&s.path("out/db-password")), VALUE);
@@ -661,12 +656,7 @@ fn an_installed_arc_agent_means_arc_even_without_variables() {
          exec \"$KVFETCH_BIN_UNDER_TEST\" fetch -v --secret db-password --dir {}",
         s.path("out").display()
     );
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .env_clear()
-        .envs(&env)
-        .output()
-        .unwrap();
+    let out = in_private_mounts(&script, &env).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -861,12 +851,7 @@ fn arc_key_files_are_judged_as_opened_and_only_a_plain_one_is_sent() {
             s.path("out").display()
         );
         let t = std::time::Instant::now();
-        let out = std::process::Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .env_clear()
-            .envs(&env)
-            .output()
-            .unwrap();
+        let out = in_private_mounts(&script, &env).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{file}: {stderr}");
         assert!(t.elapsed() < ms(5000), "{file}: {:?}", t.elapsed());

@@ -430,10 +430,7 @@ fn in_mount_namespace_lacking(
         eprintln!("SKIPPED: needs root and unshare -m (a private mount namespace)");
         return None;
     }
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c", script])
-        .env_clear()
-        .envs(env);
+    let mut cmd = in_private_mounts(script, env);
     if let Some(lacks) = lacks {
         lacking(&mut cmd, lacks);
     }

@@ -501,3 +501,13 @@ pub fn lacking(cmd: &mut Command, lacks: Lacks) {
     // SAFETY: the closure makes only prctl calls (async-signal-safe) on data made before fork.
     unsafe { cmd.pre_exec(filter) };
 }
+
+/// `sh -c SCRIPT` in a private mount namespace of its own (mounts made there vanish with it),
+/// with exactly `env`. Needs root: callers check first.
+pub fn in_private_mounts(script: &str, env: &HashMap<String, String>) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env_clear()
+        .envs(env);
+    cmd
+}
