@@ -499,12 +499,19 @@ fn group_gone(pgid: i32) -> bool {
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH))
 }
 
-/// The live children of kvfetch (orphans re-parented to it included), from /proc.
+/// The live children of kvfetch (orphans re-parented to it included), from /proc. Empty when
+/// /proc belongs to another PID namespace (one entered without its own /proc mount): its pids
+/// and ppids name other processes there, which are not ours to wait for or signal; kvfetch then
+/// knows its child by `waitpid` alone.
 fn children() -> Vec<i32> {
     let me = std::process::id().to_string();
+    let ours = std::fs::read_link("/proc/self").is_ok_and(|p| p.as_os_str() == me.as_str());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    if !ours {
+        return Vec::new();
+    }
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())

@@ -618,3 +618,37 @@ fn json_logs_carry_typed_fields() {
     );
     assert_no_leak(&r, &["Au1-alpha", "Au2-beta"]);
 }
+
+#[test]
+fn as_another_user_a_roots_shared_dir_is_used_and_a_live_writers_temp_file_kept() {
+    if !root_or_skip("needs root to run kvfetch as another user") {
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    // A directory root made for this user's group (as a platform's volume can be): usable.
+    let dir = s.path("out");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o770)).unwrap();
+    // A temp file of another live process (pid 1, which this user may not signal: EPERM, not
+    // ESRCH), older than a killed run's orphan may be: not swept.
+    let live = dir.join(".kvfetch-tmp-1-0000abcd");
+    std::fs::write(&live, "in flight").unwrap();
+    std::thread::sleep(ms(2200));
+    let out = as_nobody(
+        &[],
+        &["fetch", "--secret", "a", "--dir", &out(&s)],
+        &env_for(&emu),
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(read(&s.path("out/a")), "Au1-alpha");
+    assert_eq!(
+        read(&live),
+        "in flight",
+        "a live writer's temp file is kept"
+    );
+}

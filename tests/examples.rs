@@ -5,59 +5,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use common::*;
-
-/// kvfetch command lines in a text: YAML flow sequences (`["/kvfetch", …]`) and shell lines
-/// starting with `kvfetch `.
-fn command_lines(text: &str) -> Vec<Vec<String>> {
-    let mut found = Vec::new();
-    for line in text.lines().map(str::trim) {
-        let line = line.trim_start_matches("- ").trim_start_matches("$ ");
-        if let Some(rest) = line
-            .strip_prefix("command: ")
-            .or_else(|| line.strip_prefix("args: "))
-        {
-            if let Ok(argv) = serde_json::from_str::<Vec<String>>(rest)
-                && argv.first().is_some_and(|a| a.ends_with("kvfetch"))
-            {
-                found.push(argv[1..].to_vec());
-            }
-        } else if let Some(rest) = line
-            .strip_prefix("kvfetch ")
-            .or_else(|| line.strip_prefix("cargo run -- "))
-        {
-            let rest = rest
-                .split(" #")
-                .next()
-                .unwrap()
-                .trim_end_matches('\\')
-                .trim();
-            found.push(
-                rest.split_whitespace()
-                    .map(|s| s.trim_matches('\'').trim_matches('"').to_string())
-                    .collect(),
-            );
-        }
-    }
-    found
-}
-
-/// `environmentVariables` entries in an ACI YAML (name/value pairs).
-fn yaml_env(text: &str) -> HashMap<String, String> {
-    let mut env = HashMap::new();
-    let mut name = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(n) = line.strip_prefix("- name: ") {
-            name = Some(n.to_string());
-        } else if let (Some(v), Some(n)) = (line.strip_prefix("value: "), name.take()) {
-            env.insert(n, v.trim_matches('\'').to_string());
-        }
-    }
-    env
-}
 
 /// The fenced code blocks of a Markdown file (prose that wraps onto "kvfetch …" is not a command).
 fn code_blocks(markdown: &str) -> String {
@@ -119,37 +69,6 @@ fn every_kvfetch_command_line_in_examples_and_readme_parses() {
 fn the_extractor_finds_both_forms() {
     let text = "command: [\"/kvfetch\", \"fetch\", \"--vault\", \"v\"]\n$ kvfetch fetch --secret a --dir /s   # comment\n";
     assert_eq!(command_lines(text).len(), 2);
-}
-
-/// What an example deploys: kvfetch's command line, its environment, the uid it runs as, and
-/// the mount paths of its volumes.
-struct Deployment {
-    argv: Vec<String>,
-    env: HashMap<String, String>,
-    uid: u32,
-    mounts: Vec<String>,
-}
-
-fn deployment(path: &PathBuf) -> Deployment {
-    let text = std::fs::read_to_string(path).unwrap();
-    let argv = command_lines(&text).remove(0);
-    let uid = text
-        .lines()
-        .find_map(|l| l.strip_prefix("# kvfetch runs as uid "))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{}: no \"# kvfetch runs as uid N\" line", path.display()));
-    let mounts = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("mountPath: "))
-        .map(|m| m.trim().to_string())
-        .collect();
-    Deployment {
-        argv,
-        env: yaml_env(&text),
-        uid,
-        mounts,
-    }
 }
 
 /// The emulator's URL for a reference or vault that names `myvault` (the tests have no DNS:

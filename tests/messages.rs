@@ -377,58 +377,12 @@ fn a_403_retried_while_a_role_propagates_is_reported() {
     assert!(lines[0].contains("secret=db-password"), "{}", lines[0]);
 }
 
-/// Run this test again inside a network namespace of its own (`unshare -n`), where it finds
-/// only `lo` and no route out: a name lookup there reaches no resolver, and nothing leaves the
-/// machine. Returns true in the outer run (which has checked the inner run passed), false in
-/// the inner run, which then does the work. Needs root (CI runs as root).
-fn rerun_in_private_netns(test: &str) -> bool {
-    if std::env::var_os("KVFETCH_TEST_IN_NETNS").is_some() {
-        let links = std::process::Command::new("ip")
-            .args(["-o", "link", "show"])
-            .output()
-            .unwrap();
-        let links = String::from_utf8_lossy(&links.stdout).into_owned();
-        assert_eq!(links.lines().count(), 1, "only lo: {links}");
-        assert!(links.contains(": lo:"), "{links}");
-        let routes = std::process::Command::new("ip")
-            .args(["route", "show"])
-            .output()
-            .unwrap();
-        assert!(routes.stdout.is_empty(), "no route out");
-        assert!(
-            std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success()
-        );
-        return false;
-    }
-    if !root_or_skip("a private network namespace needs root (CI runs as root)") {
-        return true;
-    }
-    let out = std::process::Command::new("unshare")
-        .arg("-n")
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
-        .env("KVFETCH_TEST_IN_NETNS", "1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "inner run: {text}"
-    );
-    true
-}
-
 #[test]
 fn a_vault_name_that_does_not_resolve_says_to_check_the_name() {
-    if rerun_in_private_netns("a_vault_name_that_does_not_resolve_says_to_check_the_name") {
+    if rerun_isolated(
+        "a_vault_name_that_does_not_resolve_says_to_check_the_name",
+        &["-n"],
+    ) {
         return;
     }
     let emu = seeded();

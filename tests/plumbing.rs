@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -209,32 +208,6 @@ fn an_unusable_rotation_keeps_the_old_child_and_is_counted() {
 
 // 5. Signals are handled before the first request, also as PID 1.
 
-/// Run `kvfetch ARGS` as PID 1 of a new PID namespace; returns it and its PID outside.
-fn as_pid_1(env: &HashMap<String, String>, args: &[&str]) -> Option<(Background, i32)> {
-    if !root_or_skip("unshare --pid needs root (CI runs as root)") {
-        return None;
-    }
-    let child = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", &bin()])
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let unshare = child.id();
-    let mut bg = Background::new(child);
-    let mut inner = 0;
-    wait_for("kvfetch as PID 1", ms(5000), || {
-        if bg.exit_within(ms(1)).is_some() {
-            panic!("unshare ended early: {}", bg.stop_and_stderr());
-        }
-        inner = child_of(unshare as i32).unwrap_or(0);
-        inner > 0
-    });
-    Some((bg, inner))
-}
-
 #[test]
 fn sigterm_ends_the_first_fetch_even_as_pid_1() {
     for mode in [
@@ -264,8 +237,7 @@ fn sigterm_ends_the_first_fetch_even_as_pid_1() {
             emu.counters().imds_token_requests >= 2
         });
         let t = Instant::now();
-        // SAFETY: kill(2) on a process we started.
-        unsafe { libc_kill(inner, SIGTERM) };
+        kill(inner, SIGTERM);
         let code = kv.exit_within(ms(3000));
         assert!(code.is_some(), "{mode:?}: SIGTERM to PID 1 was ignored");
         assert_eq!(code, Some(143), "{mode:?}: 128 + SIGTERM, not success");
@@ -274,25 +246,37 @@ fn sigterm_ends_the_first_fetch_even_as_pid_1() {
     }
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-/// A child of `parent`, from /proc.
-fn child_of(parent: i32) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: i32 = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        (ppid == parent).then_some(pid)
-    })
+#[test]
+fn supervisor_as_pid_1_under_a_proc_of_another_namespace_ends_with_the_childs_status() {
+    // `unshare --pid --fork` without --mount-proc: /proc still shows the outer namespace, whose
+    // pids mean other processes here (the outer init's children have ppid 1, kvfetch's own pid).
+    // kvfetch must neither take them for its orphans (and wait --grace for them) nor signal them.
+    let emu = seeded("v");
+    let env = env_for(&emu);
+    let args = [
+        "exec",
+        "--secret",
+        "a",
+        "--refresh",
+        "1h",
+        "--grace",
+        "20s",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; echo up; while :; do sleep 0.05; done",
+    ];
+    let Some((mut kv, inner)) = as_pid_1(&env, &args) else {
+        return;
+    };
+    kv.wait("the child's start", ms(10000), || {
+        kv.stderr().contains("child started")
+    });
+    let t = Instant::now();
+    kill(inner, SIGTERM);
+    let code = kv.exit_within(ms(5000));
+    assert_eq!(code, Some(42), "the child's status: {}", kv.stderr());
+    assert!(t.elapsed() < ms(3000), "{:?}", t.elapsed());
 }
 
 // 7. A token whose expires_on is already past.

@@ -466,7 +466,11 @@ fn a_rename_that_fails_late_rolls_back_the_earlier_ones() {
         return;
     };
     assert_eq!(r.code, 6, "{}", r.stderr);
-    assert!(r.stderr.contains("put back"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("every output was put back as it was"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(read(&s.path("out/api-key")), "old-a");
     assert_eq!(read(&s.path("out/other")), "old-b");
     assert_eq!(read(&env_file), "OLD=1\n");
@@ -510,7 +514,11 @@ fn without_rename_exchange_commits_fall_back_and_still_roll_back() {
             return;
         };
         assert_eq!(r.code, 6, "{lacks:?}: {}", r.stderr);
-        assert!(r.stderr.contains("put back"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("every output was put back as it was"),
+            "{}",
+            r.stderr
+        );
         assert_eq!(read(&s.path("out/api-key")), "old-a", "{lacks:?}");
         assert_eq!(read(&s.path("out/other")), "old-b", "{lacks:?}");
         assert_eq!(

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -351,34 +350,6 @@ fn notify_posts_names_only_and_retries_with_the_next_change() {
     emu.set_secret("a", "new alpha");
     let second = accept_post(&listener, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(second.ends_with(r#"{"changed":["a","b"]}"#), "{second}");
-}
-
-/// Accept one request, read it whole (headers and body), answer `reply`.
-fn accept_post(listener: &std::net::TcpListener, reply: &str) -> String {
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(ms(2000))).unwrap();
-    let mut request = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = conn.read(&mut buf).unwrap();
-        request.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&request).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                conn.write_all(reply.as_bytes()).unwrap();
-                return text;
-            }
-        }
-        assert!(n > 0, "connection closed early");
-    }
 }
 
 #[test]

@@ -63,9 +63,15 @@ pub struct Config {
     pub identity_header: String,
     /// Open the identity listener only after this long (connections are refused until then), as
     /// an Azure Container Instances group's identity endpoint may come up after the container.
+    /// With a fixed `identity_addr` (port not 0) the address need not exist yet: after the delay
+    /// the emulator keeps trying to bind it (every 20 ms) until it does, so a test can add
+    /// `169.254.169.254` to `lo` while kvfetch is already waiting.
     pub identity_start_delay: Duration,
     /// The certificate the vault presents: valid, or one a client must reject.
     pub vault_cert: VaultCert,
+    /// DNS names the vault's certificate holds beside the loopback ones (e.g.
+    /// `*.vault.azure.net`, for a test that names the vault as users do).
+    pub vault_names: Vec<String>,
     /// Address for the Service Fabric HTTPS listener (self-signed certificate); port 0 =
     /// ephemeral.
     pub service_fabric_addr: SocketAddr,
@@ -90,6 +96,7 @@ impl Default for Config {
             identity_header: "emulator-identity-header".into(),
             identity_start_delay: Duration::ZERO,
             vault_cert: VaultCert::Valid,
+            vault_names: Vec::new(),
             service_fabric_addr: "127.0.0.1:0".parse().expect("literal"),
             arc_key_dir: None,
             arc_realm_dir: None,
@@ -107,6 +114,20 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// Connections (on every listener) whose thread is still running.
     open: Arc<AtomicUsize>,
+}
+
+/// Bind `addr`; with `retry`, keep trying every 20 ms (the address may not exist yet) until it
+/// binds or the emulator stops.
+fn bind_when_possible(addr: SocketAddr, retry: bool, stop: &AtomicBool) -> Option<TcpListener> {
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return Some(l),
+            Err(_) if retry && !stop.load(Ordering::SeqCst) => {
+                thread::sleep(Duration::from_millis(20))
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// A running emulator; dropping it stops the listeners.
@@ -128,7 +149,7 @@ impl Emulator {
 
     /// Start with `config`.
     pub fn with_config(config: Config) -> io::Result<Emulator> {
-        let tls = tls::generate(config.vault_cert)?;
+        let tls = tls::generate(config.vault_cert, &config.vault_names)?;
         let service_fabric_tls = tls::self_signed("kvfetch emulator service fabric")?;
         let temp_dir = if config.ca_file.is_none() || config.arc_key_dir.is_none() {
             Some(temp_dir()?)
@@ -174,27 +195,36 @@ impl Emulator {
             stop: Arc::new(AtomicBool::new(false)),
             open: Arc::new(AtomicUsize::new(0)),
         });
-        let plain = TcpListener::bind(config.identity_addr)?;
+        let delay = config.identity_start_delay;
+        // A late start on a fixed address binds it only then (the address may not exist yet);
+        // on an ephemeral port, bind now to learn the port, free it, and bind it again later.
+        let late_fixed = !delay.is_zero() && config.identity_addr.port() != 0;
+        let plain = match late_fixed {
+            true => None,
+            false => Some(TcpListener::bind(config.identity_addr)?),
+        };
         let secure = TcpListener::bind(config.vault_addr)?;
         let fabric = TcpListener::bind(config.service_fabric_addr)?;
-        let (identity_addr, vault_addr) = (plain.local_addr()?, secure.local_addr()?);
+        let identity_addr = match &plain {
+            Some(l) => l.local_addr()?,
+            None => config.identity_addr,
+        };
+        let vault_addr = secure.local_addr()?;
         let service_fabric_addr = fabric.local_addr()?;
         let s = shared.clone();
         let plain_handler: http::Handler = Arc::new(move |r: &Request| plain_route(&s, r));
         let s = shared.clone();
         let vault_handler: http::Handler = Arc::new(move |r: &Request| vault_route(&s, r));
         let (stop, open) = (shared.stop.clone(), shared.open.clone());
-        let delay = config.identity_start_delay;
-        // With a start delay, free the port now and bind it again later.
-        let plain = if delay.is_zero() { Some(plain) } else { None };
+        let plain = if delay.is_zero() { plain } else { None };
         thread::spawn(move || {
             let listener = match plain {
                 Some(l) => l,
                 None => {
                     thread::sleep(delay);
-                    match TcpListener::bind(identity_addr) {
-                        Ok(l) => l,
-                        Err(_) => return,
+                    match bind_when_possible(identity_addr, late_fixed, &stop) {
+                        Some(l) => l,
+                        None => return,
                     }
                 }
             };

@@ -1,5 +1,5 @@
-//! A throw-away certificate authority: a CA plus a separate leaf for `127.0.0.1`, `::1` and
-//! `localhost` (rustls refuses a self-signed leaf used as its own root), and the rustls server
+//! A throw-away certificate authority: a CA plus a separate leaf for `127.0.0.1`, `::1`,
+//! `localhost` and any DNS names the caller gives (rustls refuses a self-signed leaf used as its own root), and the rustls server
 //! configuration that serves the leaf. [`VaultCert`] swaps the leaf for a hostile one; the CA
 //! clients are told to trust is the same kind of CA in every case. Apart from that CA, a
 //! self-signed certificate for the Service Fabric endpoint, which clients pin by thumbprint.
@@ -66,6 +66,7 @@ fn ca() -> io::Result<Ca> {
 fn leaf(
     kind: VaultCert,
     ca: &Ca,
+    names: &[String],
 ) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let key = KeyPair::generate().map_err(err)?;
     let (dns, common_name) = match kind {
@@ -73,7 +74,11 @@ fn leaf(
         VaultCert::SelfSigned => ("localhost", "kvfetch emulator vault (self-signed)"),
         VaultCert::Valid | VaultCert::Expired => ("localhost", "kvfetch emulator vault"),
     };
-    let mut params = CertificateParams::new(vec![dns.to_string()]).map_err(err)?;
+    let mut dns_names = vec![dns.to_string()];
+    if kind != VaultCert::WrongName {
+        dns_names.extend(names.iter().cloned());
+    }
+    let mut params = CertificateParams::new(dns_names).map_err(err)?;
     if kind != VaultCert::WrongName {
         params
             .subject_alt_names
@@ -105,10 +110,11 @@ fn leaf(
     Ok((chain, key))
 }
 
-/// Generate a fresh CA and a leaf of this kind.
-pub fn generate(kind: VaultCert) -> io::Result<Tls> {
+/// Generate a fresh CA and a leaf of this kind, naming `names` (DNS names such as
+/// `*.vault.azure.net`) beside the loopback ones, except for [`VaultCert::WrongName`].
+pub fn generate(kind: VaultCert, names: &[String]) -> io::Result<Tls> {
     let ca = ca()?;
-    let (chain, key) = leaf(kind, &ca)?;
+    let (chain, key) = leaf(kind, &ca, names)?;
     Ok(Tls {
         ca_pem: ca.cert.pem(),
         server: server_config(chain, key)?,
@@ -209,7 +215,7 @@ mod tests {
     /// Verify the chain `kind` serves as a client trusting the CA would, for `name` at `at`.
     fn verify(kind: VaultCert, name: &str, at: SystemTime) -> Result<(), Error> {
         let ca = ca().unwrap();
-        let (chain, _) = leaf(kind, &ca).unwrap();
+        let (chain, _) = leaf(kind, &ca, &[]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(ca.cert.der().to_vec()))

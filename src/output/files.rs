@@ -549,3 +549,201 @@ pub fn on_memory_fs(dir: &Path) -> Option<bool> {
     let kind = st.f_type as i64;
     Some(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory of this test's own, removed at the end.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let d =
+                std::env::temp_dir().join(format!("kvfetch-files-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(&d).unwrap();
+            Dir(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn msg(r: Result<(), Error>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    fn root() -> bool {
+        euid() == 0
+    }
+
+    #[test]
+    fn dir_mode_opens_exactly_what_the_file_mode_lets_read() {
+        assert_eq!(dir_mode(0o400), 0o700);
+        assert_eq!(dir_mode(0o440), 0o750);
+        assert_eq!(dir_mode(0o404), 0o705);
+        assert_eq!(dir_mode(0o444), 0o755);
+        assert_eq!(dir_mode(0o600), 0o700);
+    }
+
+    #[test]
+    fn a_target_that_cannot_be_inspected_is_refused() {
+        let d = Dir::new("target");
+        let file = d.0.join("f");
+        fs::write(&file, "x").unwrap();
+        assert!(check_target(&d.0.join("missing")).is_ok());
+        assert!(check_target(&file).is_ok());
+        // Below a file: ENOTDIR, not "missing".
+        let m = msg(check_target(&file.join("x")));
+        assert!(m.starts_with("cannot inspect "), "{m}");
+        let m = msg(check_target(&d.0));
+        assert!(m.contains("is not a regular file"), "{m}");
+    }
+
+    #[test]
+    fn a_file_where_a_directory_belongs_is_named_for_what_it_is() {
+        let d = Dir::new("writable");
+        let file = d.0.join("f");
+        fs::write(&file, "x").unwrap();
+        assert!(check_writable_dir(&d.0, "--dir", false).is_ok());
+        assert!(check_writable_dir(&d.0.join("new"), "--dir", true).is_ok());
+        let m = msg(check_writable_dir(&file, "--dir", true));
+        assert!(
+            m.ends_with("is a file, not a directory: give a directory (kvfetch creates it if missing), or --env-file for one file of all secrets"),
+            "{m}"
+        );
+        let m = msg(check_writable_dir(
+            &file,
+            "the directory of --env-file",
+            false,
+        ));
+        assert_eq!(
+            m,
+            format!(
+                "the directory of --env-file {}: is a file, not a directory",
+                file.display()
+            )
+        );
+        let below = file.join("sub");
+        let m = msg(check_writable_dir(&below, "--dir", true));
+        assert_eq!(
+            m,
+            format!(
+                "--dir {}: {} is not a directory",
+                below.display(),
+                file.display()
+            )
+        );
+        let m = msg(check_writable_dir(
+            &d.0.join("no/such"),
+            "the directory of --ready-file",
+            false,
+        ));
+        assert!(
+            m.ends_with("the directory does not exist; kvfetch creates only --dir"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn same_path_sees_through_the_parent_directory() {
+        let d = Dir::new("same");
+        fs::create_dir(d.0.join("sub")).unwrap();
+        let a = d.0.join("sub/x");
+        assert!(same_path(&a, &a));
+        assert!(same_path(&a, &d.0.join("sub/../sub/./x")));
+        assert!(!same_path(&a, &d.0.join("sub/y")));
+        assert!(!same_path(&a, &d.0.join("x")));
+    }
+
+    const MODE: FileOptions = FileOptions {
+        mode: 0o400,
+        owner: None,
+    };
+
+    #[test]
+    fn differs_judges_what_it_opened_and_each_property_alone() {
+        let d = Dir::new("differs");
+        let file = d.0.join("f");
+        fs::write(&file, "same").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(!differs(&file, b"same", MODE));
+        assert!(differs(&file, b"other", MODE), "other bytes");
+        assert!(differs(&file, b"samf", MODE), "same length, other bytes");
+        assert!(
+            differs(
+                &file,
+                b"same",
+                FileOptions {
+                    mode: 0o440,
+                    owner: None
+                }
+            ),
+            "mode"
+        );
+        assert!(differs(&d.0.join("missing"), b"same", MODE));
+        // A symlink to the very bytes is not kvfetch's file: it is never followed.
+        let link = d.0.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(differs(&link, b"same", MODE), "a symlink");
+        // A directory is not a file, whatever its mode.
+        let sub = d.0.join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(differs(&sub, b"", MODE), "a directory");
+    }
+
+    #[test]
+    fn differs_compares_uid_and_gid_each() {
+        if !root() {
+            eprintln!("SKIPPED: chown needs root (CI runs as root)");
+            return;
+        }
+        let d = Dir::new("owner");
+        let file = d.0.join("f");
+        fs::write(&file, "v").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o400)).unwrap();
+        std::os::unix::fs::chown(&file, Some(1000), Some(2000)).unwrap();
+        let owned = |uid, gid| FileOptions {
+            mode: 0o400,
+            owner: Some((uid, gid)),
+        };
+        assert!(!differs(&file, b"v", owned(1000, Some(2000))));
+        assert!(!differs(&file, b"v", owned(1000, None)), "no gid asked");
+        assert!(differs(&file, b"v", owned(1000, Some(1000))), "gid");
+        assert!(differs(&file, b"v", owned(2000, Some(2000))), "uid");
+    }
+
+    #[test]
+    fn an_existing_dir_must_belong_to_root_this_user_or_the_owner() {
+        if !root() {
+            eprintln!("SKIPPED: chown needs root (CI runs as root)");
+            return;
+        }
+        let d = Dir::new("ensure");
+        let owned = |uid| FileOptions {
+            mode: 0o400,
+            owner: Some((uid, None)),
+        };
+        std::os::unix::fs::chown(&d.0, Some(4321), Some(4321)).unwrap();
+        assert!(ensure_dir(&d.0, owned(4321)).is_ok(), "--owner's");
+        let m = msg(ensure_dir(&d.0, owned(1234)));
+        assert!(m.contains("belongs to uid 4321"), "{m}");
+        std::os::unix::fs::chown(&d.0, Some(0), Some(0)).unwrap();
+        assert!(ensure_dir(&d.0, owned(1234)).is_ok(), "root's");
+    }
+
+    #[test]
+    fn alive_is_true_only_for_a_process_that_exists() {
+        assert!(alive(std::process::id() as i32));
+        assert!(alive(1));
+        // 0 and negative numbers name process groups, never one writer.
+        assert!(!alive(0));
+        assert!(!alive(-1));
+        assert!(!alive(i32::MAX));
+    }
+}

@@ -3,11 +3,15 @@
 #![allow(dead_code, unused_imports)]
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+pub mod deploy;
+
+pub use deploy::*;
 pub use kvfetch_emulator::{Emulator, Fault, Identity, SecretInput};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvfetch");
@@ -152,6 +156,12 @@ pub const SIGHUP: i32 = 1;
 pub const SIGINT: i32 = 2;
 pub const SIGUSR1: i32 = 10;
 pub const SIGTERM: i32 = 15;
+
+/// Send `sig` to `pid` (a process the test started, or one of its descendants).
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc_kill(pid, sig) };
+}
 
 impl Background {
     /// Start `kvfetch ARGS` with exactly `env`, stderr captured.
@@ -510,4 +520,147 @@ pub fn in_private_mounts(script: &str, env: &HashMap<String, String>) -> Command
         .env_clear()
         .envs(env);
     cmd
+}
+
+/// Run this test again inside new namespaces (`unshare FLAGS`, which must include `-n`: a
+/// network namespace of its own), where it first checks it finds only `lo` and no route out (a
+/// name lookup there reaches no resolver, and nothing leaves the machine), then brings `lo` up.
+/// Returns true in the outer run (which has checked the inner run passed), false in the inner
+/// run, which then does the work. Needs root (CI runs as root); without it the outer run says
+/// `SKIPPED:` and returns true.
+pub fn rerun_isolated(test: &str, flags: &[&str]) -> bool {
+    assert!(flags.contains(&"-n"), "a network namespace of its own");
+    if std::env::var_os("KVFETCH_TEST_IN_NETNS").is_some() {
+        let links = Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        assert_eq!(links.lines().count(), 1, "only lo: {links}");
+        assert!(links.contains(": lo:"), "{links}");
+        let routes = Command::new("ip").args(["route", "show"]).output().unwrap();
+        assert!(routes.stdout.is_empty(), "no route out");
+        assert!(
+            Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap()
+                .success()
+        );
+        return false;
+    }
+    if !root_or_skip("a private network namespace needs root (CI runs as root)") {
+        return true;
+    }
+    let out = Command::new("unshare")
+        .args(flags)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("KVFETCH_TEST_IN_NETNS", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "inner run: {text}"
+    );
+    true
+}
+
+/// A child of `parent`, from /proc.
+pub fn child_of(parent: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+}
+
+/// Run `kvfetch ARGS` as PID 1 of a new PID namespace; returns it and its PID outside.
+pub fn as_pid_1(env: &HashMap<String, String>, args: &[&str]) -> Option<(Background, i32)> {
+    as_pid_1_with(&[], env, args)
+}
+
+/// [`as_pid_1`] with more `unshare` flags (`--mount-proc`: a /proc of its own, as a container has).
+pub fn as_pid_1_with(
+    flags: &[&str],
+    env: &HashMap<String, String>,
+    args: &[&str],
+) -> Option<(Background, i32)> {
+    if !root_or_skip("unshare --pid needs root (CI runs as root)") {
+        return None;
+    }
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .args(flags)
+        .arg(bin())
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let unshare = child.id();
+    let mut bg = Background::new(child);
+    let mut inner = 0;
+    wait_for("kvfetch as PID 1", ms(5000), || {
+        if bg.exit_within(ms(1)).is_some() {
+            panic!("unshare ended early: {}", bg.stop_and_stderr());
+        }
+        inner = child_of(unshare as i32).unwrap_or(0);
+        inner > 0
+    });
+    Some((bg, inner))
+}
+
+/// Accept one request, read it whole (headers and body), answer `reply`.
+pub fn accept_post(listener: &std::net::TcpListener, reply: &str) -> String {
+    // Poll, so that a request that never comes fails the test instead of hanging it.
+    listener.set_nonblocking(true).unwrap();
+    let until = std::time::Instant::now() + ms(15000);
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(std::time::Instant::now() < until, "no request came");
+                std::thread::sleep(ms(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(ms(2000))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        request.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&request).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                conn.write_all(reply.as_bytes()).unwrap();
+                return text;
+            }
+        }
+        assert!(n > 0, "connection closed early");
+    }
 }
