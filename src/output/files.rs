@@ -738,6 +738,54 @@ mod tests {
     }
 
     #[test]
+    fn exposure_names_each_way_a_directory_is_not_private() {
+        let d = Dir::new("exposure");
+        let dir = d.0.join("secrets");
+        fs::create_dir(&dir).unwrap();
+        let set =
+            |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+        set(&d.0, 0o755);
+        set(&dir, 0o700);
+        assert_eq!(exposure(&dir, None), None);
+        set(&dir, 0o770);
+        assert_eq!(
+            exposure(&dir, None),
+            Some(format!(
+                "{} is writable by group or others (mode 0770)",
+                dir.display()
+            ))
+        );
+        // The sticky bit protects what is below a shared directory, not the directory itself.
+        set(&dir, 0o1777);
+        assert!(exposure(&dir, None).is_some_and(|m| m.contains("(mode 1777)")));
+        assert_eq!(
+            exposure(&dir.join("new"), None),
+            None,
+            "judged as the parent of a new dir"
+        );
+        set(&dir, 0o777);
+        assert!(exposure(&dir.join("new"), None).is_some_and(|m| m.contains("(mode 0777)")));
+        set(&dir, 0o700);
+        let link = d.0.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert_eq!(
+            exposure(&link, None),
+            Some(format!("{} is a symlink", link.display()))
+        );
+        if root() {
+            std::os::unix::fs::chown(&dir, Some(4321), None).unwrap();
+            assert_eq!(
+                exposure(&dir, None),
+                Some(format!(
+                    "{} belongs to uid 4321, not to root or this user",
+                    dir.display()
+                ))
+            );
+            assert_eq!(exposure(&dir, Some(4321)), None, "--owner's");
+        }
+    }
+
+    #[test]
     fn alive_is_true_only_for_a_process_that_exists() {
         assert!(alive(std::process::id() as i32));
         assert!(alive(1));
