@@ -27,6 +27,19 @@ const API: &str = "Gq7-api-key-84a";
 const CERT: &str = "Gq7-cert-55c";
 const SMTP: &str = "Gq7-smtp-06e";
 
+/// A test that runs again in namespaces of its own ([`rerun_isolated`]) and does its work there.
+macro_rules! scenario {
+    (fn $name:ident() $body:block) => {
+        #[test]
+        fn $name() {
+            if rerun_isolated(stringify!($name), ISOLATED) {
+                return;
+            }
+            $body
+        }
+    };
+}
+
 fn sh(script: &str) {
     let out = Command::new("sh").args(["-c", script]).output().unwrap();
     assert!(
@@ -183,231 +196,206 @@ fn assert_no_value(stderr: &str) {
     }
 }
 
-#[test]
-fn aci_init_container_fetches_by_vault_name_through_the_default_imds() {
-    if rerun_isolated(
-        "aci_init_container_fetches_by_vault_name_through_the_default_imds",
-        ISOLATED,
-    ) {
-        return;
+scenario! {
+    fn aci_init_container_fetches_by_vault_name_through_the_default_imds() {
+        let g = Group::new();
+        imds_address_appears();
+        // Only the user-assigned identity the example names by AZURE_CLIENT_ID: a request without
+        // its client_id is refused.
+        let emu = platform(IMDS_ADDR, false, false);
+        let d = example("aci-init-container.yaml");
+        assert!(d.env.contains_key("AZURE_CLIENT_ID"));
+        let mut kv = start_as(d.uid, &g.argv(&d), &deployed_env(&d, &emu));
+        let code = kv.exit_within(ms(30000));
+        let stderr = kv.stop_and_stderr();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_no_value(&stderr);
+        assert_file(&g.file("db-password"), DB, 0o400, d.uid);
+        assert_file(&g.file("API_KEY"), API, 0o400, d.uid);
+        assert_eq!(
+            read(&g.file("app.env")),
+            format!("DB_PASSWORD='{DB}'\nAPI_KEY='{API}'\n")
+        );
+        let c = emu.counters();
+        assert_eq!(c.imds_token_requests, 1, "one token for the run");
+        assert_eq!(c.kv_requests.get("db-password"), Some(&1));
+        assert_eq!(c.kv_requests.get("api-key"), Some(&1));
+        // The app container (same uid, the volume read-only) reads them and cannot change them.
+        let (code, out) = g.container(
+            d.uid,
+            d.uid,
+            "cat \"$VOL/db-password\"; echo; cat \"$VOL/API_KEY\"; echo; echo x > \"$VOL/new\" || echo refused",
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(out.starts_with(&format!("{DB}\n{API}\n")), "{out}");
+        assert!(
+            out.contains("Read-only file system") && out.contains("\nrefused\n"),
+            "{out}"
+        );
+        // Another uid cannot read them.
+        let (code, out) = g.container(1000, 1000, "cat \"$VOL/db-password\"");
+        assert_ne!(code, 0, "{out}");
+        assert!(
+            out.contains("Permission denied") && !out.contains(DB),
+            "{out}"
+        );
     }
-    let g = Group::new();
-    imds_address_appears();
-    // Only the user-assigned identity the example names by AZURE_CLIENT_ID: a request without
-    // its client_id is refused.
-    let emu = platform(IMDS_ADDR, false, false);
-    let d = example("aci-init-container.yaml");
-    assert!(d.env.contains_key("AZURE_CLIENT_ID"));
-    let mut kv = start_as(d.uid, &g.argv(&d), &deployed_env(&d, &emu));
-    let code = kv.exit_within(ms(30000));
-    let stderr = kv.stop_and_stderr();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_no_value(&stderr);
-    assert_file(&g.file("db-password"), DB, 0o400, d.uid);
-    assert_file(&g.file("API_KEY"), API, 0o400, d.uid);
-    assert_eq!(
-        read(&g.file("app.env")),
-        format!("DB_PASSWORD='{DB}'\nAPI_KEY='{API}'\n")
-    );
-    let c = emu.counters();
-    assert_eq!(c.imds_token_requests, 1, "one token for the run");
-    assert_eq!(c.kv_requests.get("db-password"), Some(&1));
-    assert_eq!(c.kv_requests.get("api-key"), Some(&1));
-    // The app container (same uid, the volume read-only) reads them and cannot change them.
-    let (code, out) = g.container(
-        d.uid,
-        d.uid,
-        "cat \"$VOL/db-password\"; echo; cat \"$VOL/API_KEY\"; echo; echo x > \"$VOL/new\" || echo refused",
-    );
-    assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with(&format!("{DB}\n{API}\n")), "{out}");
-    assert!(
-        out.contains("Read-only file system") && out.contains("\nrefused\n"),
-        "{out}"
-    );
-    // Another uid cannot read them.
-    let (code, out) = g.container(1000, 1000, "cat \"$VOL/db-password\"");
-    assert_ne!(code, 0, "{out}");
-    assert!(
-        out.contains("Permission denied") && !out.contains(DB),
-        "{out}"
-    );
 }
 
-#[test]
-fn an_init_container_as_root_shares_files_with_the_apps_group() {
-    if rerun_isolated(
-        "an_init_container_as_root_shares_files_with_the_apps_group",
-        ISOLATED,
-    ) {
-        return;
+scenario! {
+    fn an_init_container_as_root_shares_files_with_the_apps_group() {
+        let g = Group::new();
+        imds_address_appears();
+        let emu = platform(IMDS_ADDR, false, false);
+        let d = example("aci-init-container.yaml");
+        // What the example's comment says to do for an app of another uid.
+        let mut argv = g.argv(&d);
+        argv.extend(["--owner", "1000:1000", "--file-mode", "0440"].map(String::from));
+        let mut kv = start_as(0, &argv, &deployed_env(&d, &emu));
+        let code = kv.exit_within(ms(30000));
+        let stderr = kv.stop_and_stderr();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_file(&g.file("db-password"), DB, 0o440, 1000);
+        assert_eq!(
+            std::fs::metadata(g.file("db-password")).unwrap().gid(),
+            1000
+        );
+        // A member of group 1000 with a uid of its own reads them; a stranger does not.
+        let (code, out) = g.container(1001, 1000, "cat \"$VOL/db-password\"");
+        assert_eq!((code, out.as_str()), (0, DB));
+        let (code, out) = g.container(1002, 1002, "cat \"$VOL/db-password\"");
+        assert_ne!(code, 0, "{out}");
+        assert!(!out.contains(DB), "{out}");
     }
-    let g = Group::new();
-    imds_address_appears();
-    let emu = platform(IMDS_ADDR, false, false);
-    let d = example("aci-init-container.yaml");
-    // What the example's comment says to do for an app of another uid.
-    let mut argv = g.argv(&d);
-    argv.extend(["--owner", "1000:1000", "--file-mode", "0440"].map(String::from));
-    let mut kv = start_as(0, &argv, &deployed_env(&d, &emu));
-    let code = kv.exit_within(ms(30000));
-    let stderr = kv.stop_and_stderr();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_file(&g.file("db-password"), DB, 0o440, 1000);
-    assert_eq!(
-        std::fs::metadata(g.file("db-password")).unwrap().gid(),
-        1000
-    );
-    // A member of group 1000 with a uid of its own reads them; a stranger does not.
-    let (code, out) = g.container(1001, 1000, "cat \"$VOL/db-password\"");
-    assert_eq!((code, out.as_str()), (0, DB));
-    let (code, out) = g.container(1002, 1002, "cat \"$VOL/db-password\"");
-    assert_ne!(code, 0, "{out}");
-    assert!(!out.contains(DB), "{out}");
 }
 
-#[test]
-fn aci_identity_endpoint_that_appears_late_is_waited_for() {
-    if rerun_isolated(
-        "aci_identity_endpoint_that_appears_late_is_waited_for",
-        ISOLATED,
-    ) {
-        return;
+scenario! {
+    fn aci_identity_endpoint_that_appears_late_is_waited_for() {
+        let g = Group::new();
+        // 169.254.169.254 is not there yet: the emulator binds it once it is.
+        let emu = platform(IMDS_ADDR, true, false);
+        let d = example("aci-init-container.yaml");
+        let mut kv = start_as(d.uid, &g.argv(&d), &deployed_env(&d, &emu));
+        let mut line = String::new();
+        kv.wait("the progress line", ms(15000), || {
+            let log = kv.stderr();
+            line = log
+                .lines()
+                .find(|l| l.contains("waiting for the identity endpoint"))
+                .unwrap_or_default()
+                .to_string();
+            !line.is_empty()
+        });
+        // The operator sees what is awaited and what chose it: the default, not a variable.
+        assert!(line.contains("endpoint=http://169.254.169.254"), "{line}");
+        assert!(line.contains("chosen_by=\"default (IMDS)\""), "{line}");
+        assert!(g.s.entries("vol").is_empty(), "nothing written yet");
+        assert_eq!(kv.exit_within(ms(1)), None, "still waiting");
+        imds_address_appears();
+        let code = kv.exit_within(ms(30000));
+        let stderr = kv.stop_and_stderr();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_file(&g.file("db-password"), DB, 0o400, d.uid);
+        assert_eq!(emu.counters().imds_token_requests, 1, "{stderr}");
     }
-    let g = Group::new();
-    // 169.254.169.254 is not there yet: the emulator binds it once it is.
-    let emu = platform(IMDS_ADDR, true, false);
-    let d = example("aci-init-container.yaml");
-    let mut kv = start_as(d.uid, &g.argv(&d), &deployed_env(&d, &emu));
-    let mut line = String::new();
-    kv.wait("the progress line", ms(15000), || {
-        let log = kv.stderr();
-        line = log
-            .lines()
-            .find(|l| l.contains("waiting for the identity endpoint"))
-            .unwrap_or_default()
-            .to_string();
-        !line.is_empty()
-    });
-    // The operator sees what is awaited and what chose it: the default, not a variable.
-    assert!(line.contains("endpoint=http://169.254.169.254"), "{line}");
-    assert!(line.contains("chosen_by=\"default (IMDS)\""), "{line}");
-    assert!(g.s.entries("vol").is_empty(), "nothing written yet");
-    assert_eq!(kv.exit_within(ms(1)), None, "still waiting");
-    imds_address_appears();
-    let code = kv.exit_within(ms(30000));
-    let stderr = kv.stop_and_stderr();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_file(&g.file("db-password"), DB, 0o400, d.uid);
-    assert_eq!(emu.counters().imds_token_requests, 1, "{stderr}");
 }
 
-#[test]
-fn aci_sidecar_is_ready_rotates_notifies_and_stops_on_sigterm() {
-    if rerun_isolated(
-        "aci_sidecar_is_ready_rotates_notifies_and_stops_on_sigterm",
-        ISOLATED,
-    ) {
-        return;
+scenario! {
+    fn aci_sidecar_is_ready_rotates_notifies_and_stops_on_sigterm() {
+        let g = Group::new();
+        imds_address_appears();
+        let emu = platform(IMDS_ADDR, false, true);
+        let d = example("aci-sidecar.yaml");
+        let argv = g.argv(&d);
+        let flag = |name: &str| {
+            let i = argv.iter().position(|a| a == name).unwrap();
+            argv[i + 1].clone()
+        };
+        // The app's reload endpoint, at the address the example names.
+        let notify = flag("--notify-url");
+        let app_addr = notify
+            .strip_prefix("http://")
+            .and_then(|r| r.split('/').next())
+            .unwrap();
+        let listener = std::net::TcpListener::bind(app_addr).unwrap();
+        // The app container starts at once and waits for the ready file, as the example's does.
+        let app_out = g.s.path("app-saw");
+        let script = format!(
+            "while [ ! -f {vol}/.ready ]; do sleep 0.05; done; cat {vol}/db-password > {out}",
+            vol = g.vol.display(),
+            out = app_out.display()
+        );
+        // Killed when dropped, so a failing test leaves no app waiting.
+        let mut app = Background::new(Command::new("sh").args(["-c", &script]).spawn().unwrap());
+        let mut kv = start_as(d.uid, &argv, &deployed_env(&d, &emu));
+        let health = flag("--health-listen");
+        kv.wait("the health listener", ms(15000), || {
+            http_get(&health, "/readyz").0 == 200
+        });
+        assert_eq!(app.exit_within(ms(10000)), Some(0), "the app started");
+        assert_eq!(read(&app_out), DB, "the app saw the secret once ready");
+        assert_file(&g.file("tls-cert"), CERT, 0o400, d.uid);
+        // A rotation: the new value is written and the app is told which secret changed.
+        let rotated = "Gq7-db-rotated-e2f";
+        emu.set_secret("db-password", rotated);
+        kv.signal(SIGHUP);
+        let post = accept_post(&listener, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let path = notify.split_once(app_addr).unwrap().1;
+        assert!(post.starts_with(&format!("POST {path} ")), "{post}");
+        assert!(post.ends_with(r#"{"changed":["db-password"]}"#), "{post}");
+        assert!(!post.contains(rotated), "names only");
+        assert_eq!(read(&g.file("db-password")), rotated);
+        assert_eq!(emu.counters().imds_token_requests, 1, "the token is kept");
+        // The runtime stops the group: SIGTERM, exit 0, files kept.
+        kv.signal(SIGTERM);
+        assert_eq!(kv.exit_within(ms(5000)), Some(0), "{}", kv.stderr());
+        assert_no_value(&kv.stderr());
+        assert!(!kv.stderr().contains(rotated));
+        assert_eq!(read(&g.file("db-password")), rotated);
     }
-    let g = Group::new();
-    imds_address_appears();
-    let emu = platform(IMDS_ADDR, false, true);
-    let d = example("aci-sidecar.yaml");
-    let argv = g.argv(&d);
-    let flag = |name: &str| {
-        let i = argv.iter().position(|a| a == name).unwrap();
-        argv[i + 1].clone()
-    };
-    // The app's reload endpoint, at the address the example names.
-    let notify = flag("--notify-url");
-    let app_addr = notify
-        .strip_prefix("http://")
-        .and_then(|r| r.split('/').next())
-        .unwrap();
-    let listener = std::net::TcpListener::bind(app_addr).unwrap();
-    // The app container starts at once and waits for the ready file, as the example's does.
-    let app_out = g.s.path("app-saw");
-    let script = format!(
-        "while [ ! -f {vol}/.ready ]; do sleep 0.05; done; cat {vol}/db-password > {out}",
-        vol = g.vol.display(),
-        out = app_out.display()
-    );
-    // Killed when dropped, so a failing test leaves no app waiting.
-    let mut app = Background::new(Command::new("sh").args(["-c", &script]).spawn().unwrap());
-    let mut kv = start_as(d.uid, &argv, &deployed_env(&d, &emu));
-    let health = flag("--health-listen");
-    kv.wait("the health listener", ms(15000), || {
-        http_get(&health, "/readyz").0 == 200
-    });
-    assert_eq!(app.exit_within(ms(10000)), Some(0), "the app started");
-    assert_eq!(read(&app_out), DB, "the app saw the secret once ready");
-    assert_file(&g.file("tls-cert"), CERT, 0o400, d.uid);
-    // A rotation: the new value is written and the app is told which secret changed.
-    let rotated = "Gq7-db-rotated-e2f";
-    emu.set_secret("db-password", rotated);
-    kv.signal(SIGHUP);
-    let post = accept_post(&listener, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    let path = notify.split_once(app_addr).unwrap().1;
-    assert!(post.starts_with(&format!("POST {path} ")), "{post}");
-    assert!(post.ends_with(r#"{"changed":["db-password"]}"#), "{post}");
-    assert!(!post.contains(rotated), "names only");
-    assert_eq!(read(&g.file("db-password")), rotated);
-    assert_eq!(emu.counters().imds_token_requests, 1, "the token is kept");
-    // The runtime stops the group: SIGTERM, exit 0, files kept.
-    kv.signal(SIGTERM);
-    assert_eq!(kv.exit_within(ms(5000)), Some(0), "{}", kv.stderr());
-    assert_no_value(&kv.stderr());
-    assert!(!kv.stderr().contains(rotated));
-    assert_eq!(read(&g.file("db-password")), rotated);
 }
 
-#[test]
-fn k8s_native_sidecar_is_ready_only_once_its_files_exist() {
-    if rerun_isolated(
-        "k8s_native_sidecar_is_ready_only_once_its_files_exist",
-        ISOLATED,
-    ) {
-        return;
-    }
-    let g = Group::new();
-    imds_address_appears();
-    let emu = platform(IMDS_ADDR, false, false);
-    emu.set_kv_delay(ms(1500)); // a slow vault: the probe sees "not ready" first
-    let d = example("k8s-native-sidecar.yaml");
-    let argv = g.argv(&d);
-    let listen = &argv[argv.iter().position(|a| a == "--health-listen").unwrap() + 1];
-    let probe = listen.replace("0.0.0.0", "127.0.0.1");
-    let mut kv = start_as(d.uid, &argv, &deployed_env(&d, &emu));
-    // The kubelet's startupProbe: the app container starts only after a 200.
-    let mut answers = Vec::new();
-    kv.wait("/readyz 200", ms(20000), || {
-        let code = http_get(&probe, "/readyz").0;
-        if code == 200 {
-            // Ready means written: both files and the env file are there now.
-            assert_eq!(read(&g.file("db-password")), DB);
-            assert_eq!(read(&g.file("API_KEY")), API);
-            assert!(read(&g.file("app.env")).contains(&format!("API_KEY='{API}'\n")));
-        } else {
-            std::thread::sleep(ms(50));
+scenario! {
+    fn k8s_native_sidecar_is_ready_only_once_its_files_exist() {
+        let g = Group::new();
+        imds_address_appears();
+        let emu = platform(IMDS_ADDR, false, false);
+        emu.set_kv_delay(ms(1500)); // a slow vault: the probe sees "not ready" first
+        let d = example("k8s-native-sidecar.yaml");
+        let argv = g.argv(&d);
+        let listen = &argv[argv.iter().position(|a| a == "--health-listen").unwrap() + 1];
+        let probe = listen.replace("0.0.0.0", "127.0.0.1");
+        let mut kv = start_as(d.uid, &argv, &deployed_env(&d, &emu));
+        // The kubelet's startupProbe: the app container starts only after a 200.
+        let mut answers = Vec::new();
+        kv.wait("/readyz 200", ms(20000), || {
+            let code = http_get(&probe, "/readyz").0;
+            if code == 200 {
+                // Ready means written: both files and the env file are there now.
+                assert_eq!(read(&g.file("db-password")), DB);
+                assert_eq!(read(&g.file("API_KEY")), API);
+                assert!(read(&g.file("app.env")).contains(&format!("API_KEY='{API}'\n")));
+            } else {
+                std::thread::sleep(ms(50));
+            }
+            answers.push(code);
+            code == 200
+        });
+        assert!(
+            answers.contains(&503),
+            "not ready while fetching: {answers:?}"
+        );
+        let (code, out) = g.container(d.uid, d.uid, "cat \"$VOL/db-password\"");
+        assert_eq!((code, out.as_str()), (0, DB));
+        kv.signal(SIGTERM);
+        assert_eq!(kv.exit_within(ms(5000)), Some(0), "{}", kv.stderr());
+        let stderr = kv.stderr();
+        assert_no_value(&stderr);
+        // --log-format json: every line is a JSON object.
+        for l in stderr.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            assert!(v.get("msg").is_some() && v.get("level").is_some(), "{l}");
         }
-        answers.push(code);
-        code == 200
-    });
-    assert!(
-        answers.contains(&503),
-        "not ready while fetching: {answers:?}"
-    );
-    let (code, out) = g.container(d.uid, d.uid, "cat \"$VOL/db-password\"");
-    assert_eq!((code, out.as_str()), (0, DB));
-    kv.signal(SIGTERM);
-    assert_eq!(kv.exit_within(ms(5000)), Some(0), "{}", kv.stderr());
-    let stderr = kv.stderr();
-    assert_no_value(&stderr);
-    // --log-format json: every line is a JSON object.
-    for l in stderr.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
-        assert!(v.get("msg").is_some() && v.get("level").is_some(), "{l}");
     }
 }
 
@@ -420,114 +408,104 @@ fn exec_argv(d: &Deployment, extra: &[&str], script: &str) -> Vec<String> {
     argv
 }
 
-#[test]
-fn the_entrypoint_wrapper_as_pid_1_passes_signals_and_exit_status() {
-    if rerun_isolated(
-        "the_entrypoint_wrapper_as_pid_1_passes_signals_and_exit_status",
-        ISOLATED,
-    ) {
-        return;
-    }
-    let g = Group::new();
-    imds_address_appears();
-    let emu = platform(IMDS_ADDR, false, true);
-    let d = example("aci-exec-wrapper.yaml");
-    // The variables hold Key Vault references by URL and by vault name, as App Service spells them.
-    assert!(d.env["API_KEY"].contains("myvault.vault.azure.net"));
-    assert!(d.env["SMTP_PASSWORD"].contains("VaultName=myvault"));
-    let env = deployed_env(&d, &emu);
-    let app_env = g.s.path("app-env");
-    let script = format!(
-        "env > {e}.tmp; echo \"pid=$$\" >> {e}.tmp; mv {e}.tmp {e}; trap 'exit 42' TERM; while :; do sleep 0.05; done",
-        e = app_env.display()
-    );
-    // Plain exec: the app itself becomes PID 1. Supervised (--refresh): kvfetch stays PID 1 and
-    // forwards the runtime's SIGTERM to the app, then exits with the app's status.
-    for (extra, pid1) in [(&[][..], "sh"), (&["--refresh", "1h"][..], "kvfetch")] {
-        let _ = std::fs::remove_file(&app_env);
-        let argv = exec_argv(&d, extra, &script);
-        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let (mut unshare, inner) = as_pid_1_with(&["--mount-proc"], &env, &args).expect("root");
-        unshare.wait("the app's start", ms(30000), || app_env.exists());
-        let seen = read(&app_env);
-        for line in [
-            format!("DB_PASSWORD={DB}"),
-            format!("API_KEY={API}"),
-            format!("SMTP_PASSWORD={SMTP}"),
-        ] {
-            assert!(seen.lines().any(|l| l == line), "{extra:?}: {line}");
-        }
-        let app_is_pid_1 = seen.lines().any(|l| l == "pid=1");
-        assert_eq!(app_is_pid_1, pid1 == "sh", "{extra:?}: {seen}");
-        let comm = std::fs::read_to_string(format!("/proc/{inner}/comm")).unwrap();
-        assert_eq!(comm.trim(), pid1, "{extra:?}");
-        kill(inner, SIGTERM);
-        assert_eq!(
-            unshare.exit_within(ms(5000)),
-            Some(42),
-            "{extra:?}: {}",
-            unshare.stderr()
+scenario! {
+    fn the_entrypoint_wrapper_as_pid_1_passes_signals_and_exit_status() {
+        let g = Group::new();
+        imds_address_appears();
+        let emu = platform(IMDS_ADDR, false, true);
+        let d = example("aci-exec-wrapper.yaml");
+        // The variables hold Key Vault references by URL and by vault name, as App Service spells them.
+        assert!(d.env["API_KEY"].contains("myvault.vault.azure.net"));
+        assert!(d.env["SMTP_PASSWORD"].contains("VaultName=myvault"));
+        let env = deployed_env(&d, &emu);
+        let app_env = g.s.path("app-env");
+        let script = format!(
+            "env > {e}.tmp; echo \"pid=$$\" >> {e}.tmp; mv {e}.tmp {e}; trap 'exit 42' TERM; while :; do sleep 0.05; done",
+            e = app_env.display()
         );
-        assert_no_value(&unshare.stderr());
+        // Plain exec: the app itself becomes PID 1. Supervised (--refresh): kvfetch stays PID 1 and
+        // forwards the runtime's SIGTERM to the app, then exits with the app's status.
+        for (extra, pid1) in [(&[][..], "sh"), (&["--refresh", "1h"][..], "kvfetch")] {
+            let _ = std::fs::remove_file(&app_env);
+            let argv = exec_argv(&d, extra, &script);
+            let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let (mut unshare, inner) = as_pid_1_with(&["--mount-proc"], &env, &args).expect("root");
+            unshare.wait("the app's start", ms(30000), || app_env.exists());
+            let seen = read(&app_env);
+            for line in [
+                format!("DB_PASSWORD={DB}"),
+                format!("API_KEY={API}"),
+                format!("SMTP_PASSWORD={SMTP}"),
+            ] {
+                assert!(seen.lines().any(|l| l == line), "{extra:?}: {line}");
+            }
+            let app_is_pid_1 = seen.lines().any(|l| l == "pid=1");
+            assert_eq!(app_is_pid_1, pid1 == "sh", "{extra:?}: {seen}");
+            let comm = std::fs::read_to_string(format!("/proc/{inner}/comm")).unwrap();
+            assert_eq!(comm.trim(), pid1, "{extra:?}");
+            kill(inner, SIGTERM);
+            assert_eq!(
+                unshare.exit_within(ms(5000)),
+                Some(42),
+                "{extra:?}: {}",
+                unshare.stderr()
+            );
+            assert_no_value(&unshare.stderr());
+        }
+        assert_eq!(emu.counters().imds_token_requests, 2, "one per run");
     }
-    assert_eq!(emu.counters().imds_token_requests, 2, "one per run");
 }
 
-#[test]
-fn container_apps_identity_variables_are_used_and_imds_is_never_asked() {
-    if rerun_isolated(
-        "container_apps_identity_variables_are_used_and_imds_is_never_asked",
-        ISOLATED,
-    ) {
-        return;
+scenario! {
+    fn container_apps_identity_variables_are_used_and_imds_is_never_asked() {
+        let g = Group::new();
+        imds_address_appears();
+        // Container Apps' identity endpoint, where the platform puts it; and an IMDS that must stay
+        // unasked (a wrong fallback would land on its counters).
+        let apps = platform("127.0.0.1:42356", false, true);
+        let imds = Emulator::with_config(Config {
+            identity_addr: IMDS_ADDR.parse().unwrap(),
+            ..Config::default()
+        })
+        .unwrap();
+        let env = std::collections::HashMap::from([
+            ("PATH".to_string(), std::env::var("PATH").unwrap()),
+            (
+                "KVFETCH_CA_FILE".to_string(),
+                apps.ca_file().display().to_string(),
+            ),
+            (
+                "IDENTITY_ENDPOINT".to_string(),
+                "http://localhost:42356/msi/token".to_string(),
+            ),
+            (
+                "IDENTITY_HEADER".to_string(),
+                apps.identity_header().to_string(),
+            ),
+        ]);
+        let dir = g.vol.display().to_string();
+        let argv: Vec<String> = [
+            "fetch",
+            "--vault",
+            "myvault",
+            "--secret",
+            "db-password",
+            "--dir",
+            &dir,
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut kv = start_as(65532, &argv, &env);
+        let code = kv.exit_within(ms(30000));
+        let stderr = kv.stop_and_stderr();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_file(&g.file("db-password"), DB, 0o400, 65532);
+        assert_eq!(apps.counters().app_service_token_requests, 1);
+        assert_eq!(apps.counters().imds_token_requests, 0);
+        assert_eq!(imds.counters().imds_token_requests, 0, "IMDS was asked");
+        assert!(
+            stderr.contains("identity source") && stderr.contains("App Service / Container Apps"),
+            "{stderr}"
+        );
     }
-    let g = Group::new();
-    imds_address_appears();
-    // Container Apps' identity endpoint, where the platform puts it; and an IMDS that must stay
-    // unasked (a wrong fallback would land on its counters).
-    let apps = platform("127.0.0.1:42356", false, true);
-    let imds = Emulator::with_config(Config {
-        identity_addr: IMDS_ADDR.parse().unwrap(),
-        ..Config::default()
-    })
-    .unwrap();
-    let env = std::collections::HashMap::from([
-        ("PATH".to_string(), std::env::var("PATH").unwrap()),
-        (
-            "KVFETCH_CA_FILE".to_string(),
-            apps.ca_file().display().to_string(),
-        ),
-        (
-            "IDENTITY_ENDPOINT".to_string(),
-            "http://localhost:42356/msi/token".to_string(),
-        ),
-        (
-            "IDENTITY_HEADER".to_string(),
-            apps.identity_header().to_string(),
-        ),
-    ]);
-    let dir = g.vol.display().to_string();
-    let argv: Vec<String> = [
-        "fetch",
-        "--vault",
-        "myvault",
-        "--secret",
-        "db-password",
-        "--dir",
-        &dir,
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut kv = start_as(65532, &argv, &env);
-    let code = kv.exit_within(ms(30000));
-    let stderr = kv.stop_and_stderr();
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_file(&g.file("db-password"), DB, 0o400, 65532);
-    assert_eq!(apps.counters().app_service_token_requests, 1);
-    assert_eq!(apps.counters().imds_token_requests, 0);
-    assert_eq!(imds.counters().imds_token_requests, 0, "IMDS was asked");
-    assert!(
-        stderr.contains("identity source") && stderr.contains("App Service / Container Apps"),
-        "{stderr}"
-    );
 }
