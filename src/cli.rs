@@ -66,7 +66,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_SECRETS",
         Some("SPEC"),
         None,
-        "[ALIAS=]NAME[/VERSION] or [ALIAS=]https://HOST/secrets/NAME[/VERSION]; repeatable (env: separated by commas, spaces or newlines)",
+        "[ALIAS=]NAME[/VERSION][?OPTIONS] or [ALIAS=]https://HOST/secrets/NAME[/VERSION][?OPTIONS]; OPTIONS: format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex, optional, joined by &; repeatable (env: separated by commas, spaces or newlines)",
     ),
     flag(
         "dir",

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -75,16 +75,19 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     Err(exec_error(&argv[0], &shown(&program, secret_path), err))
 }
 
-/// The parent's environment with secrets added and references replaced; nothing else changes.
+/// The parent's environment with secrets added (each shaped by its spec's options) and
+/// references replaced; nothing else changes. An absent optional secret sets nothing.
 pub fn child_env(
     base: &[(OsString, OsString)],
     specs: &[SecretSpec],
-    values: &[Fetched],
+    values: &[Option<Fetched>],
 ) -> Result<Vec<(OsString, OsString)>, Error> {
     let mut env: Vec<(OsString, OsString)> = base.to_vec();
-    for (spec, f) in specs.iter().zip(values) {
+    let shaped = crate::fetch::shaped(specs, values)?;
+    for (spec, bytes) in specs.iter().zip(shaped) {
+        let Some(bytes) = bytes else { continue };
         let name = spec.env_name();
-        if f.value.contains('\0') {
+        if bytes.contains(&0) {
             return Err(Error::Output(format!(
                 "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; use --dir",
                 spec.reference()
@@ -93,7 +96,7 @@ pub fn child_env(
         // Every inherited entry of that name goes (an environment may hold a name twice, and
         // the last would win): no reference string or old value survives beside the secret.
         env.retain(|(k, _)| k != OsStr::new(&name));
-        env.push((name.into(), OsString::from(&f.value)));
+        env.push((name.into(), OsString::from_vec(bytes)));
     }
     Ok(env)
 }
@@ -250,7 +253,7 @@ mod tests {
             ("OTHER".into(), "o".into()),
             ("DB".into(), "old".into()),
         ];
-        let env = child_env(&base, &[spec], &[fetched]).unwrap();
+        let env = child_env(&base, &[spec], &[Some(fetched)]).unwrap();
         let dbs: Vec<_> = env.iter().filter(|(k, _)| k == "DB").collect();
         assert_eq!(dbs.len(), 1);
         assert_eq!(dbs[0].1, "new");

@@ -16,7 +16,11 @@ use crate::keyvault::{Client, Fetched};
 use crate::output::{self, FileOptions};
 use crate::retry::{Deadline, human};
 use crate::spec::{self, SecretSpec};
-use crate::{http, log};
+use crate::{http, log, shape};
+
+/// One fetched value per spec, in the plan's order; `None` for an `optional` secret that is
+/// missing or disabled (skipped: no file, no variable).
+pub type Values = Vec<Option<Fetched>>;
 
 /// Everything decided before the first request.
 pub struct Plan {
@@ -290,7 +294,7 @@ impl Session {
     }
 
     /// Fetch every secret of the plan within one `--timeout`.
-    pub fn fetch(&self) -> Result<Vec<Fetched>, Error> {
+    pub fn fetch(&self) -> Result<Values, Error> {
         let deadline = Deadline::after(self.timeout);
         fetch_all(
             &self.plan.specs,
@@ -326,7 +330,7 @@ pub fn fetch_all(
     tokens: &Tokens,
     deadline: &Deadline,
     concurrency: usize,
-) -> Result<Vec<Fetched>, Error> {
+) -> Result<Values, Error> {
     // One token request per audience, before any fan-out.
     for spec in specs {
         tokens.get(&spec.vault.resource, deadline)?;
@@ -391,7 +395,15 @@ pub fn fetch_all(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match slot.as_ref().expect("every secret was attempted") {
-            Ok(f) => fetched.push(f.clone()),
+            Ok(f) => fetched.push(Some(f.clone())),
+            // Optional is about absence only: access denied, throttling and the rest stay errors.
+            Err(e @ Error::NotFound(_)) if s.shape.optional => {
+                log::warn(
+                    &format!("an optional secret is absent; skipped (no file, no variable): {e}"),
+                    &[("secret", &s.reference()), ("vault", &s.vault.url)],
+                );
+                fetched.push(None);
+            }
             Err(e) => errors.push(e.clone()),
         }
     }
@@ -411,36 +423,76 @@ fn report(mut errors: Vec<Error>) -> Result<(), Error> {
     Err(first)
 }
 
-/// Every output's path and bytes: one file per secret under `--dir`, and the env file.
-fn output_items(
-    opts: &Options,
-    plan: &Plan,
-    values: &[Fetched],
-) -> Result<Vec<(PathBuf, Vec<u8>)>, Error> {
-    let mut items: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+/// Every output's path and bytes: one file per secret under `--dir`, and the env file. Each
+/// spec's options shape its value here, before anything is written.
+fn output_items(opts: &Options, plan: &Plan, values: &[Option<Fetched>]) -> Result<Items, Error> {
+    let shaped = shaped(&plan.specs, values)?;
+    let mut items = Items::default();
     if let Some(dir) = &opts.dir {
-        for (spec, f) in plan.specs.iter().zip(values) {
-            items.push((dir.join(spec.file_name()), f.value.as_bytes().to_vec()));
+        for (spec, bytes) in plan.specs.iter().zip(&shaped) {
+            let path = dir.join(spec.file_name());
+            match bytes {
+                Some(bytes) => items.write.push((path, bytes.clone())),
+                None => items.absent.push(path),
+            }
         }
     }
     if let Some(file) = &opts.env_file {
-        let entries: Vec<(String, String)> = plan
+        let entries = plan
             .specs
             .iter()
-            .zip(values)
-            .map(|(s, f)| (s.env_name(), f.value.clone()))
-            .collect();
+            .zip(&shaped)
+            .filter_map(|(s, b)| Some((s, b.as_ref()?)))
+            .map(|(s, b)| Ok((s.env_name(), env_text(s, b)?)))
+            .collect::<Result<Vec<_>, Error>>()?;
         let text = output::envfile::render(opts.env_format, &entries)?;
-        items.push((file.clone(), text.into_bytes()));
+        items.write.push((file.clone(), text.into_bytes()));
     }
     Ok(items)
+}
+
+/// What the outputs are: the files to hold these bytes, and the files of absent optional
+/// secrets, which must not exist.
+#[derive(Default)]
+struct Items {
+    write: Vec<(PathBuf, Vec<u8>)>,
+    absent: Vec<PathBuf>,
+}
+
+/// Each spec's bytes (its options applied); `None` for an absent optional secret.
+pub fn shaped(
+    specs: &[SecretSpec],
+    values: &[Option<Fetched>],
+) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    specs
+        .iter()
+        .zip(values)
+        .map(|(spec, f)| f.as_ref().map(|f| shape::apply(spec, f)).transpose())
+        .collect()
+}
+
+/// A value as the text of a variable: bytes that are not UTF-8 (decoded binary) cannot be.
+fn env_text(spec: &SecretSpec, bytes: &[u8]) -> Result<String, Error> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        Error::Output(format!(
+            "the value of {} ({}) is not UTF-8 text, so an env file cannot carry it; write it to a file with --dir",
+            spec.env_name(),
+            spec.reference()
+        ))
+    })
 }
 
 /// Say at info level what each secret became: its file and/or variable, and the version id
 /// that was written (never the value), so an operator can match it with the vault's history.
 /// `variables` is true when the secrets became environment variables (an env file or exec).
-pub fn log_written(opts: &Options, plan: &Plan, values: &[Fetched], variables: bool) {
-    for (spec, f) in plan.specs.iter().zip(values) {
+pub fn log_written(opts: &Options, plan: &Plan, values: &[Option<Fetched>], variables: bool) {
+    let present = values.iter().map(Option::as_ref);
+    for (spec, f) in plan
+        .specs
+        .iter()
+        .zip(present)
+        .filter_map(|(s, f)| Some((s, f?)))
+    {
         let mut fields: Vec<(&str, String)> = vec![
             ("secret", spec.reference()),
             ("vault", spec.vault.url.clone()),
@@ -458,12 +510,26 @@ pub fn log_written(opts: &Options, plan: &Plan, values: &[Fetched], variables: b
 }
 
 /// Write every output, or none.
-pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<(), Error> {
+pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Option<Fetched>]) -> Result<(), Error> {
     let items = output_items(opts, plan, values)?;
     if let Some(dir) = &opts.dir {
         output::files::ensure_dir(dir, plan.files)?;
     }
-    output::files::write_all(&items, plan.files)
+    output::files::write_all(&items.write, plan.files)?;
+    remove_absent(&items.absent)
+}
+
+/// Remove the file of each absent optional secret (one a previous run or refresh wrote).
+fn remove_absent(paths: &[PathBuf]) -> Result<(), Error> {
+    for path in paths {
+        if output::files::remove_file(path)? {
+            log::info(
+                "removed the file of an optional secret that is now absent",
+                &[("file", &path.display().to_string())],
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Make the outputs on disk what `values` say, rewriting only the ones that differ (in bytes,
@@ -472,16 +538,18 @@ pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Fetched]) -> Result<
 pub fn sync_outputs(
     opts: &Options,
     plan: &Plan,
-    values: &[Fetched],
+    values: &[Option<Fetched>],
 ) -> Result<Vec<PathBuf>, Error> {
     let items = output_items(opts, plan, values)?;
     if let Some(dir) = &opts.dir {
         output::files::ensure_dir(dir, plan.files)?;
     }
     let differ: Vec<(PathBuf, Vec<u8>)> = items
+        .write
         .into_iter()
         .filter(|(path, bytes)| output::files::differs(path, bytes, plan.files))
         .collect();
     output::files::write_all(&differ, plan.files)?;
+    remove_absent(&items.absent)?;
     Ok(differ.into_iter().map(|(p, _)| p).collect())
 }

@@ -22,6 +22,8 @@ pub struct Status {
     pub changes: BTreeMap<String, u64>,
     /// Per secret: the `exp` attribute, where set.
     pub expires: BTreeMap<String, u64>,
+    /// Per certificate secret read with `format=`: its leaf's notAfter.
+    pub certificate_expires: BTreeMap<String, i64>,
     pub max_stale: Option<Duration>,
     /// The main loop's last pass (it passes at least every [`HEARTBEAT`]).
     pub last_tick: Option<Instant>,
@@ -145,6 +147,17 @@ impl Status {
             "gauge",
             "The secret's exp attribute (Unix seconds), where set.",
             expires,
+        );
+        let certificates = self
+            .certificate_expires
+            .iter()
+            .map(|(s, e)| (format!("{{secret=\"{s}\"}}"), e.to_string()))
+            .collect();
+        family(
+            "kvfetch_certificate_expires_timestamp_seconds",
+            "gauge",
+            "A certificate secret's leaf notAfter (Unix seconds), for secrets read with format=.",
+            certificates,
         );
         m
     }

@@ -82,6 +82,12 @@ pub const EXAMPLES: &[Example] = &[
         args: "fetch --vault contoso-kv --secret tls-key --dir /run/secrets --file-mode 0440 --owner 65532:1000",
     },
     Example {
+        command: "fetch",
+        about: "nginx's key and certificate chain from one certificate secret, one request",
+        env: &[],
+        args: "fetch --vault contoso-kv --secret 'tls.key=contoso-tls?format=key' --secret 'tls.crt=contoso-tls?format=chain' --dir /run/secrets",
+    },
+    Example {
         command: "doctor",
         about: "why does fetch fail? the same options, checked one by one",
         env: &[],
@@ -125,6 +131,12 @@ pub const EXAMPLES: &[Example] = &[
         about: "supervised: restart the app when a secret rotates",
         env: &[],
         args: "exec --refresh 15m --vault contoso-kv --secret API_KEY=api-key -- /app/server",
+    },
+    Example {
+        command: "exec",
+        about: "two fields of one JSON secret as two variables",
+        env: &[],
+        args: "exec --vault contoso-kv --secret 'DB_USER=db?json=/user' --secret 'DB_PASS=db?json=/password' -- /app/server",
     },
 ];
 
@@ -473,7 +485,11 @@ fn fish() -> String {
 
 /// The arguments of an example, split as a shell would (examples hold no quotes).
 pub fn example_args(e: &Example) -> Vec<String> {
-    e.args.split_whitespace().map(String::from).collect()
+    // Words are quoted as a shell needs them ('…?format=key'); no example quotes white space.
+    e.args
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_string())
+        .collect()
 }
 
 /// Used by the unit tests: parse an example with the real parser.

@@ -5,7 +5,9 @@
 //! [`keyvault`] (the vault client), [`retry`] (backoff and deadline), [`output`] (files and env
 //! files), [`fetch`] (the init-step mode), [`error`] (the error enum and exit codes), [`log`].
 
+pub mod certificate;
 pub mod cli;
+pub mod der;
 pub mod doctor;
 pub mod encoding;
 pub mod error;
@@ -18,10 +20,12 @@ pub mod identity;
 pub mod keyvault;
 pub mod log;
 pub mod output;
+pub mod pkcs12;
 pub mod progress;
 pub mod reference;
 pub mod refresh;
 pub mod retry;
+pub mod shape;
 pub mod signals;
 pub mod spec;
 pub mod supervise;

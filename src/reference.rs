@@ -55,6 +55,11 @@ pub fn parse(var: &str, value: &str, default_vault: Option<&Vault>) -> Result<Se
         if v.is_empty() || v.contains(['(', ')', '"', '\'']) {
             return Err(bad("an empty or quoted value"));
         }
+        if v.contains('?') {
+            return Err(bad(
+                "a '?': options such as ?json= belong to kvfetch's --secret, not to a reference",
+            ));
+        }
         if fields.insert(key, v.to_string()).is_some() {
             return Err(bad("a key given twice"));
         }

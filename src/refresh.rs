@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, sync_outputs, write_outputs};
+use crate::fetch::{Session, Values, sync_outputs, write_outputs};
 use crate::health::Status;
 use crate::keyvault::Fetched;
 use crate::log;
@@ -19,7 +19,7 @@ use crate::retry::{Backoff, human, jitter};
 /// Messages the mode's main loop waits for.
 pub enum Event {
     Signal(i32),
-    Fetched(Result<Vec<Fetched>, Error>),
+    Fetched(Result<Values, Error>),
 }
 
 /// What one fetch result meant.
@@ -38,7 +38,7 @@ pub struct Refresher {
     session: Arc<Session>,
     opts: Options,
     tx: Sender<Event>,
-    pub current: Option<Vec<Fetched>>,
+    pub current: Option<Values>,
     in_flight: bool,
     failures_in_row: u32,
     next_due: Instant,
@@ -64,7 +64,7 @@ impl Refresher {
     }
 
     /// Start from values already fetched and written (supervised exec's first fetch).
-    pub fn seed(&mut self, values: Vec<Fetched>) {
+    pub fn seed(&mut self, values: Values) {
         self.current = Some(values);
         self.next_due = Instant::now() + jitter(self.refresh(), 0.1);
         let mut s = self.lock();
@@ -106,7 +106,7 @@ impl Refresher {
 
     /// Digest one fetch result. `Err` ends the mode: a failed first fetch (with `fetch`'s exit
     /// code) or refreshes failing for longer than `--max-stale` (exit 7).
-    pub fn handle(&mut self, result: Result<Vec<Fetched>, Error>) -> Result<Outcome, Error> {
+    pub fn handle(&mut self, result: Result<Values, Error>) -> Result<Outcome, Error> {
         self.in_flight = false;
         let first = self.current.is_none();
         let outcome = match result {
@@ -139,13 +139,23 @@ impl Refresher {
 
     /// Compare with the last good values; make the outputs on disk match, which rewrites what
     /// changed and restores what someone else changed or removed.
-    fn apply(&mut self, values: Vec<Fetched>) -> Result<Outcome, Error> {
+    fn apply(&mut self, values: Values) -> Result<Outcome, Error> {
         let specs = &self.session.plan.specs;
         {
             let mut s = self.lock();
             for (spec, f) in specs.iter().zip(&values) {
+                let Some(f) = f else {
+                    s.expires.remove(&spec.name);
+                    s.certificate_expires.remove(&spec.name);
+                    continue;
+                };
                 if let Some(exp) = f.expires {
                     s.expires.insert(spec.name.clone(), exp);
+                }
+                if spec.shape.format.is_some()
+                    && let Ok(b) = crate::certificate::bundle(spec, f)
+                {
+                    s.certificate_expires.insert(spec.name.clone(), b.not_after);
                 }
             }
         }
@@ -159,7 +169,11 @@ impl Refresher {
         let changed: Vec<bool> = old
             .iter()
             .zip(&values)
-            .map(|(a, b)| a.version != b.version || a.value != b.value)
+            .map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => a.version != b.version || a.value != b.value,
+                (None, None) => false,
+                _ => true, // an optional secret appeared or went
+            })
             .collect();
         let written = match sync_outputs(&self.opts, &self.session.plan, &values) {
             Ok(w) => w,
@@ -181,8 +195,8 @@ impl Refresher {
                 &[
                     ("secret", &spec.name),
                     ("vault", &spec.vault.url),
-                    ("old_version", &old[i].version),
-                    ("new_version", &values[i].version),
+                    ("old_version", version(&old[i])),
+                    ("new_version", version(&values[i])),
                 ],
             );
             *self.lock().changes.entry(spec.name.clone()).or_default() += 1;
@@ -240,4 +254,9 @@ impl Refresher {
         }
         Ok(Outcome::Failed)
     }
+}
+
+/// A version id for the log, or `absent` for an optional secret that is not there.
+fn version(f: &Option<Fetched>) -> &str {
+    f.as_ref().map_or("absent", |f| f.version.as_str())
 }

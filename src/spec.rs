@@ -6,6 +6,7 @@
 //! the user vouched for with `--resource`), and only over `https` (`http` for loopback only).
 
 use crate::error::Error;
+use crate::shape::{self, Shape};
 use crate::url::{self, Url};
 
 /// Known Key Vault DNS suffixes and the token audience each implies.
@@ -55,6 +56,8 @@ pub struct SecretSpec {
     pub vault: Vault,
     pub name: String,
     pub version: Option<String>,
+    /// What is written: the value, or the part of it the spec's options ask for.
+    pub shape: Shape,
 }
 
 impl SecretSpec {
@@ -324,9 +327,14 @@ pub fn check_loopback_vaults(
 /// secret identifier; an identifier naming `--vault`'s own origin gets its audience (vouched or
 /// not), any other host only what its DNS suffix implies.
 pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
-    let (alias, reference) = match text.split_once('=') {
+    // The first `?` starts the options; an `=` before it ends the alias.
+    let (head, shape) = match text.split_once('?') {
+        Some((head, options)) => (head, shape::parse(options, text)?),
+        None => (text, Shape::default()),
+    };
+    let (alias, reference) = match head.split_once('=') {
         Some((a, r)) => (Some(a.trim().to_string()), r.trim()),
-        None => (None, text.trim()),
+        None => (None, head.trim()),
     };
     if alias.as_deref() == Some("") {
         return Err(Error::Usage(format!(
@@ -362,6 +370,7 @@ pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpe
         vault,
         name,
         version,
+        shape,
     })
 }
 

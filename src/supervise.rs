@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 use crate::cli::{OnChange, Options};
 use crate::error::Error;
 use crate::exec::{check_exec_size, child_env, exec_error};
-use crate::fetch::Session;
+use crate::fetch::{Session, Values};
 use crate::health::HEARTBEAT;
-use crate::keyvault::Fetched;
 use crate::refresh::{Event, Outcome, Refresher};
 use crate::{health, log, signals};
 
@@ -90,7 +89,7 @@ struct Supervisor<'a> {
 pub fn run(
     opts: &Options,
     session: Session,
-    values: Vec<Fetched>,
+    values: Values,
     base_env: Env,
     program: PathBuf,
     argv: &[String],

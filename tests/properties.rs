@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use kvfetch::spec::{self, CLOUDS};
-use kvfetch::{Error, cli, identity, reference, url};
+use kvfetch::{Error, cli, encoding, identity, reference, shape, url};
 use proptest::prelude::*;
 use ureq::http::{HeaderValue, Uri};
 
@@ -131,7 +131,8 @@ proptest! {
         prop_assert!(reference::is_reference(&value));
         match reference::parse("V", &value, None) {
             Ok(s) => {
-                prop_assert!(lead.is_empty() && gap.is_empty());
+                // White space around a reference is tolerated; quotes and a gap before `(` are not.
+                prop_assert!(lead.trim().is_empty() && gap.is_empty(), "{:?}", value);
                 prop_assert_eq!(connected_to(&s.vault.url).map(|h| h.0), Some(s.vault.host.clone()));
             }
             Err(e) => prop_assert!(matches!(e, Error::Usage(_)), "{}", e),
@@ -185,6 +186,90 @@ proptest! {
         prop_assert!(clean, "{:?}", escaped);
         if !text.chars().any(char::is_control) && !text.contains(['\u{2028}', '\u{2029}']) {
             prop_assert_eq!(escaped, text);
+        }
+    }
+
+    #[test]
+    fn spec_options_parse_or_are_usage_errors(
+        options in prop::collection::vec(
+            prop_oneof![
+                Just("optional".to_string()),
+                "(format|json|decode|colour)=[a-z0-9/~=?&]{0,8}",
+                "[a-z=&?/~]{0,6}",
+            ],
+            0..4,
+        ),
+    ) {
+        let default = spec::parse_vault("https://127.0.0.1:8443", None).unwrap();
+        let text = format!("A=c?{}", options.join("&"));
+        match spec::parse_spec(&text, Some(&default)) {
+            Ok(s) => {
+                prop_assert_eq!((s.alias.as_deref(), s.name.as_str()), (Some("A"), "c"));
+                let shape = s.shape;
+                prop_assert!(shape.format.is_none() || (shape.json.is_none() && shape.decode.is_none()));
+                prop_assert!(shape.json.as_deref().is_none_or(|p| p.is_empty() || p.starts_with('/')));
+            }
+            Err(e) => prop_assert!(matches!(e, Error::Usage(_)), "{}", e),
+        }
+    }
+
+    #[test]
+    fn decoders_round_trip_and_never_panic(
+        data in prop::collection::vec(any::<u8>(), 0..64),
+        junk in "[ -~\n]{0,40}",
+    ) {
+        let b64 = encoding::base64_encode(&data);
+        prop_assert_eq!(encoding::base64_strict(&b64, false).unwrap(), data.clone());
+        let url: String = b64.trim_end_matches('=').chars().map(|c| match c { '+' => '-', '/' => '_', c => c }).collect();
+        prop_assert_eq!(encoding::base64_strict(&url, true).unwrap(), data.clone());
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        prop_assert_eq!(encoding::hex_strict(&hex).unwrap(), data);
+        // Strict: whatever decodes re-encodes to the same text (white space and padding aside).
+        if let Ok(bytes) = encoding::base64_strict(&junk, false) {
+            let canonical: String = junk.chars().filter(|c| !c.is_ascii_whitespace() && *c != '=').collect();
+            let again = encoding::base64_encode(&bytes);
+            prop_assert_eq!(again.trim_end_matches('='), canonical.as_str());
+        }
+        let _ = encoding::hex_strict(&junk);
+    }
+
+    #[test]
+    fn damaged_certificate_secrets_are_refused_never_a_panic(
+        which in 0usize..4,
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let (file, content_type) = [
+            ("rsa-3des.pfx.b64", "application/x-pkcs12"),
+            ("ec-aes.pfx.b64", "application/x-pkcs12"),
+            ("rsa-nomac.pfx.b64", "application/x-pkcs12"),
+            ("mixed.pem", "application/x-pem-file"),
+        ][which];
+        let text = std::fs::read_to_string(format!("{}/tests/fixtures/certs/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let value = if content_type.ends_with("pkcs12") {
+            let mut der = encoding::base64_strict(&text, false).unwrap();
+            for (at, x) in &flips {
+                let i = at.index(der.len());
+                der[i] ^= x;
+            }
+            if let Some(c) = cut {
+                der.truncate(c.index(der.len()));
+            }
+            encoding::base64_encode(&der)
+        } else {
+            let mut bytes = text.into_bytes();
+            for (at, x) in &flips {
+                let i = at.index(bytes.len());
+                bytes[i] = b"A/+=-\n"[usize::from(*x) % 6];
+            }
+            String::from_utf8(bytes).unwrap()
+        };
+        let default = spec::parse_vault("https://127.0.0.1:8443", None).unwrap();
+        let s = spec::parse_spec("c?format=pem", Some(&default)).unwrap();
+        let body = serde_json::json!({"value": value, "id": "x/1", "contentType": content_type}).to_string();
+        let f = kvfetch::keyvault::parse_bundle(&body).unwrap();
+        if let Err(e) = shape::apply(&s, &f) {
+            prop_assert!(matches!(e, Error::NotFound(_)), "{}", e);
         }
     }
 }

@@ -398,6 +398,20 @@ impl Emulator {
         self.world().set_enabled(name, enabled)
     }
 
+    /// Add a version of `name` holding a certificate as Key Vault stores one (see
+    /// [`Certificate`]); returns the version id.
+    pub fn set_certificate(&self, name: &str, certificate: Certificate) -> String {
+        let (value, content_type) = certificate.secret();
+        self.set_secret_with(
+            name,
+            SecretInput {
+                value: value.trim().to_string(),
+                content_type: Some(content_type.into()),
+                ..Default::default()
+            },
+        )
+    }
+
     /// Soft-delete `name`.
     pub fn delete_secret(&self, name: &str) -> bool {
         self.world().delete(name)
@@ -633,4 +647,42 @@ fn with_kv_headers(response: Response) -> Response {
         .with_header("x-ms-keyvault-region", "emulator")
         .with_header("x-ms-keyvault-service-version", "1.9.0.0")
         .with_header("x-ms-request-id", &state::guid(&state::version_id()))
+}
+
+/// Certificate secrets the emulator serves, made by OpenSSL (`scripts/make-cert-fixtures`):
+/// a root → intermediate → leaf chain, stored the ways Key Vault stores certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Certificate {
+    /// RSA leaf, PFX with PBES1 SHA1-3DES (Windows, .NET, Key Vault), chain stored root first.
+    RsaPfx3des,
+    /// RSA leaf, PFX with PBES2 AES-256 (OpenSSL 3).
+    RsaPfxAes,
+    /// EC P-256 leaf, PFX with PBES2 AES-256.
+    EcPfxAes,
+    /// EC P-256 leaf, PFX with PBES1 SHA1-3DES.
+    EcPfx3des,
+    /// RSA leaf as PEM: intermediate, key, root, leaf (mixed order).
+    RsaPemMixed,
+    /// A PFX protected by a password (Key Vault's have none).
+    RsaPfxPassword,
+}
+
+impl Certificate {
+    /// The secret's value and content type.
+    pub fn secret(self) -> (&'static str, &'static str) {
+        const PKCS12: &str = "application/x-pkcs12";
+        macro_rules! fixture {
+            ($name:literal) => {
+                include_str!(concat!("../../tests/fixtures/certs/", $name))
+            };
+        }
+        match self {
+            Certificate::RsaPfx3des => (fixture!("rsa-3des.pfx.b64"), PKCS12),
+            Certificate::RsaPfxAes => (fixture!("rsa-aes.pfx.b64"), PKCS12),
+            Certificate::EcPfxAes => (fixture!("ec-aes.pfx.b64"), PKCS12),
+            Certificate::EcPfx3des => (fixture!("ec-3des.pfx.b64"), PKCS12),
+            Certificate::RsaPemMixed => (fixture!("mixed.pem"), "application/x-pem-file"),
+            Certificate::RsaPfxPassword => (fixture!("rsa-password.pfx.b64"), PKCS12),
+        }
+    }
 }

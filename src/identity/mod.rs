@@ -23,7 +23,7 @@ mod cache;
 mod cloud_shell;
 mod imds;
 mod service_fabric;
-mod token;
+pub(crate) mod token;
 mod workload;
 
 use std::collections::HashMap;

@@ -252,7 +252,8 @@ fn parse_date(s: &str) -> Option<u64> {
     u64::try_from(days * 86400 + hour * 3600 + min * 60 + sec - offset).ok()
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;

@@ -433,6 +433,24 @@ pub fn same_path(a: &Path, b: &Path) -> bool {
 /// The capability bit that allows `chown` to anyone (linux/capability.h).
 const CAP_CHOWN: u32 = 0;
 
+/// Remove the output at `path` (a file, or a symlink someone put there, never what it points
+/// to); `Ok(false)` when nothing is there. A directory is left alone and is an error.
+pub fn remove_file(path: &Path) -> Result<bool, Error> {
+    let fail = |e: io::Error| {
+        let msg = format!("cannot remove {}: {e}", path.display());
+        Error::from_io(&e, Error::Output, msg)
+    };
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(fail(e)),
+        Ok(m) if m.is_dir() => Err(Error::Output(format!(
+            "{} is a directory where the file of an absent optional secret was; remove it",
+            path.display()
+        ))),
+        Ok(_) => fs::remove_file(path).map(|()| true).map_err(fail),
+    }
+}
+
 /// Whether the file at `path` is not exactly `bytes` with the mode (and owner) of `opts`: missing,
 /// not a regular file, another mode or owner, or other bytes. The file is opened without
 /// following a symlink and without blocking (a FIFO swapped in cannot hang the caller), judged

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub mod deploy;
 
 pub use deploy::*;
-pub use kvfetch_emulator::{Emulator, Fault, Identity, SecretInput};
+pub use kvfetch_emulator::{Certificate, Emulator, Fault, Identity, SecretInput};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kvfetch");
 

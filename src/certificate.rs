@@ -1,0 +1,624 @@
+//! `format=`: a certificate secret as the files TLS servers read. Key Vault keeps a
+//! certificate's private part as a secret of the same name, either a base64 PFX
+//! (`application/x-pkcs12`, empty password) or PEM text (`application/x-pem-file`, key and
+//! certificates in any order). nginx, Envoy and Kestrel want the key and the chain apart, the
+//! chain ordered leaf → root, so kvfetch finds the leaf by its key and orders the rest by issuer
+//! rather than trusting the order stored.
+//!
+//! Errors name the secret and what is wrong with it, never a byte of the key.
+
+use crate::der::{self, Reader, read_tlv, tlv};
+use crate::encoding;
+use crate::error::Error;
+use crate::keyvault::Fetched;
+use crate::shape::CertFormat;
+use crate::spec::SecretSpec;
+
+const PKCS12: &str = "application/x-pkcs12";
+const PEM: &str = "application/x-pem-file";
+
+/// A private key (PKCS#8 DER, if the secret holds one) and certificates (DER), as stored.
+type Parts = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
+/// A certificate secret taken apart: the private key (PKCS#8 DER) and the certificates (DER),
+/// leaf first, then each one's issuer up to the root as far as the secret holds them.
+pub struct Bundle {
+    key: Option<Vec<u8>>,
+    pub chain: Vec<Vec<u8>>,
+    /// The leaf's notAfter (Unix seconds).
+    pub not_after: i64,
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if let Some(k) = &mut self.key {
+            k.iter_mut().for_each(|b| *b = 0);
+        }
+    }
+}
+
+/// Whether `f` is a certificate secret (either content type Key Vault stores certificates as).
+pub fn is_certificate(f: &Fetched) -> bool {
+    matches!(kind(f), Some(PKCS12 | PEM))
+}
+
+/// The content type without parameters, lower-cased.
+fn kind(f: &Fetched) -> Option<&'static str> {
+    let ct = f.content_type.as_deref()?;
+    let base = ct.split(';').next().unwrap_or_default().trim();
+    [PKCS12, PEM]
+        .into_iter()
+        .find(|k| base.eq_ignore_ascii_case(k))
+}
+
+/// The bytes `format` asks for from the certificate secret `f`.
+pub fn extract(spec: &SecretSpec, f: &Fetched, format: CertFormat) -> Result<Vec<u8>, Error> {
+    if format == CertFormat::Pfx {
+        if kind(f) != Some(PKCS12) {
+            return Err(not_a(
+                spec,
+                f,
+                "format=pfx needs a PFX (application/x-pkcs12)",
+            ));
+        }
+        let pfx = pfx_bytes(spec, f)?;
+        // Checked, so a secret that is not a PFX is refused rather than written.
+        parse_pfx(spec, &pfx)?;
+        return Ok(pfx);
+    }
+    let bundle = bundle(spec, f)?;
+    let mut out = String::new();
+    if matches!(format, CertFormat::Pem | CertFormat::Key) {
+        let key = bundle.key.as_deref().ok_or_else(|| {
+            broken(
+                spec,
+                "it holds no private key (an exportable certificate's secret has one)",
+            )
+        })?;
+        out.push_str(&pem_block("PRIVATE KEY", key));
+    }
+    let certs = match format {
+        CertFormat::Key => &[][..],
+        CertFormat::Cert => &bundle.chain[..1],
+        _ => &bundle.chain[..],
+    };
+    for der in certs {
+        out.push_str(&pem_block("CERTIFICATE", der));
+    }
+    Ok(out.into_bytes())
+}
+
+/// Take the certificate secret `f` apart (for `format=` and the expiry metric).
+pub fn bundle(spec: &SecretSpec, f: &Fetched) -> Result<Bundle, Error> {
+    let (key, certs) = match kind(f) {
+        Some(PKCS12) => parse_pfx(spec, &pfx_bytes(spec, f)?)?,
+        Some(_) => parse_pem(spec, &f.value)?,
+        None => return Err(not_a(spec, f, "format= reads certificates only")),
+    };
+    if certs.is_empty() {
+        return Err(broken(spec, "it holds no certificate"));
+    }
+    let parsed = certs
+        .iter()
+        .map(|c| parse_cert(c))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            broken(
+                spec,
+                "a certificate in it is not X.509 DER kvfetch can read",
+            )
+        })?;
+    let leaf = leaf_index(&parsed, key.as_deref())
+        .ok_or_else(|| broken(spec, "its private key matches none of its certificates"))?;
+    let mut order = vec![leaf];
+    while let Some(&last) = order.last() {
+        let cert = &parsed[last];
+        if cert.subject == cert.issuer {
+            break; // self-signed: the root
+        }
+        match (0..parsed.len()).find(|i| !order.contains(i) && parsed[*i].subject == cert.issuer) {
+            Some(next) => order.push(next),
+            None => break,
+        }
+    }
+    if order.len() < parsed.len() {
+        crate::log::warn(
+            "a certificate secret holds certificates outside the leaf's chain; they are left out",
+            &[
+                ("secret", &spec.reference()),
+                ("left_out", &(parsed.len() - order.len()).to_string()),
+            ],
+        );
+    }
+    let not_after = parsed[leaf].not_after;
+    Ok(Bundle {
+        chain: order.iter().map(|i| certs[*i].clone()).collect(),
+        key,
+        not_after,
+    })
+}
+
+/// The leaf: the certificate whose public key is the private key's. Without a key (a PEM of
+/// certificates only), or a key whose public half cannot be read, the one certificate that
+/// issued none of the others.
+fn leaf_index(certs: &[Cert], key: Option<&[u8]>) -> Option<usize> {
+    if let Some(public) = key.and_then(public_key_of) {
+        return certs.iter().position(|c| c.public_key == public.as_slice());
+    }
+    let issues_another = |i: usize| {
+        certs
+            .iter()
+            .enumerate()
+            .any(|(j, other)| j != i && other.issuer == certs[i].subject)
+    };
+    let ends: Vec<usize> = (0..certs.len()).filter(|i| !issues_another(*i)).collect();
+    (ends.len() == 1).then(|| ends[0])
+}
+
+/// The fields of an X.509 certificate kvfetch needs: names (compared as encoded), the
+/// subjectPublicKey bits, and notAfter.
+struct Cert<'a> {
+    issuer: &'a [u8],
+    subject: &'a [u8],
+    public_key: &'a [u8],
+    not_after: i64,
+}
+
+/// Certificate { tbsCertificate { [0] version?, serial, signature, issuer, validity, subject,
+/// subjectPublicKeyInfo, … }, signatureAlgorithm, signature }.
+fn parse_cert(der_bytes: &[u8]) -> Option<Cert<'_>> {
+    let mut cert = Reader::new(der_bytes).sequence()?;
+    let mut tbs = cert.sequence()?;
+    tbs.optional(der::CONTEXT_0);
+    tbs.expect(der::INTEGER)?;
+    tbs.sequence()?;
+    let (_, _, issuer) = tbs.next_tlv().filter(|t| t.0 == der::SEQUENCE)?;
+    let mut validity = tbs.sequence()?;
+    validity.next_tlv()?;
+    let (tag, not_after, _) = validity.next_tlv()?;
+    let (_, _, subject) = tbs.next_tlv().filter(|t| t.0 == der::SEQUENCE)?;
+    let mut spki = tbs.sequence()?;
+    spki.sequence()?;
+    let bits = spki.expect(der::BIT_STRING)?;
+    let (unused, public_key) = bits.split_first()?;
+    (*unused == 0).then_some(())?;
+    Some(Cert {
+        issuer,
+        subject,
+        public_key,
+        not_after: der::time(tag, not_after)?,
+    })
+}
+
+fn pfx_bytes(spec: &SecretSpec, f: &Fetched) -> Result<Vec<u8>, Error> {
+    encoding::base64_strict(&f.value, false)
+        .map_err(|why| broken(spec, &format!("its PFX is not base64 ({why})")))
+}
+
+/// A PFX as Key Vault stores it (empty password): its first key and every certificate.
+fn parse_pfx(spec: &SecretSpec, pfx: &[u8]) -> Result<Parts, Error> {
+    let contents = crate::pkcs12::open(pfx).map_err(|why| broken(spec, &why))?;
+    Ok((contents.key, contents.certs))
+}
+
+/// PEM text: one private key (PKCS#8, or PKCS#1 RSA / SEC1 EC, converted to PKCS#8) and the
+/// certificates, in any order; other blocks are refused.
+fn parse_pem(spec: &SecretSpec, text: &str) -> Result<Parts, Error> {
+    let mut key = None;
+    let mut certs = Vec::new();
+    for block in pem_blocks(text).map_err(|why| broken(spec, &why))? {
+        let (label, der) = block;
+        let pkcs8 = match label.as_str() {
+            "CERTIFICATE" => {
+                certs.push(der);
+                continue;
+            }
+            "PRIVATE KEY" => der,
+            "RSA PRIVATE KEY" => pkcs8_wrap(&RSA_ALGORITHM, &der),
+            "EC PRIVATE KEY" => {
+                let curve = sec1_curve(&der)
+                    .ok_or_else(|| broken(spec, "its EC PRIVATE KEY names no curve"))?;
+                let mut alg = EC_ALGORITHM.to_vec();
+                alg.extend_from_slice(&curve);
+                pkcs8_wrap(&tlv(0x30, &alg), &without_parameters(&der))
+            }
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err(broken(
+                    spec,
+                    "its private key is encrypted; store it unencrypted (Key Vault protects it)",
+                ));
+            }
+            other => {
+                return Err(broken(
+                    spec,
+                    &format!("it holds a PEM block kvfetch does not read ({other:?})"),
+                ));
+            }
+        };
+        if key.replace(pkcs8).is_some() {
+            return Err(broken(spec, "it holds more than one private key"));
+        }
+    }
+    Ok((key, certs))
+}
+
+/// `(label, DER)` of each `-----BEGIN …-----` block.
+fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start + 11..];
+        let (label, body) = after
+            .split_once("-----")
+            .ok_or("a PEM header is not closed")?;
+        let end = format!("-----END {label}-----");
+        let (b64, tail) = body
+            .split_once(&end)
+            .ok_or_else(|| format!("a {label} block has no END line"))?;
+        let der = encoding::base64_strict(b64, false)
+            .map_err(|why| format!("a {label} block is not base64 ({why})"))?;
+        blocks.push((label.to_string(), der));
+        rest = tail;
+    }
+    if blocks.is_empty() {
+        return Err("it holds no PEM block".into());
+    }
+    Ok(blocks)
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let b64 = encoding::base64_encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn not_a(spec: &SecretSpec, f: &Fetched, why: &str) -> Error {
+    Error::NotFound(format!(
+        "secret {} has content type {}, which is not a certificate that {why} (--secret {:?}); point it at a certificate's secret, or drop format=",
+        spec.reference(),
+        f.content_type
+            .as_deref()
+            .map_or("(none)".to_string(), |c| format!("{c:?}")),
+        spec.text
+    ))
+}
+
+fn broken(spec: &SecretSpec, why: &str) -> Error {
+    Error::NotFound(format!(
+        "secret {} is a certificate kvfetch cannot use: {why} (--secret {:?}); re-import the certificate into Key Vault",
+        spec.reference(),
+        spec.text
+    ))
+}
+
+// --- A little DER: enough to find a private key's public half and to wrap old key formats.
+
+/// AlgorithmIdentifier of rsaEncryption (with its NULL parameters).
+const RSA_ALGORITHM: [u8; 15] = [
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+/// The OID of id-ecPublicKey (the curve follows it in the AlgorithmIdentifier).
+const EC_ALGORITHM: [u8; 9] = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }.
+fn pkcs8_wrap(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(algorithm);
+    body.extend(tlv(0x04, key));
+    tlv(0x30, &body)
+}
+
+/// The curve OID TLV in a SEC1 ECPrivateKey's `[0]` parameters.
+fn sec1_curve(sec1: &[u8]) -> Option<Vec<u8>> {
+    let (_, mut body, _) = read_tlv(sec1).filter(|t| t.0 == 0x30)?;
+    while let Some((tag, content, rest)) = read_tlv(body) {
+        if tag == 0xa0 {
+            let (t, oid, _) = read_tlv(content).filter(|t| t.0 == 0x06)?;
+            return Some(tlv(t, oid));
+        }
+        body = rest;
+    }
+    None
+}
+
+/// A SEC1 ECPrivateKey without its `[0]` curve parameters, which PKCS#8 carries in the
+/// AlgorithmIdentifier instead (as OpenSSL writes it).
+fn without_parameters(sec1: &[u8]) -> Vec<u8> {
+    let Some((_, mut body, _)) = read_tlv(sec1) else {
+        return sec1.to_vec();
+    };
+    let mut kept = Vec::with_capacity(body.len());
+    while let Some((tag, content, rest)) = read_tlv(body) {
+        if tag != 0xa0 {
+            kept.extend(tlv(tag, content));
+        }
+        body = rest;
+    }
+    tlv(0x30, &kept)
+}
+
+/// The public key, as a certificate's subjectPublicKey holds it, of a PKCS#8 private key: an
+/// RSA key's `RSAPublicKey { modulus, publicExponent }`, or the point an EC key carries.
+fn public_key_of(pkcs8: &[u8]) -> Option<Vec<u8>> {
+    let (_, info, _) = read_tlv(pkcs8).filter(|t| t.0 == 0x30)?;
+    let (_, _version, rest) = read_tlv(info).filter(|t| t.0 == 0x02)?;
+    let (_, algorithm, rest) = read_tlv(rest).filter(|t| t.0 == 0x30)?;
+    let (_, key, _) = read_tlv(rest).filter(|t| t.0 == 0x04)?;
+    let (_, oid, _) = read_tlv(algorithm).filter(|t| t.0 == 0x06)?;
+    let (_, fields, _) = read_tlv(key).filter(|t| t.0 == 0x30)?;
+    if oid == &RSA_ALGORITHM[4..13] {
+        // RSAPrivateKey { version, modulus, publicExponent, … }
+        let (_, _, rest) = read_tlv(fields)?;
+        let (_, modulus, rest) = read_tlv(rest).filter(|t| t.0 == 0x02)?;
+        let (_, exponent, _) = read_tlv(rest).filter(|t| t.0 == 0x02)?;
+        let mut body = tlv(0x02, modulus);
+        body.extend(tlv(0x02, exponent));
+        return Some(tlv(0x30, &body));
+    }
+    if oid == &EC_ALGORITHM[2..] {
+        // ECPrivateKey { version, privateKey, [0] parameters OPTIONAL, [1] publicKey OPTIONAL }
+        let mut rest = fields;
+        while let Some((tag, content, next)) = read_tlv(rest) {
+            if tag == 0xa1 {
+                let (_, bits, _) = read_tlv(content).filter(|t| t.0 == 0x03)?;
+                // A BIT STRING's first byte counts its unused bits (0 for a point).
+                return bits
+                    .split_first()
+                    .filter(|(u, _)| **u == 0)
+                    .map(|(_, p)| p.to_vec());
+            }
+            rest = next;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_are_read_strictly() {
+        let text = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            pem_blocks(text).unwrap(),
+            vec![("CERTIFICATE".to_string(), vec![0, 1, 2])]
+        );
+        assert!(
+            pem_blocks("-----BEGIN X-----\nAAEC\n").is_err(),
+            "no END line"
+        );
+        assert!(pem_blocks("-----BEGIN X-----\nAA*C\n-----END X-----").is_err());
+        assert!(pem_blocks("no pem here").is_err());
+        assert_eq!(
+            pem_blocks(&pem_block("PRIVATE KEY", &[9; 100])).unwrap(),
+            vec![("PRIVATE KEY".to_string(), vec![9; 100])]
+        );
+    }
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!("../tests/fixtures/certs/", $name))
+        };
+    }
+
+    fn spec(text: &str) -> SecretSpec {
+        let vault = crate::spec::parse_vault("https://127.0.0.1:8443", None).unwrap();
+        crate::spec::parse_spec(text, Some(&vault)).unwrap()
+    }
+
+    fn secret(value: &str, content_type: Option<&str>) -> Fetched {
+        let mut f = crate::keyvault::parse_bundle(r#"{"value":"","id":"x/1"}"#).unwrap();
+        f.value = value.trim().to_string();
+        f.content_type = content_type.map(String::from);
+        f
+    }
+
+    fn out(text: &str, f: &Fetched) -> Result<String, Error> {
+        let s = spec(text);
+        let format = s.shape.format.unwrap();
+        extract(&s, f, format).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    /// The (label, DER) blocks of PEM text, to compare by content and not by line wrapping.
+    fn blocks(text: &str) -> Vec<(String, Vec<u8>)> {
+        pem_blocks(text).unwrap()
+    }
+
+    #[test]
+    fn every_pfx_and_the_mixed_pem_give_the_key_and_the_chain_leaf_to_root() {
+        let (root, inter) = (blocks(fixture!("root.pem")), blocks(fixture!("inter.pem")));
+        let cases = [
+            ("rsa-aes.pfx.b64", PKCS12, "rsa"),
+            ("rsa-3des.pfx.b64", PKCS12, "rsa"),
+            ("rsa-nomac.pfx.b64", PKCS12, "rsa"),
+            ("ec-aes.pfx.b64", PKCS12, "ec"),
+            ("ec-3des.pfx.b64", PKCS12, "ec"),
+            ("mixed.pem", PEM, "rsa"),
+        ];
+        for (file, ct, kind) in cases {
+            let value = match file {
+                "rsa-aes.pfx.b64" => fixture!("rsa-aes.pfx.b64"),
+                "rsa-3des.pfx.b64" => fixture!("rsa-3des.pfx.b64"),
+                "rsa-nomac.pfx.b64" => fixture!("rsa-nomac.pfx.b64"),
+                "ec-aes.pfx.b64" => fixture!("ec-aes.pfx.b64"),
+                "ec-3des.pfx.b64" => fixture!("ec-3des.pfx.b64"),
+                _ => fixture!("mixed.pem"),
+            };
+            let (key, leaf) = match kind {
+                "rsa" => (fixture!("leaf-rsa.key"), fixture!("leaf-rsa.pem")),
+                _ => (fixture!("leaf-ec.key"), fixture!("leaf-ec.pem")),
+            };
+            let (key, leaf) = (blocks(key), blocks(leaf));
+            let f = secret(value, Some(ct));
+            let chain: Vec<_> = [&leaf, &inter, &root]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            assert_eq!(blocks(&out("c?format=key", &f).unwrap()), key, "{file}");
+            assert_eq!(blocks(&out("c?format=cert", &f).unwrap()), leaf, "{file}");
+            assert_eq!(blocks(&out("c?format=chain", &f).unwrap()), chain, "{file}");
+            let pem: Vec<_> = key.iter().chain(&chain).cloned().collect();
+            assert_eq!(blocks(&out("c?format=pem", &f).unwrap()), pem, "{file}");
+        }
+    }
+
+    #[test]
+    fn old_key_encodings_are_written_as_pkcs8() {
+        let chain = [fixture!("inter.pem"), fixture!("root.pem")].concat();
+        for (key, pkcs8, leaf) in [
+            (
+                fixture!("leaf-rsa.pkcs1.key"),
+                fixture!("leaf-rsa.key"),
+                fixture!("leaf-rsa.pem"),
+            ),
+            (
+                fixture!("leaf-ec.sec1.key"),
+                fixture!("leaf-ec.key"),
+                fixture!("leaf-ec.pem"),
+            ),
+        ] {
+            let f = secret(&[chain.as_str(), key, leaf].concat(), Some(PEM));
+            assert_eq!(blocks(&out("c?format=key", &f).unwrap()), blocks(pkcs8));
+            assert_eq!(blocks(&out("c?format=cert", &f).unwrap()), blocks(leaf));
+        }
+    }
+
+    #[test]
+    fn pfx_is_the_decoded_bytes_and_only_from_a_pfx() {
+        let b64 = fixture!("rsa-3des.pfx.b64");
+        let f = secret(b64, Some("application/x-pkcs12"));
+        let s = spec("c?format=pfx");
+        let bytes = extract(&s, &f, CertFormat::Pfx).unwrap();
+        assert_eq!(encoding::base64_encode(&bytes), b64.trim());
+        let e = extract(
+            &s,
+            &secret(fixture!("mixed.pem"), Some(PEM)),
+            CertFormat::Pfx,
+        );
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("format=pfx needs a PFX")
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_secret_and_its_content_type_and_never_key_bytes() {
+        let key = fixture!("leaf-rsa.key");
+        let key_line = key.lines().nth(1).unwrap();
+        let password = fixture!("rsa-password.pfx.b64");
+        let cases: [(&str, Fetched, &str); 8] = [
+            (
+                "c?format=key",
+                secret(password, Some(PKCS12)),
+                "does not open with the empty password",
+            ),
+            ("c?format=key", secret("plain", None), "content type (none)"),
+            (
+                "c?format=chain",
+                secret("x", Some("text/plain")),
+                "content type \"text/plain\"",
+            ),
+            (
+                "c?format=key",
+                secret("AAAA*", Some(PKCS12)),
+                "its PFX is not base64",
+            ),
+            (
+                "c?format=key",
+                secret("AAAA", Some(PKCS12)),
+                "its PFX is malformed (not a PFX)",
+            ),
+            (
+                "c?format=key",
+                secret(fixture!("leaf-rsa.pem"), Some(PEM)),
+                "holds no private key",
+            ),
+            (
+                "c?format=cert",
+                secret(&[key, fixture!("leaf-ec.pem")].concat(), Some(PEM)),
+                "matches none of its certificates",
+            ),
+            (
+                "c?format=key",
+                secret(&[key, key, fixture!("leaf-rsa.pem")].concat(), Some(PEM)),
+                "more than one private key",
+            ),
+        ];
+        for (text, f, says) in cases {
+            let e = out(text, &f).unwrap_err();
+            let m = e.to_string();
+            assert!(matches!(e, Error::NotFound(_)), "{m}");
+            assert!(
+                m.contains(says) && m.contains("secret c "),
+                "{text} {says}: {m}"
+            );
+            assert!(!m.contains(&key_line[..20]), "{m}");
+        }
+    }
+
+    #[test]
+    fn the_chain_leaves_out_unrelated_certificates_and_reads_content_type_parameters() {
+        let text = [fixture!("mixed.pem"), fixture!("other.pem")].concat();
+        let f = secret(&text, Some("Application/X-PEM-File; charset=utf-8"));
+        let chain = out("c?format=chain", &f).unwrap();
+        assert_eq!(blocks(&chain).len(), 3);
+        assert!(!blocks(&chain).contains(&blocks(fixture!("other.pem"))[0]));
+        // Without a key the leaf is the certificate that issued none of the others.
+        let certs = [
+            fixture!("root.pem"),
+            fixture!("leaf-rsa.pem"),
+            fixture!("inter.pem"),
+        ]
+        .concat();
+        let chain = out("c?format=chain", &secret(&certs, Some(PEM))).unwrap();
+        assert_eq!(blocks(&chain)[0], blocks(fixture!("leaf-rsa.pem"))[0]);
+    }
+
+    #[test]
+    fn the_leaf_not_after_is_read() {
+        let s = spec("c?format=cert");
+        let b = bundle(&s, &secret(fixture!("mixed.pem"), Some(PEM))).unwrap();
+        let leaf = std::process::Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-enddate",
+                "-in",
+                "tests/fixtures/certs/leaf-rsa.pem",
+            ])
+            .output();
+        match leaf {
+            Ok(out) if out.status.success() => {
+                // notAfter=Nov  6 05:43:00 2126 GMT
+                let text = String::from_utf8(out.stdout).unwrap();
+                let date = text.trim().strip_prefix("notAfter=").unwrap().to_string();
+                let secs = std::process::Command::new("date")
+                    .args(["-u", "-d", &date, "+%s"])
+                    .output()
+                    .unwrap();
+                let secs: i64 = String::from_utf8(secs.stdout)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                assert_eq!(b.not_after, secs, "{date}");
+            }
+            _ => println!(
+                "NOT CHECKED against openssl (not installed): notAfter is only range-checked"
+            ),
+        }
+        assert!(
+            b.not_after > 4_000_000_000,
+            "valid for a century: {}",
+            b.not_after
+        );
+    }
+}

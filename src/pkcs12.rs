@@ -1,0 +1,457 @@
+//! The part of PKCS#12 (RFC 7292) that certificate secrets use: open a PFX with the empty
+//! password Key Vault gives it, check its MAC, and collect its private key and certificates.
+//!
+//! Encryption schemes read: PBES2 (PBKDF2 with HMAC-SHA-1/256/384/512, AES-128/192/256-CBC or
+//! 3DES-CBC; what OpenSSL 3 and recent Windows write) and the PKCS#12 PBES1 schemes
+//! (SHA-1 with 3-key 3DES-CBC, 40- or 128-bit RC2-CBC; what Windows, .NET and older OpenSSL
+//! write). ring (already in the binary for TLS) gives SHA, HMAC and PBKDF2; the block ciphers are
+//! RustCrypto's. Only DER is read: a BER-encoded PFX (indefinite lengths) is refused by name.
+
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockDecryptMut, InnerIvInit, KeyInit, KeyIvInit};
+use ring::{digest, hmac, pbkdf2};
+
+use crate::der::{self, Reader};
+
+/// A PFX's contents: its first private key (PKCS#8 DER) and every certificate (DER).
+pub struct Contents {
+    pub key: Option<Vec<u8>>,
+    pub certs: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Contents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contents")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+// Object identifiers, as the content bytes of their DER encoding.
+const DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
+const ENCRYPTED_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x06];
+const KEY_BAG: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x01,
+];
+const SHROUDED_KEY_BAG: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x02,
+];
+const CERT_BAG: &[u8] = &[
+    0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x0a, 0x01, 0x03,
+];
+const X509_CERT: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x16, 0x01];
+const PBE_SHA1_3DES: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x03];
+const PBE_SHA1_RC2_128: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x05];
+const PBE_SHA1_RC2_40: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x06];
+const PBES2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d];
+const PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
+const HMAC_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x07];
+const HMAC_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x09];
+const HMAC_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x0a];
+const HMAC_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x0b];
+const AES128_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02];
+const AES192_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x16];
+const AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
+const DES_EDE3_CBC: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x03, 0x07];
+const SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
+const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
+
+/// Iteration counts beyond this are refused: a PFX cannot make kvfetch spin for minutes.
+const MAX_ITERATIONS: u32 = 10_000_000;
+
+type Result<T> = std::result::Result<T, String>;
+
+fn malformed(what: &str) -> String {
+    format!("its PFX is malformed ({what})")
+}
+
+/// Open `pfx` with the empty password.
+pub fn open(pfx: &[u8]) -> Result<Contents> {
+    let mut top = Reader::new(pfx);
+    let mut pfx_seq = top.sequence().ok_or_else(|| {
+        if pfx.get(1) == Some(&0x80) {
+            "its PFX is BER-encoded (indefinite lengths), which kvfetch does not read; re-export it as DER (e.g. openssl pkcs12 -export)".to_string()
+        } else {
+            malformed("not a PFX")
+        }
+    })?;
+    if pfx_seq.small_int() != Some(3) {
+        return Err(malformed("not version 3"));
+    }
+    let auth_safe = data_content(&mut pfx_seq.sequence().ok_or_else(|| malformed("authSafe"))?)?;
+    let mac = match pfx_seq.peek_tag() {
+        Some(der::SEQUENCE) => Some(pfx_seq.sequence().ok_or_else(|| malformed("macData"))?),
+        _ => None,
+    };
+    // The empty password is two zero bytes as a BMPString (most writers) or none at all.
+    let bmp = match mac {
+        Some(mut mac) => mac_password(&mut mac, auth_safe)?,
+        None => &[0, 0][..],
+    };
+    let mut contents = Contents {
+        key: None,
+        certs: Vec::new(),
+    };
+    let mut safes = Reader::new(auth_safe)
+        .sequence()
+        .ok_or_else(|| malformed("AuthenticatedSafe"))?;
+    while !safes.is_empty() {
+        let mut info = safes.sequence().ok_or_else(|| malformed("ContentInfo"))?;
+        let kind = info
+            .expect(der::OID)
+            .ok_or_else(|| malformed("content type"))?;
+        let bags = if kind == DATA {
+            let mut wrapped = info;
+            data_body(&mut wrapped)?.to_vec()
+        } else if kind == ENCRYPTED_DATA {
+            encrypted_data(&mut info, bmp)?
+        } else {
+            continue; // enveloped data (public-key privacy): not used for Key Vault certificates
+        };
+        read_bags(&bags, bmp, &mut contents)?;
+    }
+    Ok(contents)
+}
+
+/// A ContentInfo of type data: its OCTET STRING.
+fn data_content<'a>(info: &mut Reader<'a>) -> Result<&'a [u8]> {
+    if info.expect(der::OID) != Some(DATA) {
+        return Err("its PFX is signed with a public key (not password-protected), which kvfetch does not read".into());
+    }
+    data_body(info)
+}
+
+fn data_body<'a>(info: &mut Reader<'a>) -> Result<&'a [u8]> {
+    let explicit = info
+        .expect(der::CONTEXT_0)
+        .ok_or_else(|| malformed("content"))?;
+    Reader::new(explicit)
+        .expect(der::OCTET_STRING)
+        .ok_or_else(|| malformed("content is not an OCTET STRING"))
+}
+
+/// Check the MAC, trying both spellings of the empty password; the one that matches is the
+/// one the PFX's encryption uses too.
+fn mac_password<'a>(mac: &mut Reader, auth_safe: &[u8]) -> Result<&'a [u8]> {
+    let mut digest_info = mac.sequence().ok_or_else(|| malformed("MAC"))?;
+    let mut alg = digest_info
+        .sequence()
+        .ok_or_else(|| malformed("MAC algorithm"))?;
+    let oid = alg
+        .expect(der::OID)
+        .ok_or_else(|| malformed("MAC algorithm"))?;
+    let (hash, mac_alg) = match oid {
+        SHA1 => (
+            &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        ),
+        SHA256 => (&digest::SHA256, hmac::HMAC_SHA256),
+        SHA384 => (&digest::SHA384, hmac::HMAC_SHA384),
+        SHA512 => (&digest::SHA512, hmac::HMAC_SHA512),
+        _ => return Err("its PFX's MAC uses a hash kvfetch does not know".into()),
+    };
+    let expected = digest_info
+        .expect(der::OCTET_STRING)
+        .ok_or_else(|| malformed("MAC value"))?;
+    let salt = mac
+        .expect(der::OCTET_STRING)
+        .ok_or_else(|| malformed("MAC salt"))?;
+    let iterations = match mac.peek_tag() {
+        Some(der::INTEGER) => mac.small_int().ok_or_else(|| malformed("MAC iterations"))?,
+        _ => 1,
+    };
+    check_iterations(iterations)?;
+    for bmp in [&[0u8, 0][..], &[]] {
+        let key = kdf(hash, bmp, salt, 3, iterations, hash.output_len());
+        let key = hmac::Key::new(mac_alg, &key);
+        if hmac::verify(&key, auth_safe, expected).is_ok() {
+            return Ok(bmp);
+        }
+    }
+    Err("its PFX does not open with the empty password Key Vault uses (the MAC does not match); import the certificate with an empty password, or as PEM".into())
+}
+
+fn check_iterations(n: u32) -> Result<()> {
+    if n == 0 || n > MAX_ITERATIONS {
+        return Err(malformed("an iteration count of 0 or over 10 million"));
+    }
+    Ok(())
+}
+
+/// EncryptedData { version, EncryptedContentInfo { type, algorithm, [0] IMPLICIT content } }.
+fn encrypted_data(info: &mut Reader, bmp: &[u8]) -> Result<Vec<u8>> {
+    let explicit = info
+        .expect(der::CONTEXT_0)
+        .ok_or_else(|| malformed("encrypted data"))?;
+    let mut data = Reader::new(explicit)
+        .sequence()
+        .ok_or_else(|| malformed("encrypted data"))?;
+    data.small_int()
+        .ok_or_else(|| malformed("encrypted data version"))?;
+    let mut content = data
+        .sequence()
+        .ok_or_else(|| malformed("encrypted content"))?;
+    content.expect(der::OID);
+    let alg = content
+        .sequence()
+        .ok_or_else(|| malformed("encryption algorithm"))?;
+    let encrypted = content
+        .expect(der::CONTEXT_0_PRIMITIVE)
+        .ok_or_else(|| malformed("encrypted content"))?;
+    decrypt(alg, encrypted, bmp)
+}
+
+/// SafeContents: a SEQUENCE OF SafeBag { bagId, [0] bagValue, attributes OPTIONAL }.
+fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents) -> Result<()> {
+    let mut bags = Reader::new(bags)
+        .sequence()
+        .ok_or_else(|| malformed("SafeContents"))?;
+    while !bags.is_empty() {
+        let mut bag = bags.sequence().ok_or_else(|| malformed("SafeBag"))?;
+        let id = bag.expect(der::OID).ok_or_else(|| malformed("bag type"))?;
+        let value = bag
+            .expect(der::CONTEXT_0)
+            .ok_or_else(|| malformed("bag value"))?;
+        let key = match id {
+            KEY_BAG => Some(value.to_vec()),
+            SHROUDED_KEY_BAG => {
+                let mut info = Reader::new(value)
+                    .sequence()
+                    .ok_or_else(|| malformed("shrouded key"))?;
+                let alg = info.sequence().ok_or_else(|| malformed("key encryption"))?;
+                let data = info
+                    .expect(der::OCTET_STRING)
+                    .ok_or_else(|| malformed("shrouded key"))?;
+                Some(tlv_whole(&decrypt(alg, data, bmp)?)?)
+            }
+            CERT_BAG => {
+                let mut cert = Reader::new(value)
+                    .sequence()
+                    .ok_or_else(|| malformed("certificate bag"))?;
+                if cert.expect(der::OID) == Some(X509_CERT) {
+                    let explicit = cert
+                        .expect(der::CONTEXT_0)
+                        .ok_or_else(|| malformed("certificate"))?;
+                    let der = Reader::new(explicit)
+                        .expect(der::OCTET_STRING)
+                        .ok_or_else(|| malformed("certificate"))?;
+                    contents.certs.push(der.to_vec());
+                }
+                None
+            }
+            _ => None, // CRLs, secrets, nested safes: not part of a TLS certificate
+        };
+        if let Some(k) = key
+            && contents.key.is_none()
+        {
+            contents.key = Some(k);
+        }
+    }
+    Ok(())
+}
+
+/// The one TLV that decrypted bytes must be (a PrivateKeyInfo).
+fn tlv_whole(plain: &[u8]) -> Result<Vec<u8>> {
+    match der::read_tlv(plain) {
+        Some((der::SEQUENCE, _, [])) => Ok(plain.to_vec()),
+        _ => Err(malformed("a decrypted key is not a PrivateKeyInfo")),
+    }
+}
+
+/// Decrypt `data` with the password-based scheme `alg` (an AlgorithmIdentifier's content).
+fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8]) -> Result<Vec<u8>> {
+    let oid = alg
+        .expect(der::OID)
+        .ok_or_else(|| malformed("encryption algorithm"))?;
+    let mut params = alg
+        .sequence()
+        .ok_or_else(|| malformed("encryption parameters"))?;
+    let failed = || "its PFX does not decrypt with the empty password Key Vault uses".to_string();
+    if oid == PBES2 {
+        return pbes2(&mut params, data).ok_or_else(failed)?;
+    }
+    let salt = params
+        .expect(der::OCTET_STRING)
+        .ok_or_else(|| malformed("salt"))?;
+    let iterations = params.small_int().ok_or_else(|| malformed("iterations"))?;
+    check_iterations(iterations)?;
+    let sha1 = &digest::SHA1_FOR_LEGACY_USE_ONLY;
+    let mut buf = data.to_vec();
+    let plain = match oid {
+        PBE_SHA1_3DES => {
+            let key = kdf(sha1, bmp, salt, 1, iterations, 24);
+            let iv = kdf(sha1, bmp, salt, 2, iterations, 8);
+            cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
+                .map_err(|_| failed())?
+                .decrypt_padded_mut::<Pkcs7>(&mut buf)
+                .map(<[u8]>::to_vec)
+        }
+        PBE_SHA1_RC2_40 | PBE_SHA1_RC2_128 => {
+            let bits = if oid == PBE_SHA1_RC2_40 { 40 } else { 128 };
+            let key = kdf(sha1, bmp, salt, 1, iterations, bits / 8);
+            let iv = kdf(sha1, bmp, salt, 2, iterations, 8);
+            let cipher = rc2::Rc2::new_with_eff_key_len(&key, bits);
+            cbc::Decryptor::<rc2::Rc2>::inner_iv_slice_init(cipher, &iv)
+                .map_err(|_| failed())?
+                .decrypt_padded_mut::<Pkcs7>(&mut buf)
+                .map(<[u8]>::to_vec)
+        }
+        _ => return Err("its PFX is encrypted with a scheme kvfetch does not read; re-export it with AES-256 or 3DES".into()),
+    };
+    plain.map_err(|_| failed())
+}
+
+/// PBES2 { keyDerivationFunc PBKDF2 {salt, iterations, keyLength?, prf?}, encryptionScheme }.
+/// `None`: the decryption failed (wrong key); `Some(Err)`: the parameters are not readable.
+fn pbes2(params: &mut Reader, data: &[u8]) -> Option<Result<Vec<u8>>> {
+    let parsed = (|| {
+        let mut kdf_alg = params.sequence()?;
+        if kdf_alg.expect(der::OID)? != PBKDF2 {
+            return None;
+        }
+        let mut kdf = kdf_alg.sequence()?;
+        let salt = kdf.expect(der::OCTET_STRING)?;
+        let iterations = kdf.small_int()?;
+        if kdf.peek_tag() == Some(der::INTEGER) {
+            kdf.small_int()?; // keyLength: implied by the cipher
+        }
+        let prf = match kdf.sequence() {
+            Some(mut prf) => prf.expect(der::OID)?,
+            None => HMAC_SHA1,
+        };
+        let mut scheme = params.sequence()?;
+        let cipher = scheme.expect(der::OID)?;
+        let iv = scheme.expect(der::OCTET_STRING)?;
+        Some((salt, iterations, prf, cipher, iv))
+    })();
+    let Some((salt, iterations, prf, cipher, iv)) = parsed else {
+        return Some(Err(malformed("PBES2 parameters")));
+    };
+    if let Err(e) = check_iterations(iterations) {
+        return Some(Err(e));
+    }
+    let prf = match prf {
+        HMAC_SHA1 => pbkdf2::PBKDF2_HMAC_SHA1,
+        HMAC_SHA256 => pbkdf2::PBKDF2_HMAC_SHA256,
+        HMAC_SHA384 => pbkdf2::PBKDF2_HMAC_SHA384,
+        HMAC_SHA512 => pbkdf2::PBKDF2_HMAC_SHA512,
+        _ => {
+            return Some(Err(
+                "its PFX uses a PBKDF2 hash kvfetch does not know".into()
+            ));
+        }
+    };
+    let key_len = match cipher {
+        AES128_CBC => 16,
+        AES192_CBC => 24,
+        AES256_CBC => 32,
+        DES_EDE3_CBC => 24,
+        _ => return Some(Err("its PFX is encrypted with a cipher kvfetch does not read; re-export it with AES-256 or 3DES".into())),
+    };
+    let iterations = std::num::NonZeroU32::new(iterations)?;
+    let mut key = vec![0u8; key_len];
+    // PBES2 takes the password as its UTF-8 bytes: the empty password is no bytes at all.
+    pbkdf2::derive(prf, iterations, salt, b"", &mut key);
+    let mut buf = data.to_vec();
+    let plain = match cipher {
+        AES128_CBC => cbc_decrypt::<aes::Aes128>(&key, iv, &mut buf),
+        AES192_CBC => cbc_decrypt::<aes::Aes192>(&key, iv, &mut buf),
+        AES256_CBC => cbc_decrypt::<aes::Aes256>(&key, iv, &mut buf),
+        _ => cbc_decrypt::<des::TdesEde3>(&key, iv, &mut buf),
+    };
+    plain.map(Ok)
+}
+
+fn cbc_decrypt<C>(key: &[u8], iv: &[u8], buf: &mut [u8]) -> Option<Vec<u8>>
+where
+    C: cbc::cipher::BlockDecrypt + cbc::cipher::BlockCipher + KeyInit,
+{
+    cbc::Decryptor::<C>::new_from_slices(key, iv)
+        .ok()?
+        .decrypt_padded_mut::<Pkcs7>(buf)
+        .ok()
+        .map(<[u8]>::to_vec)
+}
+
+/// The PKCS#12 key derivation (RFC 7292, appendix B.2): `n` bytes for purpose `id` (1: key,
+/// 2: IV, 3: MAC key) from the BMPString password `bmp` and `salt`.
+fn kdf(
+    hash: &'static digest::Algorithm,
+    bmp: &[u8],
+    salt: &[u8],
+    id: u8,
+    iterations: u32,
+    n: usize,
+) -> Vec<u8> {
+    let (u, v) = (hash.output_len(), hash.block_len());
+    let fill = |s: &[u8]| -> Vec<u8> {
+        if s.is_empty() {
+            return Vec::new();
+        }
+        let len = v * s.len().div_ceil(v);
+        s.iter().cycle().take(len).copied().collect()
+    };
+    let mut i: Vec<u8> = fill(salt);
+    i.extend(fill(bmp));
+    let d = vec![id; v];
+    let mut out = Vec::with_capacity(n + u);
+    while out.len() < n {
+        let mut ctx = digest::Context::new(hash);
+        ctx.update(&d);
+        ctx.update(&i);
+        let mut a = ctx.finish().as_ref().to_vec();
+        for _ in 1..iterations {
+            a = digest::digest(hash, &a).as_ref().to_vec();
+        }
+        let b: Vec<u8> = a.iter().cycle().take(v).copied().collect();
+        // Each v-byte block of I becomes (I_j + B + 1) mod 2^(8v).
+        for block in i.chunks_mut(v) {
+            let mut carry = 1u16;
+            for (x, y) in block.iter_mut().zip(&b).rev() {
+                let sum = u16::from(*x) + u16::from(*y) + carry;
+                *x = sum as u8;
+                carry = sum >> 8;
+            }
+        }
+        out.extend_from_slice(&a);
+    }
+    out.truncate(n);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pkcs12_kdf_matches_known_answers() {
+        // OpenSSL's test vectors (test/pkcs12_format_test / the PKCS#12 KDF vectors): password
+        // "smeg", salt 0A58CF64530D823F, 1 iteration, SHA-1.
+        let bmp: Vec<u8> = "smeg\0".encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let salt = [0x0a, 0x58, 0xcf, 0x64, 0x53, 0x0d, 0x82, 0x3f];
+        let sha1 = &digest::SHA1_FOR_LEGACY_USE_ONLY;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+        assert_eq!(
+            hex(&kdf(sha1, &bmp, &salt, 1, 1, 24)),
+            "8AAAE6297B6CB04642AB5B077851284EB7128F1A2A7FBCA3"
+        );
+        assert_eq!(hex(&kdf(sha1, &bmp, &salt, 2, 1, 8)), "79993DFE048D3B76");
+    }
+
+    #[test]
+    fn not_a_pfx_ber_and_huge_iteration_counts_are_refused_by_name() {
+        assert!(open(b"").unwrap_err().contains("not a PFX"));
+        assert!(
+            open(&[0x30, 0x80, 0x02, 0x01, 0x03, 0, 0])
+                .unwrap_err()
+                .contains("BER-encoded")
+        );
+        let v2 = der::tlv(der::SEQUENCE, &der::tlv(der::INTEGER, &[2]));
+        assert!(open(&v2).unwrap_err().contains("not version 3"));
+        assert!(check_iterations(0).is_err() && check_iterations(MAX_ITERATIONS + 1).is_err());
+        assert!(check_iterations(MAX_ITERATIONS).is_ok() && check_iterations(1).is_ok());
+    }
+}
