@@ -108,15 +108,15 @@ pub fn bundle(spec: &SecretSpec, f: &Fetched) -> Result<Bundle, Error> {
                 "a certificate in it is not X.509 DER kvfetch can read",
             )
         })?;
-    let leaf = leaf_index(&parsed, key.as_deref())
-        .ok_or_else(|| broken(spec, "its private key matches none of its certificates"))?;
+    let leaf = leaf_index(&parsed, key.as_deref()).map_err(|why| broken(spec, why))?;
     let mut order = vec![leaf];
     while let Some(&last) = order.last() {
         let cert = &parsed[last];
         if cert.subject == cert.issuer {
             break; // self-signed: the root
         }
-        match (0..parsed.len()).find(|i| !order.contains(i) && parsed[*i].subject == cert.issuer) {
+        let issuer = latest(&parsed, |i, c| !order.contains(&i) && cert.issued_by(c));
+        match issuer {
             Some(next) => order.push(next),
             None => break,
         }
@@ -138,21 +138,37 @@ pub fn bundle(spec: &SecretSpec, f: &Fetched) -> Result<Bundle, Error> {
     })
 }
 
-/// The leaf: the certificate whose public key is the private key's. Without a key (a PEM of
-/// certificates only), or a key whose public half cannot be read, the one certificate that
-/// issued none of the others.
-fn leaf_index(certs: &[Cert], key: Option<&[u8]>) -> Option<usize> {
-    if let Some(public) = key.and_then(public_key_of) {
-        return certs.iter().position(|c| c.public_key == public.as_slice());
+/// The leaf: the certificate whose public key is the private key's (the latest-expiring one
+/// should a key have been reused). A key whose public half cannot be read is refused rather
+/// than paired with a guess. Without a key (a PEM of certificates only): the one certificate
+/// that issued none of the others.
+fn leaf_index(certs: &[Cert], key: Option<&[u8]>) -> Result<usize, &'static str> {
+    if let Some(key) = key {
+        let public = public_key_of(key).ok_or(
+            "its private key does not carry a public key kvfetch can read (an EC key written without its public point, or a type other than RSA and EC), so its certificate cannot be told apart",
+        )?;
+        return latest(certs, |_, c| c.public_key == public.as_slice())
+            .ok_or("its private key matches none of its certificates");
     }
-    let issues_another = |i: usize| {
-        certs
-            .iter()
-            .enumerate()
-            .any(|(j, other)| j != i && other.issuer == certs[i].subject)
-    };
+    let issues_another =
+        |i: usize| (0..certs.len()).any(|j| j != i && certs[j].issued_by(&certs[i]));
     let ends: Vec<usize> = (0..certs.len()).filter(|i| !issues_another(*i)).collect();
-    (ends.len() == 1).then(|| ends[0])
+    match ends[..] {
+        [leaf] => Ok(leaf),
+        _ => Err("it holds no private key, and its certificates are not one chain"),
+    }
+}
+
+/// Of the certificates `pick` accepts, the one that expires last (a renewed intermediate over
+/// an old one of the same name); the first on a tie.
+fn latest(certs: &[Cert], pick: impl Fn(usize, &Cert) -> bool) -> Option<usize> {
+    (0..certs.len()).filter(|i| pick(*i, &certs[*i])).fold(
+        None,
+        |best: Option<usize>, i| match best {
+            Some(b) if certs[b].not_after >= certs[i].not_after => Some(b),
+            _ => Some(i),
+        },
+    )
 }
 
 /// The fields of an X.509 certificate kvfetch needs: names (compared as encoded), the
@@ -162,7 +178,25 @@ struct Cert<'a> {
     subject: &'a [u8],
     public_key: &'a [u8],
     not_after: i64,
+    /// The subjectKeyIdentifier and the authorityKeyIdentifier's keyIdentifier, where present.
+    key_id: Option<&'a [u8]>,
+    authority_key_id: Option<&'a [u8]>,
 }
+
+impl Cert<'_> {
+    /// Whether `issuer` issued this certificate: its subject is this one's issuer and, where
+    /// both certificates name key identifiers, they agree.
+    fn issued_by(&self, issuer: &Cert) -> bool {
+        self.issuer == issuer.subject
+            && match (self.authority_key_id, issuer.key_id) {
+                (Some(a), Some(k)) => a == k,
+                _ => true,
+            }
+    }
+}
+
+const SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
+const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
 
 /// Certificate { tbsCertificate { [0] version?, serial, signature, issuer, validity, subject,
 /// subjectPublicKeyInfo, … }, signatureAlgorithm, signature }.
@@ -182,11 +216,33 @@ fn parse_cert(der_bytes: &[u8]) -> Option<Cert<'_>> {
     let bits = spki.expect(der::BIT_STRING)?;
     let (unused, public_key) = bits.split_first()?;
     (*unused == 0).then_some(())?;
+    let (mut key_id, mut authority_key_id) = (None, None);
+    while let Some((tag, content, _)) = tbs.next_tlv() {
+        if tag != 0xa3 {
+            continue; // issuerUniqueID, subjectUniqueID
+        }
+        let mut extensions = Reader::new(content).sequence()?;
+        while !extensions.is_empty() {
+            let mut ext = extensions.sequence()?;
+            let oid = ext.expect(der::OID)?;
+            ext.optional(0x01); // critical
+            let value = ext.expect(der::OCTET_STRING)?;
+            if oid == SUBJECT_KEY_ID {
+                key_id = Reader::new(value).expect(der::OCTET_STRING);
+            } else if oid == AUTHORITY_KEY_ID {
+                authority_key_id = Reader::new(value)
+                    .sequence()
+                    .and_then(|mut aki| aki.optional(der::CONTEXT_0_PRIMITIVE));
+            }
+        }
+    }
     Some(Cert {
         issuer,
         subject,
         public_key,
         not_after: der::time(tag, not_after)?,
+        key_id,
+        authority_key_id,
     })
 }
 
@@ -228,12 +284,7 @@ fn parse_pem(spec: &SecretSpec, text: &str) -> Result<Parts, Error> {
                     "its private key is encrypted; store it unencrypted (Key Vault protects it)",
                 ));
             }
-            other => {
-                return Err(broken(
-                    spec,
-                    &format!("it holds a PEM block kvfetch does not read ({other:?})"),
-                ));
-            }
+            _ => return Err(broken(spec, "it holds a PEM block kvfetch does not read")),
         };
         if key.replace(pkcs8).is_some() {
             return Err(broken(spec, "it holds more than one private key"));
@@ -242,15 +293,30 @@ fn parse_pem(spec: &SecretSpec, text: &str) -> Result<Parts, Error> {
     Ok((key, certs))
 }
 
-/// `(label, DER)` of each `-----BEGIN …-----` block.
+/// The PEM blocks a certificate secret may hold. Labels are matched against these and never
+/// echoed from the value: text there could be key material.
+const PEM_LABELS: [&str; 5] = [
+    "CERTIFICATE",
+    "PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+];
+
+/// `(label, DER)` of each `-----BEGIN …-----` block; every label is one of [`PEM_LABELS`].
 fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut blocks = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after = &rest[start + 11..];
-        let (label, body) = after
-            .split_once("-----")
-            .ok_or("a PEM header is not closed")?;
+        let line = after.split(['\n', '\r']).next().unwrap_or_default();
+        let label = line
+            .strip_suffix("-----")
+            .and_then(|l| PEM_LABELS.into_iter().find(|k| *k == l))
+            .ok_or(
+                "a PEM block that is not a CERTIFICATE or an unencrypted PRIVATE KEY (PKCS#8, RSA or EC), or a malformed BEGIN line",
+            )?;
+        let body = &after[line.len()..];
         let end = format!("-----END {label}-----");
         let (b64, tail) = body
             .split_once(&end)
@@ -390,11 +456,23 @@ mod tests {
             vec![("CERTIFICATE".to_string(), vec![0, 1, 2])]
         );
         assert!(
-            pem_blocks("-----BEGIN X-----\nAAEC\n").is_err(),
+            pem_blocks("-----BEGIN CERTIFICATE-----\nAAEC\n").is_err(),
             "no END line"
         );
-        assert!(pem_blocks("-----BEGIN X-----\nAA*C\n-----END X-----").is_err());
+        assert!(
+            pem_blocks("-----BEGIN CERTIFICATE-----\nAA*C\n-----END CERTIFICATE-----").is_err()
+        );
         assert!(pem_blocks("no pem here").is_err());
+        // A label is never taken from the value: a broken header cannot carry key text out.
+        let key = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQ";
+        for text in [
+            format!("-----BEGIN PRIVATE KEY----\n{key}\n-----END PRIVATE KEY-----\n"),
+            format!("-----BEGIN {key}-----\nAAEC\n-----END {key}-----\n"),
+            format!("-----BEGIN PRIVATE KEY-----\n{key}\n"),
+        ] {
+            let e = pem_blocks(&text).unwrap_err();
+            assert!(!e.contains(&key[..12]), "{e}");
+        }
         assert_eq!(
             pem_blocks(&pem_block("PRIVATE KEY", &[9; 100])).unwrap(),
             vec![("PRIVATE KEY".to_string(), vec![9; 100])]
@@ -580,6 +658,33 @@ mod tests {
         .concat();
         let chain = out("c?format=chain", &secret(&certs, Some(PEM))).unwrap();
         assert_eq!(blocks(&chain)[0], blocks(fixture!("leaf-rsa.pem"))[0]);
+    }
+
+    #[test]
+    fn the_chain_follows_key_identifiers_past_a_renewed_intermediate_of_the_same_name() {
+        let f = secret(fixture!("two-intermediates.pem"), Some(PEM));
+        let want: Vec<_> = [
+            fixture!("leaf-rsa.pem"),
+            fixture!("inter.pem"),
+            fixture!("root.pem"),
+        ]
+        .iter()
+        .flat_map(|t| blocks(t))
+        .collect();
+        assert_eq!(blocks(&out("c?format=chain", &f).unwrap()), want);
+    }
+
+    #[test]
+    fn a_key_whose_public_half_cannot_be_read_is_refused_not_paired_with_a_guess() {
+        let f = secret(fixture!("ec-no-public.pem"), Some(PEM));
+        let e = out("c?format=pem", &f).unwrap_err().to_string();
+        assert!(e.contains("does not carry a public key"), "{e}");
+        // Certificates alone that are not one chain: no leaf to choose.
+        let certs = [fixture!("leaf-rsa.pem"), fixture!("other.pem")].concat();
+        let e = out("c?format=cert", &secret(&certs, Some(PEM)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not one chain"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum Error {
     /// The secret does not exist or is disabled.
     #[error("{0}")]
     NotFound(String),
+    /// Key Vault itself said the secret is absent (404 `SecretNotFound`, or disabled): the only
+    /// failure an `optional` secret skips. Exit code and kind are [`Error::NotFound`]'s.
+    #[error("{0}")]
+    Absent(String),
     /// An output could not be written (or cannot carry a value).
     #[error("{0}")]
     Output(String),
@@ -90,7 +94,7 @@ impl Error {
             Error::Usage(_) => exit::USAGE,
             Error::NoToken(_) => exit::NO_TOKEN,
             Error::AccessDenied(_) => exit::ACCESS_DENIED,
-            Error::NotFound(_) => exit::NOT_FOUND,
+            Error::NotFound(_) | Error::Absent(_) => exit::NOT_FOUND,
             Error::Output(_) => exit::OUTPUT,
             Error::VaultUnavailable(_) => exit::VAULT_UNAVAILABLE,
             Error::Protocol(_) => exit::PROTOCOL,
@@ -108,6 +112,7 @@ impl Error {
             Error::NoToken(t) => Error::NoToken(f(&t)),
             Error::AccessDenied(t) => Error::AccessDenied(f(&t)),
             Error::NotFound(t) => Error::NotFound(f(&t)),
+            Error::Absent(t) => Error::Absent(f(&t)),
             Error::Output(t) => Error::Output(f(&t)),
             Error::VaultUnavailable(t) => Error::VaultUnavailable(f(&t)),
             Error::Protocol(t) => Error::Protocol(f(&t)),
@@ -124,7 +129,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::NoToken(_) => "no_token",
             Error::AccessDenied(_) => "access_denied",
-            Error::NotFound(_) => "not_found",
+            Error::NotFound(_) | Error::Absent(_) => "not_found",
             Error::Output(_) => "output",
             Error::VaultUnavailable(_) => "vault_unavailable",
             Error::Protocol(_) => "protocol",

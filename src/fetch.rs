@@ -397,9 +397,11 @@ pub fn fetch_all(
         match slot.as_ref().expect("every secret was attempted") {
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
-            Err(e @ Error::NotFound(_)) if s.shape.optional => {
+            Err(e @ Error::Absent(_)) if s.shape.optional => {
                 log::warn(
-                    &format!("an optional secret is absent; skipped (no file, no variable): {e}"),
+                    &format!(
+                        "an optional secret is absent; skipped (no file written, no variable set): {e}"
+                    ),
                     &[("secret", &s.reference()), ("vault", &s.vault.url)],
                 );
                 fetched.push(None);

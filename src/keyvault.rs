@@ -281,7 +281,7 @@ impl Client {
                 token.who(),
                 spec.vault.resource
             ))),
-            403 if inner == "SecretDisabled" => Err(Error::NotFound(format!(
+            403 if inner == "SecretDisabled" => Err(Error::Absent(format!(
                 "{what} is disabled; enable it (az keyvault secret set-attributes --enabled true) or pin an enabled version"
             ))),
             403 if matches!(inner.as_str(), "ForbiddenByRbac" | "AccessDenied")
@@ -306,8 +306,13 @@ impl Client {
                 token,
                 if inner.is_empty() { &code } else { &inner },
             ))),
-            404 => Err(Error::NotFound(format!(
+            404 if code == "SecretNotFound" => Err(Error::Absent(format!(
                 "{what} was not found ({code}); check the name, version and vault, or recover it if it was deleted recently (az keyvault secret recover)"
+            ))),
+            // Not Key Vault's own answer about the secret: a proxy, gateway or misrouted private
+            // endpoint may have answered; `optional` does not skip it.
+            404 => Err(Error::NotFound(format!(
+                "{what}: HTTP 404 without Key Vault's SecretNotFound code ({code}); check the name, version and vault, and that --vault reaches Key Vault itself (no proxy or gateway answering for it)"
             ))),
             400 => Err(Error::Usage(format!(
                 "Key Vault refused the request for {what}: {code}: {message}"

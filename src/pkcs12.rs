@@ -59,8 +59,30 @@ const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
 const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
 const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
 
-/// Iteration counts beyond this are refused: a PFX cannot make kvfetch spin for minutes.
-const MAX_ITERATIONS: u32 = 10_000_000;
+/// Iteration counts beyond this are refused (writers use 2,000 to 10,000; OWASP suggests
+/// 600,000 for PBKDF2-SHA256).
+const MAX_ITERATIONS: u32 = 1_000_000;
+/// All the hashing one PFX may cost, MAC and bags together (seconds at most): a hostile value
+/// cannot make kvfetch spin, on every refresh.
+const MAX_WORK: u64 = 4_000_000;
+/// Bags beyond this are refused (a certificate, its chain and a key are a handful).
+const MAX_BAGS: usize = 64;
+
+/// The hashing a PFX may still cost.
+struct Work(u64);
+
+impl Work {
+    /// Take `iterations` × `rounds` from the budget, refusing what is over it.
+    fn spend(&mut self, iterations: u32, rounds: u64) -> Result<()> {
+        if iterations == 0 || iterations > MAX_ITERATIONS {
+            return Err(malformed("an iteration count of 0 or over a million"));
+        }
+        self.0 = self.0.checked_sub(u64::from(iterations) * rounds).ok_or(
+            "its PFX asks for more key-derivation work than kvfetch spends on one (over 4 million hash iterations); re-export it with the usual iteration counts",
+        )?;
+        Ok(())
+    }
+}
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -70,6 +92,7 @@ fn malformed(what: &str) -> String {
 
 /// Open `pfx` with the empty password.
 pub fn open(pfx: &[u8]) -> Result<Contents> {
+    let mut work = Work(MAX_WORK);
     let mut top = Reader::new(pfx);
     let mut pfx_seq = top.sequence().ok_or_else(|| {
         if pfx.get(1) == Some(&0x80) {
@@ -82,19 +105,23 @@ pub fn open(pfx: &[u8]) -> Result<Contents> {
         return Err(malformed("not version 3"));
     }
     let auth_safe = data_content(&mut pfx_seq.sequence().ok_or_else(|| malformed("authSafe"))?)?;
-    let mac = match pfx_seq.peek_tag() {
-        Some(der::SEQUENCE) => Some(pfx_seq.sequence().ok_or_else(|| malformed("macData"))?),
-        _ => None,
+    let mac = match pfx_seq.is_empty() {
+        true => None,
+        false => Some(pfx_seq.sequence().ok_or_else(|| malformed("macData"))?),
     };
+    if !pfx_seq.is_empty() || !top.is_empty() {
+        return Err(malformed("bytes after its end"));
+    }
     // The empty password is two zero bytes as a BMPString (most writers) or none at all.
     let bmp = match mac {
-        Some(mut mac) => mac_password(&mut mac, auth_safe)?,
+        Some(mut mac) => mac_password(&mut mac, auth_safe, &mut work)?,
         None => &[0, 0][..],
     };
     let mut contents = Contents {
         key: None,
         certs: Vec::new(),
     };
+    let mut bags = 0;
     let mut safes = Reader::new(auth_safe)
         .sequence()
         .ok_or_else(|| malformed("AuthenticatedSafe"))?;
@@ -103,15 +130,18 @@ pub fn open(pfx: &[u8]) -> Result<Contents> {
         let kind = info
             .expect(der::OID)
             .ok_or_else(|| malformed("content type"))?;
-        let bags = if kind == DATA {
+        let safe = if kind == DATA {
             let mut wrapped = info;
             data_body(&mut wrapped)?.to_vec()
         } else if kind == ENCRYPTED_DATA {
-            encrypted_data(&mut info, bmp)?
+            encrypted_data(&mut info, bmp, &mut work)?
         } else {
             continue; // enveloped data (public-key privacy): not used for Key Vault certificates
         };
-        read_bags(&bags, bmp, &mut contents)?;
+        bags += read_bags(&safe, bmp, &mut contents, &mut work)?;
+        if bags > MAX_BAGS {
+            return Err(malformed("more than 64 bags"));
+        }
     }
     Ok(contents)
 }
@@ -135,7 +165,7 @@ fn data_body<'a>(info: &mut Reader<'a>) -> Result<&'a [u8]> {
 
 /// Check the MAC, trying both spellings of the empty password; the one that matches is the
 /// one the PFX's encryption uses too.
-fn mac_password<'a>(mac: &mut Reader, auth_safe: &[u8]) -> Result<&'a [u8]> {
+fn mac_password<'a>(mac: &mut Reader, auth_safe: &[u8], work: &mut Work) -> Result<&'a [u8]> {
     let mut digest_info = mac.sequence().ok_or_else(|| malformed("MAC"))?;
     let mut alg = digest_info
         .sequence()
@@ -163,8 +193,8 @@ fn mac_password<'a>(mac: &mut Reader, auth_safe: &[u8]) -> Result<&'a [u8]> {
         Some(der::INTEGER) => mac.small_int().ok_or_else(|| malformed("MAC iterations"))?,
         _ => 1,
     };
-    check_iterations(iterations)?;
     for bmp in [&[0u8, 0][..], &[]] {
+        work.spend(iterations, 1)?;
         let key = kdf(hash, bmp, salt, 3, iterations, hash.output_len());
         let key = hmac::Key::new(mac_alg, &key);
         if hmac::verify(&key, auth_safe, expected).is_ok() {
@@ -174,15 +204,8 @@ fn mac_password<'a>(mac: &mut Reader, auth_safe: &[u8]) -> Result<&'a [u8]> {
     Err("its PFX does not open with the empty password Key Vault uses (the MAC does not match); import the certificate with an empty password, or as PEM".into())
 }
 
-fn check_iterations(n: u32) -> Result<()> {
-    if n == 0 || n > MAX_ITERATIONS {
-        return Err(malformed("an iteration count of 0 or over 10 million"));
-    }
-    Ok(())
-}
-
 /// EncryptedData { version, EncryptedContentInfo { type, algorithm, [0] IMPLICIT content } }.
-fn encrypted_data(info: &mut Reader, bmp: &[u8]) -> Result<Vec<u8>> {
+fn encrypted_data(info: &mut Reader, bmp: &[u8], work: &mut Work) -> Result<Vec<u8>> {
     let explicit = info
         .expect(der::CONTEXT_0)
         .ok_or_else(|| malformed("encrypted data"))?;
@@ -201,15 +224,21 @@ fn encrypted_data(info: &mut Reader, bmp: &[u8]) -> Result<Vec<u8>> {
     let encrypted = content
         .expect(der::CONTEXT_0_PRIMITIVE)
         .ok_or_else(|| malformed("encrypted content"))?;
-    decrypt(alg, encrypted, bmp)
+    decrypt(alg, encrypted, bmp, work)
 }
 
-/// SafeContents: a SEQUENCE OF SafeBag { bagId, [0] bagValue, attributes OPTIONAL }.
-fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents) -> Result<()> {
+/// SafeContents: a SEQUENCE OF SafeBag { bagId, [0] bagValue, attributes OPTIONAL }; returns
+/// how many bags it held.
+fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents, work: &mut Work) -> Result<usize> {
+    let mut count = 0;
     let mut bags = Reader::new(bags)
         .sequence()
         .ok_or_else(|| malformed("SafeContents"))?;
     while !bags.is_empty() {
+        count += 1;
+        if count > MAX_BAGS {
+            return Err(malformed("more than 64 bags"));
+        }
         let mut bag = bags.sequence().ok_or_else(|| malformed("SafeBag"))?;
         let id = bag.expect(der::OID).ok_or_else(|| malformed("bag type"))?;
         let value = bag
@@ -225,7 +254,11 @@ fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents) -> Result<()> {
                 let data = info
                     .expect(der::OCTET_STRING)
                     .ok_or_else(|| malformed("shrouded key"))?;
-                Some(tlv_whole(&decrypt(alg, data, bmp)?)?)
+                if contents.key.is_some() {
+                    None // only the first key is used: the others are not decrypted
+                } else {
+                    Some(tlv_whole(&decrypt(alg, data, bmp, work)?)?)
+                }
             }
             CERT_BAG => {
                 let mut cert = Reader::new(value)
@@ -250,7 +283,7 @@ fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents) -> Result<()> {
             contents.key = Some(k);
         }
     }
-    Ok(())
+    Ok(count)
 }
 
 /// The one TLV that decrypted bytes must be (a PrivateKeyInfo).
@@ -262,7 +295,7 @@ fn tlv_whole(plain: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Decrypt `data` with the password-based scheme `alg` (an AlgorithmIdentifier's content).
-fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8]) -> Result<Vec<u8>> {
+fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8], work: &mut Work) -> Result<Vec<u8>> {
     let oid = alg
         .expect(der::OID)
         .ok_or_else(|| malformed("encryption algorithm"))?;
@@ -271,13 +304,14 @@ fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8]) -> Result<Vec<u8>> {
         .ok_or_else(|| malformed("encryption parameters"))?;
     let failed = || "its PFX does not decrypt with the empty password Key Vault uses".to_string();
     if oid == PBES2 {
-        return pbes2(&mut params, data).ok_or_else(failed)?;
+        return pbes2(&mut params, data, work).ok_or_else(failed)?;
     }
     let salt = params
         .expect(der::OCTET_STRING)
         .ok_or_else(|| malformed("salt"))?;
     let iterations = params.small_int().ok_or_else(|| malformed("iterations"))?;
-    check_iterations(iterations)?;
+    // The key (up to 24 bytes: two SHA-1 rounds) and the IV (one).
+    work.spend(iterations, 3)?;
     let sha1 = &digest::SHA1_FOR_LEGACY_USE_ONLY;
     let mut buf = data.to_vec();
     let plain = match oid {
@@ -306,7 +340,7 @@ fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8]) -> Result<Vec<u8>> {
 
 /// PBES2 { keyDerivationFunc PBKDF2 {salt, iterations, keyLength?, prf?}, encryptionScheme }.
 /// `None`: the decryption failed (wrong key); `Some(Err)`: the parameters are not readable.
-fn pbes2(params: &mut Reader, data: &[u8]) -> Option<Result<Vec<u8>>> {
+fn pbes2(params: &mut Reader, data: &[u8], work: &mut Work) -> Option<Result<Vec<u8>>> {
     let parsed = (|| {
         let mut kdf_alg = params.sequence()?;
         if kdf_alg.expect(der::OID)? != PBKDF2 {
@@ -330,7 +364,8 @@ fn pbes2(params: &mut Reader, data: &[u8]) -> Option<Result<Vec<u8>>> {
     let Some((salt, iterations, prf, cipher, iv)) = parsed else {
         return Some(Err(malformed("PBES2 parameters")));
     };
-    if let Err(e) = check_iterations(iterations) {
+    // Two hashes per iteration per output block, and AES-256 takes two SHA-1 blocks.
+    if let Err(e) = work.spend(iterations, 4) {
         return Some(Err(e));
     }
     let prf = match prf {
@@ -402,10 +437,11 @@ fn kdf(
         let mut ctx = digest::Context::new(hash);
         ctx.update(&d);
         ctx.update(&i);
-        let mut a = ctx.finish().as_ref().to_vec();
+        let mut a = ctx.finish();
         for _ in 1..iterations {
-            a = digest::digest(hash, &a).as_ref().to_vec();
+            a = digest::digest(hash, a.as_ref());
         }
+        let a = a.as_ref();
         let b: Vec<u8> = a.iter().cycle().take(v).copied().collect();
         // Each v-byte block of I becomes (I_j + B + 1) mod 2^(8v).
         for block in i.chunks_mut(v) {
@@ -416,7 +452,7 @@ fn kdf(
                 carry = sum >> 8;
             }
         }
-        out.extend_from_slice(&a);
+        out.extend_from_slice(a);
     }
     out.truncate(n);
     out
@@ -451,7 +487,20 @@ mod tests {
         );
         let v2 = der::tlv(der::SEQUENCE, &der::tlv(der::INTEGER, &[2]));
         assert!(open(&v2).unwrap_err().contains("not version 3"));
-        assert!(check_iterations(0).is_err() && check_iterations(MAX_ITERATIONS + 1).is_err());
-        assert!(check_iterations(MAX_ITERATIONS).is_ok() && check_iterations(1).is_ok());
+        let mut w = Work(MAX_WORK);
+        assert!(w.spend(0, 1).is_err() && w.spend(MAX_ITERATIONS + 1, 1).is_err());
+        assert!(w.spend(MAX_ITERATIONS, 3).is_ok() && w.spend(1, 1).is_ok());
+        assert!(
+            w.spend(MAX_ITERATIONS, 1).is_err(),
+            "over the budget in all: {}",
+            w.0
+        );
+        let mut trailing =
+            std::fs::read_to_string("tests/fixtures/certs/rsa-3des.pfx.b64").unwrap();
+        trailing = trailing.trim().to_string();
+        let mut der = crate::encoding::base64_strict(&trailing, false).unwrap();
+        assert!(open(&der).is_ok());
+        der.push(0);
+        assert!(open(&der).unwrap_err().contains("bytes after its end"));
     }
 }

@@ -141,6 +141,9 @@ impl Refresher {
     /// changed and restores what someone else changed or removed.
     fn apply(&mut self, values: Values) -> Result<Outcome, Error> {
         let specs = &self.session.plan.specs;
+        // A value its spec cannot shape fails this refresh before anything is counted or
+        // touched: the outputs on disk stay as they were, and are not damaged.
+        crate::fetch::shaped(specs, &values)?;
         {
             let mut s = self.lock();
             for (spec, f) in specs.iter().zip(&values) {

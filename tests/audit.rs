@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Instant;
 
 use common::*;
@@ -650,5 +651,63 @@ fn as_another_user_a_roots_shared_dir_is_used_and_a_live_writers_temp_file_kept(
         read(&live),
         "in flight",
         "a live writer's temp file is kept"
+    );
+}
+
+#[test]
+fn as_another_user_its_groups_write_access_and_trusted_owners_are_its_own() {
+    if !root_or_skip("needs root to run kvfetch as another user") {
+        return;
+    }
+    let emu = seeded();
+    let s = Scratch::new();
+    let env = env_for(&emu);
+    // A private directory of this user's, under root-owned ancestors: nothing to warn of.
+    let dir = s.path("out");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let run_as = |groups: &[u32], extra: &[&str]| {
+        let mut args = vec!["fetch", "--secret", "a", "--dir"];
+        let out = out(&s);
+        args.push(&out);
+        args.extend(extra);
+        let o = as_user_in(65534, groups, &[], &args, &env)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run_as(&[], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("could redirect or replace"),
+        "root-owned ancestors are trusted: {stderr}"
+    );
+    // --owner to a supplementary group of this user: no CAP_CHOWN needed; to another: refused.
+    std::fs::remove_file(s.path("out/a")).unwrap();
+    let (code, stderr) = run_as(
+        &[4242, 4343],
+        &["--owner", "65534:4343", "--file-mode", "0440"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::metadata(s.path("out/a")).unwrap().gid(), 4343);
+    let (code, stderr) = run_as(&[4242, 4343], &["--owner", "65534:4444"]);
+    assert_eq!(code, Some(6), "{stderr}");
+    assert!(stderr.contains("without CAP_CHOWN"), "{stderr}");
+    // A directory this user cannot write in: refused before any request, naming it.
+    let locked = s.path("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let target = locked.join("out").display().to_string();
+    let o = as_nobody(&[], &["fetch", "--secret", "a", "--dir", &target], &env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot create files in {}", locked.display())),
+        "{stderr}"
     );
 }

@@ -807,3 +807,183 @@ fn a_command_that_can_no_longer_run_keeps_the_old_child_until_it_can() {
     });
     sup.stop_and_stderr();
 }
+
+// Found by mutation testing of the supervisor (src/supervise.rs).
+
+/// `kvfetch exec ARGS -- sh -c SCRIPT` with the refresh an hour away, so that only the
+/// supervisor's own timers (and its 1 s heartbeat) wake its loop.
+fn supervised_idle(
+    env: &std::collections::HashMap<String, String>,
+    args: &[&str],
+    script: &str,
+) -> Background {
+    let mut all = vec!["exec", "--refresh", "1h"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", script]);
+    Background::start(env, &all)
+}
+
+#[test]
+fn an_idle_supervisor_fetches_only_when_a_refresh_is_due() {
+    let emu = seeded("Pq7-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!("echo up >> {}; while :; do sleep 0.05; done", log.display());
+    let mut sup = supervised_idle(&env_for(&emu), &["--secret", "a"], &script);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    std::thread::sleep(ms(2500)); // two heartbeats and more
+    assert_eq!(
+        emu.counters().kv_requests.get("a").copied(),
+        Some(1),
+        "the first fetch only"
+    );
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn forwarded_signals_reach_the_whole_group() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    // A grandchild in the child's process group: only a signal to the group reaches it.
+    let script = format!(
+        "trap 'echo main >> {0}' USR1; sh -c \"trap 'echo grand >> {0}' USR1; echo up >> {0}; while :; do sleep 0.05; done\" & while :; do wait; done",
+        log.display()
+    );
+    let mut sup = supervised(&env_for(&emu), &["--secret", "a"], &script);
+    wait_for("the grandchild", ms(5000), || read(&log).contains("up"));
+    sup.signal(SIGUSR1);
+    wait_for("both trapped it", ms(3000), || {
+        read(&log).contains("grand") && read(&log).contains("main")
+    });
+    assert_eq!(read(&log).matches("grand").count(), 1, "{}", read(&log));
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn sigkill_comes_when_grace_runs_out_not_at_the_next_heartbeat() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap '' TERM; echo up >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised_idle(
+        &env_for(&emu),
+        &["--secret", "a", "--grace", "200ms"],
+        &script,
+    );
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    let t = Instant::now();
+    sup.signal(SIGTERM);
+    assert_eq!(sup.exit_within(ms(3000)), Some(137), "128 + SIGKILL");
+    // The heartbeat would come 1 s after the SIGTERM; --grace ends at 200 ms.
+    let took = t.elapsed();
+    assert!(
+        took >= ms(150) && took < ms(900),
+        "SIGKILL at {took:?}, --grace 200ms"
+    );
+}
+
+#[test]
+fn a_restart_held_back_for_the_gap_does_not_spin() {
+    let emu = seeded("Pq8-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo \"up $A\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(&env_for(&emu), &["--secret", "A=a"], &script);
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Pq8-first")
+    });
+    emu.set_secret("a", "Pq8-second");
+    wait_for("the first restart", ms(5000), || {
+        read(&log).contains("up Pq8-second")
+    });
+    emu.set_secret("a", "Pq8-third");
+    std::thread::sleep(ms(500)); // the change is seen; its restart waits out the 10 s gap
+    let before = cpu_ticks(sup.pid());
+    std::thread::sleep(ms(1500));
+    let cpu = cpu_ticks(sup.pid()) - before;
+    assert!(
+        cpu < 40,
+        "{cpu} ticks of CPU while a restart waits for its gap"
+    );
+    assert!(
+        !read(&log).contains("up Pq8-third"),
+        "held back: {}",
+        read(&log)
+    );
+    sup.stop_and_stderr();
+}
+
+#[test]
+fn sigterm_while_a_restarting_group_lingers_ends_with_the_old_childs_status() {
+    let emu = seeded("Pq9-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    // The child exits 3 on SIGTERM at once; a grandchild that ignores it keeps the group alive.
+    let script = format!(
+        "echo \"up $A\" >> {0}; sh -c \"trap '' TERM; while :; do sleep 0.05; done\" & trap 'echo term >> {0}; exit 3' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "A=a", "--grace", "2s"],
+        &script,
+    );
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Pq9-first")
+    });
+    emu.set_secret("a", "Pq9-second");
+    wait_for("the restart's SIGTERM", ms(5000), || {
+        read(&log).contains("term")
+    });
+    std::thread::sleep(ms(200)); // the old child has exited; its group lingers
+    sup.signal(SIGTERM);
+    assert_eq!(sup.exit_within(ms(6000)), Some(3), "the old child's status");
+    assert_eq!(
+        read(&log).matches("up").count(),
+        1,
+        "nothing new started: {}",
+        read(&log)
+    );
+}
+
+#[test]
+fn a_change_seen_during_shutdown_is_not_signalled_to_the_stopping_child() {
+    let emu = seeded("Pq10-first");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo up >> {0}; trap 'echo hup >> {0}' HUP; trap 'echo term >> {0}; sleep 2; exit 0' TERM; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &[
+            "--secret",
+            "a",
+            "--on-change",
+            "signal:HUP",
+            "--grace",
+            "5s",
+        ],
+        &script,
+    );
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    // A refresh in flight when SIGTERM comes answers with a changed value after it.
+    emu.set_kv_delay(ms(800));
+    let seen = emu.counters().kv_requests.get("a").copied().unwrap_or(0);
+    wait_for("a refresh in flight", ms(5000), || {
+        emu.counters().kv_requests.get("a").copied().unwrap_or(0) > seen
+    });
+    emu.set_secret("a", "Pq10-second");
+    sup.signal(SIGTERM);
+    assert_eq!(sup.exit_within(ms(8000)), Some(0));
+    let l = read(&log);
+    assert!(l.contains("term") && !l.contains("hup"), "{l}");
+}

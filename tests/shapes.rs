@@ -506,3 +506,61 @@ fn watch_rederives_shapes_on_rotation_and_drops_an_optional_secret_that_goes() {
     assert!(!log.contains("Wo3"), "{log}");
     let _ = env_file;
 }
+
+#[test]
+fn optional_does_not_cover_a_vault_that_stays_throttled() {
+    let emu = Emulator::start().unwrap();
+    for _ in 0..200 {
+        emu.push_kv_fault(Fault::StatusRetryAfter(429, 0));
+    }
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "flags?optional",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("optional secret is absent"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.exists() || s.entries("out").is_empty());
+}
+
+#[test]
+fn optional_skips_only_key_vaults_own_not_found_not_a_bare_404() {
+    let emu = Emulator::start().unwrap();
+    emu.push_kv_fault(Fault::Status(404)); // a 404 without the SecretNotFound code
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "flags?optional",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("without Key Vault's SecretNotFound code"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("optional secret is absent"),
+        "{}",
+        r.stderr
+    );
+}

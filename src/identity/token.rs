@@ -158,10 +158,8 @@ fn parse_iso(s: &str) -> Option<u64> {
     let s = s.trim();
     let (body, offset) = if let Some(b) = s.strip_suffix(['Z', 'z']) {
         (b, 0)
-    } else if s.len() > 6
-        && s.is_char_boundary(s.len() - 6)
-        && matches!(s.as_bytes()[s.len() - 6], b'+' | b'-')
-    {
+    } else if s.len() > 6 && matches!(s.as_bytes()[s.len() - 6], b'+' | b'-') {
+        // An ASCII sign: a char boundary, so the split below cannot cut a character.
         let (b, o) = s.split_at(s.len() - 6);
         let sign = if o.starts_with('-') { -1 } else { 1 };
         let (h, m) = o[1..].split_once(':')?;
@@ -271,6 +269,113 @@ fn jwt_claims(token: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(body: &str) -> Result<Token, Error> {
+        parse_token(body, "the identity")
+    }
+
+    #[test]
+    fn a_tokens_debug_names_its_expiry_and_owner_never_itself() {
+        let t = token(r#"{"access_token":"a.eyJvaWQiOiJvLTcifQ.Sg9x","expires_on":"1700000000"}"#)
+            .unwrap();
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("expires_on: 1700000000") && shown.contains("o-7"),
+            "{shown}"
+        );
+        assert!(!shown.contains("Sg9x") && !shown.contains("eyJ"), "{shown}");
+        assert!(t.same_as(&t.clone()));
+        let other =
+            token(r#"{"access_token":"a.eyJvaWQiOiJvLTcifQ.Sg9y","expires_on":"1700000000"}"#)
+                .unwrap();
+        assert!(!t.same_as(&other), "the same claims but another token");
+    }
+
+    #[test]
+    fn who_names_the_object_id_else_the_client_id() {
+        // {"oid":"o-7","appid":"c-8"}, {"appid":"c-8"}, {}
+        let both =
+            token(r#"{"access_token":"a.eyJvaWQiOiJvLTciLCJhcHBpZCI6ImMtOCJ9.s","expires_in":60}"#)
+                .unwrap();
+        let client =
+            token(r#"{"access_token":"a.eyJhcHBpZCI6ImMtOCJ9.s","expires_in":60}"#).unwrap();
+        let none = token(r#"{"access_token":"a.e30.s","expires_in":60}"#).unwrap();
+        assert_eq!(both.who(), "object id o-7");
+        assert_eq!(client.who(), "client id c-8");
+        assert_eq!(none.who(), "unknown object id");
+    }
+
+    #[test]
+    fn now_is_the_clock_and_expires_in_counts_from_it() {
+        let before = now();
+        assert!(before > 1_700_000_000, "{before}");
+        let t = token(r#"{"access_token":"x","expires_in":"3600"}"#).unwrap();
+        assert!(
+            (before + 3600..=now() + 3600).contains(&t.expires_on),
+            "{}",
+            t.expires_on
+        );
+    }
+
+    #[test]
+    fn the_token_size_limit_is_32_kib_exactly() {
+        let answer =
+            |n: usize| format!(r#"{{"access_token":"{}","expires_in":60}}"#, "t".repeat(n));
+        assert!(token(&answer(32 * 1024)).is_ok());
+        let e = token(&answer(32 * 1024 + 1)).unwrap_err().to_string();
+        assert!(
+            e.contains("larger than 32 KiB") && e.contains("the identity"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_lifetime_is_kept_only_between_0_and_10_years() {
+        let lifetime = |v: &str| {
+            token(&format!(r#"{{"access_token":"x","expires_in":{v}}}"#))
+                .unwrap()
+                .lifetime
+        };
+        let ten_years = 10 * 365 * 86400;
+        assert_eq!(lifetime("1"), Some(1));
+        assert_eq!(lifetime(&(ten_years - 1).to_string()), Some(ten_years - 1));
+        assert_eq!(lifetime(&ten_years.to_string()), None);
+        let t = token(r#"{"access_token":"x","expires_in":0,"expires_on":1700000000}"#).unwrap();
+        assert_eq!((t.lifetime, t.expires_on), (None, 1_700_000_000));
+    }
+
+    #[test]
+    fn numbers_as_floats_are_whole_non_negative_and_bounded() {
+        use serde_json::json;
+        assert_eq!(number(&json!(1_700_000_000.75)), Some(1_700_000_000));
+        assert_eq!(
+            number(&json!(999_999_999_999_999.0)),
+            Some(999_999_999_999_999)
+        );
+        assert_eq!(number(&json!(1e15)), None);
+        assert_eq!(number(&json!(-1.0)), None);
+        assert_eq!(number(&json!(-0.5)), None);
+        assert_eq!(number(&json!("1700000000.5")), Some(1_700_000_000));
+        assert_eq!(number(&json!("17a")), None);
+    }
+
+    #[test]
+    fn iso_dates_take_only_digit_fields_of_up_to_4_digits() {
+        assert_eq!(parse_iso("2026-11-28T15:13:34Z"), Some(1_795_878_814));
+        assert_eq!(parse_iso("2026-11-28T16:13:34+01:00"), Some(1_795_878_814));
+        assert_eq!(
+            parse_iso("2026-11-28T15:13:34.123456Z"),
+            Some(1_795_878_814)
+        );
+        assert_eq!(
+            parse_iso("2026-+1-28T15:13:34Z"),
+            None,
+            "a sign is not a digit"
+        );
+        assert_eq!(parse_iso("2026-00011-28T15:13:34Z"), None, "5 digits");
+        assert_eq!(parse_iso("2026--28T15:13:34Z"), None, "an empty field");
+        assert_eq!(parse_iso("2026-11-28T15:13:34+ü0:00"), None);
+    }
 
     #[test]
     fn token_answers_with_string_numbers_and_dates() {

@@ -399,9 +399,27 @@ pub fn as_nobody(prefix: &[&str], args: &[&str], env: &HashMap<String, String>) 
 /// all of a uid's processes on the machine) use a uid of their own, so that no other test's
 /// processes share the budget.
 pub fn as_user(uid: u32, prefix: &[&str], args: &[&str], env: &HashMap<String, String>) -> Command {
+    as_user_in(uid, &[], prefix, args, env)
+}
+
+/// Like [`as_user`], with supplementary `groups` (none: `--clear-groups`).
+pub fn as_user_in(
+    uid: u32,
+    groups: &[u32],
+    prefix: &[&str],
+    args: &[&str],
+    env: &HashMap<String, String>,
+) -> Command {
     let id = uid.to_string();
     let mut all: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
-    all.extend(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"].map(String::from));
+    all.extend(["setpriv", "--reuid", &id, "--regid", &id].map(String::from));
+    match groups {
+        [] => all.push("--clear-groups".into()),
+        _ => {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            all.extend(["--groups".to_string(), list.join(",")]);
+        }
+    }
     all.push(bin());
     all.extend(args.iter().map(|s| s.to_string()));
     let mut c = Command::new(&all[0]);
