@@ -415,6 +415,11 @@ fn optional_skips_absence_but_never_a_refusal() {
         assert!(line.is_some(), "{name}: {}", r.stderr);
     }
     assert_no_leak(&r, &["Op1"]);
+    assert!(
+        !r.stderr.contains("removed the file"),
+        "nothing was there to remove: {}",
+        r.stderr
+    );
     // A refusal is not absence: exit 4, nothing new written.
     all.extend(["--secret", "denied?optional"]);
     std::fs::remove_dir_all(&dir).unwrap();
