@@ -446,7 +446,7 @@ fn watch_rederives_shapes_on_rotation_and_drops_an_optional_secret_that_goes() {
     emu.set_certificate("mycert", Certificate::RsaPfxAes);
     emu.set_secret("extra", "Wo3-extra");
     let s = Scratch::new();
-    let (dir, env_file) = (s.path("tls"), s.path("app.env"));
+    let dir = s.path("tls");
     let mut w = Background::start(
         &env_for(&emu),
         &[
@@ -469,7 +469,7 @@ fn watch_rederives_shapes_on_rotation_and_drops_an_optional_secret_that_goes() {
     wait_for("the first write", ms(5000), || {
         dir.join("tls.crt").exists() && dir.join("EXTRA").exists()
     });
-    let (_, leaf_rsa) = (0, blocks(&fixture("leaf-rsa.pem")));
+    let leaf_rsa = blocks(&fixture("leaf-rsa.pem"));
     assert_eq!(blocks(&read(&dir.join("tls.crt")))[0], leaf_rsa[0]);
     let expires = metric(
         &addr,
@@ -509,7 +509,6 @@ fn watch_rederives_shapes_on_rotation_and_drops_an_optional_secret_that_goes() {
         "{log}"
     );
     assert!(!log.contains("Wo3"), "{log}");
-    let _ = env_file;
 }
 
 #[test]
