@@ -59,6 +59,9 @@ enum Phase {
         /// The old child's status, once it has exited.
         leader: Option<u8>,
         env: Env,
+        /// Orphans already sent SIGTERM: those of the restart's start, and those re-parented to
+        /// kvfetch since (when the old child or an orphan exits), each signalled once.
+        signalled: Vec<i32>,
     },
     /// Shutting down: nothing starts again; kvfetch ends with the leader's status once the
     /// group is gone.
@@ -236,6 +239,14 @@ impl Supervisor<'_> {
         Ok(pid)
     }
 
+    /// `send`, once the leader is reaped: only while a member is left, so that a process group
+    /// id the kernel has reused for another group is never signalled.
+    fn send_while_alive(&self, sig: i32) {
+        if !group_gone(self.pid) {
+            self.send(sig);
+        }
+    }
+
     /// Send `sig` to the child's whole process group.
     fn send(&self, sig: i32) {
         if self.pid > 0 {
@@ -387,10 +398,26 @@ impl Supervisor<'_> {
             killed: false,
             leader: None,
             env,
+            signalled: Vec::new(),
         };
         self.send(libc::SIGTERM);
-        signal_orphans(self.pid, libc::SIGTERM);
+        self.signal_new_orphans();
         Ok(())
+    }
+
+    /// During a restart: SIGTERM to every orphan of the old generation not yet sent one (an
+    /// orphan that left the group becomes kvfetch's only when its parent exits).
+    fn signal_new_orphans(&mut self) {
+        let Phase::Restarting { signalled, .. } = &mut self.phase else {
+            return;
+        };
+        for pid in children() {
+            if pid != self.pid && !signalled.contains(&pid) {
+                // SAFETY: kill with the pid of a live child of ours.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                signalled.push(pid);
+            }
+        }
     }
 
     /// Reap every exited child (orphans included) and see what that means.
@@ -412,6 +439,7 @@ impl Supervisor<'_> {
                 Phase::Stopping { status, .. } => *status = Some(code),
             }
         }
+        self.signal_new_orphans();
         self.progress()
     }
 
@@ -456,9 +484,7 @@ impl Supervisor<'_> {
             Phase::Stopping { kill_at, .. } => kill_at,
             _ => Instant::now() + self.opts.grace,
         };
-        if !group_gone(self.pid) {
-            self.send(libc::SIGTERM);
-        }
+        self.send_while_alive(libc::SIGTERM);
         signal_orphans(0, libc::SIGTERM);
         while Instant::now() < until {
             reap_all();
@@ -469,9 +495,7 @@ impl Supervisor<'_> {
         }
         let last = Instant::now() + Duration::from_secs(1);
         while Instant::now() < last {
-            if !group_gone(self.pid) {
-                self.send(libc::SIGKILL);
-            }
+            self.send_while_alive(libc::SIGKILL);
             signal_orphans(0, libc::SIGKILL);
             std::thread::sleep(Duration::from_millis(10));
             reap_all();

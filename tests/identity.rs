@@ -343,6 +343,44 @@ fn arc_reads_the_key_its_challenge_names() {
 }
 
 #[test]
+fn arc_that_rejects_the_key_of_its_own_challenge_is_asked_twice_then_named() {
+    if !root_or_skip("the Arc token directory is mounted in a private mount namespace (root)") {
+        return;
+    }
+    let emu = Emulator::with_config(Config {
+        arc_realm_dir: Some("/var/opt/azcmagent/tokens".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    emu.set_secret("db-password", VALUE);
+    emu.set_arc_rejects_keys(true);
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.arc_endpoint());
+    env.insert("IMDS_ENDPOINT".into(), emu.arc_imds_endpoint());
+    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
+    env.insert("KVFETCH_TIMEOUT".into(), "3s".into());
+    let script = format!(
+        "mount -t tmpfs tmpfs /var/opt && mkdir -p /var/opt/azcmagent/tokens && mount --bind {keys} /var/opt/azcmagent/tokens && \
+         exec \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret db-password --dir {dir}",
+        keys = emu.arc_key_dir().display(),
+        dir = s.path("out").display()
+    );
+    let out = in_private_mounts(&script, &env).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("rejected the key"), "{stderr}");
+    assert!(stderr.contains("azcmagent show"), "{stderr}");
+    assert!(!s.path("out/db-password").exists());
+    let c = emu.counters();
+    assert_eq!(
+        (c.arc_token_requests, c.imds_token_requests),
+        (2, 0),
+        "the challenge, then the key once: a second 401 is not answered with another key"
+    );
+}
+
+#[test]
 fn incomplete_variables_and_pins() {
     let emu = seeded();
     let s = Scratch::new();
@@ -773,6 +811,28 @@ fn each_final_identity_answer_gets_its_own_message() {
         "{}",
         r.stderr
     );
+    // "Identity not found" under another status, and a 400's "… not found" without the word
+    // identity, are a missing identity all the same.
+    for (status, message) in [
+        (403, "Identity not found"),
+        (400, "Requested client id not found"),
+    ] {
+        emu.push_imds_fault(Fault::ErrorText {
+            status,
+            code: "invalid_request".into(),
+            message: message.into(),
+        });
+        let r = fetch_with(&env_for(&emu), &s);
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "no managed identity found: {}/metadata/identity/oauth2/token answered HTTP {status} \"{message}\"",
+                emu.imds_url()
+            )),
+            "{status}: {}",
+            r.stderr
+        );
+    }
     // Service Fabric's own codes: a rejected header is named as such.
     let mut env = env_for(&emu);
     env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
@@ -789,6 +849,21 @@ fn each_final_identity_answer_gets_its_own_message() {
         r.stderr
     );
     assert_no_leak(&r, &["Id5-wrong-header"]);
+    // The right header, and no identity for the application: named, and not retried as a 404.
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    emu.set_system_identity(false);
+    emu.reset_counters();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "the Service Fabric endpoint {} has no managed identity for this application (HTTP 404 ManagedIdentityNotFound); assign one in the application manifest",
+            emu.service_fabric_endpoint()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(emu.counters().service_fabric_token_requests, 1);
 }
 
 #[test]
@@ -946,6 +1021,13 @@ fn entra_is_retried_on_5xx_and_read_without_error_codes() {
     let r = fetch_with(&workload_env_keeping_file(&emu, &s, client), &s);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("larger than 64 KiB"), "{}", r.stderr);
+    // Exactly 64 KiB is within the limit: it is sent (and Entra refuses the unknown assertion).
+    std::fs::write(s.path("azure-identity-token"), "a".repeat(64 * 1024)).unwrap();
+    let before = emu.counters().entra_token_requests;
+    let r = fetch_with(&workload_env_keeping_file(&emu, &s, client), &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(!r.stderr.contains("larger than 64 KiB"), "{}", r.stderr);
+    assert_eq!(emu.counters().entra_token_requests, before + 1, "sent once");
 }
 
 /// [`workload_env`] without rewriting the token file.
@@ -959,4 +1041,30 @@ fn workload_env_keeping_file(emu: &Emulator, s: &Scratch, client: &str) -> HashM
     env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
     env.insert("AZURE_AUTHORITY_HOST".into(), emu.authority_url());
     env
+}
+
+#[test]
+fn a_token_that_goes_stale_during_one_fetch_is_not_renewed_in_it() {
+    // A 6 s token is fresh for 3 s (half its life) and accepted by the vault for 5 s or more;
+    // one fetch of 20 secrets, one at a time at 200 ms each, outlasts the first but not the
+    // second. The fetch asks for a token once: one request per fetch, whatever the token's times.
+    let emu = Emulator::start().unwrap();
+    emu.set_token_lifetime(std::time::Duration::from_secs(6));
+    let mut args = vec!["fetch".to_string(), "--concurrency".into(), "1".into()];
+    for i in 0..20 {
+        emu.set_secret(&format!("s{i}"), "v");
+        args.extend(["--secret".into(), format!("s{i}")]);
+    }
+    emu.set_kv_delay(ms(200));
+    let s = Scratch::new();
+    args.extend(["--dir".into(), s.path("out").display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = std::time::Instant::now();
+    let r = run_with(&env_for(&emu), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        t.elapsed() > ms(3500),
+        "the fetch outlasted the token's freshness"
+    );
+    assert_eq!(emu.counters().imds_token_requests, 1, "{}", r.stderr);
 }

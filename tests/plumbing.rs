@@ -987,3 +987,195 @@ fn a_change_seen_during_shutdown_is_not_signalled_to_the_stopping_child() {
     let l = read(&log);
     assert!(l.contains("term") && !l.contains("hup"), "{l}");
 }
+
+/// The pid a script wrote on the line `what PID` of `pids`.
+fn pid_in(pids: &std::path::Path, what: &str) -> i32 {
+    read(pids)
+        .lines()
+        .find_map(|l| l.strip_prefix(what)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {what} pid in {}", read(pids)))
+}
+
+/// Write `text` as the shell script `name` in `s`; its path.
+/// `@idle@` in the text is a loop that sleeps for about 30 s: a process a failed test leaves
+/// behind ends by itself.
+fn script_file(s: &Scratch, name: &str, text: &str) -> String {
+    let path = s.path(name);
+    let idle = "i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done";
+    std::fs::write(&path, text.replace("@idle@", idle)).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_restart_waits_for_the_old_generations_orphans() {
+    let emu = seeded("Pq11-first");
+    let s = Scratch::new();
+    let log = s.path("log").display().to_string();
+    // An orphan outside the child's group (setsid) takes a second to finish after SIGTERM. The
+    // child says it is up only once the orphans' traps are set.
+    let orphan = script_file(
+        &s,
+        "orphan.sh",
+        &format!(
+            "trap 'echo \"orphan-term $A\" >> {log}; sleep 1; echo \"orphan-out $A\" >> {log}; exit 0' TERM; echo \"orphan-ready $A\" >> {log}; @idle@"
+        ),
+    );
+    // A second orphan ends 0.3 s after SIGTERM: its exit must not bring the first another one.
+    let quick = script_file(
+        &s,
+        "quick.sh",
+        &format!("trap 'sleep 0.3; exit 0' TERM; echo \"quick-ready $A\" >> {log}; @idle@"),
+    );
+    let script = format!(
+        "setsid sh {orphan} & setsid sh {quick} & \
+         until grep -q \"orphan-ready $A\" {log} && grep -q \"quick-ready $A\" {log}; do sleep 0.02; done; \
+         trap 'exit 0' TERM; echo \"up $A\" >> {log}; while :; do sleep 0.05; done"
+    );
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--secret", "A=a", "--grace", "5s"],
+        &script,
+    );
+    let log = s.path("log");
+    wait_for("the child", ms(5000), || {
+        read(&log).contains("up Pq11-first")
+    });
+    emu.set_secret("a", "Pq11-second");
+    wait_for("the second generation", ms(8000), || {
+        read(&log).contains("up Pq11-second")
+    });
+    let l = read(&log);
+    let (out, up) = (l.find("orphan-out Pq11-first"), l.find("up Pq11-second"));
+    let stderr = sup.stop_and_stderr();
+    assert!(
+        out.is_some() && out < up,
+        "the old orphan finished before the new child started: {l}\n{stderr}"
+    );
+    assert_eq!(
+        l.matches("orphan-term Pq11-first").count(),
+        1,
+        "the orphan got SIGTERM once: {l}"
+    );
+}
+
+#[test]
+fn when_the_child_exits_its_group_and_orphans_get_sigterm_then_grace_then_sigkill() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let (log, pids) = (s.path("log"), s.path("pids"));
+    let (l, p) = (log.display(), pids.display());
+    // The child exits 4 by itself and leaves: `careful`, an orphan that cleans up for 0.3 s on
+    // SIGTERM; `stubborn`, an orphan that ignores SIGTERM; and `deep`, a grandchild's child in
+    // the child's group (not a child of kvfetch even once its parent is gone), reached only by
+    // a signal to the group. The child exits once all three have set their traps.
+    let careful = script_file(
+        &s,
+        "careful.sh",
+        &format!(
+            "trap 'sleep 0.3; echo careful-clean >> {l}; exit 0' TERM; echo careful-ready >> {l}; @idle@"
+        ),
+    );
+    let stubborn = script_file(
+        &s,
+        "stubborn.sh",
+        &format!("trap '' TERM; echo \"stubborn $$\" >> {p}; echo stubborn-ready >> {l}; @idle@"),
+    );
+    let deep = script_file(
+        &s,
+        "deep.sh",
+        &format!("trap 'echo deep-term >> {l}; exit 0' TERM; echo deep-ready >> {l}; @idle@"),
+    );
+    let script = format!(
+        "setsid sh {careful} & setsid sh {stubborn} & sh -c 'sh {deep} & wait' & \
+         until [ \"$(grep -c ready {l})\" -ge 3 ]; do sleep 0.02; done; echo up >> {l}; exit 4"
+    );
+    let mut sup = supervised_idle(&env_for(&emu), &["--secret", "a", "--grace", "2s"], &script);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    let stubborn = pid_in(&pids, "stubborn");
+    let t = Instant::now();
+    assert_eq!(sup.exit_within(ms(6000)), Some(4), "the child's status");
+    let took = t.elapsed();
+    let l = read(&log);
+    assert!(l.contains("careful-clean"), "an orphan had its grace: {l}");
+    assert!(l.contains("deep-term"), "the group got SIGTERM: {l}");
+    assert!(!alive(stubborn), "an orphan that ignores SIGTERM is killed");
+    assert!(
+        took >= ms(1500),
+        "kvfetch waited --grace for the stubborn orphan ({took:?})"
+    );
+}
+
+#[test]
+fn grace_is_counted_from_the_shutdown_not_paid_again_at_exit() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let (log, pids) = (s.path("log"), s.path("pids"));
+    let (l, p) = (log.display(), pids.display());
+    // The child takes 2 s to stop; an orphan ignores SIGTERM. With --grace 3s, everything is
+    // gone 3 s after the SIGTERM, not 2 s + 3 s.
+    let stubborn = script_file(
+        &s,
+        "stubborn.sh",
+        &format!("trap '' TERM; echo \"stubborn $$\" >> {p}; echo stubborn-ready >> {l}; @idle@"),
+    );
+    let script = format!(
+        "setsid sh {stubborn} & until grep -q stubborn-ready {l}; do sleep 0.02; done; \
+         trap 'sleep 2; exit 0' TERM; echo up >> {l}; while :; do sleep 0.05; done"
+    );
+    let mut sup = supervised_idle(&env_for(&emu), &["--secret", "a", "--grace", "3s"], &script);
+    wait_for("the child", ms(5000), || read(&log).contains("up"));
+    let stubborn = pid_in(&pids, "stubborn");
+    let t = Instant::now();
+    sup.signal(SIGTERM);
+    assert_eq!(sup.exit_within(ms(8000)), Some(0), "the child's status");
+    let took = t.elapsed();
+    assert!(!alive(stubborn), "the orphan is killed at --grace");
+    assert!(
+        took >= ms(2800) && took < ms(4300),
+        "{took:?} from SIGTERM to exit, --grace 3s"
+    );
+}
+
+#[test]
+fn out_of_file_descriptors_at_the_identity_request_is_exit_9_at_once() {
+    let emu = seeded("x");
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "3s".into());
+    // watch opens its signal pipe before the first fetch: some limit leaves it room but none
+    // for the identity request's socket. Each limit up to that one fails at once.
+    let mut identity_seen = false;
+    for limit in 3..16 {
+        let dir = s.path(&format!("out{limit}")).display().to_string();
+        let mut child = Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .args([&bin(), "watch", "--secret", "a", "--dir", &dir])
+            .env_clear()
+            .envs(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() && t.elapsed() < ms(2000) {
+            std::thread::sleep(ms(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains("identity endpoint") {
+            assert_eq!(out.status.code(), Some(9), "limit {limit}: {stderr}");
+            assert!(stderr.contains("raise the limit"), "{stderr}");
+            assert!(t.elapsed() < ms(1500), "not retried: {stderr}");
+            identity_seen = true;
+            break;
+        }
+        if out.status.code().is_none() {
+            break; // running (killed): the limit was high enough for everything
+        }
+    }
+    assert!(
+        identity_seen,
+        "no limit left the identity request without a descriptor"
+    );
+}

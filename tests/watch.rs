@@ -438,6 +438,24 @@ fn a_failed_token_renewal_keeps_the_still_valid_token() {
         0.0,
         "a failed renewal while the token is valid is no failed refresh"
     );
+    // Once it has expired, the old token is no longer sent: refreshes fail for want of one.
+    let no_token = || metric(&addr, "kvfetch_refresh_failures_total{kind=\"no_token\"}");
+    wait_for("a refresh failed for want of a token", ms(12_000), || {
+        no_token() >= 1.0
+    });
+    // The vault judges expiry by whole seconds, so for up to a second it refuses a token kvfetch
+    // still holds valid (each such refresh is a 401 and a failed renewal); past that second the
+    // token is expired for both.
+    std::thread::sleep(ms(1500));
+    let (failed, sent) = (no_token(), emu.counters().kv_requests.get("a").copied());
+    wait_for("two more failed refreshes", ms(8000), || {
+        no_token() >= failed + 2.0
+    });
+    assert_eq!(
+        emu.counters().kv_requests.get("a").copied(),
+        sent,
+        "no vault request with an expired token"
+    );
     assert!(
         w.stop_and_stderr()
             .contains("token renewal failed; the current token is still valid")

@@ -333,6 +333,12 @@ impl Emulator {
         self.world().arc_realm = path;
     }
 
+    /// Make Arc answer every request with a fresh challenge, the key of the last one included
+    /// (an agent that rejects its own keys).
+    pub fn set_arc_rejects_keys(&self, on: bool) {
+        self.world().arc_rejects_keys = on;
+    }
+
     /// The Service Fabric `IDENTITY_ENDPOINT` (`https://127.0.0.1:PORT/sf/token`); its header is
     /// [`Emulator::identity_header`].
     pub fn service_fabric_endpoint(&self) -> String {

@@ -141,7 +141,7 @@ pub fn arc(world: &mut World, req: &Request, key_dir: &Path, realm_dir: &Path) -
         .header("authorization")
         .and_then(|h| h.strip_prefix("Basic "));
     let latest = world.arc_key.as_ref().map(|(key, _)| key.as_str());
-    if presented.is_none() || presented != latest {
+    if presented.is_none() || presented != latest || world.arc_rejects_keys {
         return challenge(world, key_dir, realm_dir);
     }
     let selectors = ["client_id", "object_id", "msi_res_id", "mi_res_id"];

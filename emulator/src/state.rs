@@ -197,6 +197,8 @@ pub struct World {
     pub arc_key: Option<(String, std::path::PathBuf)>,
     /// Name this path in Arc challenges instead of writing a key file.
     pub arc_realm: Option<String>,
+    /// Arc challenges every request, a valid key included (a broken agent).
+    pub arc_rejects_keys: bool,
     pub kv_faults: VecDeque<Fault>,
     pub kv_delay: Duration,
     pub counters: Counters,

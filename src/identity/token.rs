@@ -378,6 +378,27 @@ mod tests {
     }
 
     #[test]
+    fn days_from_civil_counts_every_day_like_a_calendar() {
+        // A day-by-day count from 1970 through 2104 (leap years, 2000, and the skipped 2100).
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut days = 0;
+        for y in 1970..2105 {
+            for m in 1..=12 {
+                let len = match m {
+                    2 if leap(y) => 29,
+                    2 => 28,
+                    4 | 6 | 9 | 11 => 30,
+                    _ => 31,
+                };
+                for d in 1..=len {
+                    assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+                    days += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
     fn token_answers_with_string_numbers_and_dates() {
         let t = parse_token(r#"{"access_token":"a.eyJvaWQiOiJ4In0.c","expires_on":"1506484173","expires_in":"3599"}"#, "x").unwrap();
         assert_eq!(
@@ -415,6 +436,7 @@ mod tests {
             "09/14/99999999999999 00:00:00",
             "09/14/2017 24:00:00",
             "09/14/2017 13:00:00 PM",
+            "09/14/2017 13:00:00 AM",
             "09/14/2017 00:00:00 +99:00",
             "09/14 00:00:00",
         ] {
@@ -431,6 +453,7 @@ mod tests {
             ("09/14/2017 12:00:00 PM +00:00", 1_505_390_400),
             ("9/14/2017 12:00:00 pm +00:00", 1_505_390_400),
             ("09/14/2017 12:00:00 +00:00", 1_505_390_400),
+            ("09/14/2017 12:00 PM +00:00", 1_505_390_400),
         ] {
             assert_eq!(
                 number_or_date(&Value::String(text.into())),
