@@ -471,7 +471,7 @@ fn changes_during_the_restart_gap_are_coalesced_into_one_restart() {
     let s = Scratch::new();
     let log = s.path("log");
     let script = format!(
-        "echo \"up $A\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        "trap 'exit 0' TERM; echo \"up $A\" >> {}; while :; do sleep 0.05; done",
         log.display()
     );
     let mut sup = supervised(&env_for(&emu), &["--secret", "A=a"], &script);

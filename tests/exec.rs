@@ -203,7 +203,7 @@ fn supervised_restarts_the_child_with_the_new_value_on_rotation() {
     let s = Scratch::new();
     let log = s.path("log");
     let script = format!(
-        "echo \"$DB_PASSWORD\" >> {}; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        "trap 'exit 0' TERM; echo \"$DB_PASSWORD\" >> {}; while :; do sleep 0.05; done",
         log.display()
     );
     let mut sup = supervised(
@@ -324,13 +324,14 @@ fn reaps_as_pid_1_in_a_pid_namespace() {
 }
 
 /// Run supervised kvfetch on a real pseudo-terminal (python's pty module), wait until the child
-/// log has `ups` "up" lines (calling `between` after the first), type ^C, and return
+/// log has `ups` "up" lines (calling `between` after the first), type a line the child reads,
+/// then ^C, and return
 /// (python's report of kvfetch's exit code, the child log).
 fn ctrl_c_on_a_pty(emu: &Emulator, ups: usize, between: impl FnOnce()) -> (String, String) {
     let s = Scratch::new();
     let log = s.path("log");
     let script = format!(
-        "trap 'echo INT >> {0}; exit 0' INT; echo up >> {0}; while :; do sleep 0.05; done",
+        "trap 'echo INT >> {0}; exit 0' INT; echo up >> {0}; read line; echo \"read $line\" >> {0}; while :; do sleep 0.05; done",
         log.display()
     );
     let driver = r#"
@@ -347,6 +348,11 @@ def drain():
         pass
 end = time.time() + 10
 while time.time() < end and (not os.path.exists(log) or open(log).read().count("up") < ups):
+    drain(); time.sleep(0.02)
+time.sleep(0.2)
+os.write(fd, b"hello\n")
+end = time.time() + 5
+while time.time() < end and "read hello" not in open(log).read():
     drain(); time.sleep(0.02)
 time.sleep(0.2)
 os.write(fd, b"")
@@ -402,6 +408,8 @@ fn ctrl_c_at_a_terminal_reaches_the_child_once() {
     let (code, log) = ctrl_c_on_a_pty(&emu, 1, || {});
     assert_eq!(code, "0");
     assert_eq!(log.matches("INT").count(), 1, "{log}");
+    // The child owns the terminal: it reads from it (a background group would be stopped).
+    assert!(log.contains("read hello"), "{log}");
 }
 
 #[test]
@@ -413,7 +421,7 @@ fn ctrl_c_reaches_a_restarted_child_once() {
     });
     assert_eq!(code, "0");
     assert_eq!(
-        log, "up\nup\nINT\n",
+        log, "up\nup\nread hello\nINT\n",
         "the restarted child owns the terminal"
     );
 }

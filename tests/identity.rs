@@ -193,7 +193,7 @@ fn workload_identity_refusals_name_the_fix_and_never_fall_back() {
                 e
             },
             3,
-            "check AZURE_TENANT_ID",
+            "the tenant does not exist: check AZURE_TENANT_ID",
         ),
     ];
     for (what, env, code, says) in cases {
