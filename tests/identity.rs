@@ -306,10 +306,13 @@ fn arc_refuses_a_challenge_outside_its_token_directory() {
     }
 }
 
-#[test]
-fn arc_reads_the_key_its_challenge_names() {
+/// An Arc emulator whose challenges name the agent's real token directory, and `fetch` of
+/// `db-password` run against it in a mount namespace of its own, where that directory is the
+/// emulator's key directory (a tmpfs over /var/opt, so nothing is left on the host). None
+/// (after a SKIPPED line) when not root.
+fn arc_fetch(arrange: impl FnOnce(&Emulator)) -> Option<(Emulator, Scratch, std::process::Output)> {
     if !root_or_skip("the Arc token directory is mounted in a private mount namespace (root)") {
-        return;
+        return None;
     }
     let emu = Emulator::with_config(Config {
         arc_realm_dir: Some("/var/opt/azcmagent/tokens".into()),
@@ -317,43 +320,7 @@ fn arc_reads_the_key_its_challenge_names() {
     })
     .unwrap();
     emu.set_secret("db-password", VALUE);
-    let s = Scratch::new();
-    let mut env = env_for(&emu);
-    env.insert("IDENTITY_ENDPOINT".into(), emu.arc_endpoint());
-    env.insert("IMDS_ENDPOINT".into(), emu.arc_imds_endpoint());
-    env.insert("KVFETCH_BIN_UNDER_TEST".into(), bin());
-    // The agent's token directory, here: the emulator's key directory, seen at the real path
-    // in a mount namespace of its own (a tmpfs over /var/opt, so nothing is left on the host).
-    let script = format!(
-        "mount -t tmpfs tmpfs /var/opt && mkdir -p /var/opt/azcmagent/tokens && mount --bind {keys} /var/opt/azcmagent/tokens && \
-         exec \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret db-password --dir {dir}",
-        keys = emu.arc_key_dir().display(),
-        dir = s.path("out").display()
-    );
-    let out = in_private_mounts(&script, &env).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(read(&s.path("out/db-password")), VALUE);
-    let c = emu.counters();
-    assert_eq!(
-        (c.arc_token_requests, c.imds_token_requests),
-        (2, 0),
-        "challenge, then the key"
-    );
-}
-
-#[test]
-fn arc_that_rejects_the_key_of_its_own_challenge_is_asked_twice_then_named() {
-    if !root_or_skip("the Arc token directory is mounted in a private mount namespace (root)") {
-        return;
-    }
-    let emu = Emulator::with_config(Config {
-        arc_realm_dir: Some("/var/opt/azcmagent/tokens".into()),
-        ..Default::default()
-    })
-    .unwrap();
-    emu.set_secret("db-password", VALUE);
-    emu.set_arc_rejects_keys(true);
+    arrange(&emu);
     let s = Scratch::new();
     let mut env = env_for(&emu);
     env.insert("IDENTITY_ENDPOINT".into(), emu.arc_endpoint());
@@ -367,6 +334,30 @@ fn arc_that_rejects_the_key_of_its_own_challenge_is_asked_twice_then_named() {
         dir = s.path("out").display()
     );
     let out = in_private_mounts(&script, &env).output().unwrap();
+    Some((emu, s, out))
+}
+
+#[test]
+fn arc_reads_the_key_its_challenge_names() {
+    let Some((emu, s, out)) = arc_fetch(|_| {}) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(read(&s.path("out/db-password")), VALUE);
+    let c = emu.counters();
+    assert_eq!(
+        (c.arc_token_requests, c.imds_token_requests),
+        (2, 0),
+        "challenge, then the key"
+    );
+}
+
+#[test]
+fn arc_that_rejects_the_key_of_its_own_challenge_is_asked_twice_then_named() {
+    let Some((emu, s, out)) = arc_fetch(|emu| emu.set_arc_rejects_keys(true)) else {
+        return;
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("rejected the key"), "{stderr}");

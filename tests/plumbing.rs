@@ -1015,6 +1015,17 @@ fn script_file(s: &Scratch, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// A script that ignores SIGTERM, writes `stubborn PID` to `pids` and then `stubborn-ready` to
+/// `log`; its path.
+fn stubborn_orphan(s: &Scratch, log: &std::path::Path, pids: &std::path::Path) -> String {
+    let (l, p) = (log.display(), pids.display());
+    script_file(
+        s,
+        "stubborn.sh",
+        &format!("trap '' TERM; echo \"stubborn $$\" >> {p}; echo stubborn-ready >> {l}; @idle@"),
+    )
+}
+
 #[test]
 fn a_restart_waits_for_the_old_generations_orphans() {
     let emu = seeded("Pq11-first");
@@ -1072,7 +1083,7 @@ fn when_the_child_exits_its_group_and_orphans_get_sigterm_then_grace_then_sigkil
     let emu = seeded("x");
     let s = Scratch::new();
     let (log, pids) = (s.path("log"), s.path("pids"));
-    let (l, p) = (log.display(), pids.display());
+    let l = log.display();
     // The child exits 4 by itself and leaves: `careful`, an orphan that cleans up for 0.3 s on
     // SIGTERM; `stubborn`, an orphan that ignores SIGTERM; and `deep`, a grandchild's child in
     // the child's group (not a child of kvfetch even once its parent is gone), reached only by
@@ -1084,11 +1095,7 @@ fn when_the_child_exits_its_group_and_orphans_get_sigterm_then_grace_then_sigkil
             "trap 'sleep 0.3; echo careful-clean >> {l}; exit 0' TERM; echo careful-ready >> {l}; @idle@"
         ),
     );
-    let stubborn = script_file(
-        &s,
-        "stubborn.sh",
-        &format!("trap '' TERM; echo \"stubborn $$\" >> {p}; echo stubborn-ready >> {l}; @idle@"),
-    );
+    let stubborn = stubborn_orphan(&s, &log, &pids);
     let deep = script_file(
         &s,
         "deep.sh",
@@ -1119,14 +1126,10 @@ fn grace_is_counted_from_the_shutdown_not_paid_again_at_exit() {
     let emu = seeded("x");
     let s = Scratch::new();
     let (log, pids) = (s.path("log"), s.path("pids"));
-    let (l, p) = (log.display(), pids.display());
+    let l = log.display();
     // The child takes 2 s to stop; an orphan ignores SIGTERM. With --grace 3s, everything is
     // gone 3 s after the SIGTERM, not 2 s + 3 s.
-    let stubborn = script_file(
-        &s,
-        "stubborn.sh",
-        &format!("trap '' TERM; echo \"stubborn $$\" >> {p}; echo stubborn-ready >> {l}; @idle@"),
-    );
+    let stubborn = stubborn_orphan(&s, &log, &pids);
     let script = format!(
         "setsid sh {stubborn} & until grep -q stubborn-ready {l}; do sleep 0.02; done; \
          trap 'sleep 2; exit 0' TERM; echo up >> {l}; while :; do sleep 0.05; done"
