@@ -309,6 +309,7 @@ fn vault_get_versions_and_bundle_fields() {
             nbf: Some(1),
             tags,
             enabled: None,
+            managed: false,
         },
     );
     let v2 = emu.set_secret("db", "two");

@@ -327,23 +327,33 @@ fn reaps_as_pid_1_in_a_pid_namespace() {
 /// log has `ups` "up" lines (calling `between` after the first), type a line the child reads,
 /// then ^C, and return
 /// (python's report of kvfetch's exit code, the child log).
-fn ctrl_c_on_a_pty(emu: &Emulator, ups: usize, between: impl FnOnce()) -> (String, String) {
+/// Runs `kvfetch exec` as the foreground of a new terminal with `stty tostop` set, types a
+/// line, then ^C. Returns the driver's verdict (exit code or "timeout"), the child's log and all
+/// the terminal showed.
+fn ctrl_c_on_a_pty(emu: &Emulator, ups: usize, between: impl FnOnce()) -> (String, String, String) {
     let s = Scratch::new();
     let log = s.path("log");
+    let screen = s.path("screen");
     let script = format!(
         "trap 'echo INT >> {0}; exit 0' INT; echo up >> {0}; read line; echo \"read $line\" >> {0}; while :; do sleep 0.05; done",
         log.display()
     );
     let driver = r#"
 import os, pty, sys, time
+import termios
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:])
+# tostop: a background process that writes to the terminal is stopped (or, orphaned, gets EIO).
+attrs = termios.tcgetattr(fd)
+attrs[3] |= termios.TOSTOP
+termios.tcsetattr(fd, termios.TCSANOW, attrs)
 os.set_blocking(fd, False)
 log, ups = os.environ["CHILD_LOG"], int(os.environ["UPS"])
+screen = open(os.environ["SCREEN"], "ab")
 def drain():
     try:
-        os.read(fd, 4096)
+        screen.write(os.read(fd, 4096)); screen.flush()
     except OSError:
         pass
 end = time.time() + 10
@@ -369,6 +379,7 @@ print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
     let mut env = exec_env(emu);
     env.insert("CHILD_LOG".into(), log.display().to_string());
     env.insert("UPS".into(), ups.to_string());
+    env.insert("SCREEN".into(), screen.display().to_string());
     let child = Command::new("python3")
         .args([
             "-c",
@@ -398,6 +409,7 @@ print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
     (
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         read(&log),
+        read(&screen),
     )
 }
 
@@ -405,25 +417,102 @@ print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
 fn ctrl_c_at_a_terminal_reaches_the_child_once() {
     let emu = Emulator::start().unwrap();
     emu.set_secret("a", "x");
-    let (code, log) = ctrl_c_on_a_pty(&emu, 1, || {});
+    let (code, log, screen) = ctrl_c_on_a_pty(&emu, 1, || {});
     assert_eq!(code, "0");
     assert_eq!(log.matches("INT").count(), 1, "{log}");
     // The child owns the terminal: it reads from it (a background group would be stopped).
     assert!(log.contains("read hello"), "{log}");
+    // kvfetch, now in the background, still shows its own lines under `stty tostop`.
+    assert_eq!(screen.matches("child started").count(), 1, "{screen}");
+    assert_eq!(screen.matches("child exited").count(), 1, "{screen}");
 }
 
 #[test]
 fn ctrl_c_reaches_a_restarted_child_once() {
     let emu = Emulator::start().unwrap();
     emu.set_secret("a", "x");
-    let (code, log) = ctrl_c_on_a_pty(&emu, 2, || {
+    let (code, log, screen) = ctrl_c_on_a_pty(&emu, 2, || {
         emu.set_secret("a", "rotated");
     });
+    assert_eq!(screen.matches("child started").count(), 2, "{screen}");
     assert_eq!(code, "0");
     assert_eq!(
         log, "up\nup\nread hello\nINT\n",
         "the restarted child owns the terminal"
     );
+}
+
+/// `kvfetch exec … &` from an interactive shell: kvfetch starts in a background process group
+/// of the terminal, and neither it nor its child may take the terminal from the shell.
+#[test]
+fn a_background_kvfetch_leaves_the_terminal_to_the_shell() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "x");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo up >> {0}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let driver = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    kv = os.fork()
+    if kv == 0:
+        os.setpgid(0, 0)
+        os.execv(sys.argv[1], sys.argv[1:])
+    os.setpgid(kv, kv)
+    log = os.environ["CHILD_LOG"]
+    end = time.time() + 10
+    while time.time() < end and not (os.path.exists(log) and "up" in open(log).read()):
+        time.sleep(0.02)
+    time.sleep(0.2)
+    mine = os.tcgetpgrp(0) == os.getpgrp()
+    open(log, "a").write("foreground=%s\n" % ("shell" if mine else "taken"))
+    os.kill(kv, 15)
+    _, st = os.waitpid(kv, 0)
+    open(log, "a").write("kvfetch=%d\n" % os.waitstatus_to_exitcode(st))
+    os._exit(0)
+os.set_blocking(fd, False)
+end, status = time.time() + 15, None
+while time.time() < end:
+    try:
+        os.read(fd, 4096)
+    except OSError:
+        pass
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = st
+        break
+    time.sleep(0.02)
+print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
+"#;
+    let mut env = exec_env(&emu);
+    env.insert("CHILD_LOG".into(), log.display().to_string());
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            driver,
+            BIN,
+            "exec",
+            "--refresh",
+            "1h",
+            "--secret",
+            "a",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(&script)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let log = read(&log);
+    // SIGTERM reaches the child through kvfetch: 128 + 15.
+    assert_eq!(log, "up\nforeground=shell\nkvfetch=143\n");
 }
 
 #[test]

@@ -413,9 +413,23 @@ impl Emulator {
             SecretInput {
                 value: value.trim().to_string(),
                 content_type: Some(content_type.into()),
+                managed: true,
                 ..Default::default()
             },
         )
+    }
+
+    /// Refuse (or allow again) listing secrets (403, as without the `list` permission).
+    pub fn set_list_denied(&self, denied: bool) {
+        self.world().list_denied = denied;
+    }
+
+    /// Follow every page of a listing with an empty page that still has a `nextLink`, and use
+    /// `page_size` items per page when the request names none.
+    pub fn set_list_paging(&self, page_size: Option<usize>, empty_pages: bool) {
+        let mut w = self.world();
+        w.list_page_size = page_size;
+        w.empty_pages = empty_pages;
     }
 
     /// Soft-delete `name`.

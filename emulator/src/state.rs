@@ -96,6 +96,8 @@ pub struct SecretInput {
     pub exp: Option<u64>,
     pub nbf: Option<u64>,
     pub tags: BTreeMap<String, String>,
+    /// Backs a certificate (`managed: true`, with a `kid`), as Key Vault marks those.
+    pub managed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +111,7 @@ pub struct Version {
     pub created: u64,
     pub updated: u64,
     pub tags: BTreeMap<String, String>,
+    pub managed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +202,13 @@ pub struct World {
     pub arc_realm: Option<String>,
     /// Arc challenges every request, a valid key included (a broken agent).
     pub arc_rejects_keys: bool,
+    /// Listing secrets is refused (403), as for an identity with `get` but not `list`.
+    pub list_denied: bool,
+    /// Every page of a listing is followed by an empty page that still carries a `nextLink`
+    /// (the service does this; clients must keep following).
+    pub empty_pages: bool,
+    /// Page size when the request names none (the service's is 25).
+    pub list_page_size: Option<usize>,
     pub kv_faults: VecDeque<Fault>,
     pub kv_delay: Duration,
     pub counters: Counters,
@@ -281,6 +291,7 @@ impl World {
             created: t,
             updated: t,
             tags: input.tags,
+            managed: input.managed,
         });
         id
     }

@@ -192,6 +192,10 @@ fn bundle(base: &str, name: &str, v: &Version, with_value: bool, with_version: b
     if !v.tags.is_empty() {
         b.insert("tags".into(), json!(v.tags));
     }
+    if v.managed {
+        b.insert("managed".into(), json!(true));
+        b.insert("kid".into(), json!(format!("{base}/keys/{name}/{}", v.id)));
+    }
     Value::Object(b)
 }
 
@@ -217,9 +221,14 @@ fn get(
 ) -> Response {
     if world.denied.contains(&name.to_ascii_lowercase()) {
         if world.access_policies {
-            return denied_by_policy(base);
+            return denied_by_policy(base, "get");
         }
-        return forbidden_by_rbac(base, name);
+        let resource = format!("secrets/{name}");
+        return forbidden_by_rbac(
+            base,
+            &resource,
+            "Microsoft.KeyVault/vaults/secrets/getSecret/action",
+        );
     }
     let Some(secret) = world.secret(name) else {
         return not_found(name);
@@ -248,9 +257,9 @@ fn get(
 }
 
 /// A vault on the access-policy model (protocol.md §3: 403 `Forbidden` / `AccessDenied`).
-fn denied_by_policy(base: &str) -> Response {
+fn denied_by_policy(base: &str, permission: &str) -> Response {
     let message = format!(
-        "The user, group or application 'appid=00000000-0000-0000-0000-000000000000;oid=00000000-0000-0000-0000-000000000000;iss=https://sts.windows.net/00000000-0000-0000-0000-000000000000/' does not have secrets get permission on key vault '{base};location=westeurope'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287"
+        "The user, group or application 'appid=00000000-0000-0000-0000-000000000000;oid=00000000-0000-0000-0000-000000000000;iss=https://sts.windows.net/00000000-0000-0000-0000-000000000000/' does not have secrets {permission} permission on key vault '{base};location=westeurope'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287"
     );
     Response::json(
         403,
@@ -258,9 +267,9 @@ fn denied_by_policy(base: &str) -> Response {
     )
 }
 
-fn forbidden_by_rbac(base: &str, name: &str) -> Response {
+fn forbidden_by_rbac(base: &str, resource: &str, action: &str) -> Response {
     let message = format!(
-        "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\nResource: '{base}/secrets/{name}'\r\nAssignment: (not found)\r\n"
+        "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\nAction: '{action}'\r\nResource: '{base}/{resource}'\r\nAssignment: (not found)\r\n"
     );
     Response::json(
         403,
@@ -275,17 +284,29 @@ fn list(
     api_version: &str,
     name: Option<&str>,
 ) -> Response {
+    if world.list_denied {
+        if world.access_policies {
+            return denied_by_policy(base, "list");
+        }
+        return forbidden_by_rbac(
+            base,
+            "secrets",
+            "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
+        );
+    }
     let max: usize = match req.param("maxresults").map(|m| m.parse::<usize>()) {
-        None => 25,
+        None => world.list_page_size.unwrap_or(25),
         Some(Ok(n)) if (1..=25).contains(&n) => n,
         Some(_) => {
             return bad_parameter("Invalid value for maxresults: it must be between 1 and 25.");
         }
     };
-    let skip: usize = req
-        .param("$skiptoken")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    // `$skiptoken=N` resumes at item N; `N-empty` is the empty page served before it.
+    let token = req.param("$skiptoken").unwrap_or_default();
+    let (skip, empty) = match token.strip_suffix("-empty") {
+        Some(n) => (n.parse().unwrap_or(0), true),
+        None => (token.parse().unwrap_or(0), false),
+    };
     let items: Vec<Value> = match name {
         None => world
             .secrets
@@ -302,13 +323,20 @@ fn list(
             None => return not_found(n),
         },
     };
+    let path = name.map_or("secrets".to_string(), |n| format!("secrets/{n}/versions"));
+    let link = |token: String| {
+        format!("{base}/{path}?api-version={api_version}&$skiptoken={token}&maxresults={max}")
+    };
+    if empty {
+        return Response::json(
+            200,
+            &json!({"value": [], "nextLink": link(skip.to_string())}),
+        );
+    }
     let page: Vec<Value> = items.iter().skip(skip).take(max).cloned().collect();
     let next = (skip + max < items.len()).then(|| {
-        let path = name.map_or("secrets".to_string(), |n| format!("secrets/{n}/versions"));
-        format!(
-            "{base}/{path}?api-version={api_version}&$skiptoken={}&maxresults={max}",
-            skip + max
-        )
+        let suffix = if world.empty_pages { "-empty" } else { "" };
+        link(format!("{}{suffix}", skip + max))
     });
     Response::json(200, &json!({"value": page, "nextLink": next}))
 }
@@ -340,6 +368,7 @@ fn input_from(req: &Request) -> Result<SecretInput, Response> {
                     .collect()
             })
             .unwrap_or_default(),
+        managed: false,
     })
 }
 
