@@ -69,11 +69,53 @@ pub const FLAGS: &[Flag] = &[
         "[ALIAS=]NAME[/VERSION][?OPTIONS] or [ALIAS=]https://HOST/secrets/NAME[/VERSION][?OPTIONS]; OPTIONS: format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex, optional, joined by &; repeatable (env: separated by commas, spaces or newlines)",
     ),
     flag(
+        "all",
+        "KVFETCH_ALL",
+        None,
+        None,
+        "also fetch every enabled, current secret the --vault lists (needs the list permission); re-read on every refresh",
+    ),
+    flag(
+        "prefix",
+        "KVFETCH_PREFIX",
+        Some("PREFIX"),
+        None,
+        "also fetch every listed secret whose name starts with PREFIX (any case), named without it: app-db -> file db, variable DB",
+    ),
+    flag(
+        "tag",
+        "KVFETCH_TAGS",
+        Some("KEY=VALUE"),
+        None,
+        "also fetch every listed secret carrying this tag; repeatable, all must match (env: separated by commas or newlines); with --prefix, both apply",
+    ),
+    flag(
+        "skip-managed",
+        "KVFETCH_SKIP_MANAGED",
+        None,
+        None,
+        "with --all/--prefix/--tag: leave out certificate-backed secrets (managed: true)",
+    ),
+    flag(
+        "template",
+        "KVFETCH_TEMPLATES",
+        Some("SRC:DEST[:MODE]"),
+        None,
+        "render the text file SRC into DEST, replacing {{ secret \"NAME\" }} (with | json \"/pointer\" and | base64); repeatable (env: separated by newlines)",
+    ),
+    flag(
         "dir",
         "KVFETCH_DIR",
         Some("DIR"),
         None,
         "write one file per secret here, named by alias or name (created if missing: mode 0700, with r-x for group/others where --file-mode lets them read, e.g. 0440 -> 0750; owned by --owner)",
+    ),
+    flag(
+        "dir-layout",
+        "KVFETCH_DIR_LAYOUT",
+        Some("LAYOUT"),
+        Some("files"),
+        "files (one regular file per secret) or atomic (Kubernetes-style: each write a new hidden directory, ..data flipped to it, names symlinked through it)",
     ),
     flag(
         "env-file",
@@ -351,7 +393,15 @@ pub struct Options {
     pub command: Command,
     pub vault: Option<String>,
     pub secrets: Vec<String>,
+    /// `--all`, `--prefix`, `--tag`, `--skip-managed`: choose from the vault's list.
+    pub all: bool,
+    pub prefix: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub skip_managed: bool,
+    /// `--template SRC:DEST[:MODE]`, as given (parsed with the plan, which reads SRC).
+    pub templates: Vec<String>,
     pub dir: Option<PathBuf>,
+    pub dir_layout: crate::output::Layout,
     pub env_file: Option<PathBuf>,
     pub env_format: Format,
     pub file_mode: u32,
@@ -439,6 +489,21 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
     Ok(Options {
         vault: get("vault"),
         secrets,
+        all: switch("all")?,
+        prefix: get("prefix")
+            .map(|p| crate::select::check_prefix(&p))
+            .transpose()?,
+        tags: list_flag(given.get("tag"), env, "KVFETCH_TAGS", &[',', '\n'])
+            .iter()
+            .map(|t| crate::select::parse_tag(t))
+            .collect::<Result<_, _>>()?,
+        skip_managed: switch("skip-managed")?,
+        templates: list_flag(given.get("template"), env, "KVFETCH_TEMPLATES", &['\n']),
+        dir_layout: {
+            let v = get("dir-layout").unwrap_or_default();
+            crate::output::Layout::parse(&v)
+                .ok_or_else(|| usage(format!("--dir-layout {v:?} must be files or atomic")))?
+        },
         dir: get("dir")
             .map(|d| path_flag("dir", &d, false))
             .transpose()?,
@@ -716,7 +781,7 @@ fn selector(
     Ok(chosen.pop())
 }
 
-fn parse_mode(s: &str) -> Result<u32, Error> {
+pub fn parse_mode(s: &str) -> Result<u32, Error> {
     let digits = s.trim_start_matches("0o");
     let mode = (!digits.is_empty() && digits.len() <= 4)
         .then(|| u32::from_str_radix(digits, 8).ok())
@@ -813,6 +878,27 @@ fn allow_env(given: Option<&Vec<String>>, env: &HashMap<String, String>) -> Vec<
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .collect()
+}
+
+/// A repeatable flag's values, or its environment variable split at `seps` (blank items dropped).
+fn list_flag(
+    given: Option<&Vec<String>>,
+    env: &HashMap<String, String>,
+    var: &str,
+    seps: &[char],
+) -> Vec<String> {
+    match given {
+        Some(list) => list.clone(),
+        None => env
+            .get(var)
+            .map(|v| {
+                v.split(seps)
+                    .map(|t| t.trim_matches(['\r', ' ']).to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 fn notify_url(u: &str) -> Result<String, Error> {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, default_vault, plan_with, write_outputs};
+use crate::fetch::{Session, Snapshot, default_vault, plan_with, write_outputs};
 use crate::keyvault::Fetched;
 use crate::spec::SecretSpec;
 use crate::{log, reference, supervise};
@@ -27,34 +27,36 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     // With `--allow-env PATH` a secret may set PATH: then no message shows it, nor a path found
     // through it. Otherwise the command is found before any request: a typo costs no fetch and
     // writes no file.
-    let secret_path = session.plan.specs.iter().any(|s| s.env_name() == "PATH");
+    let selected_path =
+        session.plan.selection.is_some() && opts.allow_env.iter().any(|a| a == "PATH");
+    let secret_path = selected_path || session.plan.specs.iter().any(|s| s.env_name() == "PATH");
     if !secret_path {
         find_program(&argv[0], path_of(&base), false)?;
     }
-    let values = if session.plan.specs.is_empty() {
+    let snap = if session.plan.specs.is_empty() && session.plan.selection.is_none() {
         log::warn(
             "nothing to resolve: no --secret and no @Microsoft.KeyVault(...) reference in the environment",
             &[],
         );
-        Vec::new()
+        Snapshot::default()
     } else {
         session.fetch()?
     };
-    if opts.dir.is_some() || opts.env_file.is_some() {
-        write_outputs(opts, &session.plan, &values)?;
+    if crate::fetch::has_outputs(opts) {
+        write_outputs(opts, &session.plan, &snap)?;
     }
-    let child_env = child_env(&base, &session.plan.specs, &values)?;
+    let child_env = child_env(&base, &snap.specs, &snap.values)?;
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
-    crate::fetch::log_written(opts, &session.plan, &values, true);
+    crate::fetch::log_written(opts, &snap, true);
     log::info(
         "starting",
         &[
             ("command", &argv[0]),
-            ("secrets", &session.plan.specs.len().to_string()),
+            ("secrets", &snap.shown().count().to_string()),
         ],
     );
     if opts.refresh.is_some() {
-        return supervise::run(opts, session, values, base, program, argv);
+        return supervise::run(opts, session, snap, base, program, argv);
     }
     check_exec_size(argv, &child_env)?;
     log::flush();
@@ -84,7 +86,7 @@ pub fn child_env(
 ) -> Result<Vec<(OsString, OsString)>, Error> {
     let mut env: Vec<(OsString, OsString)> = base.to_vec();
     let shaped = crate::fetch::shaped(specs, values)?;
-    for (spec, bytes) in specs.iter().zip(shaped) {
+    for (spec, bytes) in specs.iter().zip(shaped).filter(|(s, _)| !s.hidden) {
         let Some(bytes) = bytes else { continue };
         let name = spec.env_name();
         if bytes.contains(&0) {

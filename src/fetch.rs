@@ -15,36 +15,83 @@ use crate::identity::{Identity, Tokens};
 use crate::keyvault::{Client, Fetched};
 use crate::output::{self, FileOptions};
 use crate::retry::{Deadline, human};
+use crate::select::{self, Selection};
 use crate::spec::{self, SecretSpec};
+use crate::template::{self, Template};
 use crate::{http, log, shape};
 
-/// One fetched value per spec, in the plan's order; `None` for an `optional` secret that is
-/// missing or disabled (skipped: no file, no variable).
-pub type Values = Vec<Option<Fetched>>;
+/// What one fetch found: the specs it served (the plan's own, then what a selection chose from
+/// the vault's list at that moment) and one value per spec, in the same order; `None` for an
+/// `optional` secret that is missing or disabled (skipped: no file, no variable).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub specs: Vec<SecretSpec>,
+    pub values: Vec<Option<Fetched>>,
+}
 
 /// Everything decided before the first request.
 pub struct Plan {
+    /// The explicit specs (`--secret`, references, templates' secrets).
     pub specs: Vec<SecretSpec>,
+    /// `--all` / `--prefix` / `--tag`: chosen from the vault's list at each fetch.
+    pub selection: Option<Selection>,
+    /// `--template`s; the secrets they use are hidden specs among `specs`.
+    pub templates: Vec<Template>,
     pub files: FileOptions,
     pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Whether any output is asked for: `--dir`, `--env-file` or a `--template`.
+pub fn has_outputs(opts: &Options) -> bool {
+    opts.dir.is_some() || opts.env_file.is_some() || !opts.templates.is_empty()
 }
 
 /// Validate options into a plan: vaults, specs, names, outputs, CA file. `extra` are specs found
 /// elsewhere (exec's Key Vault references); `env_names` checks variable names even without an
 /// env file (exec).
 pub fn plan(opts: &Options) -> Result<Plan, Error> {
-    if opts.dir.is_none() && opts.env_file.is_none() {
+    if !has_outputs(opts) {
         return Err(Error::Usage(
-            "no output: give --dir DIR (KVFETCH_DIR) and/or --env-file FILE (KVFETCH_ENV_FILE)"
+            "no output: give --dir DIR (KVFETCH_DIR), --env-file FILE (KVFETCH_ENV_FILE) and/or --template SRC:DEST (KVFETCH_TEMPLATES)"
                 .into(),
         ));
     }
-    if opts.secrets.is_empty() {
+    if opts.secrets.is_empty() && !selects(opts) {
         return Err(Error::Usage(
-            "no secrets: give --secret NAME (repeatable) or KVFETCH_SECRETS".into(),
+            "no secrets: give --secret NAME (repeatable) or KVFETCH_SECRETS, or choose from the vault with --all, --prefix or --tag".into(),
         ));
     }
     plan_with(opts, Vec::new(), false)
+}
+
+/// Whether the options choose secrets from the vault's list.
+pub fn selects(opts: &Options) -> bool {
+    opts.all || opts.prefix.is_some() || !opts.tags.is_empty()
+}
+
+/// The selection the options ask for, if any; it needs `--vault`.
+fn selection(
+    opts: &Options,
+    vault: Option<&spec::Vault>,
+    env_names: bool,
+) -> Result<Option<Selection>, Error> {
+    if !selects(opts) {
+        return Ok(None);
+    }
+    let vault = vault.cloned().ok_or_else(|| {
+        Error::Usage(
+            "--all, --prefix and --tag choose from the list of one vault: give --vault (KVFETCH_VAULT)".into(),
+        )
+    })?;
+    Ok(Some(Selection {
+        vault,
+        prefix: opts.prefix.clone(),
+        tags: opts.tags.clone(),
+        skip_managed: opts.skip_managed,
+        files: opts.dir.is_some(),
+        env: opts.env_file.is_some() || env_names,
+        allow_env: opts.allow_env.clone(),
+    }))
 }
 
 /// The vault `--vault` names, if any.
@@ -64,7 +111,12 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
         .map(|s| spec::parse_spec(s, vault.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     specs.extend(extra);
-    check_env_file_apart(opts, &specs)?;
+    let templates = opts
+        .templates
+        .iter()
+        .map(|t| template::load(t, vault.as_ref(), &mut specs))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_env_file_apart(opts, &specs, &templates)?;
     spec::check_names(
         &specs,
         opts.dir.is_some(),
@@ -73,6 +125,8 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
     )?;
     let ca_pem = opts.ca_file.as_deref().map(read_ca_file).transpose()?;
     Ok(Plan {
+        selection: selection(opts, vault.as_ref(), env_names)?,
+        templates,
         specs,
         files: FileOptions {
             mode: opts.file_mode,
@@ -104,20 +158,34 @@ fn read_ca_file(p: &Path) -> Result<Vec<u8>, Error> {
     Ok(pem)
 }
 
-/// The env file and the ready file must not be one of the files `--dir` writes, nor each other.
-fn check_env_file_apart(opts: &Options, specs: &[SecretSpec]) -> Result<(), Error> {
-    let dir_files: Vec<PathBuf> = opts
+/// The env file, the ready file and each template's DEST must not be one of the files `--dir`
+/// writes, nor each other, nor a template's source.
+fn check_env_file_apart(
+    opts: &Options,
+    specs: &[SecretSpec],
+    templates: &[Template],
+) -> Result<(), Error> {
+    let mut dir_files: Vec<PathBuf> = opts
         .dir
         .iter()
-        .flat_map(|d| specs.iter().map(move |s| d.join(s.file_name())))
+        .flat_map(|d| {
+            let shown = specs.iter().filter(|s| !s.hidden);
+            shown.map(move |s| d.join(s.file_name()))
+        })
         .collect();
-    let singles = [
-        ("--env-file", &opts.env_file),
-        ("--ready-file", &opts.ready_file),
+    dir_files.extend(templates.iter().map(|t| t.src.clone()));
+    let mut singles = vec![
+        ("--env-file", opts.env_file.clone()),
+        ("--ready-file", opts.ready_file.clone()),
     ];
+    singles.extend(
+        templates
+            .iter()
+            .map(|t| ("--template DEST", Some(t.dest.clone()))),
+    );
     for (i, (flag, file)) in singles.iter().enumerate() {
         let Some(file) = file else { continue };
-        let others = singles[i + 1..].iter().filter_map(|(_, f)| (*f).clone());
+        let others = singles[i + 1..].iter().filter_map(|(_, f)| f.clone());
         let clash = dir_files
             .iter()
             .cloned()
@@ -160,7 +228,7 @@ pub fn check_outputs_with(
     let ready_dir = opts.ready_file.as_deref().map(parent_dir);
     if let Some(dir) = &opts.dir {
         output::files::check_writable_dir(dir, "--dir", true)?;
-        for spec in &plan.specs {
+        for spec in plan.specs.iter().filter(|s| !s.hidden) {
             check_file_name(spec.file_name(), &spec.text)?;
             output::files::check_target(&dir.join(spec.file_name()))?;
         }
@@ -177,7 +245,20 @@ pub fn check_outputs_with(
         output::files::check_writable_dir(dir, "the directory of --ready-file", false)?;
         output::files::check_target(file)?;
     }
+    for t in &plan.templates {
+        let dir = parent_dir(&t.dest);
+        let name = t.dest.file_name().map(|n| n.to_string_lossy());
+        check_file_name(name.as_deref().unwrap_or_default(), "--template DEST")?;
+        output::files::check_writable_dir(dir, "the directory of --template DEST", false)?;
+        output::files::check_target(&t.dest)?;
+        check_ground(dir, "the directory of --template DEST", opts, warn)?;
+    }
     Ok(())
+}
+
+/// The files the templates render into.
+pub fn template_dests(plan: &Plan) -> impl Iterator<Item = &Path> {
+    plan.templates.iter().map(|t| t.dest.as_path())
 }
 
 /// Remove temp files a killed run left in the directories kvfetch writes (after every check
@@ -185,12 +266,19 @@ pub fn check_outputs_with(
 pub fn sweep_outputs(opts: &Options) {
     let env_dir = opts.env_file.as_deref().map(parent_dir);
     let ready_dir = opts.ready_file.as_deref().map(parent_dir);
+    let template_dirs = opts
+        .templates
+        .iter()
+        .filter_map(|t| template::parse_flag(t).ok())
+        .map(|(_, dest, _)| parent_dir(&dest).to_path_buf())
+        .collect::<Vec<_>>();
     let dirs = opts
         .dir
         .as_deref()
         .into_iter()
         .chain(env_dir)
-        .chain(ready_dir);
+        .chain(ready_dir)
+        .chain(template_dirs.iter().map(PathBuf::as_path));
     let swept: usize = dirs.map(output::files::sweep_stale_temps).sum();
     if swept > 0 {
         log::info(
@@ -261,6 +349,8 @@ pub struct Session {
     client: Client,
     timeout: std::time::Duration,
     concurrency: usize,
+    /// The selection's log lines already given (see [`select::choose`]).
+    noted: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Session {
@@ -290,19 +380,30 @@ impl Session {
             client,
             timeout: opts.timeout,
             concurrency: opts.concurrency,
+            noted: Mutex::default(),
         })
     }
 
-    /// Fetch every secret of the plan within one `--timeout`.
-    pub fn fetch(&self) -> Result<Values, Error> {
+    /// Fetch every secret of the plan (a selection's list read first) within one `--timeout`.
+    pub fn fetch(&self) -> Result<Snapshot, Error> {
         let deadline = Deadline::after(self.timeout);
-        fetch_all(
-            &self.plan.specs,
+        let specs = match &self.plan.selection {
+            None => self.plan.specs.clone(),
+            Some(sel) => {
+                let listed = self.client.list(&sel.vault, &self.tokens, &deadline)?;
+                let now = crate::identity::token::now();
+                let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+                select::choose(sel, &self.plan.specs, &listed, now, &mut noted)?
+            }
+        };
+        let values = fetch_all(
+            &specs,
             &self.client,
             &self.tokens,
             &deadline,
             self.concurrency,
-        )
+        )?;
+        Ok(Snapshot { specs, values })
     }
 }
 
@@ -310,13 +411,13 @@ impl Session {
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let session = Session::new(opts, env, plan(opts)?)?;
-    let values = session.fetch()?;
-    write_outputs(opts, &session.plan, &values)?;
-    log_written(opts, &session.plan, &values, opts.env_file.is_some());
+    let snap = session.fetch()?;
+    write_outputs(opts, &session.plan, &snap)?;
+    log_written(opts, &snap, opts.env_file.is_some());
     log::info(
         "fetched and wrote secrets",
         &[
-            ("count", &session.plan.specs.len().to_string()),
+            ("count", &snap.shown().count().to_string()),
             ("elapsed", &human(started.elapsed())),
         ],
     );
@@ -330,7 +431,7 @@ pub fn fetch_all(
     tokens: &Tokens,
     deadline: &Deadline,
     concurrency: usize,
-) -> Result<Values, Error> {
+) -> Result<Vec<Option<Fetched>>, Error> {
     // One token request per audience, before any fan-out.
     for spec in specs {
         tokens.get(&spec.vault.resource, deadline)?;
@@ -425,39 +526,54 @@ fn report(mut errors: Vec<Error>) -> Result<(), Error> {
     Err(first)
 }
 
-/// Every output's path and bytes: one file per secret under `--dir`, and the env file. Each
-/// spec's options shape its value here, before anything is written.
-fn output_items(opts: &Options, plan: &Plan, values: &[Option<Fetched>]) -> Result<Items, Error> {
-    let shaped = shaped(&plan.specs, values)?;
+/// Every output's path, bytes and mode: one file per secret under `--dir` (or, atomic, the
+/// files of one generation), the env file and each template. Each spec's options shape its
+/// value here, before anything is written.
+fn output_items(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<Items, Error> {
+    let shaped = shaped(&snap.specs, &snap.values)?;
+    let shown = || snap.specs.iter().zip(&shaped).filter(|(s, _)| !s.hidden);
     let mut items = Items::default();
     if let Some(dir) = &opts.dir {
-        for (spec, bytes) in plan.specs.iter().zip(&shaped) {
+        for (spec, bytes) in shown() {
             let path = dir.join(spec.file_name());
             match bytes {
-                Some(bytes) => items.write.push((path, bytes.clone())),
+                Some(bytes) if opts.dir_layout == output::Layout::Atomic => items
+                    .generation
+                    .push((spec.file_name().to_string(), bytes.clone())),
+                Some(bytes) => items.write.push((path, bytes.clone(), plan.files)),
+                None if opts.dir_layout == output::Layout::Atomic => {}
                 None => items.absent.push(path),
             }
         }
     }
     if let Some(file) = &opts.env_file {
-        let entries = plan
-            .specs
-            .iter()
-            .zip(&shaped)
+        let entries = shown()
             .filter_map(|(s, b)| Some((s, b.as_ref()?)))
             .map(|(s, b)| Ok((s.env_name(), env_text(s, b)?)))
             .collect::<Result<Vec<_>, Error>>()?;
         let text = output::envfile::render(opts.env_format, &entries)?;
-        items.write.push((file.clone(), text.into_bytes()));
+        items
+            .write
+            .push((file.clone(), text.into_bytes(), plan.files));
+    }
+    for t in &plan.templates {
+        let files = FileOptions {
+            mode: t.mode.unwrap_or(plan.files.mode),
+            ..plan.files
+        };
+        items
+            .write
+            .push((t.dest.clone(), t.render(snap, &shaped)?, files));
     }
     Ok(items)
 }
 
-/// What the outputs are: the files to hold these bytes, and the files of absent optional
-/// secrets, which must not exist.
+/// What the outputs are: the files to hold these bytes, the files of an atomic `--dir`'s
+/// generation, and the files of absent optional secrets, which must not exist.
 #[derive(Default)]
 struct Items {
-    write: Vec<(PathBuf, Vec<u8>)>,
+    write: Vec<(PathBuf, Vec<u8>, FileOptions)>,
+    generation: Vec<(String, Vec<u8>)>,
     absent: Vec<PathBuf>,
 }
 
@@ -487,12 +603,13 @@ fn env_text(spec: &SecretSpec, bytes: &[u8]) -> Result<String, Error> {
 /// Say at info level what each secret became: its file and/or variable, and the version id
 /// that was written (never the value), so an operator can match it with the vault's history.
 /// `variables` is true when the secrets became environment variables (an env file or exec).
-pub fn log_written(opts: &Options, plan: &Plan, values: &[Option<Fetched>], variables: bool) {
-    let present = values.iter().map(Option::as_ref);
-    for (spec, f) in plan
+pub fn log_written(opts: &Options, snap: &Snapshot, variables: bool) {
+    let present = snap.values.iter().map(Option::as_ref);
+    for (spec, f) in snap
         .specs
         .iter()
         .zip(present)
+        .filter(|(s, _)| !s.hidden)
         .filter_map(|(s, f)| Some((s, f?)))
     {
         let mut fields: Vec<(&str, String)> = vec![
@@ -512,13 +629,68 @@ pub fn log_written(opts: &Options, plan: &Plan, values: &[Option<Fetched>], vari
 }
 
 /// Write every output, or none.
-pub fn write_outputs(opts: &Options, plan: &Plan, values: &[Option<Fetched>]) -> Result<(), Error> {
-    let items = output_items(opts, plan, values)?;
+pub fn write_outputs(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(), Error> {
+    let items = output_items(opts, plan, snap)?;
+    write_items(opts, plan, items, true).map(|_| ())
+}
+
+/// Write `items` (only what differs unless `all`), as one unit: an atomic `--dir`'s generation
+/// is prepared first, the other files are written, and `..data` flips last. Returns the paths
+/// written.
+fn write_items(
+    opts: &Options,
+    plan: &Plan,
+    items: Items,
+    all: bool,
+) -> Result<Vec<PathBuf>, Error> {
     if let Some(dir) = &opts.dir {
         output::files::ensure_dir(dir, plan.files)?;
     }
-    output::files::write_all(&items.write, plan.files)?;
-    remove_absent(&items.absent)
+    let write: Vec<_> = items
+        .write
+        .into_iter()
+        .filter(|(path, bytes, files)| all || output::files::differs(path, bytes, *files))
+        .collect();
+    let mut written: Vec<PathBuf> = write.iter().map(|(p, _, _)| p.clone()).collect();
+    let prepared = match &opts.dir {
+        Some(dir) if opts.dir_layout == output::Layout::Atomic => {
+            let (differ, off) = output::atomic::stale(dir, &items.generation, plan.files);
+            written.extend(differ.iter().map(|n| dir.join(n)));
+            (all || off || !differ.is_empty())
+                .then(|| output::atomic::prepare(dir, &items.generation, plan.files))
+                .transpose()?
+        }
+        _ => None,
+    };
+    if let Err(e) = output::files::write_all(&write) {
+        if let Some(p) = prepared {
+            p.discard();
+        }
+        return Err(e);
+    }
+    if let Some(p) = prepared {
+        let _writing = crate::signals::writing();
+        p.commit()?;
+    }
+    remove_absent(&items.absent)?;
+    Ok(written)
+}
+
+/// Remove the files of secrets a selection no longer has (an atomic `--dir` drops them with the
+/// next generation instead).
+pub fn remove_gone(opts: &Options, paths: &[PathBuf]) -> Result<(), Error> {
+    if opts.dir_layout == output::Layout::Atomic {
+        return Ok(());
+    }
+    for path in paths {
+        if output::files::remove_file(path)? {
+            log::info(
+                "removed the file of a secret no longer selected",
+                &[("file", &path.display().to_string())],
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Remove the file of each absent optional secret (one a previous run or refresh wrote).
@@ -534,24 +706,20 @@ fn remove_absent(paths: &[PathBuf]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Make the outputs on disk what `values` say, rewriting only the ones that differ (in bytes,
+/// Make the outputs on disk what `snap` says, rewriting only the ones that differ (in bytes,
 /// mode or owner, or missing): a changed secret, or an output someone else changed or removed.
 /// Unchanged outputs keep their inode and mtime. All or nothing; returns the paths written.
-pub fn sync_outputs(
-    opts: &Options,
-    plan: &Plan,
-    values: &[Option<Fetched>],
-) -> Result<Vec<PathBuf>, Error> {
-    let items = output_items(opts, plan, values)?;
-    if let Some(dir) = &opts.dir {
-        output::files::ensure_dir(dir, plan.files)?;
+pub fn sync_outputs(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<Vec<PathBuf>, Error> {
+    let items = output_items(opts, plan, snap)?;
+    write_items(opts, plan, items, false)
+}
+
+impl Snapshot {
+    /// The specs that have outputs of their own (not a template's secrets), with their values.
+    pub fn shown(&self) -> impl Iterator<Item = (&SecretSpec, &Option<Fetched>)> {
+        self.specs
+            .iter()
+            .zip(&self.values)
+            .filter(|(s, _)| !s.hidden)
     }
-    let differ: Vec<(PathBuf, Vec<u8>)> = items
-        .write
-        .into_iter()
-        .filter(|(path, bytes)| output::files::differs(path, bytes, plan.files))
-        .collect();
-    output::files::write_all(&differ, plan.files)?;
-    remove_absent(&items.absent)?;
-    Ok(differ.into_iter().map(|(p, _)| p).collect())
 }

@@ -10,7 +10,17 @@ use crate::error::EXIT_CODES;
 pub const GROUPS: &[(&str, &[&str])] = &[
     (
         "Source (which secrets, from which vault)",
-        &["vault", "secret", "api-version", "ca-file", "concurrency"],
+        &[
+            "vault",
+            "secret",
+            "all",
+            "prefix",
+            "tag",
+            "skip-managed",
+            "api-version",
+            "ca-file",
+            "concurrency",
+        ],
     ),
     (
         "Identity (which managed identity, which audience)",
@@ -26,8 +36,10 @@ pub const GROUPS: &[(&str, &[&str])] = &[
         "Output (where the secrets go)",
         &[
             "dir",
+            "dir-layout",
             "env-file",
             "env-format",
+            "template",
             "file-mode",
             "owner",
             "require-tmpfs",

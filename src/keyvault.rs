@@ -1,10 +1,11 @@
-//! The Key Vault secrets client: one GET per secret, with Microsoft's retry rules and an error
-//! message for each way a vault says no.
+//! The Key Vault secrets client: one GET per secret (and the paged list a selection reads), with
+//! Microsoft's retry rules and an error message for each way a vault says no.
 //!
 //! 429 honours `Retry-After` (else backoff), 5xx and transport failures are retried until the
 //! run's deadline, 401 gets one retry with a fresh token, 403 is final except for a few slow
 //! retries while a new role assignment propagates, 404 is final. Redirects are refused.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use crate::error::Error;
 use crate::http::{self, Reply};
 use crate::identity::{Token, Tokens};
 use crate::retry::{Backoff, Deadline, human};
-use crate::spec::SecretSpec;
+use crate::spec::{SecretSpec, Vault};
 
 /// A fetched secret. Its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -65,9 +66,74 @@ pub struct Client {
     access_retry: Duration,
 }
 
+/// What a request is about: it names the request in messages and logs, and its vault gives the
+/// token's audience.
+#[derive(Clone, Copy)]
+enum Subject<'a> {
+    Secret(&'a SecretSpec),
+    /// A page of the vault's list of secrets.
+    List(&'a Vault),
+}
+
+impl Subject<'_> {
+    fn vault(&self) -> &Vault {
+        match self {
+            Subject::Secret(spec) => &spec.vault,
+            Subject::List(vault) => vault,
+        }
+    }
+
+    /// `secret NAME in vault URL` or `the list of secrets of vault URL`.
+    fn what(&self) -> String {
+        match self {
+            Subject::Secret(spec) => {
+                format!("secret {} in vault {}", spec.reference(), spec.vault.url)
+            }
+            Subject::List(vault) => format!("the list of secrets of vault {}", vault.url),
+        }
+    }
+
+    /// The `secret` field of log lines.
+    fn label(&self) -> &str {
+        match self {
+            Subject::Secret(spec) => &spec.name,
+            Subject::List(_) => "(list)",
+        }
+    }
+
+    /// The permission an access policy must grant.
+    fn permission(&self) -> &'static str {
+        match self {
+            Subject::Secret(_) => "get",
+            Subject::List(_) => "get list",
+        }
+    }
+}
+
+/// One entry of the vault's list of secrets: its name and what a selection decides on (a list
+/// carries no values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The name as the vault spells it (the last segment of the item's `id`).
+    pub name: String,
+    pub enabled: bool,
+    /// `nbf` and `exp` (Unix seconds), if set.
+    pub not_before: Option<u64>,
+    pub expires: Option<u64>,
+    /// Backs a certificate (`managed: true`).
+    pub managed: bool,
+    pub content_type: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// At most this many pages (25 secrets each) are read: a vault that keeps sending `nextLink`s
+/// past 25,000 secrets is taken for a broken or hostile server.
+pub const MAX_LIST_PAGES: usize = 1000;
+
 /// What the loop does after one answer.
 enum Next {
-    Done(Fetched),
+    /// A 200: the body.
+    Done(String),
     /// Retry after this delay (None: backoff), noting the problem.
     Retry(Option<Duration>, String),
     /// A 403 retried while a role assignment may be propagating: if time runs out first, this
@@ -119,8 +185,71 @@ impl Client {
         tokens: &Tokens,
         deadline: &Deadline,
     ) -> Result<Fetched, Error> {
-        let url = self.url(spec);
-        let resource = &spec.vault.resource;
+        let body = self.call(Subject::Secret(spec), &self.url(spec), tokens, deadline)?;
+        parse_bundle(&body).ok_or_else(|| {
+            Error::Other(format!(
+                "secret {} in vault {}: Key Vault answered 200 without a secret value",
+                spec.reference(),
+                spec.vault.url
+            ))
+        })
+    }
+
+    /// Every secret the vault lists (following `nextLink` to the end), retrying each page
+    /// within `deadline`. Entries whose id names no valid secret are left out with a warning.
+    pub fn list(
+        &self,
+        vault: &Vault,
+        tokens: &Tokens,
+        deadline: &Deadline,
+    ) -> Result<Vec<Listed>, Error> {
+        let mut url = format!("{}/secrets?api-version={}", vault.url, self.api_version);
+        let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
+        for _ in 0..MAX_LIST_PAGES {
+            let body = self.call(Subject::List(vault), &url, tokens, deadline)?;
+            let (page, next) = parse_page(&body).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "the list of secrets of vault {} is not a Key Vault secret list; check that --vault points at Key Vault and not at a proxy",
+                    vault.url
+                ))
+            })?;
+            for item in page {
+                match item {
+                    Ok(l) if seen.insert(l.name.to_ascii_lowercase()) => items.push(l),
+                    Ok(_) => {}
+                    Err(id) => crate::log::warn(
+                        "the vault listed an entry whose id names no valid secret; left out",
+                        &[("vault", &vault.url), ("id", &id)],
+                    ),
+                }
+            }
+            let Some(link) = next else {
+                return Ok(items);
+            };
+            url = next_url(vault, &link, &self.api_version)?;
+            if !links.insert(url.clone()) {
+                return Err(Error::Protocol(format!(
+                    "vault {} sent the same nextLink twice while listing secrets (a loop); kvfetch stopped listing",
+                    vault.url
+                )));
+            }
+        }
+        Err(Error::Protocol(format!(
+            "vault {} listed more than {MAX_LIST_PAGES} pages of secrets; kvfetch stopped listing (a vault this large needs explicit --secret specs)",
+            vault.url
+        )))
+    }
+
+    /// One GET with the retry rules; the body of the 200.
+    fn call(
+        &self,
+        subject: Subject,
+        url: &str,
+        tokens: &Tokens,
+        deadline: &Deadline,
+    ) -> Result<String, Error> {
+        let vault = subject.vault();
+        let resource = &vault.resource;
         let mut token = tokens.get(resource, deadline)?;
         let (mut refreshed, mut attempt) = (false, 0u32);
         let mut first_403: Option<Instant> = None;
@@ -140,7 +269,7 @@ impl Client {
                 ("Accept", "application/json"),
                 ("x-ms-client-request-id", request_id.as_str()),
             ];
-            let agent = if crate::url::is_loopback(&spec.vault.host) {
+            let agent = if crate::url::is_loopback(&vault.host) {
                 &self.loopback_agent
             } else {
                 &self.agent
@@ -149,22 +278,22 @@ impl Client {
                 crate::log::debug(
                     "Key Vault request failed",
                     &[
-                        ("secret", &spec.name),
-                        ("vault", &spec.vault.url),
+                        ("secret", subject.label()),
+                        ("vault", &vault.url),
                         ("problem", what),
                         ("request_id", &request_id),
                     ],
                 );
             };
-            let next = match http::get(agent, &url, &headers, timeout) {
+            let next = match http::get(agent, url, &headers, timeout) {
                 Err(e) if e.permanent => {
                     failed(&e.text);
-                    return Err(protocol_error(spec, &e));
+                    return Err(protocol_error(&subject.what(), &e));
                 }
                 Err(e) => Next::Retry(None, e.text),
                 Ok(reply) => {
                     let status = reply.status;
-                    match self.judge(spec, reply, &token, refreshed, &mut first_403) {
+                    match self.judge(subject, reply, &token, refreshed, &mut first_403) {
                         Ok(next) => next,
                         Err(e) => {
                             failed(&format!("HTTP {status}"));
@@ -209,8 +338,8 @@ impl Client {
             crate::log::debug(
                 "retrying",
                 &[
-                    ("secret", &spec.name),
-                    ("vault", &spec.vault.url),
+                    ("secret", subject.label()),
+                    ("vault", &vault.url),
                     ("problem", &problem),
                     ("request_id", &request_id),
                 ],
@@ -221,12 +350,12 @@ impl Client {
             let planned = deadline.planned(delay, asked);
             waiting.report_if(
                 planned.is_some(),
-                &format!("{kind} {}", spec.vault.url),
+                &format!("{kind} {}", vault.url),
                 planned.unwrap_or(delay),
                 msg,
                 &[
-                    ("secret", &spec.name),
-                    ("vault", &spec.vault.url),
+                    ("secret", subject.label()),
+                    ("vault", &vault.url),
                     ("problem", &problem),
                 ],
             );
@@ -236,11 +365,11 @@ impl Client {
                 }
                 if problem == http::HOST_NOT_FOUND {
                     return Err(Error::VaultUnavailable(format!(
-                        "gave up on secret {} after {}: the vault's host {} does not resolve; check the vault name (--vault, the secret's URL), \
+                        "gave up on {} after {}: the vault's host {} does not resolve; check the vault name (--vault, the secret's URL), \
                          or, for a vault behind a private endpoint, that this network resolves privatelink.vaultcore.azure.net",
-                        spec.reference(),
+                        subject.what(),
                         human(started.elapsed()),
-                        spec.vault.host
+                        vault.host
                     )));
                 }
                 let last = match last_answer.filter(|a| *a != problem) {
@@ -248,9 +377,8 @@ impl Client {
                     None => format!("last: {problem}"),
                 };
                 return Err(Error::VaultUnavailable(format!(
-                    "gave up on secret {} in vault {} after {} and {attempt} attempts ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
-                    spec.reference(),
-                    spec.vault.url,
+                    "gave up on {} after {} and {attempt} attempts ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
+                    subject.what(),
                     human(started.elapsed())
                 )));
             }
@@ -260,7 +388,7 @@ impl Client {
     /// Decide what one answer means.
     fn judge(
         &self,
-        spec: &SecretSpec,
+        subject: Subject,
         reply: Reply,
         token: &Token,
         refreshed: bool,
@@ -268,18 +396,15 @@ impl Client {
     ) -> Result<Next, Error> {
         let (code, inner, message) = error_parts(&reply.body);
         let status = reply.status;
-        let what = format!("secret {} in vault {}", spec.reference(), spec.vault.url);
+        let what = subject.what();
+        let vault = subject.vault();
         match status {
-            200 => parse_bundle(&reply.body).map(Next::Done).ok_or_else(|| {
-                Error::Other(format!(
-                    "{what}: Key Vault answered 200 without a secret value"
-                ))
-            }),
+            200 => Ok(Next::Done(reply.body)),
             401 if !refreshed => Ok(Next::RefreshToken),
             401 => Err(Error::AccessDenied(format!(
                 "Key Vault rejected the managed identity's token ({}) for {what} even after a fresh token: {message}; check that the vault is in the identity's tenant and cloud (token audience {})",
                 token.who(),
-                spec.vault.resource
+                vault.resource
             ))),
             403 if inner == "SecretDisabled" => Err(Error::Absent(format!(
                 "{what} is disabled; enable it (az keyvault secret set-attributes --enabled true) or pin an enabled version"
@@ -288,7 +413,7 @@ impl Client {
                 || code == "AccessDenied" =>
             {
                 let since = *first_403.get_or_insert_with(Instant::now);
-                let e = Error::AccessDenied(access_denied(&what, spec, token, &inner));
+                let e = Error::AccessDenied(access_denied(subject, token, &inner));
                 if since.elapsed() < self.access_retry {
                     return Ok(Next::RetryDenied(e));
                 }
@@ -297,12 +422,11 @@ impl Client {
             403 if inner.starts_with("ForbiddenBy") && inner != "ForbiddenByPolicy" => {
                 Err(Error::AccessDenied(format!(
                     "the network rules of vault {} refused this client for {what} ({inner}: {message}); allow this network in the vault's firewall or use a private endpoint",
-                    spec.vault.url
+                    vault.url
                 )))
             }
             403 => Err(Error::AccessDenied(access_denied(
-                &what,
-                spec,
+                subject,
                 token,
                 if inner.is_empty() { &code } else { &inner },
             ))),
@@ -319,7 +443,7 @@ impl Client {
             ))),
             300..=399 => Err(Error::Other(format!(
                 "vault {} answered {what} with a redirect to {}; kvfetch never follows redirects with a token: point --vault at the vault itself",
-                spec.vault.url,
+                vault.url,
                 reply.location.as_deref().unwrap_or("?")
             ))),
             429 | 408 | 500..=599 => Ok(Next::Retry(
@@ -336,17 +460,22 @@ impl Client {
 /// The access-denied message, with the one fix the vault's permission model calls for:
 /// `ForbiddenByRbac` comes from an RBAC vault (a role assignment), `AccessDenied` from an
 /// access-policy vault (a policy); anything else gets both.
-fn access_denied(what: &str, spec: &SecretSpec, token: &Token, code: &str) -> String {
+fn access_denied(subject: Subject, token: &Token, code: &str) -> String {
+    let what = subject.what();
     let oid = token.object_id.as_deref().unwrap_or("OBJECT_ID");
-    let vault = vault_name(&spec.vault.host);
+    let vault = vault_name(&subject.vault().host);
+    let permissions = subject.permission();
     let role = format!(
         "az role assignment create --role 'Key Vault Secrets User' --assignee-object-id {oid} --assignee-principal-type ServicePrincipal --scope $(az keyvault show --name {vault} --query id -o tsv)"
     );
-    let policy =
-        format!("az keyvault set-policy --name {vault} --object-id {oid} --secret-permissions get");
+    let policy = format!(
+        "az keyvault set-policy --name {vault} --object-id {oid} --secret-permissions {permissions}"
+    );
     let fix = match code {
         "ForbiddenByRbac" => format!("the vault uses Azure RBAC: grant the role with {role}"),
-        "AccessDenied" => format!("the vault uses access policies: grant get with {policy}"),
+        "AccessDenied" => {
+            format!("the vault uses access policies: grant {permissions} with {policy}")
+        }
         _ => format!(
             "grant it the 'Key Vault Secrets User' role ({role}), or for a vault using access policies: {policy}"
         ),
@@ -416,8 +545,7 @@ pub fn clamp_retry_after(d: Duration) -> Duration {
 }
 
 /// A failure retrying cannot fix, as an error that names the fix.
-fn protocol_error(spec: &SecretSpec, e: &http::Failure) -> Error {
-    let what = format!("secret {} in vault {}", spec.reference(), spec.vault.url);
+fn protocol_error(what: &str, e: &http::Failure) -> Error {
     if e.local {
         return Error::Resource(format!(
             "{what}: cannot connect: {}; raise the limit (ulimit -n, the container's memory) or lower --concurrency",
@@ -454,6 +582,100 @@ fn error_parts(body: &str) -> (String, String, String) {
         get("/error/innererror/code", 100),
         get("/error/message", 300),
     )
+}
+
+/// A `nextLink` → the URL of the next page, on the vault's own origin. The link must name that
+/// origin (`:443` spelled out or not) or be relative, and the path `/secrets`: a token is never
+/// sent where a server's answer points. The link's own `api-version` is replaced with ours.
+pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, Error> {
+    let refuse = |why: &str| {
+        Error::Protocol(format!(
+            "vault {} sent a nextLink kvfetch will not follow ({why}): {}",
+            vault.url,
+            crate::log::escape(&link.chars().take(200).collect::<String>())
+        ))
+    };
+    let (base, query) = link.split_once('?').unwrap_or((link, ""));
+    let path = if base.starts_with('/') {
+        base.to_string()
+    } else {
+        let ours = crate::url::parse(&vault.url).map_err(|_| refuse("no vault origin"))?;
+        let theirs = crate::url::parse(base).map_err(refuse)?;
+        let port =
+            |u: &crate::url::Url| u.port.unwrap_or(if u.scheme == "https" { 443 } else { 80 });
+        if theirs.scheme != ours.scheme || theirs.host != ours.host || port(&theirs) != port(&ours)
+        {
+            return Err(refuse("it names another origin"));
+        }
+        theirs.path
+    };
+    if path.trim_end_matches('/') != "/secrets" {
+        return Err(refuse("its path is not /secrets"));
+    }
+    let query_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b);
+    if !query.bytes().all(query_char) {
+        return Err(refuse("its query holds characters a URL may not"));
+    }
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("api-version="))
+        .collect();
+    let ours = format!("api-version={api_version}");
+    params.push(&ours);
+    Ok(format!("{}/secrets?{}", vault.url, params.join("&")))
+}
+
+/// A page's entries (`Err(id)` for one naming no valid secret) and its `nextLink`.
+type Page = (Vec<Result<Listed, String>>, Option<String>);
+
+/// A page of the secret list → its entries (`Err(id)` for one that names no valid secret) and
+/// its `nextLink` (None when null, empty or absent). None when the body is not such a page.
+fn parse_page(body: &str) -> Option<Page> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let items = v.get("value")?.as_array()?;
+    let next = match v.get("nextLink") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return None,
+    };
+    Some((items.iter().map(parse_item).collect(), next))
+}
+
+/// One list entry; its name is the last segment of `id` after `/secrets/`.
+fn parse_item(item: &Value) -> Result<Listed, String> {
+    let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+    let shown = || crate::log::escape(&id.chars().take(200).collect::<String>());
+    let name = id
+        .trim_end_matches('/')
+        .rsplit_once("/secrets/")
+        .map(|(_, n)| n)
+        .filter(|n| crate::spec::valid_name(n))
+        .ok_or_else(shown)?;
+    let attr = |k: &str| item.pointer(&format!("/attributes/{k}"));
+    Ok(Listed {
+        name: name.to_string(),
+        enabled: attr("enabled").and_then(Value::as_bool).unwrap_or(true),
+        not_before: attr("nbf").and_then(Value::as_u64),
+        expires: attr("exp").and_then(Value::as_u64),
+        managed: item
+            .get("managed")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        content_type: item
+            .get("contentType")
+            .and_then(Value::as_str)
+            .map(String::from),
+        tags: item
+            .get("tags")
+            .and_then(Value::as_object)
+            .map(|t| {
+                t.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 /// A SecretBundle → what kvfetch keeps of it.

@@ -25,10 +25,12 @@ pub mod progress;
 pub mod reference;
 pub mod refresh;
 pub mod retry;
+pub mod select;
 pub mod shape;
 pub mod signals;
 pub mod spec;
 pub mod supervise;
+pub mod template;
 pub mod url;
 pub mod watch;
 

@@ -3,23 +3,25 @@
 //! outputs when a refresh fails. The main thread owns every write, so a signal handled there never
 //! interrupts one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, Values, sync_outputs, write_outputs};
+use crate::fetch::{Session, Snapshot, sync_outputs, write_outputs};
 use crate::health::Status;
 use crate::keyvault::Fetched;
 use crate::log;
 use crate::retry::{Backoff, human, jitter};
+use crate::spec::SecretSpec;
 
 /// Messages the mode's main loop waits for.
 pub enum Event {
     Signal(i32),
-    Fetched(Result<Values, Error>),
+    Fetched(Result<Snapshot, Error>),
 }
 
 /// What one fetch result meant.
@@ -38,7 +40,7 @@ pub struct Refresher {
     session: Arc<Session>,
     opts: Options,
     tx: Sender<Event>,
-    pub current: Option<Values>,
+    pub current: Option<Snapshot>,
     in_flight: bool,
     failures_in_row: u32,
     next_due: Instant,
@@ -64,7 +66,7 @@ impl Refresher {
     }
 
     /// Start from values already fetched and written (supervised exec's first fetch).
-    pub fn seed(&mut self, values: Values) {
+    pub fn seed(&mut self, values: Snapshot) {
         self.current = Some(values);
         self.next_due = Instant::now() + jitter(self.refresh(), 0.1);
         let mut s = self.lock();
@@ -106,7 +108,7 @@ impl Refresher {
 
     /// Digest one fetch result. `Err` ends the mode: a failed first fetch (with `fetch`'s exit
     /// code) or refreshes failing for longer than `--max-stale` (exit 7).
-    pub fn handle(&mut self, result: Result<Values, Error>) -> Result<Outcome, Error> {
+    pub fn handle(&mut self, result: Result<Snapshot, Error>) -> Result<Outcome, Error> {
         self.in_flight = false;
         let first = self.current.is_none();
         let outcome = match result {
@@ -138,90 +140,106 @@ impl Refresher {
     }
 
     /// Compare with the last good values; make the outputs on disk match, which rewrites what
-    /// changed and restores what someone else changed or removed.
-    fn apply(&mut self, values: Values) -> Result<Outcome, Error> {
-        let specs = &self.session.plan.specs;
+    /// changed and restores what someone else changed or removed. Secrets a selection added or
+    /// dropped count as changes; a dropped one's file is removed.
+    fn apply(&mut self, snap: Snapshot) -> Result<Outcome, Error> {
         // A value its spec cannot shape fails this refresh before anything is counted or
         // touched: the outputs on disk stay as they were, and are not damaged.
-        crate::fetch::shaped(specs, &values)?;
-        {
-            let mut s = self.lock();
-            for (spec, f) in specs.iter().zip(&values) {
-                let Some(f) = f else {
-                    s.expires.remove(&spec.name);
-                    s.certificate_expires.remove(&spec.name);
-                    continue;
-                };
-                if let Some(exp) = f.expires {
-                    s.expires.insert(spec.name.clone(), exp);
-                }
-                if spec.shape.format.is_some()
-                    && let Ok(b) = crate::certificate::bundle(spec, f)
-                {
-                    s.certificate_expires.insert(spec.name.clone(), b.not_after);
-                }
-            }
-        }
-        let Some(old) = &self.current else {
-            write_outputs(&self.opts, &self.session.plan, &values)?;
+        crate::fetch::shaped(&snap.specs, &snap.values)?;
+        self.note_expiries(&snap);
+        let Some(old) = self.current.take() else {
+            write_outputs(&self.opts, &self.session.plan, &snap)?;
             let variables = self.opts.env_file.is_some();
-            crate::fetch::log_written(&self.opts, &self.session.plan, &values, variables);
-            self.current = Some(values);
+            crate::fetch::log_written(&self.opts, &snap, variables);
+            self.current = Some(snap);
             return Ok(Outcome::First);
         };
-        let changed: Vec<bool> = old
-            .iter()
-            .zip(&values)
-            .map(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => a.version != b.version || a.value != b.value,
-                (None, None) => false,
-                _ => true, // an optional secret appeared or went
-            })
-            .collect();
-        let written = match sync_outputs(&self.opts, &self.session.plan, &values) {
+        let changes = changes(&old, &snap);
+        let written = match self.sync(&old, &snap) {
             Ok(w) => w,
             Err(e) => {
                 self.lock().outputs_damaged = true;
+                self.current = Some(old);
                 return Err(e);
             }
         };
         self.lock().outputs_damaged = false;
-        self.log_restored(&written, &changed);
-        if !changed.contains(&true) {
-            self.current = Some(values);
+        self.log_restored(&snap, &written, &changes);
+        if changes.is_empty() {
+            self.current = Some(snap);
             return Ok(Outcome::Unchanged);
         }
         let mut names = BTreeSet::new();
-        for (i, spec) in specs.iter().enumerate().filter(|(i, _)| changed[*i]) {
+        for c in &changes {
+            let msg = match (c.old, c.new) {
+                (None, _) => "secret added",
+                (_, None) => "secret removed",
+                _ => "secret changed",
+            };
             log::info(
-                "secret changed",
+                msg,
                 &[
-                    ("secret", &spec.name),
-                    ("vault", &spec.vault.url),
-                    ("old_version", version(&old[i])),
-                    ("new_version", version(&values[i])),
+                    ("secret", &c.spec.name),
+                    ("vault", &c.spec.vault.url),
+                    ("old_version", version(c.old)),
+                    ("new_version", version(c.new)),
                 ],
             );
-            *self.lock().changes.entry(spec.name.clone()).or_default() += 1;
-            names.insert(spec.file_name().to_string());
+            *self.lock().changes.entry(c.spec.name.clone()).or_default() += 1;
+            if !c.spec.hidden {
+                names.insert(c.spec.file_name().to_string());
+            }
         }
-        self.current = Some(values);
+        self.current = Some(snap);
         Ok(Outcome::Changed(names.into_iter().collect()))
     }
 
+    /// Record each value's `exp` and certificate end for `/metrics`.
+    fn note_expiries(&self, snap: &Snapshot) {
+        let mut s = self.lock();
+        s.expires.clear();
+        s.certificate_expires.clear();
+        for (spec, f) in snap.specs.iter().zip(&snap.values) {
+            let Some(f) = f else { continue };
+            if let Some(exp) = f.expires {
+                s.expires.insert(spec.name.clone(), exp);
+            }
+            if spec.shape.format.is_some()
+                && let Ok(b) = crate::certificate::bundle(spec, f)
+            {
+                s.certificate_expires.insert(spec.name.clone(), b.not_after);
+            }
+        }
+    }
+
+    /// Write what differs; remove the files of secrets the selection no longer has.
+    fn sync(&self, old: &Snapshot, snap: &Snapshot) -> Result<Vec<PathBuf>, Error> {
+        let written = sync_outputs(&self.opts, &self.session.plan, snap)?;
+        if let Some(dir) = &self.opts.dir {
+            let kept: BTreeSet<&str> = snap.shown().map(|(s, _)| s.file_name()).collect();
+            let gone = old
+                .shown()
+                .map(|(s, _)| s.file_name())
+                .filter(|f| !kept.contains(f));
+            crate::fetch::remove_gone(&self.opts, &gone.map(|f| dir.join(f)).collect::<Vec<_>>())?;
+        }
+        Ok(written)
+    }
+
     /// Log each written output that no secret change explains: it was restored.
-    fn log_restored(&self, written: &[std::path::PathBuf], changed: &[bool]) {
-        let specs = &self.session.plan.specs;
+    fn log_restored(&self, snap: &Snapshot, written: &[PathBuf], changes: &[Change]) {
         let explained = |p: &std::path::Path| {
-            let env_changed = changed.contains(&true) && self.opts.env_file.as_deref() == Some(p);
+            let env_changed = !changes.is_empty() && self.opts.env_file.as_deref() == Some(p);
             let file_changed = self.opts.dir.as_ref().is_some_and(|d| {
-                specs
+                changes
                     .iter()
-                    .zip(changed)
-                    .any(|(s, c)| *c && d.join(s.file_name()) == p)
+                    .any(|c| !c.spec.hidden && d.join(c.spec.file_name()) == p)
             });
-            env_changed || file_changed
+            let template = crate::fetch::template_dests(&self.session.plan).any(|t| t == p)
+                && !changes.is_empty();
+            env_changed || file_changed || template
         };
+        let _ = snap;
         for p in written.iter().filter(|p| !explained(p)) {
             log::warn(
                 "an output was changed or removed by someone else; restored it",
@@ -259,7 +277,65 @@ impl Refresher {
     }
 }
 
-/// A version id for the log, or `absent` for an optional secret that is not there.
-fn version(f: &Option<Fetched>) -> &str {
-    f.as_ref().map_or("absent", |f| f.version.as_str())
+/// A version id for the log, or `absent` for a secret that is not there (an absent optional
+/// one, or one a selection added or dropped).
+fn version(f: Option<&Fetched>) -> &str {
+    f.map_or("absent", |f| f.version.as_str())
+}
+
+/// One secret whose value differs between two snapshots; `None` on a side where it is absent.
+struct Change<'a> {
+    spec: &'a SecretSpec,
+    old: Option<&'a Fetched>,
+    new: Option<&'a Fetched>,
+}
+
+/// The key a secret is matched by across snapshots: its outputs and what it reads.
+fn key(s: &SecretSpec) -> (String, bool, String, String, Option<String>) {
+    (
+        s.file_name().to_string(),
+        s.hidden,
+        s.vault.url.clone(),
+        s.name.to_ascii_lowercase(),
+        s.version.clone(),
+    )
+}
+
+/// What changed from `old` to `new`: new values, and secrets that appeared or went.
+fn changes<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Vec<Change<'a>> {
+    let before: HashMap<_, _> = old
+        .specs
+        .iter()
+        .zip(&old.values)
+        .map(|(s, v)| (key(s), (s, v.as_ref())))
+        .collect();
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (spec, v) in new.specs.iter().zip(&new.values) {
+        let k = key(spec);
+        let was = before.get(&k).and_then(|(_, v)| *v);
+        let differs = match (was, v.as_ref()) {
+            (Some(a), Some(b)) => a.version != b.version || a.value != b.value,
+            (None, None) => false,
+            _ => true,
+        };
+        if differs {
+            out.push(Change {
+                spec,
+                old: was,
+                new: v.as_ref(),
+            });
+        }
+        seen.insert(k);
+    }
+    for (k, (spec, v)) in &before {
+        if !seen.contains(k) && v.is_some() {
+            out.push(Change {
+                spec,
+                old: *v,
+                new: None,
+            });
+        }
+    }
+    out
 }

@@ -101,7 +101,7 @@ fn decode_kind(v: &str) -> Option<Decode> {
 }
 
 /// An RFC 6901 pointer: empty (the whole document) or `/`-led, every `~` escaping `0` or `1`.
-fn json_pointer(v: &str) -> Result<String, &'static str> {
+pub fn json_pointer(v: &str) -> Result<String, &'static str> {
     if !v.is_empty() && !v.starts_with('/') {
         return Err("it must start with '/'");
     }

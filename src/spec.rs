@@ -58,19 +58,27 @@ pub struct SecretSpec {
     pub version: Option<String>,
     /// What is written: the value, or the part of it the spec's options ask for.
     pub shape: Shape,
+    /// The name outputs take when there is no alias, if not `name`: a selected secret's name
+    /// with `--prefix` stripped (`app-db` → file `db`, variable `DB`).
+    pub output_name: Option<String>,
+    /// Fetched for a template only: no file, no variable of its own.
+    pub hidden: bool,
 }
 
 impl SecretSpec {
     /// The file name under `--dir`.
     pub fn file_name(&self) -> &str {
-        self.alias.as_deref().unwrap_or(&self.name)
+        self.alias
+            .as_deref()
+            .or(self.output_name.as_deref())
+            .unwrap_or(&self.name)
     }
 
     /// The environment variable name.
     pub fn env_name(&self) -> String {
         self.alias
             .clone()
-            .unwrap_or_else(|| env_name_for(&self.name))
+            .unwrap_or_else(|| env_name_for(self.output_name.as_deref().unwrap_or(&self.name)))
     }
 
     /// `name` or `name/version`, for messages.
@@ -371,6 +379,8 @@ pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpe
         name,
         version,
         shape,
+        output_name: None,
+        hidden: false,
     })
 }
 
@@ -418,7 +428,7 @@ pub fn check_names(
 ) -> Result<(), Error> {
     let mut seen_files = std::collections::HashMap::new();
     let mut seen_env = std::collections::HashMap::new();
-    for spec in specs {
+    for spec in specs.iter().filter(|s| !s.hidden) {
         if files {
             let f = spec.file_name();
             if !valid_file_name(f) {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::cli::{OnChange, Options};
 use crate::error::Error;
 use crate::exec::{check_exec_size, child_env, exec_error};
-use crate::fetch::{Session, Values};
+use crate::fetch::{Session, Snapshot};
 use crate::health::HEARTBEAT;
 use crate::refresh::{Event, Outcome, Refresher};
 use crate::{health, log, signals};
@@ -92,7 +92,7 @@ struct Supervisor<'a> {
 pub fn run(
     opts: &Options,
     session: Session,
-    values: Values,
+    values: Snapshot,
     base_env: Env,
     program: PathBuf,
     argv: &[String],
@@ -181,8 +181,8 @@ impl Supervisor<'_> {
     }
 
     fn env_of(argv: &[String], base_env: &Env, refresher: &Refresher) -> Result<Env, Error> {
-        let values = refresher.current.as_deref().unwrap_or_default();
-        let env = child_env(base_env, &refresher.session().plan.specs, values)?;
+        let snap = refresher.current.clone().unwrap_or_default();
+        let env = child_env(base_env, &snap.specs, &snap.values)?;
         check_exec_size(argv, &env)?;
         Ok(env)
     }

@@ -77,7 +77,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
 }
 
 fn ready(opts: &Options, refresher: &Refresher) -> Result<(), Error> {
-    let count = refresher.session().plan.specs.len();
+    let count = refresher.current.as_ref().map_or(0, |c| c.shown().count());
     log::info(
         "secrets written; watching for changes",
         &[
@@ -92,7 +92,7 @@ fn ready(opts: &Options, refresher: &Refresher) -> Result<(), Error> {
         // Like every output: a temp file with the final mode, renamed over (never through) a
         // symlink.
         let files = refresher.session().plan.files;
-        crate::output::files::write_all(&[(path.clone(), b"ready\n".to_vec())], files)?;
+        crate::output::files::write_all(&[(path.clone(), b"ready\n".to_vec(), files)])?;
     }
     Ok(())
 }
@@ -110,10 +110,18 @@ fn stop(opts: &Options, refresher: &Refresher) {
         return;
     }
     if let Some(dir) = &opts.dir {
-        for spec in &refresher.session().plan.specs {
+        if opts.dir_layout == crate::output::Layout::Atomic {
+            crate::output::atomic::remove_all(dir);
+        }
+        let current = refresher.current.as_ref().map(|c| &c.specs[..]);
+        let specs = current.unwrap_or(&refresher.session().plan.specs);
+        for spec in specs.iter().filter(|s| !s.hidden) {
             let _ = std::fs::remove_file(dir.join(spec.file_name()));
         }
         let _ = std::fs::remove_dir(dir); // only if now empty
+    }
+    for t in crate::fetch::template_dests(&refresher.session().plan) {
+        let _ = std::fs::remove_file(t);
     }
     if let Some(file) = &opts.env_file {
         let _ = std::fs::remove_file(file);

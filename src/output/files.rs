@@ -221,15 +221,15 @@ fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
 
 /// Write every `(target, bytes)` pair, or none: check every target, stage all, then move them
 /// into place; if a move fails, undo the earlier ones. No temp file is left either way.
-pub fn write_all(items: &[(PathBuf, Vec<u8>)], opts: FileOptions) -> Result<(), Error> {
+pub fn write_all(items: &[(PathBuf, Vec<u8>, FileOptions)]) -> Result<(), Error> {
     // A signal arriving now waits for the commit (or roll-back) to finish.
     let _writing = crate::signals::writing();
-    for (target, _) in items {
+    for (target, _, _) in items {
         check_target(target)?;
     }
     let mut staged = Vec::with_capacity(items.len());
-    for (target, bytes) in items {
-        match stage(target, bytes, opts) {
+    for (target, bytes, opts) in items {
+        match stage(target, bytes, *opts) {
             Ok(s) => staged.push(s),
             Err(e) => {
                 staged.into_iter().for_each(Staged::discard);

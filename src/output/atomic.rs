@@ -1,0 +1,330 @@
+//! `--dir-layout atomic`: Kubernetes' AtomicWriter layout, so that every file of a write
+//! changes at one instant.
+//!
+//! ```text
+//! DIR/..2026_12_07_10_15_00.482913047/   one generation: every file, final mode and owner
+//! DIR/..data -> ..2026_12_07_10_15_00.482913047
+//! DIR/db     -> ..data/db
+//! ```
+//!
+//! A write fills a new hidden generation directory, then makes `..data` point at it with one
+//! `rename` of a fresh symlink: a reader that resolves `..data` (or opens DIR/NAME) sees the
+//! old generation or the new one, never a mix. Visible names are symlinks through `..data`;
+//! they are added or removed after the flip, and old generations are deleted last.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::files::{FileOptions, TEMP_PREFIX, dir_mode};
+use crate::error::Error;
+
+/// The symlink that names the current generation.
+pub const DATA: &str = "..data";
+
+/// A generation written and synced, with the symlink that will become `..data`.
+pub struct Prepared {
+    dir: PathBuf,
+    generation: String,
+    link: PathBuf,
+    names: Vec<String>,
+}
+
+/// Whether `name` is a generation directory's name (`..` then digits and `_`, `.`, digits).
+fn is_generation(name: &str) -> bool {
+    name.strip_prefix("..").is_some_and(|rest| {
+        rest.len() > 20
+            && rest.starts_with(|c: char| c.is_ascii_digit())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'_' || b == b'.')
+    })
+}
+
+/// `..YYYY_MM_DD_HH_MM_SS.NNNNNNNNN` (UTC, then random digits).
+fn generation_name() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, secs) = ((now / 86_400) as i64, now % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    let n = (crate::retry::random_unit() * 1e9) as u64 % 1_000_000_000;
+    format!(
+        "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.{n:09}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn output_error(what: String, e: io::Error) -> Error {
+    let msg = format!("{what}: {e}");
+    Error::from_io(&e, Error::Output, msg)
+}
+
+/// The generation `..data` names now, if it is one of ours.
+pub fn current(dir: &Path) -> Option<String> {
+    let target = fs::read_link(dir.join(DATA)).ok()?;
+    let name = target.to_str()?;
+    is_generation(name).then(|| name.to_string())
+}
+
+/// The names whose files differ from `files` in the current generation (all of them when there
+/// is none), and whether anything else is off: a visible name that is not the symlink through
+/// `..data`, or a file in the generation that should not be there.
+pub fn stale(dir: &Path, files: &[(String, Vec<u8>)], opts: FileOptions) -> (Vec<String>, bool) {
+    let Some(generation) = current(dir) else {
+        return (files.iter().map(|(n, _)| n.clone()).collect(), true);
+    };
+    let gen_dir = dir.join(&generation);
+    let differ = files
+        .iter()
+        .filter(|(n, bytes)| super::files::differs(&gen_dir.join(n), bytes, opts))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let linked = |n: &str| fs::read_link(dir.join(n)).ok() == Some(Path::new(DATA).join(n));
+    let extra = fs::read_dir(&gen_dir)
+        .map(|entries| entries.flatten().count() != files.len())
+        .unwrap_or(true);
+    (differ, extra || !files.iter().all(|(n, _)| linked(n)))
+}
+
+/// Write a new generation holding `files` (nothing visible changes yet).
+pub fn prepare(
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    opts: FileOptions,
+) -> Result<Prepared, Error> {
+    let generation = generation_name();
+    let link = dir.join(format!("{TEMP_PREFIX}data-{}", &generation[2..]));
+    let prepared = Prepared {
+        dir: dir.to_path_buf(),
+        generation,
+        link,
+        names: files.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    match prepared.fill(files, opts) {
+        Ok(()) => Ok(prepared),
+        Err(e) => {
+            prepared.discard();
+            Err(e)
+        }
+    }
+}
+
+impl Prepared {
+    fn gen_dir(&self) -> PathBuf {
+        self.dir.join(&self.generation)
+    }
+
+    fn fill(&self, files: &[(String, Vec<u8>)], opts: FileOptions) -> Result<(), Error> {
+        let gen_dir = self.gen_dir();
+        let fail = |e| output_error(format!("cannot write {}", gen_dir.display()), e);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&gen_dir)
+            .map_err(fail)?;
+        let handle = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&gen_dir)
+            .map_err(fail)?;
+        handle
+            .set_permissions(fs::Permissions::from_mode(dir_mode(opts.mode)))
+            .map_err(fail)?;
+        if let Some((uid, gid)) = opts.owner {
+            std::os::unix::fs::fchown(&handle, Some(uid), gid).map_err(fail)?;
+        }
+        for (name, bytes) in files {
+            let path = gen_dir.join(name);
+            write_new(&path, bytes, opts)
+                .map_err(|e| output_error(format!("cannot write {}", path.display()), e))?;
+        }
+        handle.sync_all().map_err(fail)?;
+        std::os::unix::fs::symlink(&self.generation, &self.link)
+            .map_err(|e| output_error(format!("cannot create {}", self.link.display()), e))
+    }
+
+    /// Throw the new generation away; nothing visible changed.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.link);
+        let _ = fs::remove_dir_all(self.gen_dir());
+    }
+
+    /// Flip `..data` to the new generation (one rename), then make the visible names match it
+    /// and delete the old generations.
+    pub fn commit(self) -> Result<(), Error> {
+        let data = self.dir.join(DATA);
+        if let Err(e) = fs::rename(&self.link, &data) {
+            let e = output_error(format!("cannot replace {}", data.display()), e);
+            self.discard();
+            return Err(e);
+        }
+        for name in &self.names {
+            self.link_name(name)?;
+        }
+        self.prune();
+        Ok(())
+    }
+
+    /// Make `DIR/NAME` the symlink `..data/NAME` (replacing, never following, what is there).
+    fn link_name(&self, name: &str) -> Result<(), Error> {
+        let visible = self.dir.join(name);
+        let target = Path::new(DATA).join(name);
+        if fs::read_link(&visible).ok().as_deref() == Some(target.as_path()) {
+            return Ok(());
+        }
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}link-{}-{name}",
+            &self.generation[2..]
+        ));
+        let _ = fs::remove_file(&temp);
+        std::os::unix::fs::symlink(&target, &temp)
+            .and_then(|()| fs::rename(&temp, &visible))
+            .map_err(|e| {
+                let _ = fs::remove_file(&temp);
+                output_error(format!("cannot link {}", visible.display()), e)
+            })
+    }
+
+    /// Remove visible links through `..data` to names this generation lacks, and every other
+    /// generation (a killed run's included).
+    fn prune(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(String::from) else {
+                continue;
+            };
+            if is_generation(&name) && name != self.generation {
+                let _ = fs::remove_dir_all(entry.path());
+            } else if !self.names.contains(&name)
+                && fs::read_link(entry.path()).ok() == Some(Path::new(DATA).join(&name))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Create `path` with its final mode and owner, write and sync it.
+fn write_new(path: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(opts.mode)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
+    if let Some((uid, gid)) = opts.owner {
+        std::os::unix::fs::fchown(&file, Some(uid), gid)?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// `--cleanup`: remove the visible links, `..data` and every generation.
+pub fn remove_all(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        if is_generation(&name) {
+            let _ = fs::remove_dir_all(entry.path());
+        } else if name == DATA
+            || fs::read_link(entry.path()).ok() == Some(Path::new(DATA).join(&name))
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: FileOptions = FileOptions {
+        mode: 0o400,
+        owner: None,
+    };
+
+    fn files(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn generations_flip_and_old_ones_go() {
+        let d = std::env::temp_dir().join(format!("kvfetch-atomic-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir(&d).unwrap();
+        let one = files(&[("a", "1"), ("b", "1")]);
+        assert!(stale(&d, &one, OPTS).1);
+        prepare(&d, &one, OPTS).unwrap().commit().unwrap();
+        let first = current(&d).unwrap();
+        assert_eq!(stale(&d, &one, OPTS), (vec![], false));
+        assert_eq!(fs::read_to_string(d.join("a")).unwrap(), "1");
+        assert_eq!(fs::read_link(d.join("b")).unwrap(), Path::new("..data/b"));
+        let meta = fs::metadata(d.join(&first).join("a")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
+        // b goes, c comes, a changes.
+        let two = files(&[("a", "2"), ("c", "2")]);
+        assert_eq!(stale(&d, &two, OPTS).0, ["a", "c"]);
+        prepare(&d, &two, OPTS).unwrap().commit().unwrap();
+        let second = current(&d).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            listing(&d),
+            [second.clone(), "..data".into(), "a".into(), "c".into()]
+        );
+        assert_eq!(fs::read_to_string(d.join("c")).unwrap(), "2");
+        // A discarded generation leaves nothing behind.
+        prepare(&d, &one, OPTS).unwrap().discard();
+        assert_eq!(listing(&d).len(), 4);
+        remove_all(&d);
+        assert!(listing(&d).is_empty());
+        fs::remove_dir(&d).unwrap();
+    }
+
+    #[test]
+    fn names_and_dates() {
+        assert!(is_generation("..2026_12_07_10_15_00.482913047"));
+        assert!(!is_generation("..data") && !is_generation("..") && !is_generation("db"));
+        assert!(!is_generation("..2026_12_07_10_15_00.48/../x"));
+        assert!(is_generation(&generation_name()));
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_429), (2025, 12, 7));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,294 @@
+//! `--all`, `--prefix` and `--tag`: choosing secrets from the vault's list instead of naming
+//! each one. The list is read on every fetch (and so on every refresh), so a secret added to
+//! the vault appears and one deleted, disabled or expired disappears.
+//!
+//! What the vault lists is not the operator's word: a listed name that cannot become an output
+//! (a variable that would steer programs, a name the explicit `--secret` specs already use) is
+//! skipped with a log line, never an error that a vault writer could use to stop the app.
+
+use std::collections::BTreeSet;
+
+use crate::error::Error;
+use crate::keyvault::Listed;
+use crate::shape::Shape;
+use crate::spec::{self, SecretSpec, Vault};
+
+/// What to choose from one vault's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub vault: Vault,
+    /// Only names starting with this (compared without regard to case, as Key Vault names
+    /// are); it is stripped from the output names.
+    pub prefix: Option<String>,
+    /// Every `KEY=VALUE` must be among the secret's tags (exact, case-sensitive).
+    pub tags: Vec<(String, String)>,
+    /// Leave out certificate-backed secrets (`managed: true`).
+    pub skip_managed: bool,
+    /// The outputs in use: files (`--dir`), variables (an env file or exec), and `--allow-env`.
+    pub files: bool,
+    pub env: bool,
+    pub allow_env: Vec<String>,
+}
+
+/// Why a listed secret that matches the selection is not used (one log line each).
+fn skip_reason(
+    sel: &Selection,
+    l: &Listed,
+    out: &str,
+    now: u64,
+    explicit: &[SecretSpec],
+) -> Option<String> {
+    if !l.enabled {
+        return Some("it is disabled".into());
+    }
+    if l.expires.is_some_and(|exp| exp <= now) {
+        return Some("it has expired (exp is in the past)".into());
+    }
+    if l.not_before.is_some_and(|nbf| nbf > now) {
+        return Some("it is not valid yet (nbf is in the future)".into());
+    }
+    if l.managed && sel.skip_managed {
+        return Some("it backs a certificate (--skip-managed)".into());
+    }
+    if out.is_empty() {
+        return Some("its name is the prefix alone, which leaves no output name".into());
+    }
+    let env = spec::env_name_for(out);
+    let shown = explicit.iter().filter(|s| !s.hidden);
+    for s in shown {
+        if sel.files && s.file_name() == out || sel.env && s.env_name() == env {
+            return Some(format!(
+                "--secret {:?} already writes that name (explicit specs win)",
+                s.text
+            ));
+        }
+    }
+    if sel.env && !spec::valid_env_name(&env) {
+        return Some(format!("{env:?} is not a valid variable name"));
+    }
+    if sel.env && spec::steers_programs(&env) && !sel.allow_env.iter().any(|a| a == &env) {
+        return Some(format!(
+            "it would set {env}, which decides what programs run or load (allow it with --allow-env {env})"
+        ));
+    }
+    None
+}
+
+/// The output name of a listed secret, if it matches the prefix and tags.
+fn matches(sel: &Selection, l: &Listed) -> Option<String> {
+    let out = match &sel.prefix {
+        Some(p) => {
+            let head = l.name.get(..p.len())?;
+            if !head.eq_ignore_ascii_case(p) {
+                return None;
+            }
+            l.name[p.len()..].to_string()
+        }
+        None => l.name.clone(),
+    };
+    let tagged = sel
+        .tags
+        .iter()
+        .all(|(k, v)| l.tags.get(k).is_some_and(|t| t == v));
+    tagged.then_some(out)
+}
+
+/// The explicit specs followed by the listed secrets the selection chooses. `noted` holds the
+/// log lines already given (skips, certificate notes), so that each is logged once while it
+/// holds, and again should it come back after it stopped.
+pub fn choose(
+    sel: &Selection,
+    explicit: &[SecretSpec],
+    listed: &[Listed],
+    now: u64,
+    noted: &mut BTreeSet<String>,
+) -> Result<Vec<SecretSpec>, Error> {
+    let mut specs = explicit.to_vec();
+    let mut notes = BTreeSet::new();
+    let mut note = |key: String, msg: &str, fields: &[(&str, &str)]| {
+        if !noted.contains(&key) {
+            crate::log::info(msg, fields);
+        }
+        notes.insert(key);
+    };
+    for l in listed {
+        let Some(out) = matches(sel, l) else { continue };
+        let fields = [
+            ("secret", l.name.as_str()),
+            ("vault", sel.vault.url.as_str()),
+        ];
+        if let Some(why) = skip_reason(sel, l, &out, now, explicit) {
+            let msg = format!("skipped a listed secret: {why}");
+            note(format!("skip {} {why}", l.name), &msg, &fields);
+            continue;
+        }
+        if l.managed {
+            let ct = l.content_type.as_deref().unwrap_or("none");
+            let with = [fields[0], fields[1], ("content_type", ct)];
+            let msg = "selected a certificate-backed secret: its value is the certificate as Key Vault stores it (see content_type); --skip-managed leaves these out";
+            note(format!("managed {} {ct}", l.name), msg, &with);
+        }
+        specs.push(SecretSpec {
+            text: format!("{} (selected)", l.name),
+            alias: None,
+            vault: sel.vault.clone(),
+            name: l.name.clone(),
+            version: None,
+            shape: Shape::default(),
+            output_name: (out != l.name).then_some(out),
+            hidden: false,
+        });
+    }
+    *noted = notes;
+    spec::check_names(&specs, sel.files, sel.env, &sel.allow_env)?;
+    Ok(specs)
+}
+
+/// `--tag KEY=VALUE` → (KEY, VALUE); the key may not be empty.
+pub fn parse_tag(text: &str) -> Result<(String, String), Error> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(Error::Usage(format!(
+            "--tag {text:?} must be KEY=VALUE (a tag the secret must carry; repeatable, all must match)"
+        ))),
+    }
+}
+
+/// `--prefix`: a non-empty beginning of secret names (letters, digits and dashes).
+pub fn check_prefix(p: &str) -> Result<String, Error> {
+    let ok =
+        !p.is_empty() && p.len() < 127 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(Error::Usage(format!(
+            "--prefix {p:?} must be the beginning of secret names: 1-126 letters, digits and dashes"
+        )));
+    }
+    Ok(p.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault() -> Vault {
+        spec::parse_vault("https://127.0.0.1:8443", None).unwrap()
+    }
+
+    fn sel(prefix: Option<&str>, tags: &[(&str, &str)]) -> Selection {
+        Selection {
+            vault: vault(),
+            prefix: prefix.map(String::from),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            skip_managed: false,
+            files: true,
+            env: true,
+            allow_env: Vec::new(),
+        }
+    }
+
+    fn listed(name: &str) -> Listed {
+        Listed {
+            name: name.into(),
+            enabled: true,
+            not_before: None,
+            expires: None,
+            managed: false,
+            content_type: None,
+            tags: Default::default(),
+        }
+    }
+
+    fn names(specs: &[SecretSpec]) -> Vec<(String, String, String)> {
+        specs
+            .iter()
+            .map(|s| (s.name.clone(), s.file_name().to_string(), s.env_name()))
+            .collect()
+    }
+
+    #[test]
+    fn prefix_is_matched_without_case_and_stripped() {
+        let l = [
+            listed("app-db"),
+            listed("APP-Api-Key"),
+            listed("other"),
+            listed("ap"),
+        ];
+        let got = choose(
+            &sel(Some("app-"), &[]),
+            &[],
+            &l,
+            100,
+            &mut Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&got),
+            [
+                ("app-db".into(), "db".into(), "DB".into()),
+                ("APP-Api-Key".into(), "Api-Key".into(), "API_KEY".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_and_tags() {
+        let mut l: Vec<Listed> = ["off", "old", "early", "cert", "app", "path", "1x", "ok"]
+            .iter()
+            .map(|n| listed(n))
+            .collect();
+        l[0].enabled = false;
+        l[1].expires = Some(100);
+        l[2].not_before = Some(101);
+        l[3].managed = true;
+        for x in &mut l {
+            x.tags.insert("team".into(), "a".into());
+        }
+        l.push(listed("untagged"));
+        let mut s = sel(None, &[("team", "a")]);
+        s.skip_managed = true;
+        let explicit = spec::parse_spec("APP=other", Some(&vault())).unwrap();
+        let mut noted = BTreeSet::new();
+        let got = choose(&s, std::slice::from_ref(&explicit), &l, 100, &mut noted).unwrap();
+        let chosen: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+        // nbf == now is valid, exp == now is expired; "app" clashes with the explicit APP.
+        assert_eq!(chosen, ["other", "ok"]);
+        assert_eq!(noted.len(), 7, "{noted:?}");
+        // Managed secrets are kept without --skip-managed, with a note.
+        s.skip_managed = false;
+        l[2].not_before = Some(100);
+        let got = choose(&s, &[explicit], &l, 100, &mut noted).unwrap();
+        let chosen: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(chosen, ["other", "early", "cert", "ok"]);
+        assert!(noted.iter().any(|n| n.starts_with("managed cert")));
+    }
+
+    #[test]
+    fn variables_that_steer_programs_are_skipped_unless_allowed() {
+        let l = [listed("ld-preload"), listed("Path")];
+        let got = choose(&sel(None, &[]), &[], &l, 0, &mut Default::default()).unwrap();
+        assert!(got.is_empty());
+        let mut s = sel(None, &[]);
+        s.allow_env = vec!["PATH".into()];
+        let got = choose(&s, &[], &l, 0, &mut Default::default()).unwrap();
+        assert_eq!(got.len(), 1);
+        s.env = false;
+        let got = choose(&s, &[], &l, 0, &mut Default::default()).unwrap();
+        assert_eq!(got.len(), 2, "files only: any name is a file");
+    }
+
+    #[test]
+    fn flags() {
+        assert_eq!(
+            parse_tag("env=prod").unwrap(),
+            ("env".into(), "prod".into())
+        );
+        assert_eq!(parse_tag("k=a=b").unwrap(), ("k".into(), "a=b".into()));
+        assert_eq!(parse_tag("k=").unwrap(), ("k".into(), "".into()));
+        assert!(parse_tag("=v").is_err() && parse_tag("novalue").is_err());
+        assert!(check_prefix("app-").is_ok());
+        assert!(check_prefix("").is_err() && check_prefix("a/b").is_err());
+    }
+}
