@@ -106,6 +106,36 @@ impl Report {
     }
 }
 
+/// List the vault as `--all`/`--prefix`/`--tag` would, and say how many secrets it would choose.
+fn check_selection(
+    r: &mut Report,
+    client: &Client,
+    plan: &fetch::Plan,
+    sel: &crate::select::Selection,
+    tokens: &Tokens,
+    deadline: &Deadline,
+) {
+    let listed = match client.list(&sel.vault, tokens, deadline) {
+        Ok(l) => l,
+        Err(e) => return r.fail("selection", &e),
+    };
+    let now = crate::identity::token::now();
+    let mut noted = BTreeSet::new();
+    match crate::select::choose(sel, &plan.specs, &listed, now, &mut noted) {
+        Ok(specs) => r.line(
+            Status::Ok,
+            "selection",
+            &format!(
+                "the vault lists {} secrets; the selection chooses {}",
+                listed.len(),
+                specs.len() - plan.specs.len()
+            ),
+            &[("vault", sel.vault.url.clone())],
+        ),
+        Err(e) => r.fail("selection", &e),
+    }
+}
+
 /// Run the doctor; returns its exit code (usage errors are returned as errors, as for fetch).
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     let plan = fetch::plan_with(opts, Vec::new(), false)?;
@@ -115,11 +145,11 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         first_failure: None,
         problems: 0,
     };
-    if plan.specs.is_empty() {
+    if plan.specs.is_empty() && plan.selection.is_none() {
         r.line(
             Status::Fail(exit::USAGE),
             "secret",
-            "no --secret given: fetch needs at least one (KVFETCH_SECRETS)",
+            "no --secret given: fetch needs at least one (KVFETCH_SECRETS), or --all, --prefix or --tag",
             &[],
         );
     }
@@ -133,7 +163,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     };
     report_source(&mut r, &choice, opts.selector.as_ref());
     let source = choice.source;
-    if let Err(e) = spec::check_loopback_vaults(&plan.specs, source.on_loopback()) {
+    if let Err(e) = spec::check_loopback_vaults(&plan.vaults(), source.on_loopback()) {
         r.fail("identity", &e);
         return Ok(r.finish());
     }
@@ -161,6 +191,9 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     }
     // The doctor does not wait for a role assignment to propagate: it says what is true now.
     let client = Client::new(agents, &opts.api_version, opts.backoff_base, Duration::ZERO);
+    if let Some(sel) = &plan.selection {
+        check_selection(&mut r, &client, &plan, sel, &tokens, &deadline);
+    }
     for spec in &plan.specs {
         match client.fetch(spec, &tokens, &deadline) {
             Ok(f) => r.line(

@@ -56,7 +56,7 @@ pub fn plan(opts: &Options) -> Result<Plan, Error> {
                 .into(),
         ));
     }
-    if opts.secrets.is_empty() && !selects(opts) {
+    if opts.secrets.is_empty() && !selects(opts) && opts.templates.is_empty() {
         return Err(Error::Usage(
             "no secrets: give --secret NAME (repeatable) or KVFETCH_SECRETS, or choose from the vault with --all, --prefix or --tag".into(),
         ));
@@ -364,7 +364,7 @@ impl Session {
         let choice = crate::identity::choose(env, opts.identity_source, opts.selector.as_ref())?;
         choice.log();
         let source = choice.source;
-        spec::check_loopback_vaults(&plan.specs, source.on_loopback())?;
+        spec::check_loopback_vaults(&plan.vaults(), source.on_loopback())?;
         let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
         let agents = http::vault_agents(plan.ca_pem.as_deref(), opts.concurrency)?;
         let client = Client::new(
@@ -432,6 +432,9 @@ pub fn fetch_all(
     deadline: &Deadline,
     concurrency: usize,
 ) -> Result<Vec<Option<Fetched>>, Error> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
     // One token request per audience, before any fan-out.
     for spec in specs {
         tokens.get(&spec.vault.resource, deadline)?;
@@ -712,6 +715,16 @@ fn remove_absent(paths: &[PathBuf]) -> Result<(), Error> {
 pub fn sync_outputs(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<Vec<PathBuf>, Error> {
     let items = output_items(opts, plan, snap)?;
     write_items(opts, plan, items, false)
+}
+
+impl Plan {
+    /// Every vault a token may be sent to: the specs' and the selection's.
+    pub fn vaults(&self) -> Vec<&spec::Vault> {
+        let specs = self.specs.iter().map(|s| &s.vault);
+        specs
+            .chain(self.selection.as_ref().map(|s| &s.vault))
+            .collect()
+    }
 }
 
 impl Snapshot {

@@ -703,6 +703,91 @@ pub fn parse_bundle(body: &str) -> Option<Fetched> {
 mod tests {
     use super::*;
 
+    fn vault(url: &str) -> Vault {
+        crate::spec::parse_vault(url, None).unwrap()
+    }
+
+    #[test]
+    fn next_links_stay_on_the_vaults_origin() {
+        let v = vault("https://myvault.vault.azure.net");
+        let ok = |link: &str| next_url(&v, link, "7.5").unwrap();
+        assert_eq!(
+            ok(
+                "https://myvault.vault.azure.net:443/secrets?api-version=7.2&$skiptoken=eyJ&maxresults=25"
+            ),
+            "https://myvault.vault.azure.net/secrets?$skiptoken=eyJ&maxresults=25&api-version=7.5"
+        );
+        assert_eq!(
+            ok("https://MyVault.vault.azure.net/secrets/?$skiptoken=a%3D"),
+            "https://myvault.vault.azure.net/secrets?$skiptoken=a%3D&api-version=7.5"
+        );
+        assert_eq!(
+            ok("/secrets?$skiptoken=x"),
+            "https://myvault.vault.azure.net/secrets?$skiptoken=x&api-version=7.5"
+        );
+        for bad in [
+            "https://evil.example/secrets?$skiptoken=x",
+            "https://myvault.vault.azure.net.evil.example/secrets?x=1",
+            "https://myvault.vault.azure.net:8443/secrets?x=1",
+            "http://myvault.vault.azure.net/secrets?x=1",
+            "https://other.vault.azure.net/secrets?x=1",
+            "https://user@myvault.vault.azure.net/secrets?x=1",
+            "https://myvault.vault.azure.net/keys?x=1",
+            "https://myvault.vault.azure.net/secrets/a?x=1",
+            "/secrets?x=1#frag",
+            "/secrets?x=a b",
+            "//evil.example/secrets?x=1",
+            "secrets?x=1",
+        ] {
+            let e = next_url(&v, bad, "7.5").unwrap_err();
+            assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
+        }
+        // A loopback vault with a port: the port must match.
+        let l = vault("http://127.0.0.1:8080");
+        assert!(next_url(&l, "http://127.0.0.1:8080/secrets?a=1", "7.5").is_ok());
+        assert!(next_url(&l, "http://127.0.0.1/secrets?a=1", "7.5").is_err());
+    }
+
+    #[test]
+    fn list_pages_and_items() {
+        let body = r#"{"value":[
+            {"id":"https://v.vault.azure.net/secrets/db","attributes":{"enabled":false,"exp":5,"nbf":1},"tags":{"team":"a","n":1},"managed":true,"contentType":"application/x-pem-file"},
+            {"id":"https://v.vault.azure.net/secrets/../etc"},
+            {"id":"https://v.vault.azure.net/secrets/ok/"},
+            {"noid":true}
+        ],"nextLink":""}"#;
+        let (items, next) = parse_page(body).unwrap();
+        assert_eq!(next, None, "an empty nextLink ends the list");
+        let db = items[0].as_ref().unwrap();
+        assert_eq!(
+            (
+                db.name.as_str(),
+                db.enabled,
+                db.expires,
+                db.not_before,
+                db.managed
+            ),
+            ("db", false, Some(5), Some(1), true)
+        );
+        assert_eq!(db.tags.len(), 1, "only string tags");
+        assert!(items[1].is_err() && items[3].is_err());
+        assert_eq!(items[2].as_ref().unwrap().name, "ok");
+        assert!(
+            items[2].as_ref().unwrap().enabled,
+            "enabled unless it says not"
+        );
+        assert_eq!(
+            parse_page(r#"{"value":[],"nextLink":"/secrets?x=1"}"#)
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("/secrets?x=1")
+        );
+        assert!(parse_page(r#"{"value":[],"nextLink":1}"#).is_none());
+        assert!(parse_page(r#"{"nextLink":null}"#).is_none());
+        assert!(parse_page("<html>").is_none());
+    }
+
     #[test]
     fn vault_names_for_messages() {
         assert_eq!(vault_name("myvault.vault.azure.net"), "myvault");

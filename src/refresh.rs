@@ -190,6 +190,13 @@ impl Refresher {
                 names.insert(c.spec.file_name().to_string());
             }
         }
+        // A template is re-rendered by the sync above; it is named when a secret it uses changed.
+        for t in &self.session.plan.templates {
+            let uses = |c: &Change| t.uses().any(|i| std::ptr::eq(c.spec, &snap.specs[i]));
+            if changes.iter().any(uses) {
+                names.insert(t.dest.display().to_string());
+            }
+        }
         self.current = Some(snap);
         Ok(Outcome::Changed(names.into_iter().collect()))
     }

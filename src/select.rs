@@ -139,6 +139,18 @@ pub fn choose(
             hidden: false,
         });
     }
+    if specs.len() == explicit.len() {
+        if !noted.contains("none") {
+            crate::log::warn(
+                "the selection chose no secret from the vault's list; check --prefix and --tag against the vault's names and tags",
+                &[
+                    ("vault", &sel.vault.url),
+                    ("listed", &listed.len().to_string()),
+                ],
+            );
+        }
+        notes.insert("none".into());
+    }
     *noted = notes;
     spec::check_names(&specs, sel.files, sel.env, &sel.allow_env)?;
     Ok(specs)

@@ -315,17 +315,11 @@ pub fn valid_vault_name(name: &str) -> bool {
 /// loopback (the emulator): on a real host, whatever listens on a loopback port (another
 /// container of the pod, another user) must not receive the identity's token. `--resource`
 /// vouches for a loopback `--vault` explicitly.
-pub fn check_loopback_vaults(
-    specs: &[SecretSpec],
-    identity_on_loopback: bool,
-) -> Result<(), Error> {
-    match specs
-        .iter()
-        .find(|s| s.vault.audience == Audience::Loopback)
-    {
-        Some(s) if !identity_on_loopback => Err(Error::Usage(format!(
+pub fn check_loopback_vaults(vaults: &[&Vault], identity_on_loopback: bool) -> Result<(), Error> {
+    match vaults.iter().find(|v| v.audience == Audience::Loopback) {
+        Some(v) if !identity_on_loopback => Err(Error::Usage(format!(
             "vault {} is on loopback but the identity endpoint is not: kvfetch sends a real token to a loopback address only when both are local (an emulator); to vouch for it, give --vault {} --resource AUDIENCE",
-            s.vault.url, s.vault.url
+            v.url, v.url
         ))),
         _ => Ok(()),
     }
@@ -661,8 +655,9 @@ mod tests {
         assert!(parse_vault("https://v.vault.azure.net/x", None).is_err());
         let v = parse_vault("https://127.0.0.1:1", None).unwrap();
         assert_eq!(v.audience, Audience::Loopback);
-        assert!(check_loopback_vaults(&[parse_spec("a", Some(&v)).unwrap()], false).is_err());
-        assert!(check_loopback_vaults(&[parse_spec("a", Some(&v)).unwrap()], true).is_ok());
+        let spec = parse_spec("a", Some(&v)).unwrap();
+        assert!(check_loopback_vaults(&[&spec.vault], false).is_err());
+        assert!(check_loopback_vaults(&[&spec.vault], true).is_ok());
     }
 
     #[test]
