@@ -124,6 +124,12 @@ pub const EXAMPLES: &[Example] = &[
         args: "watch --vault contoso-kv --secret api-key --dir /run/secrets --notify-url http://127.0.0.1:8080/reload --ready-file /run/ready",
     },
     Example {
+        command: "watch",
+        about: "every secret named app-*, as files that all flip at once, and a rendered config",
+        env: &[],
+        args: "watch --vault contoso-kv --prefix app- --dir /run/secrets --dir-layout atomic --template /etc/app/db.conf.tpl:/run/secrets/db.conf:0440",
+    },
+    Example {
         command: "exec",
         about: "entrypoint: secrets in the environment, then become the app",
         env: &[],

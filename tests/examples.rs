@@ -35,7 +35,20 @@ fn check_file(path: &PathBuf) -> usize {
         env.insert("KVFETCH_VAULT".into(), "https://127.0.0.1:8443".into());
     }
     let lines = command_lines(&text);
+    // A template's SRC is read by the plan: stand in a small one for each.
+    let scratch = std::env::temp_dir().join(format!("kvfetch-examples-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let stand_in = scratch.join("stand-in.tpl");
+    std::fs::write(&stand_in, "password={{ secret \"db\" }}\n").unwrap();
     for argv in &lines {
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| match a.split_once(".tpl:") {
+                Some((_, rest)) => format!("{}:{rest}", stand_in.display()),
+                None => a.clone(),
+            })
+            .collect();
+        let argv = &argv;
         let opts = kvfetch::cli::parse(argv, &env)
             .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
         if opts.command == kvfetch::cli::Command::Fetch {
@@ -43,6 +56,7 @@ fn check_file(path: &PathBuf) -> usize {
                 .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
         }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     lines.len()
 }
 

@@ -682,3 +682,30 @@ fn a_selection_on_a_loopback_vault_needs_a_loopback_identity() {
     let c = emu.counters();
     assert_eq!((c.app_service_token_requests, c.kv_total_requests), (0, 0));
 }
+
+#[test]
+fn supervised_exec_restarts_when_a_selected_secret_is_added() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("svc-a", "a-value-31");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo \"A=$A B=${{B:-none}}\" >> {}; while :; do sleep 0.05; done",
+        log.display()
+    );
+    let vault = emu.vault_url();
+    let mut sup = supervised(
+        &env_for(&emu),
+        &["--vault", &vault, "--prefix", "svc-", "--grace", "1s"],
+        &script,
+    );
+    sup.wait("the first child", ms(5000), || {
+        read(&log).contains("A=a-value-31 B=none")
+    });
+    emu.set_secret("svc-b", "b-value-32");
+    sup.wait("the restarted child", ms(5000), || {
+        read(&log).contains("A=a-value-31 B=b-value-32")
+    });
+    let stderr = sup.stop_and_stderr();
+    assert!(stderr.contains("secret added"), "{stderr}");
+}
