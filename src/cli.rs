@@ -244,6 +244,13 @@ pub const FLAGS: &[Flag] = &[
         "how long to keep retrying 403 ForbiddenByRbac/AccessDenied while a role assignment propagates (0s to 1h)",
     ),
     flag(
+        "start-splay",
+        "KVFETCH_START_SPLAY",
+        Some("DURATION"),
+        Some("0s"),
+        "wait a random time up to DURATION before the first fetch, so a fleet started at once does not hit the vault at once (0s to 1h)",
+    ),
+    flag(
         "log-format",
         "KVFETCH_LOG_FORMAT",
         Some("FORMAT"),
@@ -285,6 +292,16 @@ pub const FLAGS: &[Flag] = &[
             Some("DURATION"),
             None,
             "when refreshes have failed this long (10ms to 365d), fail /readyz and exit 7 (default: serve the last good secrets for ever)",
+        ),
+        WATCH | EXEC,
+    ),
+    only(
+        flag(
+            "full-read-every",
+            "KVFETCH_FULL_READ_EVERY",
+            Some("DURATION"),
+            Some("1h"),
+            "refreshes list the vault and GET only secrets whose 'updated' changed; every DURATION one refresh GETs every secret (10ms to 30d)",
         ),
         WATCH | EXEC,
     ),
@@ -419,6 +436,8 @@ pub struct Options {
     pub timeout: Duration,
     pub backoff_base: Duration,
     pub access_retry: Duration,
+    pub start_splay: Duration,
+    pub full_read_every: Duration,
     pub log: log::Logger,
     /// `--refresh`, when given or defaulted (exec: only when given).
     pub refresh: Option<Duration>,
@@ -534,6 +553,11 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         timeout: duration_flag("timeout", &get("timeout").unwrap_or_default())?,
         backoff_base: duration_flag("backoff-base", &get("backoff-base").unwrap_or_default())?,
         access_retry: duration_flag("access-retry", &get("access-retry").unwrap_or_default())?,
+        start_splay: duration_flag("start-splay", &get("start-splay").unwrap_or_default())?,
+        full_read_every: duration_flag(
+            "full-read-every",
+            &get("full-read-every").unwrap_or_default(),
+        )?,
         log: log::Logger {
             format: log_format,
             level: if quiet {
@@ -927,6 +951,8 @@ pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
     ("refresh", ms(10), hours(24 * 30)),
     ("max-stale", ms(10), hours(24 * 365)),
     ("grace", Duration::ZERO, hours(1)),
+    ("start-splay", Duration::ZERO, hours(1)),
+    ("full-read-every", ms(10), hours(24 * 30)),
 ];
 
 const fn ms(n: u64) -> Duration {

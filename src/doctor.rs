@@ -115,7 +115,7 @@ fn check_selection(
     tokens: &Tokens,
     deadline: &Deadline,
 ) {
-    let listed = match client.list(&sel.vault, tokens, deadline) {
+    let listed = match client.list(&sel.vault, tokens, deadline, false) {
         Ok(l) => l,
         Err(e) => return r.fail("selection", &e),
     };
@@ -190,7 +190,13 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         return Ok(r.finish());
     }
     // The doctor does not wait for a role assignment to propagate: it says what is true now.
-    let client = Client::new(agents, &opts.api_version, opts.backoff_base, Duration::ZERO);
+    let client = Client::new(
+        agents,
+        &opts.api_version,
+        opts.backoff_base,
+        Duration::ZERO,
+        1,
+    );
     if let Some(sel) = &plan.selection {
         check_selection(&mut r, &client, &plan, sel, &tokens, &deadline);
     }

@@ -351,6 +351,14 @@ pub struct Session {
     concurrency: usize,
     /// The selection's log lines already given (see [`select::choose`]).
     noted: Mutex<std::collections::BTreeSet<String>>,
+    /// Vaults that refused to list (no `list` permission): refreshes there GET every secret,
+    /// for the life of the process.
+    unlisted: Mutex<std::collections::HashSet<String>>,
+    /// When every secret was last read (see [`crate::detect`]).
+    last_full: Mutex<Option<std::time::Instant>>,
+    full_read_every: std::time::Duration,
+    /// `--start-splay`, spent before the first fetch only.
+    splay: Mutex<Option<std::time::Duration>>,
 }
 
 impl Session {
@@ -372,6 +380,7 @@ impl Session {
             &opts.api_version,
             opts.backoff_base,
             opts.access_retry,
+            opts.concurrency,
         );
         sweep_outputs(opts);
         Ok(Session {
@@ -381,29 +390,134 @@ impl Session {
             timeout: opts.timeout,
             concurrency: opts.concurrency,
             noted: Mutex::default(),
+            unlisted: Mutex::default(),
+            last_full: Mutex::default(),
+            full_read_every: opts.full_read_every,
+            splay: Mutex::new(Some(opts.start_splay).filter(|d| !d.is_zero())),
         })
     }
 
     /// Fetch every secret of the plan (a selection's list read first) within one `--timeout`.
     pub fn fetch(&self) -> Result<Snapshot, Error> {
+        self.refresh(None)
+    }
+
+    /// Fetch again, knowing what `held` holds: the vaults are listed and only what changed is
+    /// read (see [`crate::detect`]), unless a full read is due. `None` reads everything.
+    pub fn refresh(&self, held: Option<&Snapshot>) -> Result<Snapshot, Error> {
+        self.splay_once();
         let deadline = Deadline::after(self.timeout);
+        let full = held.is_none() || self.full_read_due();
+        let held = held.filter(|_| !full);
+        let listings = self.listings(held.is_some(), &deadline)?;
         let specs = match &self.plan.selection {
             None => self.plan.specs.clone(),
             Some(sel) => {
-                let listed = self.client.list(&sel.vault, &self.tokens, &deadline)?;
+                let listed = listings.get(&sel.vault.url).map_or(&[][..], Vec::as_slice);
                 let now = crate::identity::token::now();
                 let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
-                select::choose(sel, &self.plan.specs, &listed, now, &mut noted)?
+                select::choose(sel, &self.plan.specs, listed, now, &mut noted)?
             }
         };
-        let values = fetch_all(
-            &specs,
+        let kept = match held {
+            Some(h) => crate::detect::reusable(&specs, h, &listings),
+            None => vec![None; specs.len()],
+        };
+        let to_read: Vec<SecretSpec> = specs
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| k.is_none())
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut read = fetch_all(
+            &to_read,
             &self.client,
             &self.tokens,
             &deadline,
             self.concurrency,
-        )?;
+        )?
+        .into_iter();
+        let values = kept
+            .into_iter()
+            .map(|k| k.unwrap_or_else(|| read.next().flatten()))
+            .collect();
+        if full {
+            *self.last_full.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+        }
+        log::debug(
+            "read",
+            &[
+                ("secrets", &specs.len().to_string()),
+                ("fetched", &to_read.len().to_string()),
+                ("full", if full { "true" } else { "false" }),
+            ],
+        );
         Ok(Snapshot { specs, values })
+    }
+
+    fn full_read_due(&self) -> bool {
+        let last = *self.last_full.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_none_or(|t| t.elapsed() >= self.full_read_every)
+    }
+
+    /// `--start-splay`: a random wait before the first fetch.
+    fn splay_once(&self) {
+        let Some(max) = self.splay.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let wait = max.mul_f64(crate::retry::random_unit());
+        log::info(
+            "waiting before the first fetch (--start-splay)",
+            &[("wait", &human(wait))],
+        );
+        std::thread::sleep(wait);
+    }
+
+    /// The lists this fetch reads, by vault URL: the selection's vault always, and with
+    /// `detect` every vault of an unpinned spec that has not refused to list.
+    fn listings(
+        &self,
+        detect: bool,
+        deadline: &Deadline,
+    ) -> Result<HashMap<String, Vec<crate::keyvault::Listed>>, Error> {
+        let mut vaults: Vec<&spec::Vault> = Vec::new();
+        let sel = self.plan.selection.as_ref().map(|s| &s.vault);
+        let unlisted = self
+            .unlisted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unpinned = self.plan.specs.iter().filter(|s| s.version.is_none());
+        let detected = unpinned
+            .map(|s| &s.vault)
+            .filter(|v| detect && !unlisted.contains(&v.url));
+        for v in sel.into_iter().chain(detected) {
+            if !vaults.iter().any(|w| w.url == v.url) {
+                vaults.push(v);
+            }
+        }
+        let mut listings = HashMap::new();
+        for v in vaults {
+            match self.client.list(v, &self.tokens, deadline, Some(v) == sel) {
+                Ok(l) => {
+                    listings.insert(v.url.clone(), l);
+                }
+                // Change detection is a saving, not a need: without `list`, read every secret.
+                Err(Error::AccessDenied(_)) if Some(v) != sel => {
+                    self.unlisted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(v.url.clone());
+                    log::info(
+                        "the vault refuses to list secrets (no list permission), so every refresh reads each secret (one GET each) for the life of this process; grant list (part of Key Vault Secrets User) to pay one request per 25 secrets instead",
+                        &[("vault", &v.url)],
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(listings)
     }
 }
 

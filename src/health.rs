@@ -148,6 +148,31 @@ impl Status {
             "The secret's exp attribute (Unix seconds), where set.",
             expires,
         );
+        let requests = crate::throttle::requests()
+            .into_iter()
+            .map(|((vault, kind), n)| {
+                (
+                    format!("{{vault=\"{vault}\",kind=\"{kind}\"}}"),
+                    n.to_string(),
+                )
+            })
+            .collect();
+        family(
+            "kvfetch_requests_total",
+            "counter",
+            "Key Vault requests sent, by vault and kind (get: one secret; list: one page of the list), retries included.",
+            requests,
+        );
+        let throttled = crate::throttle::throttled()
+            .into_iter()
+            .map(|(vault, n)| (format!("{{vault=\"{vault}\"}}"), n.to_string()))
+            .collect();
+        family(
+            "kvfetch_throttled_total",
+            "counter",
+            "Key Vault answers of 429 (throttled), by vault.",
+            throttled,
+        );
         let certificates = self
             .certificate_expires
             .iter()

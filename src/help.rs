@@ -47,12 +47,16 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "allow-env",
         ],
     ),
-    ("Retry", &["timeout", "backoff-base", "access-retry"]),
+    (
+        "Retry",
+        &["timeout", "backoff-base", "access-retry", "start-splay"],
+    ),
     ("Logging", &["log-format", "quiet", "verbose"]),
     (
         "Refresh (watch, supervised exec)",
         &[
             "refresh",
+            "full-read-every",
             "max-stale",
             "ready-file",
             "health-listen",

@@ -27,6 +27,10 @@ pub struct Fetched {
     pub content_type: Option<String>,
     /// The `exp` attribute (Unix seconds), if set.
     pub expires: Option<u64>,
+    /// The `updated` attribute (Unix seconds), if given: a refresh compares it with the list's.
+    pub updated: Option<u64>,
+    /// When it was fetched (Unix seconds, this machine's clock).
+    pub fetched_at: u64,
 }
 
 impl fmt::Debug for Fetched {
@@ -64,6 +68,8 @@ pub struct Client {
     api_version: String,
     backoff: Backoff,
     access_retry: Duration,
+    /// Per-vault pause and concurrency after 429s (see [`crate::throttle`]).
+    gates: crate::throttle::Gates,
 }
 
 /// What a request is about: it names the request in messages and logs, and its vault gives the
@@ -71,15 +77,16 @@ pub struct Client {
 #[derive(Clone, Copy)]
 enum Subject<'a> {
     Secret(&'a SecretSpec),
-    /// A page of the vault's list of secrets.
-    List(&'a Vault),
+    /// A page of the vault's list of secrets; `patient` retries a 403 while a role assignment
+    /// may be propagating (a selection needs the list; change detection does without).
+    List(&'a Vault, bool),
 }
 
 impl Subject<'_> {
     fn vault(&self) -> &Vault {
         match self {
             Subject::Secret(spec) => &spec.vault,
-            Subject::List(vault) => vault,
+            Subject::List(vault, _) => vault,
         }
     }
 
@@ -89,7 +96,7 @@ impl Subject<'_> {
             Subject::Secret(spec) => {
                 format!("secret {} in vault {}", spec.reference(), spec.vault.url)
             }
-            Subject::List(vault) => format!("the list of secrets of vault {}", vault.url),
+            Subject::List(vault, _) => format!("the list of secrets of vault {}", vault.url),
         }
     }
 
@@ -97,7 +104,15 @@ impl Subject<'_> {
     fn label(&self) -> &str {
         match self {
             Subject::Secret(spec) => &spec.name,
-            Subject::List(_) => "(list)",
+            Subject::List(..) => "(list)",
+        }
+    }
+
+    /// The kind of request, for `/metrics`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Subject::Secret(_) => "get",
+            Subject::List(..) => "list",
         }
     }
 
@@ -105,7 +120,7 @@ impl Subject<'_> {
     fn permission(&self) -> &'static str {
         match self {
             Subject::Secret(_) => "get",
-            Subject::List(_) => "get list",
+            Subject::List(..) => "get list",
         }
     }
 }
@@ -120,6 +135,8 @@ pub struct Listed {
     /// `nbf` and `exp` (Unix seconds), if set.
     pub not_before: Option<u64>,
     pub expires: Option<u64>,
+    /// The `updated` attribute of the current version (Unix seconds).
+    pub updated: Option<u64>,
     /// Backs a certificate (`managed: true`).
     pub managed: bool,
     pub content_type: Option<String>,
@@ -153,8 +170,10 @@ impl Client {
         api_version: &str,
         backoff_base: Duration,
         access_retry: Duration,
+        concurrency: usize,
     ) -> Client {
         Client {
+            gates: crate::throttle::Gates::new(concurrency),
             agent,
             loopback_agent,
             api_version: api_version.to_string(),
@@ -196,17 +215,19 @@ impl Client {
     }
 
     /// Every secret the vault lists (following `nextLink` to the end), retrying each page
-    /// within `deadline`. Entries whose id names no valid secret are left out with a warning.
+    /// within `deadline` (a 403 only when `patient`). Entries whose id names no valid secret are
+    /// left out with a warning.
     pub fn list(
         &self,
         vault: &Vault,
         tokens: &Tokens,
         deadline: &Deadline,
+        patient: bool,
     ) -> Result<Vec<Listed>, Error> {
         let mut url = format!("{}/secrets?api-version={}", vault.url, self.api_version);
         let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
         for _ in 0..MAX_LIST_PAGES {
-            let body = self.call(Subject::List(vault), &url, tokens, deadline)?;
+            let body = self.call(Subject::List(vault, patient), &url, tokens, deadline)?;
             let (page, next) = parse_page(&body).ok_or_else(|| {
                 Error::Protocol(format!(
                     "the list of secrets of vault {} is not a Key Vault secret list; check that --vault points at Key Vault and not at a proxy",
@@ -259,6 +280,8 @@ impl Client {
         let started = Instant::now();
         let mut waiting = crate::progress::Waiting::new();
         loop {
+            // Wait while the vault is paused by a 429 or at its concurrency limit.
+            let permit = self.gates.enter(&vault.url, deadline);
             let timeout = deadline.remaining().min(Duration::from_secs(30));
             let bearer = token.bearer();
             // A fresh id per request: the vault's diagnostic log records it, so a failure
@@ -285,7 +308,20 @@ impl Client {
                     ],
                 );
             };
-            let next = match http::get(agent, url, &headers, timeout) {
+            crate::throttle::sent(&vault.url, subject.kind());
+            let answer = http::get(agent, url, &headers, timeout);
+            drop(permit);
+            match answer.as_ref().map(|r| r.status) {
+                Ok(429) => {
+                    let asked = answer.as_ref().ok().and_then(Reply::asked_delay);
+                    let pause =
+                        asked.map_or_else(|| self.backoff.delay(attempt), clamp_retry_after);
+                    self.gates.throttled(&vault.url, pause);
+                }
+                Ok(200) => self.gates.succeeded(&vault.url),
+                _ => {}
+            }
+            let next = match answer {
                 Err(e) if e.permanent => {
                     failed(&e.text);
                     return Err(protocol_error(&subject.what(), &e));
@@ -414,7 +450,8 @@ impl Client {
             {
                 let since = *first_403.get_or_insert_with(Instant::now);
                 let e = Error::AccessDenied(access_denied(subject, token, &inner));
-                if since.elapsed() < self.access_retry {
+                let patient = !matches!(subject, Subject::List(_, false));
+                if patient && since.elapsed() < self.access_retry {
                     return Ok(Next::RetryDenied(e));
                 }
                 Err(e)
@@ -658,6 +695,7 @@ fn parse_item(item: &Value) -> Result<Listed, String> {
         enabled: attr("enabled").and_then(Value::as_bool).unwrap_or(true),
         not_before: attr("nbf").and_then(Value::as_u64),
         expires: attr("exp").and_then(Value::as_u64),
+        updated: attr("updated").and_then(Value::as_u64),
         managed: item
             .get("managed")
             .and_then(Value::as_bool)
@@ -696,6 +734,8 @@ pub fn parse_bundle(body: &str) -> Option<Fetched> {
             .and_then(Value::as_str)
             .map(String::from),
         expires: v.pointer("/attributes/exp").and_then(Value::as_u64),
+        updated: v.pointer("/attributes/updated").and_then(Value::as_u64),
+        fetched_at: crate::identity::token::now(),
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod certificate;
 pub mod cli;
 pub mod der;
+pub mod detect;
 pub mod doctor;
 pub mod encoding;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod signals;
 pub mod spec;
 pub mod supervise;
 pub mod template;
+pub mod throttle;
 pub mod url;
 pub mod watch;
 

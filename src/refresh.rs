@@ -95,8 +95,9 @@ impl Refresher {
         }
         self.in_flight = true;
         let (session, tx) = (self.session.clone(), self.tx.clone());
+        let held = self.current.clone();
         let spawned = std::thread::Builder::new().spawn(move || {
-            let _ = tx.send(Event::Fetched(session.fetch()));
+            let _ = tx.send(Event::Fetched(session.refresh(held.as_ref())));
         });
         if let Err(e) = spawned {
             // This refresh fails like any other and is retried with backoff.

@@ -207,6 +207,7 @@ mod tests {
             enabled: true,
             not_before: None,
             expires: None,
+            updated: None,
             managed: false,
             content_type: None,
             tags: Default::default(),

@@ -57,6 +57,20 @@ pub fn handle(world: &mut World, req: &Request, rest: &str) -> Response {
             }
             Err(_) => bad("body must be a number of seconds"),
         },
+        ("PUT", ["kv-rate-limit"]) => match body.trim() {
+            "none" => {
+                world.kv_rate_limit = None;
+                ok()
+            }
+            n => match n.parse() {
+                Ok(n) => {
+                    world.kv_rate_limit = Some(n);
+                    world.kv_window = None;
+                    ok()
+                }
+                Err(_) => bad("body must be requests per second, or none"),
+            },
+        },
         ("PUT", ["kv-delay"]) => match body.trim().parse() {
             Ok(ms) => {
                 world.kv_delay = Duration::from_millis(ms);
@@ -114,6 +128,8 @@ fn counters(world: &World) -> Response {
             "kv_total_requests": c.kv_total_requests,
             "kv_unauthenticated": c.kv_unauthenticated,
             "kv_max_concurrent": c.kv_max_concurrent,
+            "kv_list_requests": c.kv_list_requests,
+            "kv_throttled": c.kv_throttled,
         }),
     )
 }

@@ -490,6 +490,14 @@ impl Emulator {
         self.world().kv_faults.push_back(fault);
     }
 
+    /// Limit the vault to `per_second` requests in each second (fixed one-second windows);
+    /// beyond it, 429 with `Retry-After: 1`, as Key Vault throttles a vault. None: no limit.
+    pub fn set_kv_rate_limit(&self, per_second: Option<u64>) {
+        let mut w = self.world();
+        w.kv_rate_limit = per_second;
+        w.kv_window = None;
+    }
+
     /// Add this delay to every Key Vault answer (a real vault is not instant).
     pub fn set_kv_delay(&self, delay: Duration) {
         self.world().kv_delay = delay;
@@ -648,7 +656,14 @@ fn vault_route(shared: &Shared, req: &Request) -> Reply {
         w.note_agent(req);
         w.kv_in_flight += 1;
         w.counters.kv_max_concurrent = w.counters.kv_max_concurrent.max(w.kv_in_flight);
-        (w.kv_faults.pop_front(), w.kv_delay, w.tenant_id.clone())
+        if req.path.trim_end_matches('/') == "/secrets" {
+            w.counters.kv_list_requests += 1;
+        }
+        let fault = match w.kv_faults.pop_front() {
+            Some(f) => Some(f),
+            None => w.rate_limited(),
+        };
+        (fault, w.kv_delay, w.tenant_id.clone())
     };
     http::pause(delay);
     let service = vault::Faults { tenant_id: &tenant };

@@ -167,6 +167,10 @@ pub struct Counters {
     pub kv_requests: BTreeMap<String, u64>,
     /// All Key Vault requests.
     pub kv_total_requests: u64,
+    /// Key Vault requests for a page of the secret list (`GET /secrets`).
+    pub kv_list_requests: u64,
+    /// Key Vault requests answered 429 by the rate limit.
+    pub kv_throttled: u64,
     /// Key Vault requests that carried no bearer token.
     pub kv_unauthenticated: u64,
     /// The highest number of Key Vault requests in progress at once.
@@ -210,6 +214,10 @@ pub struct World {
     /// Page size when the request names none (the service's is 25).
     pub list_page_size: Option<usize>,
     pub kv_faults: VecDeque<Fault>,
+    /// Requests per one-second window before 429s (see `Emulator::set_kv_rate_limit`).
+    pub kv_rate_limit: Option<u64>,
+    /// The current window's start and the requests in it.
+    pub kv_window: Option<(std::time::Instant, u64)>,
     pub kv_delay: Duration,
     pub counters: Counters,
     pub kv_in_flight: u64,
@@ -267,6 +275,25 @@ pub fn now() -> u64 {
 }
 
 impl World {
+    /// Under a rate limit, the 429 this request gets, if its window is full.
+    pub fn rate_limited(&mut self) -> Option<Fault> {
+        let limit = self.kv_rate_limit?;
+        let now = std::time::Instant::now();
+        let (start, used) = match self.kv_window {
+            Some((start, used)) if now.duration_since(start) < Duration::from_secs(1) => {
+                (start, used)
+            }
+            _ => (now, 0),
+        };
+        if used < limit {
+            self.kv_window = Some((start, used + 1));
+            return None;
+        }
+        self.kv_window = Some((start, used));
+        self.counters.kv_throttled += 1;
+        Some(Fault::StatusRetryAfter(429, 1))
+    }
+
     /// Add a version to a secret (creating or undeleting it); returns the version id.
     pub fn set_secret(&mut self, name: &str, input: SecretInput) -> String {
         let key = name.to_ascii_lowercase();
