@@ -29,7 +29,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     // writes no file.
     let selected_path =
         session.plan.selection.is_some() && opts.allow_env.iter().any(|a| a == "PATH");
-    let secret_path = selected_path || session.plan.specs.iter().any(|s| s.env_name() == "PATH");
+    let named_path = session
+        .plan
+        .specs
+        .iter()
+        .any(|s| !s.hidden && s.env_name() == "PATH");
+    let secret_path = selected_path || named_path;
     if !secret_path {
         find_program(&argv[0], path_of(&base), false)?;
     }

@@ -83,14 +83,33 @@ fn selection(
             "--all, --prefix and --tag choose from the list of one vault: give --vault (KVFETCH_VAULT)".into(),
         )
     })?;
+    let (files, env) = (opts.dir.is_some(), opts.env_file.is_some() || env_names);
+    if !files && !env {
+        return Err(Error::Usage(
+            "--all, --prefix and --tag choose secrets for --dir, --env-file or exec's environment; with templates alone, name each secret in the template".into(),
+        ));
+    }
+    let mut taken: Vec<PathBuf> = [&opts.env_file, &opts.ready_file]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for t in &opts.templates {
+        if let Ok((src, dest, _)) = template::parse_flag(t) {
+            taken.extend([src, dest]);
+        }
+    }
     Ok(Some(Selection {
         vault,
         prefix: opts.prefix.clone(),
         tags: opts.tags.clone(),
         skip_managed: opts.skip_managed,
-        files: opts.dir.is_some(),
-        env: opts.env_file.is_some() || env_names,
+        files,
+        env,
         allow_env: opts.allow_env.clone(),
+        dir: opts.dir.clone(),
+        taken,
+        env_format: opts.env_file.as_ref().map(|_| opts.env_format),
     }))
 }
 
@@ -230,6 +249,12 @@ pub fn check_outputs_with(
         output::files::check_writable_dir(dir, "--dir", true)?;
         for spec in plan.specs.iter().filter(|s| !s.hidden) {
             check_file_name(spec.file_name(), &spec.text)?;
+            if opts.dir_layout == output::Layout::Atomic && spec.file_name().starts_with("..") {
+                return Err(Error::Usage(format!(
+                    "--secret {:?}: with --dir-layout atomic, names starting with '..' belong to the layout (..data, generations); give another alias",
+                    spec.text
+                )));
+            }
             output::files::check_target(&dir.join(spec.file_name()))?;
         }
         check_ground(dir, "--dir", opts, warn)?;
@@ -279,7 +304,10 @@ pub fn sweep_outputs(opts: &Options) {
         .chain(env_dir)
         .chain(ready_dir)
         .chain(template_dirs.iter().map(PathBuf::as_path));
-    let swept: usize = dirs.map(output::files::sweep_stale_temps).sum();
+    let mut swept: usize = dirs.map(output::files::sweep_stale_temps).sum();
+    if let (Some(dir), output::Layout::Atomic) = (&opts.dir, opts.dir_layout) {
+        swept += output::atomic::sweep(dir);
+    }
     if swept > 0 {
         log::info(
             "removed temp files a killed kvfetch left behind",
@@ -351,6 +379,8 @@ pub struct Session {
     concurrency: usize,
     /// The selection's log lines already given (see [`select::choose`]).
     noted: Mutex<std::collections::BTreeSet<String>>,
+    /// The chosen secrets dropped for their values (see [`select::drop_uncarriable`]).
+    dropped: Mutex<std::collections::BTreeSet<String>>,
     /// Vaults that refused to list (no `list` permission): refreshes there GET every secret,
     /// for the life of the process.
     unlisted: Mutex<std::collections::HashSet<String>>,
@@ -390,6 +420,7 @@ impl Session {
             timeout: opts.timeout,
             concurrency: opts.concurrency,
             noted: Mutex::default(),
+            dropped: Mutex::default(),
             unlisted: Mutex::default(),
             last_full: Mutex::default(),
             full_read_every: opts.full_read_every,
@@ -445,15 +476,20 @@ impl Session {
             *self.last_full.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(std::time::Instant::now());
         }
+        let mut snap = Snapshot { specs, values };
+        if let Some(sel) = &self.plan.selection {
+            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            select::drop_uncarriable(sel, self.plan.specs.len(), &mut snap, &mut dropped);
+        }
         log::debug(
             "read",
             &[
-                ("secrets", &specs.len().to_string()),
+                ("secrets", &snap.specs.len().to_string()),
                 ("fetched", &to_read.len().to_string()),
                 ("full", if full { "true" } else { "false" }),
             ],
         );
-        Ok(Snapshot { specs, values })
+        Ok(snap)
     }
 
     fn full_read_due(&self) -> bool {
@@ -773,21 +809,27 @@ fn write_items(
         Some(dir) if opts.dir_layout == output::Layout::Atomic => {
             let (differ, off) = output::atomic::stale(dir, &items.generation, plan.files);
             written.extend(differ.iter().map(|n| dir.join(n)));
-            (all || off || !differ.is_empty())
-                .then(|| output::atomic::prepare(dir, &items.generation, plan.files))
-                .transpose()?
+            if all || off || !differ.is_empty() {
+                output::atomic::check(dir, &items.generation)?;
+                Some(output::atomic::prepare(dir, &items.generation, plan.files)?)
+            } else {
+                None
+            }
         }
         _ => None,
     };
-    if let Err(e) = output::files::write_all(&write) {
+    // One unit: the other files are moved into place, then `..data` flips; if the flip fails,
+    // they are put back.
+    let mut prepared = prepared;
+    let result = output::files::write_all_then(&write, || match prepared.take() {
+        Some(p) => p.commit(),
+        None => Ok(()),
+    });
+    if let Err(e) = result {
         if let Some(p) = prepared {
             p.discard();
         }
         return Err(e);
-    }
-    if let Some(p) = prepared {
-        let _writing = crate::signals::writing();
-        p.commit()?;
     }
     remove_absent(&items.absent)?;
     Ok(written)

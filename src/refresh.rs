@@ -171,7 +171,20 @@ impl Refresher {
             return Ok(Outcome::Unchanged);
         }
         let mut names = BTreeSet::new();
+        // One secret read under several specs (aliases, a template's fields) changes once.
+        let mut told = HashSet::new();
         for c in &changes {
+            if !c.spec.hidden {
+                names.insert(c.spec.file_name().to_string());
+            }
+            let secret = (
+                &c.spec.vault.url,
+                c.spec.name.to_ascii_lowercase(),
+                &c.spec.version,
+            );
+            if !told.insert(secret) {
+                continue;
+            }
             let msg = match (c.old, c.new) {
                 (None, _) => "secret added",
                 (_, None) => "secret removed",
@@ -187,9 +200,6 @@ impl Refresher {
                 ],
             );
             *self.lock().changes.entry(c.spec.name.clone()).or_default() += 1;
-            if !c.spec.hidden {
-                names.insert(c.spec.file_name().to_string());
-            }
         }
         // A template is re-rendered by the sync above; it is named when a secret it uses changed.
         for t in &self.session.plan.templates {

@@ -7,6 +7,7 @@
 //! skipped with a log line, never an error that a vault writer could use to stop the app.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use crate::error::Error;
 use crate::keyvault::Listed;
@@ -28,6 +29,96 @@ pub struct Selection {
     pub files: bool,
     pub env: bool,
     pub allow_env: Vec<String>,
+    /// `--dir`, and the other files kvfetch writes or reads there (env file, ready file,
+    /// templates): a listed name may not land on one of them.
+    pub dir: Option<PathBuf>,
+    pub taken: Vec<PathBuf>,
+    /// `--env-file`'s format, when there is one (a value it cannot carry is skipped).
+    pub env_format: Option<crate::output::Format>,
+}
+
+/// Variables a vault writer could use to take over the app or its platform, beyond
+/// [`spec::steers_programs`]: runtimes' hooks, shells' and tools' commands, Azure's and
+/// kvfetch's own settings. A selected secret never sets one unless `--allow-env` names it.
+pub fn reserved_for_selection(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "PYTHON",
+        "NODE_",
+        "NPM_",
+        "JAVA",
+        "_JAVA",
+        "JDK_",
+        "DOTNET_",
+        "CORECLR_",
+        "COMPLUS_",
+        "RUBY",
+        "GEM_",
+        "BUNDLE_",
+        "PERL",
+        "PHP",
+        "GOFLAGS",
+        "GOPROXY",
+        "GOPATH",
+        "GOROOT",
+        "GOTOOLCHAIN",
+        "GOPRIVATE",
+        "GONOSUMDB",
+        "CARGO_",
+        "RUST",
+        "LD_",
+        "DYLD_",
+        "AZURE_",
+        "IDENTITY_",
+        "MSI_",
+        "IMDS_",
+        "KVFETCH_",
+        "KUBERNETES_",
+        "AWS_",
+        "GOOGLE_",
+        "OPENSSL",
+        "SSL",
+        "GIT_",
+        "LESS",
+        "BASH_",
+        "ZDOTDIR",
+        "XDG_",
+        "LC_",
+        "DBUS_",
+    ];
+    const NAMES: &[&str] = &[
+        "HOME",
+        "SHELL",
+        "USER",
+        "LOGNAME",
+        "PAGER",
+        "EDITOR",
+        "VISUAL",
+        "BROWSER",
+        "TERM",
+        "PROMPT_COMMAND",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "HOSTNAME",
+        "PWD",
+        "OLDPWD",
+        "MAIL",
+        "SSH_AUTH_SOCK",
+        "DISPLAY",
+        "TERMINFO",
+        "INPUTRC",
+        "MANPAGER",
+        "SUDO_ASKPASS",
+        "SSH_ASKPASS",
+        "GNUPGHOME",
+        "CURL_HOME",
+        "WGETRC",
+        "NETRC",
+    ];
+    let upper = name.to_ascii_uppercase();
+    spec::steers_programs(name)
+        || NAMES.contains(&upper.as_str())
+        || PREFIXES.iter().any(|p| upper.starts_with(p))
 }
 
 /// Why a listed secret that matches the selection is not used (one log line each).
@@ -66,10 +157,23 @@ fn skip_reason(
     if sel.env && !spec::valid_env_name(&env) {
         return Some(format!("{env:?} is not a valid variable name"));
     }
-    if sel.env && spec::steers_programs(&env) && !sel.allow_env.iter().any(|a| a == &env) {
+    if sel.env && reserved_for_selection(&env) && !sel.allow_env.iter().any(|a| a == &env) {
         return Some(format!(
-            "it would set {env}, which decides what programs run or load (allow it with --allow-env {env})"
+            "it would set {env}, which a vault writer could use to steer the app or its platform (allow it with --allow-env {env})"
         ));
+    }
+    if let Some(dir) = &sel.dir {
+        let path = dir.join(out);
+        if sel
+            .taken
+            .iter()
+            .any(|t| crate::output::files::same_path(t, &path))
+        {
+            return Some(format!(
+                "its file {} is another output or input of kvfetch",
+                path.display()
+            ));
+        }
     }
     None
 }
@@ -134,7 +238,12 @@ pub fn choose(
             vault: sel.vault.clone(),
             name: l.name.clone(),
             version: None,
-            shape: Shape::default(),
+            // A secret deleted or disabled between the list and its GET is dropped, not an
+            // error: selected secrets are optional.
+            shape: Shape {
+                optional: true,
+                ..Shape::default()
+            },
             output_name: (out != l.name).then_some(out),
             hidden: false,
         });
@@ -154,6 +263,56 @@ pub fn choose(
     *noted = notes;
     spec::check_names(&specs, sel.files, sel.env, &sel.allow_env)?;
     Ok(specs)
+}
+
+/// Drop the chosen secrets (those after the `explicit` ones) whose values cannot be variables
+/// (a NUL byte; what the env file's format refuses): one value in the vault must not stop every
+/// output. Each drop is logged once while it holds, through `noted`.
+pub fn drop_uncarriable(
+    sel: &Selection,
+    explicit: usize,
+    snap: &mut crate::fetch::Snapshot,
+    noted: &mut BTreeSet<String>,
+) {
+    if !sel.env {
+        return;
+    }
+    let mut now = BTreeSet::new();
+    let mut i = explicit;
+    while i < snap.specs.len() {
+        let why = snap.values[i].as_ref().and_then(|f| {
+            if f.value.contains('\0') {
+                return Some("a NUL byte, which no variable can hold".to_string());
+            }
+            let format = sel.env_format?;
+            let entry = [(snap.specs[i].env_name(), f.value.clone())];
+            crate::output::envfile::render(format, &entry)
+                .err()
+                .map(|_| "text this env-file format cannot carry exactly".to_string())
+        });
+        let Some(why) = why else {
+            i += 1;
+            continue;
+        };
+        let version = snap.values[i].as_ref().map_or("", |f| f.version.as_str());
+        let key = format!("value {} {version}", snap.specs[i].name);
+        if !noted.contains(&key) {
+            crate::log::warn(
+                &format!(
+                    "skipped a listed secret: its value holds {why}; name it with --secret to make this an error, or use --dir or --env-format json"
+                ),
+                &[
+                    ("secret", &snap.specs[i].name),
+                    ("vault", &sel.vault.url),
+                    ("version", version),
+                ],
+            );
+        }
+        now.insert(key);
+        snap.specs.remove(i);
+        snap.values.remove(i);
+    }
+    *noted = now;
 }
 
 /// `--tag KEY=VALUE` → (KEY, VALUE); the key may not be empty.
@@ -198,6 +357,9 @@ mod tests {
             files: true,
             env: true,
             allow_env: Vec::new(),
+            dir: Some("/run/out".into()),
+            taken: vec!["/run/out/ready".into()],
+            env_format: None,
         }
     }
 
@@ -281,6 +443,24 @@ mod tests {
     #[test]
     fn variables_that_steer_programs_are_skipped_unless_allowed() {
         let l = [listed("ld-preload"), listed("Path")];
+        for name in [
+            "PYTHONWARNINGS",
+            "BROWSER",
+            "AZURE_AUTHORITY_HOST",
+            "home",
+            "KVFETCH_VAULT",
+        ] {
+            assert!(reserved_for_selection(name), "{name}");
+        }
+        assert!(!reserved_for_selection("DB_PASSWORD") && !reserved_for_selection("API_KEY"));
+        let taken = choose(
+            &sel(None, &[]),
+            &[],
+            &[listed("ready")],
+            0,
+            &mut Default::default(),
+        );
+        assert!(taken.unwrap().is_empty(), "the ready file's name is taken");
         let got = choose(&sel(None, &[]), &[], &l, 0, &mut Default::default()).unwrap();
         assert!(got.is_empty());
         let mut s = sel(None, &[]);

@@ -86,7 +86,13 @@ pub fn load(
 fn read_source(src: &Path) -> Result<String, Error> {
     use std::io::Read;
     let bad = |why: String| Error::Usage(format!("--template {}: {why}", src.display()));
-    let file = std::fs::File::open(src).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Without blocking: a FIFO put there cannot hold up the start.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(src)
+        .map_err(|e| bad(format!("cannot read it: {e}")))?;
     let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
         return Err(bad("it is not a regular file".into()));
@@ -191,7 +197,7 @@ fn parse_action(
             }
         }
     }
-    if name.contains(['?', '=']) {
+    if name.contains(['?', '=', ':']) {
         return Err(format!("{name:?} is not a secret NAME or NAME/VERSION"));
     }
     let shown = format!(
@@ -324,6 +330,10 @@ mod tests {
             ("{{ secret \"x\" | upper }}", "is not json"),
             ("{{ secret \"a=b\" }}", "not a secret NAME"),
             ("{{ secret \"a?optional\" }}", "not a secret NAME"),
+            (
+                "{{ secret \"https://v.vault.azure.net/secrets/a\" }}",
+                "not a secret NAME",
+            ),
             ("{{ secret \"bad_name\" }}", "not a valid secret name"),
             ("{{ \"lit\" | base64 }}", "no pipes"),
             ("{{ secret \"x\" | json \"a\" }}", "JSON pointer"),

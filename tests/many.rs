@@ -709,3 +709,241 @@ fn supervised_exec_restarts_when_a_selected_secret_is_added() {
     let stderr = sup.stop_and_stderr();
     assert!(stderr.contains("secret added"), "{stderr}");
 }
+
+// Found by an adversarial review of the first version: each test failed then.
+
+#[test]
+fn a_vault_writer_cannot_steer_the_app_through_a_selection() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("pythonwarnings", "all:0:antigravity.x:0:0");
+    emu.set_secret("browser", "/bin/sh -c 'id' #%s");
+    emu.set_secret("azure-authority-host", "https://attacker.example");
+    emu.set_secret("openssl-conf", "/run/secrets/evil");
+    emu.set_secret("home", "/run/secrets");
+    emu.set_secret("plain", "plain-value-2d");
+    let vault = emu.vault_url();
+    let script = "echo \"PW=$PYTHONWARNINGS BR=$BROWSER AAH=$AZURE_AUTHORITY_HOST OC=$OPENSSL_CONF P=$PLAIN\"";
+    let r = run(
+        &emu,
+        &["exec", "--vault", &vault, "--all", "--", "sh", "-c", script],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // AZURE_AUTHORITY_HOST keeps the value the environment gave (the emulator's).
+    let expected = format!("PW= BR= AAH={} OC= P=plain-value-2d\n", emu.authority_url());
+    assert_eq!(r.stdout, expected);
+    assert_eq!(
+        r.stderr.matches("a vault writer could use").count(),
+        5,
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_value_that_cannot_be_a_variable_skips_that_secret_only() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("app-a", "a-value-71");
+    emu.set_secret("app-evil", "x${y}");
+    let s = Scratch::new();
+    let (dir, env_file) = (s.path("out"), s.path("app.env"));
+    let vault = emu.vault_url();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &vault,
+            "--prefix",
+            "app-",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(read(&env_file), "A='a-value-71'\n");
+    assert_eq!(s.entries("out"), ["a"]);
+    assert!(
+        r.stderr
+            .contains("skipped a listed secret: its value holds"),
+        "{}",
+        r.stderr
+    );
+    emu.set_secret("app-evil", "nul\u{0}byte");
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--vault",
+            &vault,
+            "--prefix",
+            "app-",
+            "--",
+            "sh",
+            "-c",
+            "echo started $A",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "started a-value-71\n");
+}
+
+#[test]
+fn a_selected_name_never_lands_on_another_output() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "a-value-5e");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, env_file) = (dir.join("ready"), dir.join("appenv"));
+    let vault = emu.vault_url();
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--vault",
+            &vault,
+            "--all",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--refresh",
+            "50ms",
+        ],
+    );
+    w.wait("ready", ms(5000), || ready.exists());
+    emu.set_secret("ready", "vault-writer-ready");
+    emu.set_secret("appenv", "vault-writer-env");
+    emu.set_secret("b", "b-value-5f");
+    w.wait("b", ms(5000), || dir.join("b").exists());
+    emu.delete_secret("ready");
+    emu.delete_secret("appenv");
+    emu.delete_secret("b");
+    w.wait("b to go", ms(5000), || !dir.join("b").exists());
+    assert_eq!(read(&ready), "ready\n");
+    assert_eq!(read(&env_file), "A='a-value-5e'\n");
+    let log = w.stop_and_stderr();
+    assert!(!log.contains("restored"), "{log}");
+    assert!(
+        log.contains("is another output or input of kvfetch"),
+        "{log}"
+    );
+}
+
+#[test]
+fn atomic_refuses_what_it_cannot_flip_before_writing_anything() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "a-value-1");
+    emu.set_secret("b", "b-value-1");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let env_file = s.path("app.env");
+    let vault = emu.vault_url();
+    let d = dir.to_str().unwrap();
+    let e = env_file.to_str().unwrap();
+    let generations = || {
+        s.entries("out")
+            .iter()
+            .filter(|n| n.starts_with("..20"))
+            .count()
+    };
+    // A directory where ..data goes: exit 6, and the env file is not written either.
+    std::fs::create_dir_all(dir.join("..data")).unwrap();
+    let args = [
+        "fetch",
+        "--vault",
+        &vault,
+        "--secret",
+        "a",
+        "--dir-layout",
+        "atomic",
+        "--dir",
+        d,
+        "--env-file",
+        e,
+    ];
+    let r = run(&emu, &args);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(
+        !env_file.exists() && generations() == 0,
+        "{:?}",
+        s.entries("out")
+    );
+    std::fs::remove_dir(dir.join("..data")).unwrap();
+    // A directory at a selected name: exit 6 each time, no generation left behind.
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    for _ in 0..3 {
+        let r = run(
+            &emu,
+            &[
+                "fetch",
+                "--vault",
+                &vault,
+                "--all",
+                "--dir-layout",
+                "atomic",
+                "--dir",
+                d,
+            ],
+        );
+        assert_eq!(r.code, 6, "{}", r.stderr);
+    }
+    assert_eq!(generations(), 0, "{:?}", s.entries("out"));
+    // The alias ..data belongs to the layout.
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &vault,
+            "--secret",
+            "..data=a",
+            "--dir-layout",
+            "atomic",
+            "--dir",
+            d,
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn a_template_using_a_secret_twice_counts_one_change() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db", r#"{"u":"a","p":"b"}"#);
+    let s = Scratch::new();
+    let src = write_template(
+        &s,
+        "u={{ secret \"db\" | json \"/u\" }} p={{ secret \"db\" | json \"/p\" }}\n",
+    );
+    let (dest, ready) = (s.path("t.conf"), s.path("ready"));
+    let vault = emu.vault_url();
+    let flag = format!("{src}:{}", dest.display());
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--vault",
+            &vault,
+            "--secret",
+            "db",
+            "--dir",
+            s.path("out").to_str().unwrap(),
+            "--template",
+            &flag,
+            "--refresh",
+            "100ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    w.wait("ready", ms(5000), || ready.exists());
+    emu.set_secret("db", r#"{"u":"c","p":"d"}"#);
+    w.wait("the render", ms(5000), || read(&dest) == "u=c p=d\n");
+    let log = w.stop_and_stderr();
+    assert_eq!(log.matches("secret changed").count(), 1, "{log}");
+}

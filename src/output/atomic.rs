@@ -104,6 +104,51 @@ pub fn stale(dir: &Path, files: &[(String, Vec<u8>)], opts: FileOptions) -> (Vec
     (differ, extra || !files.iter().all(|(n, _)| linked(n)))
 }
 
+/// Before anything is written: `..data` is absent or a symlink, and each visible name is absent,
+/// a file or a symlink (replaced, never followed), so the flip and the links cannot fail on
+/// what is there.
+pub fn check(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+    let data = dir.join(DATA);
+    match fs::symlink_metadata(&data) {
+        Ok(m) if !m.file_type().is_symlink() => {
+            return Err(Error::Output(format!(
+                "{} exists and is not a symlink; --dir-layout atomic needs that name: remove it",
+                data.display()
+            )));
+        }
+        _ => {}
+    }
+    for (name, _) in files {
+        super::files::check_target(&dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// Remove what a killed run left: temp links and generations `..data` does not name.
+pub fn sweep(dir: &Path) -> usize {
+    let current = current(dir);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        let temp_link = name.starts_with(&format!("{TEMP_PREFIX}data-"))
+            || name.starts_with(&format!("{TEMP_PREFIX}link-"));
+        let gone = if is_generation(&name) && Some(&name) != current.as_ref() {
+            fs::remove_dir_all(entry.path()).is_ok()
+        } else if temp_link && entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            fs::remove_file(entry.path()).is_ok()
+        } else {
+            false
+        };
+        removed += usize::from(gone);
+    }
+    removed
+}
+
 /// Write a new generation holding `files` (nothing visible changes yet).
 pub fn prepare(
     dir: &Path,
@@ -167,27 +212,61 @@ impl Prepared {
     }
 
     /// Flip `..data` to the new generation (one rename), then make the visible names match it
-    /// and delete the old generations.
+    /// and delete the old generations. If a name cannot be linked, `..data` flips back and the
+    /// new generation is thrown away: the directory is as it was.
     pub fn commit(self) -> Result<(), Error> {
         let data = self.dir.join(DATA);
+        let before = current(&self.dir);
         if let Err(e) = fs::rename(&self.link, &data) {
             let e = output_error(format!("cannot replace {}", data.display()), e);
             self.discard();
             return Err(e);
         }
+        let mut made = Vec::new();
         for name in &self.names {
-            self.link_name(name)?;
+            match self.link_name(name) {
+                Ok(true) => made.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    self.roll_back(before.as_deref(), &made);
+                    return Err(e);
+                }
+            }
         }
+        let _ = fs::File::open(&self.dir).and_then(|d| d.sync_all());
         self.prune();
         Ok(())
     }
 
-    /// Make `DIR/NAME` the symlink `..data/NAME` (replacing, never following, what is there).
-    fn link_name(&self, name: &str) -> Result<(), Error> {
+    /// Point `..data` at `before` again (or remove it), drop the links just made, and throw the
+    /// new generation away.
+    fn roll_back(self, before: Option<&str>, made: &[String]) {
+        let data = self.dir.join(DATA);
+        match before {
+            Some(old) => {
+                let back = self
+                    .dir
+                    .join(format!("{TEMP_PREFIX}data-back-{}", &self.generation[2..]));
+                let _ =
+                    std::os::unix::fs::symlink(old, &back).and_then(|()| fs::rename(&back, &data));
+            }
+            None => {
+                let _ = fs::remove_file(&data);
+            }
+        }
+        for name in made {
+            let _ = fs::remove_file(self.dir.join(name));
+        }
+        self.discard();
+    }
+
+    /// Make `DIR/NAME` the symlink `..data/NAME` (replacing, never following, what is there);
+    /// true when a link was made.
+    fn link_name(&self, name: &str) -> Result<bool, Error> {
         let visible = self.dir.join(name);
         let target = Path::new(DATA).join(name);
         if fs::read_link(&visible).ok().as_deref() == Some(target.as_path()) {
-            return Ok(());
+            return Ok(false);
         }
         let temp = self.dir.join(format!(
             "{TEMP_PREFIX}link-{}-{name}",
@@ -196,6 +275,7 @@ impl Prepared {
         let _ = fs::remove_file(&temp);
         std::os::unix::fs::symlink(&target, &temp)
             .and_then(|()| fs::rename(&temp, &visible))
+            .map(|()| true)
             .map_err(|e| {
                 let _ = fs::remove_file(&temp);
                 output_error(format!("cannot link {}", visible.display()), e)

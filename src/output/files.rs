@@ -222,6 +222,15 @@ fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
 /// Write every `(target, bytes)` pair, or none: check every target, stage all, then move them
 /// into place; if a move fails, undo the earlier ones. No temp file is left either way.
 pub fn write_all(items: &[(PathBuf, Vec<u8>, FileOptions)]) -> Result<(), Error> {
+    write_all_then(items, || Ok(()))
+}
+
+/// [`write_all`], then `last` (an atomic `--dir`'s flip) in the same unit: if `last` fails,
+/// every file moved is put back as it was.
+pub fn write_all_then(
+    items: &[(PathBuf, Vec<u8>, FileOptions)],
+    last: impl FnOnce() -> Result<(), Error>,
+) -> Result<(), Error> {
     // A signal arriving now waits for the commit (or roll-back) to finish.
     let _writing = crate::signals::writing();
     for (target, _, _) in items {
@@ -255,6 +264,15 @@ pub fn write_all(items: &[(PathBuf, Vec<u8>, FileOptions)]) -> Result<(), Error>
                 return Err(Error::Output(format!("{e}; {state}")));
             }
         }
+    }
+    if let Err(e) = last() {
+        let results: Vec<bool> = moved.into_iter().rev().map(Moved::undo).collect();
+        if results.contains(&false) {
+            return Err(Error::Output(format!(
+                "{e}; some other outputs could not be put back and hold the new values: check them"
+            )));
+        }
+        return Err(e);
     }
     moved.into_iter().for_each(Moved::finish);
     Ok(())
