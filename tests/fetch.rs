@@ -392,6 +392,20 @@ fn imds_410_is_retried_for_70_backoff_units_even_past_timeout() {
     assert_eq!(emu.counters().imds_token_requests, 5);
 }
 
+/// The last try at the end of the 410 window gets time to be answered: IMDS is back just before
+/// the window ends, and slow.
+#[test]
+fn imds_410_window_ends_with_a_try_that_has_time_to_be_answered() {
+    let emu = seeded();
+    // Window: 70 x 10 ms = 700 ms from the first 410; IMDS is back after 690 ms, 100 ms slow.
+    emu.set_imds_gone(ms(690), ms(100));
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_TIMEOUT".into(), "40ms".into());
+    let r = fetch_sample(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 #[test]
 fn identity_endpoint_that_comes_up_late_is_waited_for() {
     // An ACI group's identity endpoint may start after the container: connection refused first.

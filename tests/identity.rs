@@ -371,6 +371,20 @@ fn arc_that_rejects_the_key_of_its_own_challenge_is_asked_twice_then_named() {
     );
 }
 
+/// An Arc answer other than 401 after the key (here 400, no identity) is judged like IMDS's,
+/// never taken for a rejected key.
+#[test]
+fn arc_without_an_identity_says_so_after_one_key() {
+    let Some((emu, _s, out)) = arc_fetch(|emu| emu.set_system_identity(false)) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("rejected the key"), "{stderr}");
+    assert!(stderr.contains("Identity not found"), "{stderr}");
+    assert_eq!(emu.counters().arc_token_requests, 2);
+}
+
 #[test]
 fn incomplete_variables_and_pins() {
     let emu = seeded();

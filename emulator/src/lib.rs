@@ -490,6 +490,14 @@ impl Emulator {
         self.world().kv_faults.push_back(fault);
     }
 
+    /// IMDS answers 410 for `gone` after the first token request it sees (as while an identity
+    /// is being assigned), then answers normally, each answer `then` late.
+    pub fn set_imds_gone(&self, gone: Duration, then: Duration) {
+        let mut w = self.world();
+        w.imds_gone = Some((gone, then));
+        w.imds_first = None;
+    }
+
     /// Limit the vault to `per_second` requests in each second (fixed one-second windows);
     /// beyond it, 429 with `Retry-After: 1`, as Key Vault throttles a vault. None: no limit.
     pub fn set_kv_rate_limit(&self, per_second: Option<u64>) {
@@ -568,7 +576,13 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
             let mut w = lock(shared);
             w.counters.imds_token_requests += 1;
             w.note_agent(req);
-            (w.imds_faults.pop_front(), w.token_lifetime.as_secs())
+            let first = *w.imds_first.get_or_insert_with(std::time::Instant::now);
+            let fault = match w.imds_gone {
+                Some((gone, _)) if first.elapsed() < gone => Some(Fault::Status(410)),
+                Some((_, then)) if !then.is_zero() => Some(Fault::Delay(then)),
+                _ => w.imds_faults.pop_front(),
+            };
+            (fault, w.token_lifetime.as_secs())
         };
         // A delay fault sleeps in here, without the lock, then answers normally.
         let service = identity::ImdsFaults { token_lifetime };

@@ -193,6 +193,10 @@ pub struct World {
     pub access_policies: bool,
     pub tokens: HashMap<String, IssuedToken>,
     pub imds_faults: VecDeque<Fault>,
+    /// See `Emulator::set_imds_gone`: how long 410 lasts, and the delay of answers after it.
+    pub imds_gone: Option<(Duration, Duration)>,
+    /// When IMDS saw its first token request.
+    pub imds_first: Option<std::time::Instant>,
     pub entra_faults: VecDeque<Fault>,
     /// App registrations / user-assigned identities with a federated credential, and the one
     /// assertion text each accepts now.
