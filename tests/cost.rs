@@ -224,3 +224,18 @@ fn humantime_ms(text: &str) -> u64 {
         other => panic!("unit {other}"),
     }
 }
+
+#[test]
+fn throttled_answers_are_counted_by_vault() {
+    let emu = Emulator::start().unwrap();
+    let (mut w, addr, _s) = watch_many(&emu, 2, &[]);
+    emu.push_kv_fault(Fault::StatusRetryAfter(429, 1));
+    let series = format!("kvfetch_throttled_total{{vault=\"{}\"}}", emu.vault_url());
+    w.wait("the 429 counted", ms(10_000), || {
+        http_get(&addr, "/metrics")
+            .1
+            .lines()
+            .any(|l| l == format!("{series} 1"))
+    });
+    let _ = w.stop_and_stderr();
+}
