@@ -13,7 +13,7 @@
 //! they are added or removed after the flip, and old generations are deleted last.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -197,7 +197,7 @@ impl Prepared {
         }
         for (name, bytes) in files {
             let path = gen_dir.join(name);
-            write_new(&path, bytes, opts)
+            super::files::write_temp(&path, bytes, opts)
                 .map_err(|e| output_error(format!("cannot write {}", path.display()), e))?;
         }
         handle.sync_all().map_err(fail)?;
@@ -301,22 +301,6 @@ impl Prepared {
             }
         }
     }
-}
-
-/// Create `path` with its final mode and owner, write and sync it.
-fn write_new(path: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(opts.mode)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
-    if let Some((uid, gid)) = opts.owner {
-        std::os::unix::fs::fchown(&file, Some(uid), gid)?;
-    }
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// `--cleanup`: remove the visible links, `..data` and every generation.

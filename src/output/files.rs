@@ -203,7 +203,8 @@ pub fn stage(target: &Path, bytes: &[u8], opts: FileOptions) -> Result<Staged, E
     })
 }
 
-fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
+/// Create `temp` (never through a symlink) with its final mode and owner, write and sync it.
+pub(crate) fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
