@@ -1,0 +1,4 @@
+//! See main.rs. (area: cli)
+
+#[allow(unused_imports)]
+use crate::common::*;

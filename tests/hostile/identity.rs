@@ -1,0 +1,4 @@
+//! See main.rs. (area: identity)
+
+#[allow(unused_imports)]
+use crate::common::*;
