@@ -427,7 +427,7 @@ fn in_mount_namespace_lacking(
 ) -> Option<Run> {
     let probe = Command::new("unshare").args(["-m", "true"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: needs root and unshare -m (a private mount namespace)");
+        skip("needs root and unshare -m (a private mount namespace)");
         return None;
     }
     let mut cmd = in_private_mounts(script, env);
@@ -905,7 +905,7 @@ fn exposed_directories_warn_or_fail_with_require_private_dir() {
 fn require_tmpfs_covers_the_env_file_directory() {
     let disk = Scratch::under(&std::env::current_dir().unwrap().join("target"));
     if kvfetch::output::files::on_memory_fs(&disk.0) != Some(false) {
-        eprintln!("SKIPPED: the build directory is on tmpfs here, so there is no disk to refuse");
+        skip("the build directory is on tmpfs here, so there is no disk to refuse");
         return;
     }
     let emu = seeded();

@@ -618,6 +618,21 @@ mod tests {
         euid() == 0
     }
 
+    /// As `tests/common`'s `skip`: a line on the real stderr and in `KVFETCH_SKIP_LOG`, so the
+    /// test counts as skipped, not passed.
+    fn skip(why: &str) {
+        use std::io::Write;
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        let line = format!("SKIPPED: {test}: {why}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        if let Some(log) = std::env::var_os("KVFETCH_SKIP_LOG") {
+            let f = fs::OpenOptions::new().create(true).append(true).open(log);
+            if let Ok(mut f) = f {
+                let _ = f.write_all(line.as_bytes());
+            }
+        }
+    }
+
     #[test]
     fn dir_mode_opens_exactly_what_the_file_mode_lets_read() {
         assert_eq!(dir_mode(0o400), 0o700);
@@ -737,7 +752,7 @@ mod tests {
     #[test]
     fn differs_compares_uid_and_gid_each() {
         if !root() {
-            eprintln!("SKIPPED: chown needs root (CI runs as root)");
+            skip("chown needs root (CI runs as root)");
             return;
         }
         let d = Dir::new("owner");
@@ -758,7 +773,7 @@ mod tests {
     #[test]
     fn an_existing_dir_must_belong_to_root_this_user_or_the_owner() {
         if !root() {
-            eprintln!("SKIPPED: chown needs root (CI runs as root)");
+            skip("chown needs root (CI runs as root)");
             return;
         }
         let d = Dir::new("ensure");

@@ -367,13 +367,31 @@ unsafe extern "C" {
     fn geteuid() -> u32;
 }
 
-/// Whether the tests run as root; when not, print `SKIPPED: <why>` (the test report shows it)
-/// and return false.
+/// Say that the calling test cannot run here, and is to be counted as skipped, not passed.
+/// The line `SKIPPED: <test>: <why>` goes to the real stderr (the harness captures only the
+/// print macros, so it shows in every run), and when `KVFETCH_SKIP_LOG` names a file it is
+/// appended there too: `.ci/run` counts those lines and takes them off the passed count.
+pub fn skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("SKIPPED: {test}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(log) = std::env::var_os("KVFETCH_SKIP_LOG") {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log);
+        if let Ok(mut f) = file {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// Whether the tests run as root; when not, [`skip`] with `why` and return false.
 pub fn root_or_skip(why: &str) -> bool {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { geteuid() } == 0;
     if !root {
-        eprintln!("SKIPPED: {why}");
+        skip(why);
     }
     root
 }
@@ -457,11 +475,11 @@ pub enum Lacks {
 }
 
 /// Whether [`lacking`] can simulate anything here (its filter is written for x86_64); prints
-/// `SKIPPED` when not.
+/// [`skip`]s when not.
 pub fn can_lack() -> bool {
     let ok = cfg!(target_arch = "x86_64");
     if !ok {
-        eprintln!("SKIPPED: the seccomp filter that simulates file systems is for x86_64 only");
+        skip("the seccomp filter that simulates file systems is for x86_64 only");
     }
     ok
 }
@@ -544,8 +562,8 @@ pub fn in_private_mounts(script: &str, env: &HashMap<String, String>) -> Command
 /// network namespace of its own), where it first checks it finds only `lo` and no route out (a
 /// name lookup there reaches no resolver, and nothing leaves the machine), then brings `lo` up.
 /// Returns true in the outer run (which has checked the inner run passed), false in the inner
-/// run, which then does the work. Needs root (CI runs as root); without it the outer run says
-/// `SKIPPED:` and returns true.
+/// run, which then does the work. Needs root (CI runs as root); without it the outer run
+/// [`skip`]s and returns true.
 pub fn rerun_isolated(test: &str, flags: &[&str]) -> bool {
     assert!(flags.contains(&"-n"), "a network namespace of its own");
     if std::env::var_os("KVFETCH_TEST_IN_NETNS").is_some() {
