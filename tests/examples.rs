@@ -1,4 +1,4 @@
-//! Keeps `examples/` and the README honest: every kvfetch command line in them parses with the
+//! Keeps `examples/`, the README and `docs/` honest: every kvfetch command line in them parses with the
 //! real CLI and passes the same checks `fetch` makes before its first request, and each
 //! deployment example's command runs against the emulator as the user its image runs as, with
 //! its volume as the platform provides it, and does its job.
@@ -61,7 +61,7 @@ fn check_file(path: &PathBuf) -> usize {
 }
 
 #[test]
-fn every_kvfetch_command_line_in_examples_and_readme_parses() {
+fn every_kvfetch_command_line_in_examples_readme_and_docs_parses() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut total = 0;
     for entry in std::fs::read_dir(root.join("examples")).unwrap() {
@@ -76,6 +76,12 @@ fn every_kvfetch_command_line_in_examples_and_readme_parses() {
         }
     }
     total += check_file(&root.join("README.md"));
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            total += check_file(&path);
+        }
+    }
     assert!(total >= 3, "found {total} command lines");
 }
 
