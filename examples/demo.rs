@@ -40,8 +40,12 @@ fn main() {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    println!("# the environment this demo gives kvfetch (the emulator and its CA file live only");
+    println!(
+        "# while the demo runs; for a shell of your own, start: cargo run --example emulator)"
+    );
     for (k, v) in emu.env() {
-        println!("export {k}={v}");
+        println!("#   {k}={v}");
     }
     println!("kvfetch {}", args.join(" "));
     let code = kvfetch::run(&args, &env);
@@ -60,6 +64,10 @@ fn main() {
     println!(
         "token requests: {}, Key Vault requests: {}",
         c.imds_token_requests, c.kv_total_requests
+    );
+    println!(
+        "(the demo removes {} and stops the emulator now)",
+        dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
     drop(emu); // removes the emulator's temp directory (exit would skip it)

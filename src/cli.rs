@@ -448,6 +448,19 @@ pub struct Options {
     pub cleanup: bool,
     pub on_change: OnChange,
     pub grace: Duration,
+    /// Flags whose value came from their environment variable, not the command line.
+    pub from_env: Vec<&'static str>,
+}
+
+impl Options {
+    /// How the user gave flag `long`: `--ca-file`, or `KVFETCH_CA_FILE` when it came from the
+    /// environment, so a message points at what to change.
+    pub fn named(&self, long: &str) -> String {
+        match FLAGS.iter().find(|f| f.long == long) {
+            Some(f) if self.from_env.contains(&f.long) => f.env.to_string(),
+            _ => format!("--{long}"),
+        }
+    }
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -495,93 +508,175 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
         Some("text") => log::Format::Text,
         other => {
             return Err(usage(format!(
-                "--log-format {other:?} must be text or json"
+                "--log-format {:?} must be text or json",
+                other.unwrap_or_default()
             )));
         }
     };
     let refresh = refresh(&command, &given, env)?;
-    if matches!(command, Command::Exec(_)) && refresh.is_none() && get("health-listen").is_some() {
-        return Err(usage(
-            "--health-listen with exec needs --refresh (supervised mode): plain exec becomes the command",
-        ));
+    once_each(&given)?;
+    if matches!(command, Command::Exec(_)) && refresh.is_none() {
+        supervised_only(&given, env)?;
     }
-    Ok(Options {
-        vault: get("vault"),
-        secrets,
-        all: switch("all")?,
-        prefix: get("prefix")
-            .map(|p| crate::select::check_prefix(&p))
-            .transpose()?,
-        tags: list_flag(given.get("tag"), env, "KVFETCH_TAGS", &[',', '\n'])
-            .iter()
-            .map(|t| crate::select::parse_tag(t))
-            .collect::<Result<_, _>>()?,
-        skip_managed: switch("skip-managed")?,
-        templates: list_flag(given.get("template"), env, "KVFETCH_TEMPLATES", &['\n']),
-        dir_layout: {
-            let v = get("dir-layout").unwrap_or_default();
-            crate::output::Layout::parse(&v)
-                .ok_or_else(|| usage(format!("--dir-layout {v:?} must be files or atomic")))?
-        },
-        dir: get("dir")
-            .map(|d| path_flag("dir", &d, false))
-            .transpose()?,
-        env_file: get("env-file")
-            .map(|f| path_flag("env-file", &f, true))
-            .transpose()?,
-        env_format: get("env-format")
-            .as_deref()
-            .and_then(Format::parse)
-            .ok_or_else(|| usage("--env-format must be dotenv, shell, docker or json"))?,
-        file_mode: parse_mode(&get("file-mode").unwrap_or_default())?,
-        owner: get("owner").map(|o| parse_owner(&o)).transpose()?,
-        require_tmpfs: switch("require-tmpfs")?,
-        require_private_dir: switch("require-private-dir")?,
-        allow_env: allow_env(given.get("allow-env"), env),
-        selector: selector(get("client-id"), get("object-id"), get("resource-id"))?,
-        identity_source: {
-            let v = get("identity-source").unwrap_or_default();
-            Pin::parse(&v)
-                .ok_or_else(|| usage(format!("--identity-source {v:?} must be {}", Pin::NAMES)))?
-        },
-        resource: get("resource")
-            .map(|r| crate::spec::check_resource(&r))
-            .transpose()?,
-        ca_file: get("ca-file").map(PathBuf::from),
-        api_version: api_version(&get("api-version").unwrap_or_default())?,
-        concurrency: parse_count(&get("concurrency").unwrap_or_default())?,
-        timeout: duration_flag("timeout", &get("timeout").unwrap_or_default())?,
-        backoff_base: duration_flag("backoff-base", &get("backoff-base").unwrap_or_default())?,
-        access_retry: duration_flag("access-retry", &get("access-retry").unwrap_or_default())?,
-        start_splay: duration_flag("start-splay", &get("start-splay").unwrap_or_default())?,
-        full_read_every: duration_flag(
-            "full-read-every",
-            &get("full-read-every").unwrap_or_default(),
-        )?,
-        log: log::Logger {
-            format: log_format,
-            level: if quiet {
-                0
-            } else if verbose {
-                2
-            } else {
-                1
+    let from_env: Vec<&'static str> = FLAGS
+        .iter()
+        .filter(|f| !given.contains_key(f.long) && env.get(f.env).is_some_and(|v| !v.is_empty()))
+        .map(|f| f.long)
+        .collect();
+    let options = || -> Result<Options, Error> {
+        Ok(Options {
+            vault: get("vault"),
+            secrets,
+            all: switch("all")?,
+            prefix: get("prefix")
+                .map(|p| crate::select::check_prefix(&p))
+                .transpose()?,
+            tags: list_flag(given.get("tag"), env, "KVFETCH_TAGS", &[',', '\n'])
+                .iter()
+                .map(|t| crate::select::parse_tag(t))
+                .collect::<Result<_, _>>()?,
+            skip_managed: switch("skip-managed")?,
+            templates: list_flag(given.get("template"), env, "KVFETCH_TEMPLATES", &['\n']),
+            dir_layout: {
+                let v = get("dir-layout").unwrap_or_default();
+                crate::output::Layout::parse(&v)
+                    .ok_or_else(|| usage(format!("--dir-layout {v:?} must be files or atomic")))?
             },
-        },
-        refresh,
-        max_stale: get("max-stale")
-            .map(|d| duration_flag("max-stale", &d))
-            .transpose()?,
-        ready_file: get("ready-file")
-            .map(|f| path_flag("ready-file", &f, true))
-            .transpose()?,
-        health_listen: get("health-listen").map(|a| listen_addr(&a)).transpose()?,
-        notify_url: get("notify-url").map(|u| notify_url(&u)).transpose()?,
-        cleanup: switch("cleanup")?,
-        on_change: parse_on_change(&get("on-change").unwrap_or_default())?,
-        grace: duration_flag("grace", &get("grace").unwrap_or_default())?,
-        command,
-    })
+            dir: get("dir")
+                .map(|d| path_flag("dir", &d, false))
+                .transpose()?,
+            env_file: get("env-file")
+                .map(|f| path_flag("env-file", &f, true))
+                .transpose()?,
+            env_format: get("env-format")
+                .as_deref()
+                .and_then(Format::parse)
+                .ok_or_else(|| usage("--env-format must be dotenv, shell, docker or json"))?,
+            file_mode: parse_mode(&get("file-mode").unwrap_or_default())?,
+            owner: get("owner").map(|o| parse_owner(&o)).transpose()?,
+            require_tmpfs: switch("require-tmpfs")?,
+            require_private_dir: switch("require-private-dir")?,
+            allow_env: allow_env(given.get("allow-env"), env),
+            selector: selector(get("client-id"), get("object-id"), get("resource-id"))?,
+            identity_source: {
+                let v = get("identity-source").unwrap_or_default();
+                Pin::parse(&v).ok_or_else(|| {
+                    usage(format!("--identity-source {v:?} must be {}", Pin::NAMES))
+                })?
+            },
+            resource: get("resource")
+                .map(|r| crate::spec::check_resource(&r))
+                .transpose()?,
+            ca_file: get("ca-file").map(PathBuf::from),
+            api_version: api_version(&get("api-version").unwrap_or_default())?,
+            concurrency: parse_count(&get("concurrency").unwrap_or_default())?,
+            timeout: duration_flag("timeout", &get("timeout").unwrap_or_default())?,
+            backoff_base: duration_flag("backoff-base", &get("backoff-base").unwrap_or_default())?,
+            access_retry: duration_flag("access-retry", &get("access-retry").unwrap_or_default())?,
+            start_splay: duration_flag("start-splay", &get("start-splay").unwrap_or_default())?,
+            full_read_every: duration_flag(
+                "full-read-every",
+                &get("full-read-every").unwrap_or_default(),
+            )?,
+            log: log::Logger {
+                format: log_format,
+                level: if quiet {
+                    0
+                } else if verbose {
+                    2
+                } else {
+                    1
+                },
+            },
+            refresh,
+            max_stale: get("max-stale")
+                .map(|d| duration_flag("max-stale", &d))
+                .transpose()?,
+            ready_file: get("ready-file")
+                .map(|f| path_flag("ready-file", &f, true))
+                .transpose()?,
+            health_listen: get("health-listen").map(|a| listen_addr(&a)).transpose()?,
+            notify_url: get("notify-url").map(|u| notify_url(&u)).transpose()?,
+            cleanup: switch("cleanup")?,
+            on_change: parse_on_change(&get("on-change").unwrap_or_default())?,
+            grace: duration_flag("grace", &get("grace").unwrap_or_default())?,
+            from_env: from_env.clone(),
+            command: command.clone(),
+        })
+    };
+    options().map_err(|e| named_by_variable(e, &from_env))
+}
+
+/// A message about a flag whose value came from its environment variable names the variable:
+/// `--ca-file "…"` becomes `KVFETCH_CA_FILE="…"` (the user never typed `--ca-file`).
+fn named_by_variable(e: Error, from_env: &[&'static str]) -> Error {
+    let Error::Usage(msg) = e else { return e };
+    let named = FLAGS
+        .iter()
+        .filter(|f| from_env.contains(&f.long))
+        .find_map(|f| {
+            let flag = format!("--{}", f.long);
+            let rest = msg.strip_prefix(&flag)?;
+            match rest.strip_prefix(' ') {
+                Some(r) if r.starts_with('"') => Some(format!("{}={r}", f.env)),
+                _ if rest.is_empty() || rest.starts_with([' ', ':', ';', ',']) => {
+                    Some(format!("{}{rest}", f.env))
+                }
+                _ => None,
+            }
+        });
+    Error::Usage(named.unwrap_or(msg))
+}
+
+/// Flags that may be given more than once; every other flag takes one value.
+const REPEATABLE: &[&str] = &["secret", "tag", "template", "allow-env"];
+
+/// A flag that takes one value, given twice (`--dir a --dir b`), is an error, not "the last one
+/// wins": the first was meant too, or is a mistake.
+fn once_each(given: &HashMap<&'static str, Vec<String>>) -> Result<(), Error> {
+    let twice = FLAGS.iter().find(|f| {
+        f.value.is_some()
+            && !REPEATABLE.contains(&f.long)
+            && given.get(f.long).is_some_and(|v| v.len() > 1)
+    });
+    match twice {
+        Some(f) => Err(usage(format!(
+            "--{} was given {} times; it takes one value",
+            f.long,
+            given[f.long].len()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `exec` without `--refresh` becomes the command: flags of supervision would be ignored, so
+/// they are refused (from a flag or its variable).
+fn supervised_only(
+    given: &HashMap<&'static str, Vec<String>>,
+    env: &HashMap<String, String>,
+) -> Result<(), Error> {
+    const SUPERVISED: &[&str] = &[
+        "health-listen",
+        "on-change",
+        "grace",
+        "max-stale",
+        "full-read-every",
+    ];
+    let set = FLAGS.iter().find(|f| {
+        SUPERVISED.contains(&f.long)
+            && (given.contains_key(f.long) || env.get(f.env).is_some_and(|v| !v.is_empty()))
+    });
+    match set {
+        Some(f) => Err(usage(format!(
+            "{} with exec needs --refresh (supervised mode): plain exec becomes the command, so nothing would act on it",
+            if given.contains_key(f.long) {
+                format!("--{}", f.long)
+            } else {
+                f.env.to_string()
+            }
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `--refresh`: defaulted for `watch`; for `exec` only when given (it turns on supervision).
@@ -672,9 +767,13 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
                     Some(shell @ ("bash" | "zsh" | "fish")) => {
                         Ok((Command::Completions(shell.to_string()), given))
                     }
-                    other => Err(usage(format!(
-                        "completions needs a shell: kvfetch completions bash, zsh or fish (got {other:?})"
+                    Some("-h" | "--help") => Ok((Command::Help(Some("completions")), given)),
+                    Some(other) => Err(usage(format!(
+                        "completions for {other:?} are not offered: kvfetch completions bash, zsh or fish"
                     ))),
+                    None => Err(usage(
+                        "completions needs a shell: kvfetch completions bash, zsh or fish",
+                    )),
                 };
             }
             "-V" | "--version" => return Ok((Command::Version, given)),
@@ -766,7 +865,7 @@ fn flag_value(arg: &str, next: Option<&String>) -> Result<(&'static Flag, String
         Some((n, v)) => (n, Some(v.to_string())),
         None => (arg, None),
     };
-    let f = lookup(name).ok_or_else(|| usage(format!("unknown option {name}")))?;
+    let f = lookup(name).ok_or_else(|| usage(unknown_option(name)))?;
     match (f.value, inline) {
         (None, None) => Ok((f, String::new(), 0)),
         (None, Some(_)) => Err(usage(format!("--{} takes no value", f.long))),
@@ -776,6 +875,43 @@ fn flag_value(arg: &str, next: Option<&String>) -> Result<(&'static Flag, String
             Ok((f, v.clone(), 1))
         }
     }
+}
+
+/// "unknown option --secrte", with the flag that was probably meant (as ripgrep does).
+fn unknown_option(name: &str) -> String {
+    let typed = name.trim_start_matches('-');
+    let best = FLAGS
+        .iter()
+        .map(|f| (edit_distance(typed, f.long), f.long))
+        .min();
+    match best {
+        Some((d, long)) if d <= 2.max(typed.len() / 4) && d < typed.len() => {
+            format!("unknown option {name}: did you mean --{long}?")
+        }
+        _ => format!("unknown option {name}"),
+    }
+}
+
+/// Levenshtein distance, with a swap of two neighbours counted as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn lookup(name: &str) -> Option<&'static Flag> {

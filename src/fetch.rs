@@ -142,7 +142,11 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
         opts.env_file.is_some() || env_names,
         &opts.allow_env,
     )?;
-    let ca_pem = opts.ca_file.as_deref().map(read_ca_file).transpose()?;
+    let ca_pem = opts
+        .ca_file
+        .as_deref()
+        .map(|p| read_ca_file(p, &opts.named("ca-file")))
+        .transpose()?;
     Ok(Plan {
         selection: selection(opts, vault.as_ref(), env_names)?,
         templates,
@@ -156,11 +160,12 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
 }
 
 /// `--ca-file`: a regular file of at most 1 MiB (a bundle of every public root is ~200 KB).
-fn read_ca_file(p: &Path) -> Result<Vec<u8>, Error> {
+/// `named` is how the user gave it (`--ca-file` or `KVFETCH_CA_FILE`).
+fn read_ca_file(p: &Path, named: &str) -> Result<Vec<u8>, Error> {
     use std::io::Read;
-    let bad = |why: String| Error::Usage(format!("cannot read --ca-file {}: {why}", p.display()));
+    let bad = |why: String| Error::Usage(format!("cannot read {named} {}: {why}", p.display()));
     let file = std::fs::File::open(p).map_err(|e| {
-        let msg = format!("cannot read --ca-file {}: {e}", p.display());
+        let msg = format!("cannot read {named} {}: {e}", p.display());
         Error::from_io(&e, Error::Usage, msg)
     })?;
     let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
@@ -564,14 +569,25 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     let snap = session.fetch()?;
     write_outputs(opts, &session.plan, &snap)?;
     log_written(opts, &snap, opts.env_file.is_some());
-    log::info(
-        "fetched and wrote secrets",
-        &[
-            ("count", &snap.shown().count().to_string()),
-            ("elapsed", &human(started.elapsed())),
-        ],
-    );
+    let (written, skipped) = written_counts(&snap);
+    let mut fields = vec![("count", written.to_string())];
+    if skipped > 0 {
+        fields.push(("skipped", skipped.to_string()));
+    }
+    if !session.plan.templates.is_empty() {
+        fields.push(("templates", session.plan.templates.len().to_string()));
+    }
+    fields.push(("elapsed", human(started.elapsed())));
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    log::info("fetched and wrote secrets", &fields);
     Ok(())
+}
+
+/// (secrets whose value reached an output — a file, a variable or a template — and secrets
+/// skipped as absent and optional).
+fn written_counts(snap: &Snapshot) -> (usize, usize) {
+    let present = snap.values.iter().filter(|v| v.is_some()).count();
+    (present, snap.values.len() - present)
 }
 
 /// Fetch every spec (each distinct secret once), in parallel; all or an error.

@@ -195,18 +195,20 @@ fn intro(command: Option<&str>) -> &'static str {
              code fetch would give. --log-format json prints one JSON object per check.\n"
         }
         Some("watch") => {
-            "Usage:\n  kvfetch watch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n\n\
+            "Usage:\n  kvfetch watch --vault NAME|URL (--secret SPEC... | --all | --prefix P | --tag K=V...)\n\
+             \x20               (--dir DIR | --env-file FILE | --template SRC:DEST[:MODE]...) [options]\n\n\
              `watch` fetches like `fetch` (same first-fetch rules and exit codes), then keeps the outputs fresh:\n\
              only changed files are replaced; SIGHUP refreshes now; SIGTERM/SIGINT exit 0.\n"
         }
         Some("exec") => {
-            "Usage:\n  kvfetch exec [options] -- COMMAND [ARGS...]\n\n\
+            "Usage:\n  kvfetch exec [fetch options] [--refresh DURATION [exec options]] -- COMMAND [ARGS...]\n\n\
              `exec` resolves --secret specs and inherited @Microsoft.KeyVault(...) references into the\n\
              environment, then becomes COMMAND (execve). With --refresh it stays the parent instead:\n\
              it forwards signals, reaps zombies, refreshes, and restarts or signals the child on change.\n"
         }
         _ => {
-            "Usage:\n  kvfetch fetch --vault NAME|URL --secret SPEC... (--dir DIR | --env-file FILE) [options]\n  \
+            "Usage:\n  kvfetch fetch --vault NAME|URL (--secret SPEC... | --all | --prefix P | --tag K=V...)\n\
+             \x20               (--dir DIR | --env-file FILE | --template SRC:DEST[:MODE]...) [options]\n  \
              kvfetch watch [options]            (sidecar: fetch, then keep fresh; kvfetch help watch)\n  \
              kvfetch exec [options] -- COMMAND  (entrypoint wrapper; kvfetch help exec)\n  \
              kvfetch doctor [fetch options]     (check everything fetch needs; kvfetch help doctor)\n  \
@@ -238,6 +240,9 @@ pub fn example_line(e: &Example) -> String {
 
 /// The `--help` text for one command (or the overview: fetch's flags), from [`FLAGS`].
 pub fn help(command: Option<&str>) -> String {
+    if command == Some("completions") {
+        return COMPLETIONS_HELP.to_string();
+    }
     let mode = mode_of(command);
     let mut out = format!(
         "kvfetch: read Azure Key Vault secrets with a managed identity.\n\n{}\n\
@@ -323,6 +328,13 @@ fn summary(f: &Flag) -> String {
 }
 
 /// A completion script for `shell` (bash, zsh or fish).
+/// `kvfetch completions --help`.
+const COMPLETIONS_HELP: &str = "Usage: kvfetch completions bash|zsh|fish\n\n\
+Prints a completion script for your shell, generated from the same flag table as parsing:\n\
+\x20 bash:  source <(kvfetch completions bash)\n\
+\x20 zsh:   kvfetch completions zsh > \"${fpath[1]}/_kvfetch\"\n\
+\x20 fish:  kvfetch completions fish > ~/.config/fish/completions/kvfetch.fish\n";
+
 pub fn completions(shell: &str) -> Option<String> {
     match shell {
         "bash" => Some(bash()),

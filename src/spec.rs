@@ -192,7 +192,13 @@ pub fn parse_vault(text: &str, resource: Option<&str>) -> Result<Vault, Error> {
         if valid_vault_name(text) {
             let url = url::parse(&format!("https://{text}.vault.azure.net"))
                 .map_err(|why| Error::Usage(format!("--vault {text:?}: {why}")))?;
-            return vault_from_url(url, resource, text);
+            return vault_from_url(url, resource, text, Typed::Vault);
+        }
+        if url::parse(&format!("https://{text}")).is_ok() && text.contains('.') {
+            return Err(Error::Usage(format!(
+                "--vault {text:?} has no scheme: give --vault https://{text} (or the vault's name alone, e.g. --vault {})",
+                text.split('.').next().unwrap_or_default()
+            )));
         }
         return Err(Error::Usage(format!(
             "--vault {text:?} is neither a vault name (3-24 letters, digits and dashes) nor an https:// URL"
@@ -206,10 +212,23 @@ pub fn parse_vault(text: &str, resource: Option<&str>) -> Result<Vault, Error> {
             url.path
         )));
     }
-    vault_from_url(url, resource, text)
+    vault_from_url(url, resource, text, Typed::Vault)
 }
 
-fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault, Error> {
+/// Which input a vault URL came from, so a message points at what the user typed.
+#[derive(Clone, Copy)]
+enum Typed {
+    Vault,
+    /// A secret identifier (`--secret https://…/secrets/NAME`, a reference's `SecretUri`).
+    Identifier,
+}
+
+fn vault_from_url(
+    url: Url,
+    resource: Option<&str>,
+    text: &str,
+    typed: Typed,
+) -> Result<Vault, Error> {
     let host = url.host.clone();
     let loopback = is_loopback(&host);
     match url.scheme.as_str() {
@@ -231,8 +250,13 @@ fn vault_from_url(url: Url, resource: Option<&str>, text: &str) -> Result<Vault,
         (None, Some(r)) => (r, Audience::Cloud),
         (None, None) if loopback => ("https://vault.azure.net".to_string(), Audience::Loopback),
         (None, None) if let Some(meant) = typo_of_cloud(&host) => {
+            // The fix only: a typo'd domain is never one to vouch for with --resource.
+            let fix = match typed {
+                Typed::Vault => format!("--vault https://{meant}"),
+                Typed::Identifier => text.replacen(&host, &meant, 1),
+            };
             return Err(Error::Usage(format!(
-                "vault host {host} is not a Key Vault domain: did you mean --vault https://{meant} ? (a vault under another domain needs --resource to vouch for it)"
+                "vault host {host} is not a Key Vault domain: did you mean {fix} ?"
             )));
         }
         (None, None) => {
@@ -357,9 +381,7 @@ pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpe
     let name = parts.next().unwrap_or_default().to_string();
     let version = parts.next().filter(|v| !v.is_empty()).map(String::from);
     if !valid_name(&name) || parts.any(|p| !p.is_empty()) {
-        return Err(Error::Usage(format!(
-            "--secret {text:?}: {name:?} is not a valid secret name (1-127 letters, digits and dashes), or the reference has extra path segments"
-        )));
+        return Err(Error::Usage(bad_name(text, &name)));
     }
     if let Some(v) = version.as_deref().filter(|v| !valid_version(v)) {
         return Err(Error::Usage(format!(
@@ -376,6 +398,26 @@ pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpe
         output_name: None,
         hidden: false,
     })
+}
+
+/// Why `name` (from the spec `text`) is not a secret name, with the likely fix.
+fn bad_name(text: &str, name: &str) -> String {
+    let generic = "1-127 letters, digits and dashes";
+    if name.contains([',', ' ', ';']) {
+        return format!(
+            "--secret {text:?}: one secret per --secret (give --secret again for each); a list goes in KVFETCH_SECRETS, separated by commas, spaces or newlines"
+        );
+    }
+    let dashed = name.replace(['_', '.'], "-");
+    if dashed != name && valid_name(&dashed) {
+        return format!(
+            "--secret {text:?}: Key Vault names hold no '_' or '.'; did you mean {dashed:?}? ({generic}; the variable is still {}, from the name)",
+            dashed.to_ascii_uppercase().replace('-', "_")
+        );
+    }
+    format!(
+        "--secret {text:?}: {name:?} is not a valid secret name ({generic}), or the reference has extra path segments"
+    )
 }
 
 /// `https://HOST/secrets/NAME[/VERSION][/]` → (vault, "NAME[/VERSION]").
@@ -400,7 +442,7 @@ fn identifier_parts(
         .to_string();
     let vault = match default_vault.filter(|v| v.url == url.origin()) {
         Some(v) => v.clone(),
-        None => vault_from_url(url, None, reference)?,
+        None => vault_from_url(url, None, reference, Typed::Identifier)?,
     };
     Ok((vault, rest.trim_end_matches('/').to_string()))
 }
@@ -454,10 +496,18 @@ pub fn check_names(
                 }));
             }
             if steers_programs(&e) && !allow_env.iter().any(|a| a == &e) {
-                return Err(Error::Usage(format!(
-                    "--secret {:?} would set {e}, which decides what programs run or load; a vault value may not set it unless you allow it with --allow-env {e} (KVFETCH_ALLOW_ENV), or give an alias (ALIAS=NAME)",
-                    spec.text
-                )));
+                let why =
+                    "it decides what programs run or load, or where their traffic and trust go";
+                return Err(Error::Usage(match &spec.alias {
+                    Some(_) => format!(
+                        "--secret {:?}: the alias names {e}, a variable kvfetch will not set from a vault value ({why}); choose another alias, or allow it with --allow-env {e} (KVFETCH_ALLOW_ENV) if the vault is meant to set it",
+                        spec.text
+                    ),
+                    None => format!(
+                        "--secret {:?} would set {e}, a variable kvfetch will not set from a vault value ({why}); give an alias (ALIAS=NAME), or allow it with --allow-env {e} (KVFETCH_ALLOW_ENV)",
+                        spec.text
+                    ),
+                }));
             }
             if let Some(other) = seen_env.insert(e.clone(), spec.text.clone()) {
                 return Err(Error::Usage(format!(

@@ -334,7 +334,7 @@ mod tests {
                 "{{ secret \"https://v.vault.azure.net/secrets/a\" }}",
                 "not a secret NAME",
             ),
-            ("{{ secret \"bad_name\" }}", "not a valid secret name"),
+            ("{{ secret \"bad_name\" }}", "did you mean \"bad-name\""),
             ("{{ \"lit\" | base64 }}", "no pipes"),
             ("{{ secret \"x\" | json \"a\" }}", "JSON pointer"),
         ] {

@@ -273,7 +273,7 @@ fn the_demo_runs_and_removes_its_directory() {
     assert!(!std::path::Path::new(dir).exists(), "{dir} is left behind");
     let ca = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("export KVFETCH_CA_FILE="))
+        .find_map(|l| l.strip_prefix("#   KVFETCH_CA_FILE="))
         .expect("the demo names the emulator's CA file");
     let emulator_dir = std::path::Path::new(ca).parent().unwrap();
     assert!(

@@ -334,6 +334,13 @@ fn random_command_lines_never_panic_hang_or_leak() {
                     for v in VALUES {
                         assert!(!ours.contains(v), "{what}: a value in the log: {stderr}");
                     }
+                    for line in ours.lines().filter(|l| l.starts_with("kvfetch: ")) {
+                        assert!(
+                            rust_debug(line).is_none(),
+                            "{what}: Rust Debug text ({:?}) in a message: {line}",
+                            rust_debug(line)
+                        );
+                    }
                 }
             });
         }
@@ -345,5 +352,27 @@ fn random_command_lines_never_panic_hang_or_leak() {
     assert!(
         ok * 10 >= cases,
         "only {ok} of {cases} cases succeeded: {codes:?}"
+    );
+}
+
+/// Text only Rust's `Debug` writes (`Some("x")`, `None`, `Ok(..)`, `Err(..)`, a struct's
+/// `Name { field: .. }`): no message of kvfetch's may show its insides to an operator.
+fn rust_debug(line: &str) -> Option<&'static str> {
+    [
+        "Some(", "(None)", " None ", "None,", "Ok(", "Err(", " { ", "[\"",
+    ]
+    .into_iter()
+    .find(|p| line.contains(p))
+}
+
+#[test]
+fn the_debug_detector_finds_what_it_looks_for() {
+    assert_eq!(
+        rust_debug("kvfetch: error: completions needs a shell (got Some(\"powershell\"))"),
+        Some("Some(")
+    );
+    assert_eq!(
+        rust_debug("kvfetch: error: --timeout \"x\" is not a duration like 30s"),
+        None
     );
 }

@@ -440,3 +440,357 @@ fn a_bare_port_for_the_health_listener_suggests_an_address() {
     assert!(r.stderr.contains("0.0.0.0:8089"), "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 0);
 }
+
+// A newcomer's first hour (issue 26): each mistake is told its fix, before any request.
+
+/// Run kvfetch with `args` (the emulator's environment plus `extra`); assert exit 2, no request,
+/// and that the one error line contains every `expected` text and none of `unwanted`.
+fn told(
+    emu: &Emulator,
+    extra: &[(&str, &str)],
+    args: &[&str],
+    expected: &[&str],
+    unwanted: &[&str],
+) {
+    let mut env = env_for(emu);
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let r = run_with(&env, args);
+    assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+    for e in expected {
+        assert!(r.stderr.contains(e), "{args:?}: wants {e:?}: {}", r.stderr);
+    }
+    for u in unwanted {
+        assert!(
+            !r.stderr.contains(u),
+            "{args:?}: must not say {u:?}: {}",
+            r.stderr
+        );
+    }
+    let c = emu.counters();
+    assert_eq!(
+        (c.imds_token_requests, c.kv_total_requests),
+        (0, 0),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn a_mistyped_flag_names_the_flag_meant() {
+    let emu = seeded();
+    for (typed, meant) in [
+        ("--secrte", "--secret"),
+        ("--env-fiel", "--env-file"),
+        ("--valut", "--vault"),
+        ("--timout", "--timeout"),
+        ("--concurency", "--concurrency"),
+    ] {
+        told(
+            &emu,
+            &[],
+            &["fetch", typed, "x", "--dir", "/tmp/x"],
+            &[&format!("did you mean {meant}?")],
+            &[],
+        );
+    }
+    // Nothing close: no guess.
+    told(
+        &emu,
+        &[],
+        &["fetch", "--frobnicate", "x"],
+        &["unknown option --frobnicate"],
+        &["did you mean"],
+    );
+}
+
+#[test]
+fn secret_name_mistakes_are_told_their_fix() {
+    let emu = seeded();
+    let dir = ["--dir", "/tmp/kvfetch-never-written"];
+    let args = |spec: &'static str| -> Vec<&'static str> {
+        let mut a = vec!["fetch", "--secret", spec];
+        a.extend(dir);
+        a
+    };
+    told(
+        &emu,
+        &[],
+        &args("db_password"),
+        &["did you mean \"db-password\"?"],
+        &[],
+    );
+    told(
+        &emu,
+        &[],
+        &args("a,b"),
+        &["one secret per --secret", "KVFETCH_SECRETS"],
+        &[],
+    );
+    told(
+        &emu,
+        &[],
+        &["exec", "--secret", "PATH=db-password", "--", "true"],
+        &["the alias names PATH", "will not set", "--allow-env PATH"],
+        &["give an alias"],
+    );
+}
+
+#[test]
+fn vault_mistakes_are_told_their_fix() {
+    let emu = seeded();
+    let env = [("KVFETCH_VAULT", "")];
+    told(
+        &emu,
+        &env,
+        &[
+            "fetch",
+            "--vault",
+            "myvault.vault.azure.net",
+            "--secret",
+            "db",
+            "--dir",
+            "/tmp/x",
+        ],
+        &["--vault https://myvault.vault.azure.net"],
+        &[],
+    );
+    // A typo'd domain: the fix only; never an invitation to vouch for it with --resource.
+    told(
+        &emu,
+        &env,
+        &[
+            "fetch",
+            "--vault",
+            "https://myvault.vault.azure.com",
+            "--secret",
+            "db",
+            "--dir",
+            "/tmp/x",
+        ],
+        &["did you mean --vault https://myvault.vault.azure.net ?"],
+        &["--resource"],
+    );
+    // The same slip inside a secret's URL points at that URL, not at --vault.
+    told(
+        &emu,
+        &env,
+        &[
+            "fetch",
+            "--secret",
+            "https://myvault.vault.azure.com/secrets/db",
+            "--dir",
+            "/tmp/x",
+        ],
+        &["did you mean https://myvault.vault.azure.net/secrets/db ?"],
+        &["--vault", "--resource"],
+    );
+}
+
+#[test]
+fn a_value_from_a_variable_is_named_by_that_variable() {
+    let emu = seeded();
+    let missing = "/nonexistent/emulator-ca.pem";
+    let r = run_with(
+        &{
+            let mut env = env_for(&emu);
+            env.insert("KVFETCH_CA_FILE".into(), missing.into());
+            env
+        },
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            "/tmp/kvfetch-never-written",
+        ],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("cannot read KVFETCH_CA_FILE {missing}")),
+        "{}",
+        r.stderr
+    );
+    // Given as a flag, the flag is named.
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            "/tmp/x",
+            "--ca-file",
+            missing,
+        ],
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("cannot read --ca-file {missing}")),
+        "{}",
+        r.stderr
+    );
+    // A flag's own check names the variable too.
+    told(
+        &emu,
+        &[("KVFETCH_TIMEOUT", "soon")],
+        &["fetch", "--secret", "db-password", "--dir", "/tmp/x"],
+        &["KVFETCH_TIMEOUT=\"soon\" is not a duration"],
+        &["--timeout \"soon\""],
+    );
+}
+
+#[test]
+fn completions_say_what_is_offered_without_rust_debug_text() {
+    let emu = seeded();
+    told(
+        &emu,
+        &[],
+        &["completions", "powershell"],
+        &["\"powershell\" are not offered", "bash, zsh or fish"],
+        &["Some(", "None"],
+    );
+    told(
+        &emu,
+        &[],
+        &["completions"],
+        &["needs a shell"],
+        &["Some(", "None"],
+    );
+    for help in ["--help", "-h"] {
+        let r = run(&emu, &["completions", help]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stdout
+                .contains("Usage: kvfetch completions bash|zsh|fish"),
+            "{}",
+            r.stdout
+        );
+    }
+}
+
+#[test]
+fn a_single_value_flag_given_twice_is_refused() {
+    let emu = seeded();
+    told(
+        &emu,
+        &[],
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            "/tmp/a",
+            "--dir",
+            "/tmp/b",
+        ],
+        &["--dir was given 2 times; it takes one value"],
+        &[],
+    );
+    // Repeatable flags stay repeatable.
+    let s = Scratch::new();
+    let out = s.path("out");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--secret",
+            "X=db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn plain_exec_refuses_the_flags_of_supervision() {
+    let emu = seeded();
+    for (flag, value) in [
+        ("--on-change", "signal:HUP"),
+        ("--grace", "5s"),
+        ("--max-stale", "1m"),
+        ("--full-read-every", "1h"),
+        ("--health-listen", "127.0.0.1:0"),
+    ] {
+        told(
+            &emu,
+            &[],
+            &[
+                "exec",
+                "--secret",
+                "DB=db-password",
+                flag,
+                value,
+                "--",
+                "true",
+            ],
+            &[&format!("{flag} with exec needs --refresh")],
+            &[],
+        );
+    }
+    told(
+        &emu,
+        &[("KVFETCH_GRACE", "5s")],
+        &["exec", "--secret", "DB=db-password", "--", "true"],
+        &["KVFETCH_GRACE with exec needs --refresh"],
+        &[],
+    );
+    // With --refresh they are taken.
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--secret",
+            "DB=db-password",
+            "--refresh",
+            "1h",
+            "--grace",
+            "1s",
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn the_success_line_counts_what_was_written() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let out = s.path("out");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--secret",
+            "gone?optional",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("fetched and wrote secrets count=1 skipped=1"),
+        "{}",
+        r.stderr
+    );
+    let tpl = s.path("t.tpl");
+    std::fs::write(&tpl, "p={{ secret \"db-password\" }}\n").unwrap();
+    let dest = s.path("t.conf");
+    let spec = format!("{}:{}", tpl.display(), dest.display());
+    let r = run(&emu, &["fetch", "--template", &spec]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("fetched and wrote secrets count=1 templates=1"),
+        "{}",
+        r.stderr
+    );
+}
