@@ -23,6 +23,35 @@ use crate::error::Error;
 /// The symlink that names the current generation.
 pub const DATA: &str = "..data";
 
+/// Whether `path` is, or lies under, a name the atomic layout of `dir` reserves: every entry of
+/// `dir` whose name starts with `..` (`..data`, generations, names a later version may use).
+/// An output there would be lost at the next flip or break every link (`..data` as a file).
+/// The comparison resolves both paths where they exist (`DIR/./..data`, a symlinked `DIR`).
+pub fn reserved(dir: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let parts: Vec<Component> = path.components().collect();
+    parts.iter().enumerate().any(|(i, c)| {
+        let Component::Normal(name) = c else {
+            return false;
+        };
+        name.as_encoded_bytes().starts_with(b"..")
+            && same_dir(&parts[..i].iter().collect::<PathBuf>(), dir)
+    })
+}
+
+/// Whether `a` and `b` name one directory: resolved when both exist, else compared as written.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let a = if a.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        a
+    };
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a.components().eq(b.components()),
+    }
+}
+
 /// A generation written and synced, with the symlink that will become `..data`.
 pub struct Prepared {
     dir: PathBuf,
