@@ -37,13 +37,49 @@ pub mod url;
 pub mod watch;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 
 pub use error::{Error, exit};
 
+/// The environment as kvfetch reads it: variables whose name or value is not UTF-8 are
+/// changed into U+FFFD text here (they are read as text only: flags, references, identity), and
+/// named in the second list when they are kvfetch's own (`KVFETCH_*`), which must be text. The
+/// environment a command started by `exec` gets is read as bytes apart ([`exec`]).
+pub fn env_of(
+    vars: impl Iterator<Item = (OsString, OsString)>,
+) -> (HashMap<String, String>, Vec<String>) {
+    let mut bad = Vec::new();
+    let env = vars
+        .map(|(k, v)| {
+            let (k, v) = (k.to_string_lossy().into_owned(), v);
+            if v.to_str().is_none() && k.starts_with("KVFETCH_") {
+                bad.push(k.clone());
+            }
+            (k, v.to_string_lossy().into_owned())
+        })
+        .collect();
+    (env, bad)
+}
+
+/// Run kvfetch with the process's `args` (without the program name) and variables.
+pub fn run_os(args: &[OsString], vars: impl Iterator<Item = (OsString, OsString)>) -> u8 {
+    let (env, not_text) = env_of(vars);
+    if let Some(name) = not_text.first() {
+        let code = fail(&Error::Usage(format!(
+            "{name} is not UTF-8 text; kvfetch's variables take text"
+        )));
+        log::flush();
+        return code;
+    }
+    run(args, &env)
+}
+
 /// Run kvfetch with `args` (without the program name) and `env`; returns the exit code.
-pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
+/// `exec`'s COMMAND and ARGS are passed on as the bytes given.
+pub fn run<A: AsRef<std::ffi::OsStr>>(args: &[A], env: &HashMap<String, String>) -> u8 {
     harden();
-    let opts = match cli::parse(args, env) {
+    let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_os_string()).collect();
+    let opts = match cli::parse_os(&args, env) {
         Ok(o) => o,
         Err(e) => {
             let code = fail(&e);
