@@ -693,7 +693,7 @@ pub fn fetch_all(
         match slot.as_ref().expect("every secret was attempted") {
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
-            Err(e @ Error::Absent(_)) if s.shape.optional => {
+            Err(e) if skipped(s, e) => {
                 log::warn(
                     &format!(
                         "an optional secret is absent; skipped (no file written, no variable set): {e}"
@@ -707,6 +707,18 @@ pub fn fetch_all(
     }
     report(errors)?;
     Ok(fetched)
+}
+
+/// Whether fetching `spec` failed only because an `optional` secret is absent (then it is
+/// skipped). Optional is about absence only: access denied, throttling and the rest stay errors.
+pub fn skipped(spec: &SecretSpec, e: &Error) -> bool {
+    matches!(e, Error::Absent(_)) && spec.shape.optional
+}
+
+/// Everything [`write_outputs`] does before its first write: shape every value, render the env
+/// file and the templates, in memory. The doctor's check that `fetch` can write these values.
+pub fn check_values(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(), Error> {
+    output_items(opts, plan, snap).map(drop)
 }
 
 /// Log every failure but the first, and return the first (its exit code wins).

@@ -274,3 +274,175 @@ fn exec_passes_bytes_that_are_not_utf8_unchanged() {
     assert_eq!(out.status.code(), Some(2));
     assert_no_requests(&emu, "a variable that is not UTF-8");
 }
+
+// Defect 9: the doctor applies every option to the value in memory, and exits as fetch does.
+
+/// What a secret is in the vault, for the doctor tests.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Absent,
+    Disabled,
+    Denied,
+    Text,
+    Json,
+    Base64,
+    BinaryBase64,
+    Pem,
+    Pfx,
+    BrokenPem,
+}
+
+/// The distinctive part of every value below: no message may show it.
+const MARK: &str = "Mk7dOcTvAl";
+
+fn hold(emu: &Emulator, name: &str, held: Held) {
+    let plain = |value: String, content_type: Option<&str>| SecretInput {
+        value,
+        content_type: content_type.map(String::from),
+        ..SecretInput::default()
+    };
+    let input = match held {
+        Held::Absent => return,
+        Held::Disabled | Held::Denied | Held::Text => plain(format!("text {MARK}"), None),
+        Held::Json => plain(format!(r#"{{"password":"{MARK}"}}"#), None),
+        // "Mk7dOcTvAl" and four bytes that are not UTF-8.
+        Held::Base64 => plain("TWs3ZE9jVHZBbA==".into(), None),
+        Held::BinaryBase64 => plain("//79/E1rN2RPY1R2QWw=".into(), None),
+        Held::Pem => return drop(emu.set_certificate(name, Certificate::RsaPemMixed)),
+        Held::Pfx => return drop(emu.set_certificate(name, Certificate::RsaPfxAes)),
+        Held::BrokenPem => plain(
+            format!("-----BEGIN CERTIFICATE-----\n{MARK}AAAA\n-----END CERTIFICATE-----\n"),
+            Some("application/x-pem-file"),
+        ),
+    };
+    emu.set_secret_with(name, input);
+    match held {
+        Held::Disabled => drop(emu.set_enabled(name, false)),
+        Held::Denied => emu.deny(name, true),
+        _ => {}
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `fetch` and `doctor` with the same flags: their exit codes, and the doctor's output.
+fn fetch_and_doctor(emu: &Emulator, specs: &[String], env_file: bool) -> (i32, Run) {
+    let s = Scratch::new();
+    let out = if env_file {
+        [
+            "--env-file".to_string(),
+            s.path("app.env").display().to_string(),
+        ]
+    } else {
+        ["--dir".to_string(), s.path("out").display().to_string()]
+    };
+    let args = |command: &'static str| -> Vec<String> {
+        let mut a = vec![command.to_string()];
+        for spec in specs {
+            a.extend(["--secret".to_string(), spec.clone()]);
+        }
+        a.extend(out.iter().cloned());
+        a
+    };
+    let env = env_for(emu);
+    let fetch_args = args("fetch");
+    let fetched = run_with(&env, &strs(&fetch_args));
+    let doctor_args = args("doctor");
+    let doctor = run_with(&env, &strs(&doctor_args));
+    (fetched.code, doctor)
+}
+
+#[test]
+fn the_doctor_applies_every_option_and_exits_as_fetch_does() {
+    let emu = Emulator::start().unwrap();
+    for (held, spec, env_file, want) in [
+        (Held::Text, "x?json=/password", false, 5),
+        (Held::Json, "x?json=/nothing", false, 5),
+        (Held::Text, "x?decode=base64", false, 5),
+        (Held::Text, "x?format=key", false, 5),
+        (Held::BrokenPem, "x?format=chain", false, 5),
+        (Held::Absent, "x?optional", false, 0),
+        (Held::Disabled, "x?optional", true, 0),
+        (Held::BinaryBase64, "x?decode=base64", true, 6),
+        (Held::Json, "x?json=/password", true, 0),
+        (Held::Pem, "x?format=chain", false, 0),
+    ] {
+        let name = format!("s{}", emu.counters().kv_total_requests);
+        hold(&emu, &name, held);
+        let spec = spec.replacen('x', &name, 1);
+        let (fetched, doctor) = fetch_and_doctor(&emu, std::slice::from_ref(&spec), env_file);
+        let what = format!("{held:?} {spec} env_file={env_file}");
+        assert_eq!(fetched, want, "{what}: fetch");
+        assert_eq!(doctor.code, fetched, "{what}: doctor: {}", doctor.stdout);
+        assert_no_leak(&doctor, &[MARK, "Mk7d", "TWs3ZE9j"]);
+    }
+}
+
+fn held() -> impl proptest::strategy::Strategy<Value = Held> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(Held::Absent),
+        Just(Held::Disabled),
+        Just(Held::Denied),
+        Just(Held::Text),
+        Just(Held::Json),
+        Just(Held::Base64),
+        Just(Held::BinaryBase64),
+        Just(Held::Pem),
+        Just(Held::Pfx),
+        Just(Held::BrokenPem),
+    ]
+}
+
+fn options() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let shape = prop_oneof![
+        Just(""),
+        Just("json=/password"),
+        Just("json=/password&decode=base64"),
+        Just("decode=base64"),
+        Just("decode=hex"),
+        Just("format=key"),
+        Just("format=cert"),
+        Just("format=chain"),
+        Just("format=pem"),
+        Just("format=pfx"),
+    ];
+    (shape, any::<bool>()).prop_map(|(shape, optional)| {
+        let parts: Vec<&str> = [shape, if optional { "optional" } else { "" }]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        match parts.is_empty() {
+            true => String::new(),
+            false => format!("?{}", parts.join("&")),
+        }
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(24),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })]
+
+    /// Whatever the vault holds and whatever the spec asks, the doctor's exit code is fetch's.
+    #[test]
+    fn the_doctor_exits_as_fetch_does(
+        secrets in proptest::collection::vec((held(), options()), 1..=2),
+        env_file in proptest::bool::ANY,
+    ) {
+        let emu = Emulator::start().unwrap();
+        let mut specs = Vec::new();
+        for (i, (held, options)) in secrets.iter().enumerate() {
+            hold(&emu, &format!("s{i}"), *held);
+            specs.push(format!("a{i}=s{i}{options}"));
+        }
+        let (fetched, doctor) = fetch_and_doctor(&emu, &specs, env_file);
+        proptest::prop_assert_eq!(doctor.code, fetched, "{:?} {:?} env_file={}: {}", secrets, specs, env_file, doctor.stdout);
+        assert_no_leak(&doctor, &[MARK, "Mk7d", "TWs3ZE9j"]);
+    }
+}
