@@ -43,16 +43,20 @@ pub use error::{Error, exit};
 
 /// The environment as kvfetch reads it: variables whose name or value is not UTF-8 are
 /// changed into U+FFFD text here (they are read as text only: flags, references, identity), and
-/// named in the second list when they are kvfetch's own (`KVFETCH_*`), which must be text. The
-/// environment a command started by `exec` gets is read as bytes apart ([`exec`]).
+/// named in the second list when kvfetch would act on them: its own (`KVFETCH_*`), and what
+/// looks like a Key Vault reference (a reference under a name that is not UTF-8 could not be
+/// replaced, and would reach the app as a literal). The environment a command started by
+/// `exec` gets is read as bytes apart ([`exec`]), so other variables pass through unchanged.
 pub fn env_of(
     vars: impl Iterator<Item = (OsString, OsString)>,
 ) -> (HashMap<String, String>, Vec<String>) {
     let mut bad = Vec::new();
     let env = vars
         .map(|(k, v)| {
-            let (k, v) = (k.to_string_lossy().into_owned(), v);
-            if v.to_str().is_none() && k.starts_with("KVFETCH_") {
+            let text = v.to_str().is_some() && k.to_str().is_some();
+            let k = k.to_string_lossy().into_owned();
+            let read = k.starts_with("KVFETCH_") || reference::is_reference(&v.to_string_lossy());
+            if !text && read {
                 bad.push(k.clone());
             }
             (k, v.to_string_lossy().into_owned())
@@ -66,7 +70,7 @@ pub fn run_os(args: &[OsString], vars: impl Iterator<Item = (OsString, OsString)
     let (env, not_text) = env_of(vars);
     if let Some(name) = not_text.first() {
         let code = fail(&Error::Usage(format!(
-            "{name} is not UTF-8 text; kvfetch's variables take text"
+            "the variable {name} is not UTF-8 text (its name or value), and kvfetch reads it: one of its own, or a Key Vault reference"
         )));
         log::flush();
         return code;

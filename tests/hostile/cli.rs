@@ -273,6 +273,24 @@ fn exec_passes_bytes_that_are_not_utf8_unchanged() {
     let _ = std::fs::remove_dir_all("/dev/shm/kvfetch-odd-\u{fffd}");
     assert_eq!(out.status.code(), Some(2));
     assert_no_requests(&emu, "a variable that is not UTF-8");
+    // A reference under a name that is not UTF-8 could not be replaced: refused, not passed on.
+    let s = Scratch::new();
+    let marker = s.path("started");
+    let vault = emu.vault_url();
+    let out = Command::new(bin())
+        .args(["exec", "--", "touch"])
+        .arg(&marker)
+        .env_clear()
+        .envs(env_for(&emu))
+        .env(
+            OsStr::from_bytes(b"DB\xff"),
+            format!("@Microsoft.KeyVault(SecretUri={vault}/secrets/api-key)"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!marker.exists(), "the command never starts");
+    assert_no_requests(&emu, "a reference under a name that is not UTF-8");
 }
 
 // Defect 9: the doctor applies every option to the value in memory, and exits as fetch does.
