@@ -331,7 +331,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_NOTIFY_URL",
             Some("URL"),
             None,
-            "after a refresh that changed anything, POST {\"changed\":[names]} here (http(s)://host[:port][/path], no query)",
+            "after a refresh that changed anything, POST {\"changed\":[names]} here (http(s)://host[:port][/path][?query]; the query, e.g. a token, is never logged)",
         ),
         WATCH,
     ),
@@ -351,7 +351,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_ON_CHANGE",
             Some("ACTION"),
             Some("restart"),
-            "supervised exec: restart, signal:SIG (e.g. signal:HUP) or none when a secret changes",
+            "supervised exec: restart, signal:SIG (HUP, INT, QUIT, TERM, USR1, USR2 or WINCH) or none when a secret changes",
         ),
         EXEC,
     ),
@@ -374,8 +374,8 @@ pub enum Command {
     Watch,
     /// `doctor [fetch flags]`: check what fetch would do, writing nothing.
     Doctor,
-    /// `exec [flags] -- COMMAND [ARGS…]`
-    Exec(Vec<String>),
+    /// `exec [flags] -- COMMAND [ARGS…]`: bytes, as given (they need not be UTF-8).
+    Exec(Vec<std::ffi::OsString>),
     /// Help for one command (or the overview).
     Help(Option<&'static str>),
     /// A bare `kvfetch`: the short usage, exit 2.
@@ -465,6 +465,35 @@ impl Options {
 
 fn usage(msg: impl Into<String>) -> Error {
     Error::Usage(format!("{}; see kvfetch --help", msg.into()))
+}
+
+/// Parse the process's own arguments: COMMAND and ARGS after `exec`'s `--` are kept as bytes;
+/// every other argument must be UTF-8 text (a flag's value that is not is refused, never
+/// changed into U+FFFD).
+pub fn parse_os(
+    args: &[std::ffi::OsString],
+    env: &HashMap<String, String>,
+) -> Result<Options, Error> {
+    let text: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut opts = parse(&text, env)?;
+    let tail = match &opts.command {
+        Command::Exec(argv) => argv.len(),
+        _ => 0,
+    };
+    let (flags, argv) = args.split_at(args.len() - tail);
+    if let Some(bad) = flags.iter().find(|a| a.to_str().is_none()) {
+        return Err(usage(format!(
+            "the argument {:?} is not UTF-8 text; only the command after exec's -- and its arguments may hold other bytes",
+            bad.to_string_lossy()
+        )));
+    }
+    if let Command::Exec(v) = &mut opts.command {
+        *v = argv.to_vec();
+    }
+    Ok(opts)
 }
 
 /// Parse `args` (without the program name) with `env` as the environment.
@@ -711,29 +740,36 @@ fn parse_on_change(s: &str) -> Result<OnChange, Error> {
             .map(OnChange::Signal)
             .ok_or_else(|| {
                 usage(format!(
-                    "--on-change {s:?} must be restart, signal:SIG (e.g. signal:HUP) or none"
+                    "--on-change {s:?} must be restart, signal:SIG or none, where SIG is one an app can catch as a reload request: HUP, INT, QUIT, TERM, USR1, USR2 or WINCH (or its number)"
                 ))
             }),
     }
 }
 
-/// `HUP`, `SIGHUP` or `1` → 1.
+/// The signals `--on-change signal:SIG` may send: those an app can catch and that servers
+/// commonly take as "reload" or "stop" requests. Never one that stops, kills or crashes the app
+/// whatever it does (`STOP`, `KILL`, `SEGV`, …), one it cannot catch, or a job-control signal.
+pub const RELOAD_SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("TERM", libc::SIGTERM),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("WINCH", libc::SIGWINCH),
+];
+
+/// `HUP`, `SIGHUP`, `hup` or `1` → 1; `None` for a signal not in [`RELOAD_SIGNALS`].
 pub fn signal_number(name: &str) -> Option<i32> {
     if let Ok(n) = name.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
+        return RELOAD_SIGNALS.iter().any(|(_, s)| *s == n).then_some(n);
     }
-    let name = name.trim_start_matches("SIG").to_ascii_uppercase();
-    let table = [
-        ("HUP", libc::SIGHUP),
-        ("INT", libc::SIGINT),
-        ("QUIT", libc::SIGQUIT),
-        ("TERM", libc::SIGTERM),
-        ("USR1", libc::SIGUSR1),
-        ("USR2", libc::SIGUSR2),
-        ("WINCH", libc::SIGWINCH),
-        ("KILL", libc::SIGKILL),
-    ];
-    table.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    let upper = name.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    RELOAD_SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
 }
 
 /// Split args into the command and the flags given (long name → values).
@@ -782,7 +818,7 @@ fn scan(args: &[String]) -> Result<(Command, HashMap<&'static str, Vec<String>>)
             "watch" if command.is_none() => command = Some(Command::Watch),
             "exec" if command.is_none() => command = Some(Command::Exec(Vec::new())),
             "--" if matches!(command, Some(Command::Exec(_))) => {
-                let argv = args[i..].to_vec();
+                let argv: Vec<std::ffi::OsString> = args[i..].iter().map(Into::into).collect();
                 if argv.is_empty() {
                     return Err(usage("exec needs a command after --"));
                 }
@@ -1061,10 +1097,17 @@ fn list_flag(
     }
 }
 
+/// `--notify-url`: the one URL that may carry a query (a webhook's token); messages never
+/// show its user information or query.
 fn notify_url(u: &str) -> Result<String, Error> {
-    crate::url::parse(u)
-        .map(|url| url.full())
-        .map_err(|why| usage(format!("--notify-url {u:?} is refused: {why}")))
+    match crate::url::parse_with_query(u) {
+        Ok((url, Some(query))) => Ok(format!("{}?{query}", url.full())),
+        Ok((url, None)) => Ok(url.full()),
+        Err(why) => Err(usage(format!(
+            "--notify-url {:?} is refused: {why}",
+            crate::url::shown(u)
+        ))),
+    }
 }
 
 fn parse_count(s: &str) -> Result<usize, Error> {
@@ -1177,6 +1220,19 @@ mod tests {
             );
         }
         assert!(parse_with(&["fetch", "--object-id", "b"], &[("AZURE_CLIENT_ID", "a")]).is_err());
+    }
+
+    #[test]
+    fn on_change_signals_are_those_an_app_can_catch() {
+        for ok in ["HUP", "SIGHUP", "hup", "1", "USR1", "10", "WINCH", "TERM"] {
+            assert!(signal_number(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "STOP", "19", "KILL", "9", "TSTP", "TTIN", "TTOU", "SEGV", "BUS", "FPE", "ILL", "ABRT",
+            "CONT", "CHLD", "ALRM", "0", "65", "-1", "34", "SIG", "",
+        ] {
+            assert_eq!(signal_number(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -106,7 +106,8 @@ impl Report {
     }
 }
 
-/// List the vault as `--all`/`--prefix`/`--tag` would, and say how many secrets it would choose.
+/// List the vault as `--all`/`--prefix`/`--tag` would, and say how many secrets it would
+/// choose; returns every spec fetch would read (the plan's, then the chosen).
 fn check_selection(
     r: &mut Report,
     client: &Client,
@@ -114,25 +115,107 @@ fn check_selection(
     sel: &crate::select::Selection,
     tokens: &Tokens,
     deadline: &Deadline,
-) {
+) -> Option<Vec<spec::SecretSpec>> {
     let listed = match client.list(&sel.vault, tokens, deadline, false) {
         Ok(l) => l,
-        Err(e) => return r.fail("selection", &e),
+        Err(e) => {
+            r.fail("selection", &e);
+            return None;
+        }
     };
     let now = crate::identity::token::now();
     let mut noted = BTreeSet::new();
     match crate::select::choose(sel, &plan.specs, &listed, now, &mut noted) {
-        Ok(specs) => r.line(
+        Ok(specs) => {
+            r.line(
+                Status::Ok,
+                "selection",
+                &format!(
+                    "the vault lists {} secrets; the selection chooses {}",
+                    listed.len(),
+                    specs.len() - plan.specs.len()
+                ),
+                &[("vault", sel.vault.url.clone())],
+            );
+            Some(specs)
+        }
+        Err(e) => {
+            r.fail("selection", &e);
+            None
+        }
+    }
+}
+
+/// Read each secret as fetch would (an absent `optional` one is skipped); `None` in place of
+/// what could not be read. The second value is false when a read failed.
+fn check_secrets(
+    r: &mut Report,
+    client: &Client,
+    specs: &[spec::SecretSpec],
+    tokens: &Tokens,
+    deadline: &Deadline,
+) -> (Vec<Option<crate::keyvault::Fetched>>, bool) {
+    let mut all_read = true;
+    let values = specs
+        .iter()
+        .map(|spec| match client.fetch(spec, tokens, deadline) {
+            Ok(f) => {
+                r.line(
+                    Status::Ok,
+                    "secret",
+                    &format!("{}: readable", spec.reference()),
+                    &[
+                        ("vault", spec.vault.url.clone()),
+                        ("version", f.version.clone()),
+                        (
+                            "content_type",
+                            f.content_type.clone().unwrap_or_else(|| "(none)".into()),
+                        ),
+                    ],
+                );
+                Some(f)
+            }
+            Err(e) if fetch::skipped(spec, &e) => {
+                let text = format!("{e}; it is optional: fetch skips it (no file, no variable)");
+                r.line(Status::Warn, "secret", &text, &[]);
+                None
+            }
+            Err(e) => {
+                r.fail("secret", &e);
+                all_read = false;
+                None
+            }
+        })
+        .collect();
+    (values, all_read)
+}
+
+/// Apply every spec's options to its value in memory (nothing of it is printed), then render
+/// the outputs as fetch would before writing: the exit code is the one fetch gives.
+fn check_values(r: &mut Report, opts: &Options, plan: &fetch::Plan, mut snap: fetch::Snapshot) {
+    let mut shaped = true;
+    for (spec, value) in snap.specs.iter().zip(&snap.values) {
+        let Some(f) = value else { continue };
+        if let Err(e) = crate::shape::apply(spec, f) {
+            r.fail("value", &e);
+            shaped = false;
+        }
+    }
+    if !shaped {
+        return;
+    }
+    if let Some(sel) = &plan.selection {
+        let mut noted = BTreeSet::new();
+        crate::select::drop_uncarriable(sel, plan.specs.len(), &mut snap, &mut noted);
+    }
+    match fetch::check_values(opts, plan, &snap) {
+        Ok(()) => r.line(
             Status::Ok,
-            "selection",
-            &format!(
-                "the vault lists {} secrets; the selection chooses {}",
-                listed.len(),
-                specs.len() - plan.specs.len()
-            ),
-            &[("vault", sel.vault.url.clone())],
+            "value",
+            "every secret's options apply to its value, and every output can hold the result",
+            &[],
         ),
-        Err(e) => r.fail("selection", &e),
+        Err(e) => r.fail("value", &e),
     }
 }
 
@@ -197,26 +280,14 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         Duration::ZERO,
         1,
     );
-    if let Some(sel) = &plan.selection {
-        check_selection(&mut r, &client, &plan, sel, &tokens, &deadline);
-    }
-    for spec in &plan.specs {
-        match client.fetch(spec, &tokens, &deadline) {
-            Ok(f) => r.line(
-                Status::Ok,
-                "secret",
-                &format!("{}: readable", spec.reference()),
-                &[
-                    ("vault", spec.vault.url.clone()),
-                    ("version", f.version.clone()),
-                    (
-                        "content_type",
-                        f.content_type.clone().unwrap_or_else(|| "(none)".into()),
-                    ),
-                ],
-            ),
-            Err(e) => r.fail("secret", &e),
-        }
+    let chosen = plan
+        .selection
+        .as_ref()
+        .and_then(|sel| check_selection(&mut r, &client, &plan, sel, &tokens, &deadline));
+    let specs = chosen.unwrap_or_else(|| plan.specs.clone());
+    let (values, all_read) = check_secrets(&mut r, &client, &specs, &tokens, &deadline);
+    if all_read {
+        check_values(&mut r, opts, &plan, fetch::Snapshot { specs, values });
     }
     Ok(r.finish())
 }
@@ -236,11 +307,11 @@ fn vaults_of(specs: &[spec::SecretSpec], default: Option<&Vault>) -> Vec<Vault> 
 }
 
 fn check_outputs(r: &mut Report, opts: &Options, plan: &fetch::Plan) {
-    if opts.dir.is_none() && opts.env_file.is_none() {
+    if !fetch::has_outputs(opts) {
         r.line(
             Status::Fail(exit::USAGE),
             "output",
-            "no --dir or --env-file given: fetch needs one (KVFETCH_DIR, KVFETCH_ENV_FILE)",
+            "no --dir, --env-file or --template given: fetch needs one (KVFETCH_DIR, KVFETCH_ENV_FILE, KVFETCH_TEMPLATES)",
             &[],
         );
         return;

@@ -18,7 +18,7 @@ use crate::spec::SecretSpec;
 use crate::{log, reference, supervise};
 
 /// Run `exec`; returns the exit code (supervised mode) or never returns (plain mode).
-pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Result<u8, Error> {
+pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> Result<u8, Error> {
     let vault = default_vault(opts)?;
     let references = reference::scan(env.iter(), vault.as_ref())?;
     let plan = plan_with(opts, references, true)?;
@@ -56,7 +56,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
     log::info(
         "starting",
         &[
-            ("command", &argv[0]),
+            ("command", &argv[0].to_string_lossy()),
             ("secrets", &snap.shown().count().to_string()),
         ],
     );
@@ -79,7 +79,11 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[String]) -> Re
         });
     }
     let err = command.exec();
-    Err(exec_error(&argv[0], &shown(&program, secret_path), err))
+    Err(exec_error(
+        &argv[0].to_string_lossy(),
+        &shown(&program, secret_path),
+        err,
+    ))
 }
 
 /// The parent's environment with secrets added (each shaped by its spec's options) and
@@ -113,7 +117,7 @@ const MAX_ARG_STRLEN: usize = 32 * 4096;
 
 /// Check that `argv` and `env` fit what `execve` accepts, so a value that cannot be passed is
 /// refused with its name before anything is stopped or started.
-pub fn check_exec_size(argv: &[String], env: &[(OsString, OsString)]) -> Result<(), Error> {
+pub fn check_exec_size(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<(), Error> {
     if let Some((k, v)) = env
         .iter()
         .find(|(k, v)| k.len() + v.len() + 2 > MAX_ARG_STRLEN)
@@ -160,7 +164,8 @@ fn shown(program: &Path, secret_path: bool) -> PathBuf {
 /// Find COMMAND as a shell does: a name with `/` is a path; otherwise the first executable match
 /// in PATH. Not found: exit 127; found but not executable: exit 126. With `secret_path`, PATH
 /// came from a secret and no message shows it.
-pub fn find_program(command: &str, path: OsString, secret_path: bool) -> Result<PathBuf, Error> {
+pub fn find_program(command: &OsStr, path: OsString, secret_path: bool) -> Result<PathBuf, Error> {
+    let has_slash = command.as_bytes().contains(&b'/');
     let not_found = || {
         let searched = if secret_path {
             "PATH set from a secret, not shown".to_string()
@@ -168,11 +173,12 @@ pub fn find_program(command: &str, path: OsString, secret_path: bool) -> Result<
             format!("PATH={}", crate::log::escape(&path.to_string_lossy()))
         };
         Error::CommandNotFound(format!(
-            "{command}: command not found ({searched}); check the image and the command after --"
+            "{}: command not found ({searched}); check the image and the command after --",
+            command.to_string_lossy()
         ))
     };
     let not_executable = |p: &Path| {
-        let p = if command.contains('/') {
+        let p = if has_slash {
             p.to_path_buf()
         } else {
             shown(p, secret_path)
@@ -182,7 +188,7 @@ pub fn find_program(command: &str, path: OsString, secret_path: bool) -> Result<
             p.display()
         ))
     };
-    if command.contains('/') {
+    if has_slash {
         let p = PathBuf::from(command);
         return match (p.is_file(), executable(&p)) {
             (true, true) => Ok(p),

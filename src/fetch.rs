@@ -136,6 +136,7 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
         .map(|t| template::load(t, vault.as_ref(), &mut specs))
         .collect::<Result<Vec<_>, _>>()?;
     check_env_file_apart(opts, &specs, &templates)?;
+    check_reserved(opts, &templates)?;
     spec::check_names(
         &specs,
         opts.dir.is_some(),
@@ -220,6 +221,47 @@ fn check_env_file_apart(
                 "{flag} {} is also a file that kvfetch writes ({}); give it a path of its own",
                 file.display(),
                 p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// No output may be a name the layout or kvfetch itself reserves: a kvfetch temp name (the
+/// sweep removes those) anywhere, and with `--dir-layout atomic` anything under `--dir` that
+/// starts with `..` (see [`output::atomic::reserved`]). A usage error, before any request.
+fn check_reserved(opts: &Options, templates: &[Template]) -> Result<(), Error> {
+    let outputs = [
+        ("--env-file", &opts.env_file),
+        ("--ready-file", &opts.ready_file),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| Some((flag, p.clone()?)))
+    .chain(
+        templates
+            .iter()
+            .map(|t| ("--template DEST", t.dest.clone())),
+    );
+    for (flag, path) in outputs {
+        let temp = path.file_name().is_some_and(|n| {
+            n.as_encoded_bytes()
+                .starts_with(output::files::TEMP_PREFIX.as_bytes())
+        });
+        let atomic = opts.dir_layout == output::Layout::Atomic;
+        let layout = opts
+            .dir
+            .as_deref()
+            .filter(|_| atomic)
+            .is_some_and(|dir| output::atomic::reserved(dir, &path));
+        if temp || layout {
+            return Err(Error::Usage(format!(
+                "{flag} {}: that name belongs to {}; give a path of its own",
+                path.display(),
+                if temp {
+                    "kvfetch's temp files (they are swept)"
+                } else {
+                    "the atomic layout of --dir (..data, generations: every name starting with '..')"
+                }
             )));
         }
     }
@@ -667,7 +709,7 @@ pub fn fetch_all(
         match slot.as_ref().expect("every secret was attempted") {
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
-            Err(e @ Error::Absent(_)) if s.shape.optional => {
+            Err(e) if skipped(s, e) => {
                 log::warn(
                     &format!(
                         "an optional secret is absent; skipped (no file written, no variable set): {e}"
@@ -681,6 +723,18 @@ pub fn fetch_all(
     }
     report(errors)?;
     Ok(fetched)
+}
+
+/// Whether fetching `spec` failed only because an `optional` secret is absent (then it is
+/// skipped). Optional is about absence only: access denied, throttling and the rest stay errors.
+pub fn skipped(spec: &SecretSpec, e: &Error) -> bool {
+    matches!(e, Error::Absent(_)) && spec.shape.optional
+}
+
+/// Everything [`write_outputs`] does before its first write: shape every value, render the env
+/// file and the templates, in memory. The doctor's check that `fetch` can write these values.
+pub fn check_values(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(), Error> {
+    output_items(opts, plan, snap).map(drop)
 }
 
 /// Log every failure but the first, and return the first (its exit code wins).

@@ -37,13 +37,53 @@ pub mod url;
 pub mod watch;
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 
 pub use error::{Error, exit};
 
+/// The environment as kvfetch reads it: variables whose name or value is not UTF-8 are
+/// changed into U+FFFD text here (they are read as text only: flags, references, identity), and
+/// named in the second list when kvfetch would act on them: its own (`KVFETCH_*`), and what
+/// looks like a Key Vault reference (a reference under a name that is not UTF-8 could not be
+/// replaced, and would reach the app as a literal). The environment a command started by
+/// `exec` gets is read as bytes apart ([`exec`]), so other variables pass through unchanged.
+pub fn env_of(
+    vars: impl Iterator<Item = (OsString, OsString)>,
+) -> (HashMap<String, String>, Vec<String>) {
+    let mut bad = Vec::new();
+    let env = vars
+        .map(|(k, v)| {
+            let text = v.to_str().is_some() && k.to_str().is_some();
+            let k = k.to_string_lossy().into_owned();
+            let read = k.starts_with("KVFETCH_") || reference::is_reference(&v.to_string_lossy());
+            if !text && read {
+                bad.push(k.clone());
+            }
+            (k, v.to_string_lossy().into_owned())
+        })
+        .collect();
+    (env, bad)
+}
+
+/// Run kvfetch with the process's `args` (without the program name) and variables.
+pub fn run_os(args: &[OsString], vars: impl Iterator<Item = (OsString, OsString)>) -> u8 {
+    let (env, not_text) = env_of(vars);
+    if let Some(name) = not_text.first() {
+        let code = fail(&Error::Usage(format!(
+            "the variable {name} is not UTF-8 text (its name or value), and kvfetch reads it: one of its own, or a Key Vault reference"
+        )));
+        log::flush();
+        return code;
+    }
+    run(args, &env)
+}
+
 /// Run kvfetch with `args` (without the program name) and `env`; returns the exit code.
-pub fn run(args: &[String], env: &HashMap<String, String>) -> u8 {
+/// `exec`'s COMMAND and ARGS are passed on as the bytes given.
+pub fn run<A: AsRef<std::ffi::OsStr>>(args: &[A], env: &HashMap<String, String>) -> u8 {
     harden();
-    let opts = match cli::parse(args, env) {
+    let args: Vec<OsString> = args.iter().map(|a| a.as_ref().to_os_string()).collect();
+    let opts = match cli::parse_os(&args, env) {
         Ok(o) => o,
         Err(e) => {
             let code = fail(&e);

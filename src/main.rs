@@ -1,10 +1,7 @@
-//! The `kvfetch` binary: hand the process's arguments and environment to [`kvfetch::run`].
+//! The `kvfetch` binary: hand the process's arguments and environment to [`kvfetch::run_os`].
+//! Arguments stay bytes (`exec` passes its command's arguments on unchanged).
 
 fn main() -> std::process::ExitCode {
-    let lossy = |s: std::ffi::OsString| s.to_string_lossy().into_owned();
-    let args: Vec<String> = std::env::args_os().skip(1).map(lossy).collect();
-    let env = std::env::vars_os()
-        .map(|(k, v)| (lossy(k), lossy(v)))
-        .collect();
-    std::process::ExitCode::from(kvfetch::run(&args, &env))
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    std::process::ExitCode::from(kvfetch::run_os(&args, std::env::vars_os()))
 }

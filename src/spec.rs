@@ -205,7 +205,7 @@ pub fn parse_vault(text: &str, resource: Option<&str>) -> Result<Vault, Error> {
         )));
     }
     let url = url::parse(text)
-        .map_err(|why| Error::Usage(format!("--vault {text:?} is refused: {why}")))?;
+        .map_err(|why| Error::Usage(format!("--vault {:?} is refused: {why}", url::shown(text))))?;
     if !url.path.is_empty() && url.path != "/" {
         return Err(Error::Usage(format!(
             "--vault {text:?} has a path ({}); give the vault's base URL, e.g. https://NAME.vault.azure.net",
@@ -324,7 +324,10 @@ pub fn check_resource(r: &str) -> Result<String, Error> {
         Ok(_) => Err(Error::Usage(format!(
             "--resource {r:?} must be an https:// audience such as https://vault.azure.net"
         ))),
-        Err(why) => Err(Error::Usage(format!("--resource {r:?} is refused: {why}"))),
+        Err(why) => Err(Error::Usage(format!(
+            "--resource {:?} is refused: {why}",
+            url::shown(r)
+        ))),
     }
 }
 
@@ -432,7 +435,8 @@ fn identifier_parts(
     };
     let url = url::parse(reference).map_err(|why| {
         Error::Usage(format!(
-            "{reference:?} is refused as a secret identifier: {why}"
+            "{:?} is refused as a secret identifier: {why}",
+            url::shown(reference)
         ))
     })?;
     let rest = url

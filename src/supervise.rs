@@ -75,7 +75,7 @@ enum Phase {
 struct Supervisor<'a> {
     opts: &'a Options,
     program: PathBuf,
-    argv: &'a [String],
+    argv: &'a [OsString],
     base_env: Env,
     /// The current child, which is also its process group's id.
     pid: i32,
@@ -95,7 +95,7 @@ pub fn run(
     values: Snapshot,
     base_env: Env,
     program: PathBuf,
-    argv: &[String],
+    argv: &[OsString],
 ) -> Result<u8, Error> {
     // SAFETY: plain prctl call with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -175,12 +175,17 @@ fn supervise(
 }
 
 impl Supervisor<'_> {
+    /// The command as messages name it (bytes that are not UTF-8 shown as U+FFFD).
+    fn command(&self) -> String {
+        self.argv[0].to_string_lossy().into_owned()
+    }
+
     /// The child's environment from the current secrets, checked against what `execve` takes.
     fn env_for(&self, refresher: &Refresher) -> Result<Env, Error> {
         Self::env_of(self.argv, &self.base_env, refresher)
     }
 
-    fn env_of(argv: &[String], base_env: &Env, refresher: &Refresher) -> Result<Env, Error> {
+    fn env_of(argv: &[OsString], base_env: &Env, refresher: &Refresher) -> Result<Env, Error> {
         let snap = refresher.current.clone().unwrap_or_default();
         let env = child_env(base_env, &snap.specs, &snap.values)?;
         check_exec_size(argv, &env)?;
@@ -194,7 +199,7 @@ impl Supervisor<'_> {
         // SAFETY: access(2) with a valid NUL-terminated path.
         if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(exec_error(&self.argv[0], Path::new(&self.argv[0]), e));
+            return Err(exec_error(&self.command(), Path::new(&self.argv[0]), e));
         }
         Ok(())
     }
@@ -227,14 +232,14 @@ impl Supervisor<'_> {
         let child = command
             .spawn()
             // The program's path may come from a PATH set by a secret: name the command only.
-            .map_err(|e| exec_error(&self.argv[0], Path::new(&self.argv[0]), e))?;
+            .map_err(|e| exec_error(&self.command(), Path::new(&self.argv[0]), e))?;
         let pid = child.id() as i32;
         if self.tty {
             give_terminal(pid);
         }
         log::info(
             "child started",
-            &[("pid", &pid.to_string()), ("command", &self.argv[0])],
+            &[("pid", &pid.to_string()), ("command", &self.command())],
         );
         Ok(pid)
     }

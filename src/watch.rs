@@ -128,6 +128,14 @@ fn stop(opts: &Options, refresher: &Refresher) {
     }
 }
 
+/// An HTTP client's error text with the notify URL's query (a webhook's token) cut out.
+fn hide_query(text: &str, url: &str) -> String {
+    match url.split_once('?') {
+        Some((_, query)) if !query.is_empty() => text.replace(query, "(hidden)"),
+        _ => text.to_string(),
+    }
+}
+
 /// POSTs `{"changed":[names]}` to `--notify-url`; names that could not be delivered are sent
 /// again with the next change.
 struct Notifier {
@@ -159,6 +167,7 @@ impl Notifier {
                 return;
             }
             let body = serde_json::json!({ "changed": names }).to_string();
+            let shown = crate::url::shown(&url);
             let agent = crate::http::identity_agent();
             let result = agent
                 .post(&url)
@@ -168,17 +177,18 @@ impl Notifier {
                 .build()
                 .send(body.as_bytes());
             match result {
-                Ok(r) if r.status().is_success() => {
-                    log::info("notified", &[("url", &url), ("changed", &names.join(","))])
-                }
+                Ok(r) if r.status().is_success() => log::info(
+                    "notified",
+                    &[("url", &shown), ("changed", &names.join(","))],
+                ),
                 outcome => {
                     let why = match outcome {
                         Ok(r) => format!("HTTP {}", r.status().as_u16()),
-                        Err(e) => e.to_string(),
+                        Err(e) => hide_query(&e.to_string(), &url),
                     };
                     log::warn(
                         "change notification failed; will retry with the next change",
-                        &[("url", &url), ("error", &why)],
+                        &[("url", &shown), ("error", &why)],
                     );
                     pending
                         .lock()

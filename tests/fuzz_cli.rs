@@ -91,7 +91,15 @@ fn flag_values(flag: &str, p: &Pools) -> Vec<String> {
         "concurrency" => &["0", "1", "8", "256", "257", "-1", "99999999999999999999"],
         "log-format" => &["text", "json", "xml"],
         "health-listen" => &["127.0.0.1:0", "8089", "127.0.0.1:99999", "bogus"],
-        "notify-url" => &["http://127.0.0.1:9/", "http://evil.test?x", "ftp://x", ""],
+        // A query is accepted (a webhook's token): only on loopback here; a foreign host is
+        // given only where something else (the fragment, the scheme) refuses it.
+        "notify-url" => &[
+            "http://127.0.0.1:9/",
+            "http://127.0.0.1:9/hook?token=x",
+            "http://evil.test?x#y",
+            "ftp://x",
+            "",
+        ],
         "on-change" => &[
             "restart",
             "none",

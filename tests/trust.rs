@@ -99,8 +99,9 @@ fn reference_uris_notify_urls_and_identity_endpoints_use_the_same_parser() {
     assert_no_requests(&emu, "reference");
 
     let env = env_for(&emu);
+    // A query is accepted in --notify-url (a webhook's token): tests/hostile/cli.rs.
     for url in [
-        "http://127.0.0.1:9/x?y",
+        "http://127.0.0.1:9/x?y#z",
         "http://a@127.0.0.1:9/",
         "http://127.0.0.1:9/#x",
     ] {

@@ -23,6 +23,39 @@ use crate::error::Error;
 /// The symlink that names the current generation.
 pub const DATA: &str = "..data";
 
+/// Whether `path` is, or lies under, a name the atomic layout of `dir` reserves: every entry of
+/// `dir` whose name starts with `..` (`..data`, generations, names a later version may use).
+/// An output there would be lost at the next flip or break every link (`..data` as a file).
+/// The comparison resolves both paths where they exist (`DIR/./..data`, a symlinked `DIR`).
+pub fn reserved(dir: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let parts: Vec<Component> = path.components().collect();
+    parts.iter().enumerate().any(|(i, c)| {
+        let Component::Normal(name) = c else {
+            return false;
+        };
+        name.as_encoded_bytes().starts_with(b"..")
+            && same_dir(&parts[..i].iter().collect::<PathBuf>(), dir)
+    })
+}
+
+/// Whether `a` and `b` name one directory: resolved when both exist, else compared as absolute
+/// paths without `.` components.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let a = if a.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        a
+    };
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => match (std::path::absolute(a), std::path::absolute(b)) {
+            (Ok(x), Ok(y)) => x.components().eq(y.components()),
+            _ => a.components().eq(b.components()),
+        },
+    }
+}
+
 /// A generation written and synced, with the symlink that will become `..data`.
 pub struct Prepared {
     dir: PathBuf,
@@ -325,6 +358,38 @@ pub fn remove_all(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_under_dir_starting_with_two_dots_are_reserved() {
+        let dir = Path::new("/nonexistent-kvfetch/out");
+        for p in [
+            "/nonexistent-kvfetch/out/..data",
+            "/nonexistent-kvfetch/out/./..data",
+            "/nonexistent-kvfetch/out/..data/x",
+            "/nonexistent-kvfetch/out/..2026_01_01_00_00_00.1",
+            "/nonexistent-kvfetch/out/..anything",
+        ] {
+            assert!(reserved(dir, Path::new(p)), "{p}");
+        }
+        for p in [
+            "/nonexistent-kvfetch/..data",
+            "/nonexistent-kvfetch/out/data",
+            "/nonexistent-kvfetch/out/.data",
+            "/nonexistent-kvfetch/out/sub/..data",
+            "/nonexistent-kvfetch/out/a..b",
+        ] {
+            assert!(!reserved(dir, Path::new(p)), "{p}");
+        }
+        let cwd = std::env::current_dir().unwrap();
+        assert!(reserved(
+            Path::new("out-kvfetch-x"),
+            &cwd.join("out-kvfetch-x/..data")
+        ));
+        assert!(reserved(
+            &cwd.join("out-kvfetch-x"),
+            Path::new("./out-kvfetch-x/..data")
+        ));
+    }
 
     const OPTS: FileOptions = FileOptions {
         mode: 0o400,
