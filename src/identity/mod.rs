@@ -257,6 +257,31 @@ fn check_endpoint(url: &str, var: &str) -> Result<String, Error> {
     })
 }
 
+/// An endpoint that is sent a secret header (`IDENTITY_HEADER`, `MSI_SECRET`) must be where the
+/// platforms put it: this machine (`localhost`, a loopback address) or a link-local address
+/// (169.254.0.0/16, fe80::/10). Anywhere else the secret would cross a network, in clear text
+/// over `http`; refused before any request.
+fn check_secret_endpoint(endpoint: &str, var: &str, secret: &str) -> Result<(), Error> {
+    let local = crate::url::parse(endpoint).is_ok_and(|u| local_host(&u.host));
+    if local {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{var}={endpoint} is refused: kvfetch would send {secret} to it, and that secret must not cross a network; \
+         the platforms put this endpoint on localhost, a loopback address or a link-local address (169.254.x.x): pass the platform's value unchanged"
+    )))
+}
+
+/// `localhost`, a loopback address or a link-local one.
+fn local_host(host: &str) -> bool {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => host == "localhost",
+    }
+}
+
 /// A variable a source needs, or the refusal naming it.
 fn required(
     env: &HashMap<String, String>,
@@ -744,6 +769,38 @@ mod tests {
                 other => panic!("{vars:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn secret_headers_go_only_to_this_machine_or_link_local() {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.3.4.5",
+            "[::1]",
+            "169.254.169.254",
+        ] {
+            assert!(local_host(host), "{host}");
+        }
+        assert!(local_host("[fe80::1]"));
+        for host in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "localhost.evil.test",
+            "metadata",
+            "[::ffff:127.0.0.1]",
+            "[fec0::1]",
+            "0.0.0.0",
+        ] {
+            assert!(!local_host(host), "{host}");
+        }
+        let e = env(&[
+            ("IDENTITY_ENDPOINT", "http://10.1.2.3:8080/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ]);
+        assert!(
+            matches!(choose(&e, Pin::Auto, None), Err(Error::Usage(m)) if m.contains("must not cross a network"))
+        );
     }
 
     #[test]
