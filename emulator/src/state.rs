@@ -218,6 +218,8 @@ pub struct World {
     /// Page size when the request names none (the service's is 25).
     pub list_page_size: Option<usize>,
     pub kv_faults: VecDeque<Fault>,
+    /// See `Emulator::echo_credentials`: the status and the position of the quoted credential.
+    pub echo_credentials: Option<(u16, usize)>,
     /// Requests per one-second window before 429s (see `Emulator::set_kv_rate_limit`).
     pub kv_rate_limit: Option<u64>,
     /// The current window's start and the requests in it.

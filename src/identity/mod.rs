@@ -398,6 +398,10 @@ impl Identity {
             Source::LegacyAppService { .. } => env.get("MSI_SECRET"),
             _ => None,
         };
+        // Registered at once: an endpoint that echoes it back must not put it in a message.
+        if let Some(s) = secret {
+            crate::redact::credential(s);
+        }
         let pinned = match &source {
             Source::ServiceFabric { thumbprint, .. } => {
                 Some(service_fabric::Pinned::new(thumbprint))
@@ -495,8 +499,9 @@ impl Identity {
                     continue;
                 }
                 Ok(reply) => {
-                    // An endpoint that echoes a credential back must not put it in a message.
-                    let scrub = |t: &str| scrub(t, &[self.secret.as_deref(), arc_key.as_deref()]);
+                    // An endpoint that echoes a credential back must not put it in a message
+                    // (error_detail redacts before it cuts; this covers the rest).
+                    let scrub = crate::redact::redact;
                     let verdict = self
                         .classify(&reply, resource)
                         .map_err(|e| e.map_text(scrub));
@@ -615,19 +620,11 @@ impl Identity {
     }
 }
 
-/// `text` with every credential in `secrets` (4 characters or more) replaced: what an
-/// endpoint echoed back (the header, the Arc key) never reaches a message. Decoded texts are
-/// scrubbed, so no JSON escape hides a credential.
-fn scrub(text: &str, secrets: &[Option<&str>]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().flatten().filter(|s| s.len() >= 4) {
-        out = out.replace(s, "<redacted>");
-    }
-    out
-}
-
-/// The human part of an identity endpoint's error body (which is not always JSON). A JSON body
-/// without an error field is never echoed: it could be a token answer.
+/// The human part of an identity endpoint's error body (which is not always JSON), on one line
+/// and cut to 200 characters. A JSON body without an error field is never echoed: it could be
+/// a token answer. Every credential the process holds is replaced *before* the whitespace is
+/// folded and the text cut (see [`crate::redact`]): decoded texts are scrubbed, so no JSON
+/// escape hides a credential, and no prefix of one survives the cut.
 fn error_detail(body: &str) -> String {
     let text = match serde_json::from_str::<Value>(body) {
         Ok(v) => ["error_description", "message", "error"]
@@ -643,8 +640,9 @@ fn error_detail(body: &str) -> String {
             .unwrap_or_else(|| "(a JSON answer without an error text)".to_string()),
         Err(_) => body.to_string(),
     };
+    let text = crate::redact::redact(&text);
     let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    line.chars().take(200).collect()
+    crate::redact::cut_quiet(&line, 200)
 }
 
 /// `key=value&…` with each value percent-encoded.
