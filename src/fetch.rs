@@ -403,8 +403,15 @@ impl Session {
         choice.log();
         let source = choice.source;
         spec::check_loopback_vaults(&plan.vaults(), source.on_loopback())?;
-        let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
-        let agents = http::vault_agents(plan.ca_pem.as_deref(), opts.concurrency)?;
+        let trust = http::Trust::load(plan.ca_pem.as_deref(), env)?;
+        let identity = Identity::new(
+            source,
+            opts.selector.clone(),
+            opts.backoff_base,
+            env,
+            &trust,
+        );
+        let agents = http::vault_agents_trusting(&trust, opts.concurrency);
         let client = Client::new(
             agents,
             &opts.api_version,

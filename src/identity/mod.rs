@@ -392,6 +392,7 @@ impl Identity {
         selector: Option<Selector>,
         backoff_base: Duration,
         env: &HashMap<String, String>,
+        trust: &http::Trust,
     ) -> Identity {
         let secret = match &source {
             Source::AppService { .. } | Source::ServiceFabric { .. } => env.get("IDENTITY_HEADER"),
@@ -409,11 +410,12 @@ impl Identity {
             _ => None,
         };
         // Entra ID is a remote host: reached like Key Vault, through HTTPS_PROXY where set
-        // (an emulator on loopback, directly). Every other source is local: never a proxy.
-        let remote = matches!(source, Source::Workload { .. }) && !source.on_loopback();
+        // (an emulator on loopback, directly), trusting the same roots (--ca-file,
+        // SSL_CERT_FILE, SSL_CERT_DIR). Every other source is local: never a proxy.
+        let entra = matches!(source, Source::Workload { .. });
         Identity {
-            agent: if remote {
-                http::remote_identity_agent()
+            agent: if entra {
+                http::entra_agent(trust, source.on_loopback())
             } else {
                 http::identity_agent()
             },
@@ -515,8 +517,13 @@ impl Identity {
                     )));
                 }
                 Err(e) if e.permanent => {
+                    let fix = if e.tls {
+                        "; behind a TLS-inspecting proxy or with a private authority, give its root with --ca-file (or SSL_CERT_FILE / SSL_CERT_DIR)"
+                    } else {
+                        ""
+                    };
                     return Err(Error::NoToken(format!(
-                        "the identity endpoint {} sent an unusable answer for {} ({}); kvfetch does not retry this: check what answers at that address",
+                        "the identity endpoint {} sent an unusable answer for {} ({}); kvfetch does not retry this: check what answers at that address{fix}",
                         self.source.endpoint(),
                         Selector::describe(self.selector.as_ref()),
                         log::escape(&e.text)

@@ -301,3 +301,99 @@ fn a_fetched_value_quoted_by_the_vault_is_redacted_before_the_cut() {
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert_scrubbed(&r.stderr, &first, "vault");
 }
+
+/// Item 14: workload identity whose authority is reached over TLS that a private authority
+/// vouches for (as behind a TLS-inspecting egress proxy): `--ca-file` (here
+/// `KVFETCH_CA_FILE`), `SSL_CERT_FILE` or `SSL_CERT_DIR` makes the exchange succeed, for the
+/// vault too; with none of them it is refused as untrusted (exit 3), nothing written.
+#[test]
+fn every_remote_trusts_the_ca_file_and_the_conventional_variables() {
+    let emu = seeded();
+    let client = "5e0d2a41-ca01-4c3b-9d7e-000000000001";
+    emu.federate(client, "Tls-assertion-one");
+    let s = Scratch::new();
+    let file = s.path("azure-identity-token");
+    std::fs::write(&file, "Tls-assertion-one").unwrap();
+    let certs = s.path("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(emu.ca_file(), certs.join("emulator.pem")).unwrap();
+    std::fs::write(certs.join("README"), "not a certificate").unwrap();
+    let ca = emu.ca_file().display().to_string();
+    let dirs = format!("/nonexistent-not-needed:{}", certs.display());
+    let cases = [
+        ("--ca-file", "KVFETCH_CA_FILE", ca.clone(), 0),
+        ("SSL_CERT_FILE", "SSL_CERT_FILE", ca.clone(), 0),
+        ("SSL_CERT_DIR", "SSL_CERT_DIR", dirs, 2),
+        (
+            "SSL_CERT_DIR",
+            "SSL_CERT_DIR",
+            certs.display().to_string(),
+            0,
+        ),
+    ];
+    for (what, var, value, code) in cases {
+        let mut env = env_for(&emu);
+        env.remove("KVFETCH_CA_FILE");
+        env.insert(
+            "AZURE_FEDERATED_TOKEN_FILE".into(),
+            file.display().to_string(),
+        );
+        env.insert("AZURE_CLIENT_ID".into(), client.into());
+        env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
+        env.insert("AZURE_AUTHORITY_HOST".into(), emu.secure_authority_url());
+        env.insert(var.into(), value);
+        let out = s.path(&format!("out-{what}-{code}"));
+        let r = run_with(
+            &env,
+            &[
+                "fetch",
+                "--secret",
+                "db-password",
+                "--dir",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, code, "{what}: {}", r.stderr);
+        if code == 0 {
+            assert_eq!(read(&out.join("db-password")), VALUE, "{what}");
+        } else {
+            assert!(r.stderr.contains("SSL_CERT_DIR="), "{what}: {}", r.stderr);
+        }
+        assert_no_leak(&r, &[VALUE, "Tls-assertion-one"]);
+    }
+    assert_eq!(emu.counters().entra_token_requests, 3);
+    // Without any of them, the authority's certificate is not trusted: exit 3, one request.
+    emu.reset_counters();
+    let mut env = env_for(&emu);
+    env.remove("KVFETCH_CA_FILE");
+    env.insert(
+        "AZURE_FEDERATED_TOKEN_FILE".into(),
+        file.display().to_string(),
+    );
+    env.insert("AZURE_CLIENT_ID".into(), client.into());
+    env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
+    env.insert("AZURE_AUTHORITY_HOST".into(), emu.secure_authority_url());
+    let out = s.path("out-none");
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("UnknownIssuer") && r.stderr.contains("--ca-file (or SSL_CERT_FILE"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.join("db-password").exists());
+    assert_eq!(
+        emu.counters().entra_token_requests,
+        0,
+        "refused in the handshake"
+    );
+}
