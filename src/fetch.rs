@@ -374,6 +374,8 @@ fn strict_or_warn(strict: bool, msg: String, warn: &mut dyn FnMut(&str)) -> Resu
 pub struct Session {
     pub plan: Plan,
     pub tokens: Tokens,
+    /// The roots every remote TLS connection trusts (see [`http::Trust`]).
+    pub trust: http::Trust,
     client: Client,
     timeout: std::time::Duration,
     concurrency: usize,
@@ -423,6 +425,7 @@ impl Session {
         Ok(Session {
             plan,
             tokens: Tokens::new(identity),
+            trust,
             client,
             timeout: opts.timeout,
             concurrency: opts.concurrency,

@@ -166,6 +166,21 @@ pub fn identity_agent() -> Agent {
     )
 }
 
+/// The client for `--notify-url`: no proxy (the app it tells is usually local), no redirects,
+/// trusting the same roots as every remote (bundled plus [`Trust`]).
+pub fn notify_agent(trust: &Trust) -> Agent {
+    agent(
+        Agent::config_builder()
+            .user_agent(USER_AGENT)
+            .proxy(None)
+            .tls_config(trust.tls(false))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(2)))
+            .build(),
+    )
+}
+
 /// The client for Entra ID (workload identity): a remote host, so proxies from the
 /// environment are honoured as for Key Vault, and the same roots are trusted (bundled plus
 /// [`Trust`]); no redirects. On loopback (an emulator): no proxy, and `--ca-file` alone when

@@ -27,11 +27,11 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         tx.clone(),
         Event::Signal,
     )?;
+    let notifier = Notifier::new(opts.notify_url.clone(), &session.trust);
     let mut refresher = Refresher::new(session, opts, tx);
     if let Some(addr) = &opts.health_listen {
         health::serve(addr, refresher.status.clone())?;
     }
-    let notifier = Notifier::new(opts.notify_url.clone());
     refresher.start();
     loop {
         // The loop passes at least every heartbeat, so /healthz can tell a stalled loop.
@@ -132,13 +132,16 @@ fn stop(opts: &Options, refresher: &Refresher) {
 /// again with the next change.
 struct Notifier {
     url: Option<String>,
+    /// Trusting `--ca-file`, `SSL_CERT_FILE` and `SSL_CERT_DIR` like every remote.
+    agent: ureq::Agent,
     pending: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Notifier {
-    fn new(url: Option<String>) -> Notifier {
+    fn new(url: Option<String>, trust: &crate::http::Trust) -> Notifier {
         Notifier {
             url,
+            agent: crate::http::notify_agent(trust),
             pending: Default::default(),
         }
     }
@@ -150,6 +153,7 @@ impl Notifier {
             .unwrap_or_else(|e| e.into_inner())
             .extend(names);
         let pending = self.pending.clone();
+        let agent = self.agent.clone();
         let spawned = std::thread::Builder::new().spawn(move || {
             let names: Vec<String> =
                 std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()))
@@ -159,7 +163,6 @@ impl Notifier {
                 return;
             }
             let body = serde_json::json!({ "changed": names }).to_string();
-            let agent = crate::http::identity_agent();
             let result = agent
                 .post(&url)
                 .header("Content-Type", "application/json")

@@ -43,6 +43,9 @@ use http::{Reply, Request, Response};
 use identity::Flavour;
 use state::World;
 
+/// A `--notify-url` path on the vault's TLS listener (counted in `Counters::notify_posts`).
+pub const NOTIFY_PATH: &str = "/emulator/notify";
+
 /// Path of the App Service / Container Apps style endpoint on the plain listener.
 pub const APP_SERVICE_PATH: &str = "/msi/token";
 
@@ -703,6 +706,10 @@ fn fabric_route(shared: &Shared, req: &Request) -> Reply {
 fn vault_route(shared: &Shared, req: &Request) -> Reply {
     if let Some(tenant) = entra::tenant_of(req.path.trim_end_matches('/')) {
         return entra_route(shared, req, tenant);
+    }
+    if req.path == NOTIFY_PATH && req.method == "POST" {
+        lock(shared).counters.notify_posts += 1;
+        return Reply::Respond(Response::text(200, ""));
     }
     let name = vault::secret_name(req);
     let (fault, delay, tenant) = {

@@ -175,6 +175,9 @@ pub struct Counters {
     pub kv_unauthenticated: u64,
     /// The highest number of Key Vault requests in progress at once.
     pub kv_max_concurrent: u64,
+    /// `POST /emulator/notify` requests on the vault's TLS listener (a `--notify-url` over
+    /// HTTPS whose certificate the emulator's CA vouches for).
+    pub notify_posts: u64,
     /// Every `User-Agent` that token and vault requests carried ("" for none).
     pub user_agents: std::collections::BTreeSet<String>,
 }

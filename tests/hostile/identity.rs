@@ -397,3 +397,36 @@ fn every_remote_trusts_the_ca_file_and_the_conventional_variables() {
         "refused in the handshake"
     );
 }
+
+/// Item 14 for the last remote: `--notify-url` over HTTPS trusts `--ca-file` (here
+/// `KVFETCH_CA_FILE`) like Key Vault and Entra ID.
+#[test]
+fn a_notify_url_over_https_trusts_the_ca_file() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let url = format!("{}{}", emu.vault_url(), kvfetch_emulator::NOTIFY_PATH);
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--secret",
+            "db-password",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "100ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--notify-url",
+            &url,
+        ],
+    );
+    w.wait("the ready file", ms(10000), || ready.exists());
+    emu.set_secret("db-password", "Hid-rotated-value-91c2");
+    w.wait("the notification", ms(10000), || {
+        emu.counters().notify_posts > 0
+    });
+    let stderr = w.stop_and_stderr();
+    assert!(!stderr.contains("notification failed"), "{stderr}");
+}
