@@ -51,9 +51,20 @@ pub fn value(text: &str) {
     add(text, MIN_VALUE);
 }
 
+/// Keep `text` and, when it differs, its JSON-escaped form (a body that is not JSON, e.g. a
+/// proxy's page, may quote a JSON request or answer as it was sent).
 fn add(text: &str, min: usize) {
-    if text.chars().count() >= min {
-        held().push(text);
+    if text.chars().count() < min {
+        return;
+    }
+    let mut h = held();
+    h.push(text);
+    let json = serde_json::to_string(text).unwrap_or_default();
+    let escaped = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or_default();
+    if escaped != text && !escaped.is_empty() {
+        h.push(escaped);
     }
 }
 
@@ -194,6 +205,11 @@ mod tests {
         assert_eq!(
             redact("a RdY-outer-RdY-inner-secret-tail b"),
             format!("a {MARK} b")
+        );
+        value("RdW \"quoted\" value\nline two");
+        assert_eq!(
+            redact(r#"raw: RdW \"quoted\" value\nline two"#),
+            format!("raw: {MARK}")
         );
         let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJvaWQiOiJ4In0.c2lnbmF0dXJl";
         assert_eq!(redact(&format!("t={jwt}")), "t=<token>");
