@@ -607,7 +607,8 @@ fn error_parts(body: &str) -> (String, String, String) {
     // Codes are short words (cut at 100 characters); of the message, its first line (300).
     let get = |p: &str, max: usize| {
         // Redacted before it is cut (see crate::redact): no prefix of a credential survives.
-        let text = crate::redact::redact(v.pointer(p).and_then(Value::as_str).unwrap_or_default());
+        let text = v.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        let text = crate::redact::redact_prefix(text, 64 * 1024);
         crate::redact::cut_quiet(text.lines().next().unwrap_or_default(), max)
     };
     (

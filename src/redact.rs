@@ -89,11 +89,13 @@ impl Held {
 /// shorter one is replaced whole.
 pub fn redact(text: &str) -> String {
     let h = held();
+    // A string longer than the text cannot be in it (and is not searched: a search prepares
+    // its whole needle first).
     let mut found: Vec<&str> = h
         .strings
         .iter()
         .map(String::as_str)
-        .filter(|s| text.contains(s))
+        .filter(|s| s.len() <= text.len() && text.contains(s))
         .collect();
     found.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = text.to_string();
@@ -104,23 +106,47 @@ pub fn redact(text: &str) -> String {
     redact_tokens(&out)
 }
 
+/// [`redact`] of the first `max` characters of `text` (a server's text can be a megabyte; what
+/// is shown is far shorter). Where `text` is longer, a tail of the kept part that begins a
+/// registered string is replaced too.
+pub fn redact_prefix(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => redact(&scrub_tail(&text[..at])),
+        None => redact(text),
+    }
+}
+
 /// [`redact`], then cut to `max` characters; a cut text ends in `…(cut)`, and where it was
 /// cut, a tail that is the beginning of a registered string is replaced too (a copy no
 /// registered string matched whole, as one already cut short).
 pub fn cut(text: &str, max: usize) -> String {
-    let clean = redact(text);
-    match clean.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…(cut)", scrub_tail(&clean[..at])),
-        None => clean,
+    let (clean, cut) = redact_and_cut(text, max);
+    if cut {
+        format!("{clean}…(cut)")
+    } else {
+        clean
     }
 }
 
 /// [`cut`] without the `…(cut)` mark, for texts quoted inside a message.
 pub fn cut_quiet(text: &str, max: usize) -> String {
-    let clean = redact(text);
+    redact_and_cut(text, max).0
+}
+
+/// The text redacted and cut, and whether it was cut. Only the first `max` characters plus the
+/// longest registered string are searched: a copy that begins within the first `max` lies
+/// wholly inside them, and anything later is cut away.
+fn redact_and_cut(text: &str, max: usize) -> (String, bool) {
+    let longest = held().strings.iter().map(String::len).max().unwrap_or(0);
+    let window = max.saturating_add(longest).saturating_add(1);
+    let (part, windowed) = match text.char_indices().nth(window) {
+        Some((at, _)) => (scrub_tail(&text[..at]), true),
+        None => (text.to_string(), false),
+    };
+    let clean = redact(&part);
     match clean.char_indices().nth(max) {
-        Some((at, _)) => scrub_tail(&clean[..at]),
-        None => clean,
+        Some((at, _)) => (scrub_tail(&clean[..at]), true),
+        None => (clean, windowed),
     }
 }
 
@@ -194,6 +220,13 @@ mod tests {
         let shown = cut(&near, 200);
         assert_eq!(shown, format!("{}{MARK}…(cut)", "x".repeat(171)));
         assert_eq!(cut_quiet(&"y".repeat(300), 10), "y".repeat(10));
+        // A megabyte of text is searched only as far as it is shown, and still redacted there.
+        let huge = format!("{header}{}", "z".repeat(1 << 20));
+        assert_eq!(cut(&huge, 20), format!("{MARK}zzzzzzzzzz…(cut)"));
+        assert_eq!(
+            redact_prefix(&format!("ab {header}"), 30),
+            format!("ab {MARK}")
+        );
     }
 
     #[test]

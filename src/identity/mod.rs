@@ -647,7 +647,7 @@ fn error_detail(body: &str) -> String {
             .unwrap_or_else(|| "(a JSON answer without an error text)".to_string()),
         Err(_) => body.to_string(),
     };
-    let text = crate::redact::redact(&text);
+    let text = crate::redact::redact_prefix(&text, 64 * 1024);
     let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     crate::redact::cut_quiet(&line, 200)
 }
