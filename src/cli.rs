@@ -206,7 +206,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_CA_FILE",
         Some("PEM"),
         None,
-        "extra trusted root certificates for Key Vault TLS, on top of the bundled Mozilla roots",
+        "extra trusted root certificates for every remote TLS connection (Key Vault, Entra ID, --notify-url), on top of the bundled Mozilla roots and SSL_CERT_FILE / SSL_CERT_DIR",
     ),
     flag(
         "api-version",

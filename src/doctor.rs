@@ -250,7 +250,14 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         r.fail("identity", &e);
         return Ok(r.finish());
     }
-    let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
+    let trust = http::Trust::load(plan.ca_pem.as_deref(), env)?;
+    let identity = Identity::new(
+        source,
+        opts.selector.clone(),
+        opts.backoff_base,
+        env,
+        &trust,
+    );
     let tokens = Tokens::new(identity);
     let deadline = Deadline::after(opts.timeout);
     let vaults = vaults_of(&plan.specs, vault.as_ref());
@@ -265,7 +272,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
             }
         }
     }
-    let agents = http::vault_agents(plan.ca_pem.as_deref(), 1)?;
+    let agents = http::vault_agents_trusting(&trust, 1);
     for v in &vaults {
         check_vault(&mut r, v, &agents, &opts.api_version, &deadline);
     }

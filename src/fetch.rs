@@ -421,6 +421,8 @@ fn strict_or_warn(strict: bool, msg: String, warn: &mut dyn FnMut(&str)) -> Resu
 pub struct Session {
     pub plan: Plan,
     pub tokens: Tokens,
+    /// The roots every remote TLS connection trusts (see [`http::Trust`]).
+    pub trust: http::Trust,
     client: Client,
     timeout: std::time::Duration,
     concurrency: usize,
@@ -450,8 +452,15 @@ impl Session {
         choice.log();
         let source = choice.source;
         spec::check_loopback_vaults(&plan.vaults(), source.on_loopback())?;
-        let identity = Identity::new(source, opts.selector.clone(), opts.backoff_base, env);
-        let agents = http::vault_agents(plan.ca_pem.as_deref(), opts.concurrency)?;
+        let trust = http::Trust::load(plan.ca_pem.as_deref(), env)?;
+        let identity = Identity::new(
+            source,
+            opts.selector.clone(),
+            opts.backoff_base,
+            env,
+            &trust,
+        );
+        let agents = http::vault_agents_trusting(&trust, opts.concurrency);
         let client = Client::new(
             agents,
             &opts.api_version,
@@ -463,6 +472,7 @@ impl Session {
         Ok(Session {
             plan,
             tokens: Tokens::new(identity),
+            trust,
             client,
             timeout: opts.timeout,
             concurrency: opts.concurrency,

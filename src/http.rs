@@ -1,12 +1,15 @@
 //! The two HTTP clients kvfetch builds, and one small request helper.
 //!
 //! Identity endpoints are link-local or localhost: their client never uses a proxy. The Key Vault
-//! client honours `HTTPS_PROXY`/`NO_PROXY` (as ureq reads them) and trusts the bundled Mozilla
-//! roots plus `--ca-file`. Neither follows redirects: a redirect would carry the token elsewhere.
+//! and Entra ID clients honour `HTTPS_PROXY`/`NO_PROXY` (as ureq reads them) and trust the
+//! bundled Mozilla roots plus [`Trust`]: `SSL_CERT_FILE`, `SSL_CERT_DIR` and `--ca-file`, so a
+//! TLS-inspecting egress proxy or a private authority works for every remote host alike. None
+//! follows redirects: a redirect would carry the token elsewhere.
 
-use std::time::Duration;
-
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
 
 use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
@@ -163,17 +166,152 @@ pub fn identity_agent() -> Agent {
     )
 }
 
-/// The client for Entra ID (workload identity): a remote host, so proxies from the
-/// environment are honoured as for Key Vault; bundled roots; no redirects.
-pub fn remote_identity_agent() -> Agent {
+/// The client for `--notify-url`: no proxy (the app it tells is usually local), no redirects,
+/// trusting the same roots as every remote (bundled plus [`Trust`]).
+pub fn notify_agent(trust: &Trust) -> Agent {
     agent(
         Agent::config_builder()
             .user_agent(USER_AGENT)
+            .proxy(None)
+            .tls_config(trust.tls(false))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(2)))
+            .build(),
+    )
+}
+
+/// The client for Entra ID (workload identity): a remote host, so proxies from the
+/// environment are honoured as for Key Vault, and the same roots are trusted (bundled plus
+/// [`Trust`]); no redirects. On loopback (an emulator): no proxy, and `--ca-file` alone when
+/// given, as for a loopback vault.
+pub fn entra_agent(trust: &Trust, loopback: bool) -> Agent {
+    let mut config = Agent::config_builder();
+    if loopback {
+        config = config.proxy(None);
+    }
+    agent(
+        config
+            .user_agent(USER_AGENT)
+            .tls_config(trust.tls(loopback))
             .max_redirects(0)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .build(),
     )
+}
+
+/// The certificates every remote TLS connection trusts beside the bundled Mozilla roots, read
+/// once per run, in this order: `SSL_CERT_FILE` (a PEM bundle), the PEM files of each
+/// directory in `SSL_CERT_DIR` (colon-separated, as OpenSSL reads it), then `--ca-file`. All
+/// of them are trusted together; none replaces the bundled roots. A loopback endpoint (an
+/// emulator) trusts `--ca-file` alone when it is given.
+#[derive(Clone, Default)]
+pub struct Trust {
+    /// From `SSL_CERT_FILE` and `SSL_CERT_DIR`.
+    system: Vec<Certificate<'static>>,
+    /// From `--ca-file`.
+    ca_file: Vec<Certificate<'static>>,
+}
+
+/// The most a trust file or directory may hold: a bundle of every public root is ~200 KB.
+const MAX_TRUST_BYTES: u64 = 1 << 20;
+/// The most files read from `SSL_CERT_DIR` (a system directory holds a few hundred).
+const MAX_TRUST_FILES: usize = 1000;
+
+impl Trust {
+    /// `--ca-file`'s PEM (already read) and the conventional variables in `env`. A variable
+    /// that names nothing readable, or a file with no certificate, is a usage error naming it.
+    pub fn load(ca_pem: Option<&[u8]>, env: &HashMap<String, String>) -> Result<Trust, Error> {
+        let mut system = Vec::new();
+        if let Some(file) = env.get("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+            let pem = read_trust_file(Path::new(file))
+                .map_err(|why| Error::Usage(format!("SSL_CERT_FILE={file}: {why}")))?;
+            system.extend(parse_certs(&pem, "SSL_CERT_FILE")?);
+        }
+        if let Some(dirs) = env.get("SSL_CERT_DIR").filter(|v| !v.is_empty()) {
+            for dir in dirs.split(':').filter(|d| !d.is_empty()) {
+                system.extend(
+                    read_trust_dir(Path::new(dir)).map_err(|why| {
+                        Error::Usage(format!("SSL_CERT_DIR={dirs}: {dir}: {why}"))
+                    })?,
+                );
+            }
+        }
+        let ca_file = ca_pem
+            .map(|pem| parse_certs(pem, "--ca-file"))
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Trust { system, ca_file })
+    }
+
+    /// The TLS configuration for a remote host, or (`loopback`) an emulator's address.
+    fn tls(&self, loopback: bool) -> TlsConfig {
+        let mut tls = TlsConfig::builder();
+        if loopback && !self.ca_file.is_empty() {
+            // No public CA may vouch for a loopback address, so the bundled roots could never
+            // match, and ureq would hash the whole list into its pool key on every request.
+            return tls
+                .root_certs(RootCerts::new_with_certs(&self.ca_file))
+                .build();
+        }
+        if !self.system.is_empty() || !self.ca_file.is_empty() {
+            let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()))
+                .collect();
+            roots.extend(self.system.iter().cloned());
+            roots.extend(self.ca_file.iter().cloned());
+            tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+        }
+        tls.build()
+    }
+}
+
+/// A regular file of at most [`MAX_TRUST_BYTES`].
+fn read_trust_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_TRUST_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| e.to_string())?;
+    if pem.len() as u64 > MAX_TRUST_BYTES {
+        return Err("it is larger than 1 MiB".into());
+    }
+    Ok(pem)
+}
+
+/// The certificates of every PEM file in `dir` (following the hash-named symlinks of a
+/// `c_rehash` directory; files that hold no certificate, or cannot be read, are skipped as
+/// OpenSSL skips them). At most [`MAX_TRUST_FILES`] files and 4 MiB in all.
+fn read_trust_dir(dir: &Path) -> Result<Vec<Certificate<'static>>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    let (mut certs, mut bytes) = (Vec::new(), 0u64);
+    for path in names.into_iter().take(MAX_TRUST_FILES) {
+        let Ok(pem) = read_trust_file(&path) else {
+            continue;
+        };
+        bytes += pem.len() as u64;
+        if bytes > 4 * MAX_TRUST_BYTES {
+            return Err("it holds more than 4 MiB of files".into());
+        }
+        for item in ureq::tls::parse_pem(&pem).flatten() {
+            if let ureq::tls::PemItem::Certificate(c) = item {
+                let c = c.to_owned();
+                if !certs.iter().any(|have: &Certificate| have.der() == c.der()) {
+                    certs.push(c);
+                }
+            }
+        }
+    }
+    Ok(certs)
 }
 
 /// The clients for Key Vault: (remote vaults: proxy from the environment, bundled roots plus
@@ -183,33 +321,26 @@ pub fn remote_identity_agent() -> Agent {
 /// vouch for a loopback address, so they could never match, and ureq would hash the whole list
 /// into its pool key on every request.
 pub fn vault_agents(ca_pem: Option<&[u8]>, concurrency: usize) -> Result<(Agent, Agent), Error> {
-    Ok((
-        vault_agent(ca_pem, concurrency, false)?,
-        vault_agent(ca_pem, concurrency, true)?,
-    ))
+    let trust = Trust::load(ca_pem, &HashMap::new())?;
+    Ok(vault_agents_trusting(&trust, concurrency))
 }
 
-fn vault_agent(ca_pem: Option<&[u8]>, concurrency: usize, loopback: bool) -> Result<Agent, Error> {
-    let mut tls = TlsConfig::builder();
-    if let Some(pem) = ca_pem {
-        let mut roots: Vec<Certificate<'static>> = Vec::new();
-        if !loopback {
-            roots.extend(
-                webpki_root_certs::TLS_SERVER_ROOT_CERTS
-                    .iter()
-                    .map(|c| Certificate::from_der(c.as_ref())),
-            );
-        }
-        roots.extend(parse_certs(pem)?);
-        tls = tls.root_certs(RootCerts::new_with_certs(&roots));
-    }
+/// [`vault_agents`] trusting `trust` (see [`Trust`]).
+pub fn vault_agents_trusting(trust: &Trust, concurrency: usize) -> (Agent, Agent) {
+    (
+        vault_agent(trust, concurrency, false),
+        vault_agent(trust, concurrency, true),
+    )
+}
+
+fn vault_agent(trust: &Trust, concurrency: usize, loopback: bool) -> Agent {
     let mut config = Agent::config_builder();
     if loopback {
         config = config.proxy(None);
     }
     let config = config
         .user_agent(USER_AGENT)
-        .tls_config(tls.build())
+        .tls_config(trust.tls(loopback))
         .max_redirects(0)
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))
@@ -220,20 +351,21 @@ fn vault_agent(ca_pem: Option<&[u8]>, concurrency: usize, loopback: bool) -> Res
         .max_idle_connections_per_host(concurrency.max(1))
         .max_idle_connections(concurrency.max(1) * 4)
         .build();
-    Ok(agent(config))
+    agent(config)
 }
 
-fn parse_certs(pem: &[u8]) -> Result<Vec<Certificate<'static>>, Error> {
+/// The certificates of a PEM bundle named by `what` (`--ca-file`, `SSL_CERT_FILE`).
+fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<Certificate<'static>>, Error> {
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(pem) {
         match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c.to_owned()),
             Ok(_) => {}
-            Err(e) => return Err(Error::Usage(format!("--ca-file is not valid PEM: {e}"))),
+            Err(e) => return Err(Error::Usage(format!("{what} is not valid PEM: {e}"))),
         }
     }
     if certs.is_empty() {
-        return Err(Error::Usage("--ca-file holds no PEM certificate".into()));
+        return Err(Error::Usage(format!("{what} holds no PEM certificate")));
     }
     Ok(certs)
 }
@@ -386,5 +518,43 @@ fn classify(e: &ureq::Error) -> Failure {
             permanent(format!("the request cannot be sent: {e}"), false)
         }
         other => Failure::transient(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn trust_variables_that_name_nothing_usable_are_refused_by_name() {
+        let refused = |pairs: &[(&str, &str)], want: &str| match Trust::load(None, &env(pairs)) {
+            Err(Error::Usage(m)) => assert!(m.contains(want), "{m}"),
+            Err(other) => panic!("{pairs:?}: {other}"),
+            Ok(_) => panic!("{pairs:?}: accepted"),
+        };
+        refused(
+            &[("SSL_CERT_FILE", "/nonexistent/ca.pem")],
+            "SSL_CERT_FILE=",
+        );
+        refused(&[("SSL_CERT_FILE", "/proc/self")], "not a regular file");
+        let empty = std::env::temp_dir().join(format!("kvfetch-trust-{}", std::process::id()));
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        let shown = empty.display().to_string();
+        refused(&[("SSL_CERT_FILE", &shown)], "holds no PEM certificate");
+        let _ = std::fs::remove_file(&empty);
+        refused(&[("SSL_CERT_DIR", "/nonexistent")], "SSL_CERT_DIR=");
+        // Unset or empty: nothing added, the bundled roots alone.
+        let t = Trust::load(None, &env(&[("SSL_CERT_FILE", ""), ("SSL_CERT_DIR", "")])).unwrap();
+        assert!(t.system.is_empty() && t.ca_file.is_empty());
+        // A directory without certificates adds none and is no error (OpenSSL's reading).
+        let t = Trust::load(None, &env(&[("SSL_CERT_DIR", "/proc/self/fdinfo")])).unwrap();
+        assert!(t.system.is_empty());
     }
 }

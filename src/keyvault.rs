@@ -606,13 +606,10 @@ fn error_parts(body: &str) -> (String, String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     // Codes are short words (cut at 100 characters); of the message, its first line (300).
     let get = |p: &str, max: usize| {
+        // Redacted before it is cut (see crate::redact): no prefix of a credential survives.
         let text = v.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        text.lines()
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .take(max)
-            .collect::<String>()
+        let text = crate::redact::redact_prefix(text, 64 * 1024);
+        crate::redact::cut_quiet(text.lines().next().unwrap_or_default(), max)
     };
     (
         get("/error/code", 100),
@@ -629,7 +626,7 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
         Error::Protocol(format!(
             "vault {} sent a nextLink kvfetch will not follow ({why}): {}",
             vault.url,
-            crate::log::escape(&link.chars().take(200).collect::<String>())
+            crate::log::escape(&crate::redact::cut_quiet(link, 200))
         ))
     };
     let (base, query) = link.split_once('?').unwrap_or((link, ""));
@@ -682,7 +679,7 @@ fn parse_page(body: &str) -> Option<Page> {
 /// One list entry; its name is the last segment of `id` after `/secrets/`.
 fn parse_item(item: &Value) -> Result<Listed, String> {
     let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
-    let shown = || crate::log::escape(&id.chars().take(200).collect::<String>());
+    let shown = || crate::log::escape(&crate::redact::cut_quiet(id, 200));
     let name = id
         .trim_end_matches('/')
         .rsplit_once("/secrets/")
@@ -720,6 +717,7 @@ fn parse_item(item: &Value) -> Result<Listed, String> {
 pub fn parse_bundle(body: &str) -> Option<Fetched> {
     let v: Value = serde_json::from_str(body).ok()?;
     let value = v.get("value")?.as_str()?.to_string();
+    crate::redact::value(&value);
     let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
     Some(Fetched {
         value,

@@ -23,6 +23,7 @@ pub mod log;
 pub mod output;
 pub mod pkcs12;
 pub mod progress;
+pub mod redact;
 pub mod reference;
 pub mod refresh;
 pub mod retry;

@@ -1,5 +1,6 @@
-//! One line per event on stderr, as text or JSON. Callers pass names, ids and counts only:
-//! nothing here ever receives a secret value or a token.
+//! One line per event on stderr, as text or JSON. Callers pass names, ids and counts only;
+//! as a second line of defence every message and field goes through [`crate::redact`] (every
+//! credential and value the process holds replaced) before it is cut to length.
 //!
 //! Messages often quote what a server said (an error code, a message). A server must not be
 //! able to forge a log line, so text lines escape every control character (line breaks, ESC,
@@ -194,35 +195,16 @@ fn text_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
 const MAX_MESSAGE: usize = 2000;
 const MAX_FIELD: usize = 500;
 
-/// A log text cut to `max` characters, with anything shaped like a JWT replaced: a hostile
-/// server could echo the bearer token it was sent into an error text.
+/// A log text cut to `max` characters, with every sensitive string the process holds and
+/// anything shaped like a JWT replaced first (see [`crate::redact`]): a hostile server could
+/// echo a credential it was sent into an error text.
 pub fn sanitize(text: &str, max: usize) -> String {
-    let redacted = redact_tokens(text);
-    match redacted.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…(cut)", &redacted[..cut]),
-        None => redacted,
-    }
+    crate::redact::cut(text, max)
 }
 
-/// Replace every run that starts with `eyJ` (a base64url JSON header), holds a `.` and is at
-/// least 20 characters of base64url and dots, with `<token>`.
+/// See [`crate::redact::redact_tokens`].
 pub fn redact_tokens(text: &str) -> String {
-    let token_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("eyJ") {
-        out.push_str(&rest[..start]);
-        let run = &rest[start..];
-        let len = run.find(|c: char| !token_char(c)).unwrap_or(run.len());
-        if len >= 20 && run[..len].contains('.') {
-            out.push_str("<token>");
-        } else {
-            out.push_str(&run[..len]);
-        }
-        rest = &run[len..];
-    }
-    out.push_str(rest);
-    out
+    crate::redact::redact_tokens(text)
 }
 
 /// Characters that could break a log line, drive a terminal or reorder what is shown

@@ -27,11 +27,11 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         tx.clone(),
         Event::Signal,
     )?;
+    let notifier = Notifier::new(opts.notify_url.clone(), &session.trust);
     let mut refresher = Refresher::new(session, opts, tx);
     if let Some(addr) = &opts.health_listen {
         health::serve(addr, refresher.status.clone())?;
     }
-    let notifier = Notifier::new(opts.notify_url.clone());
     refresher.start();
     loop {
         // The loop passes at least every heartbeat, so /healthz can tell a stalled loop.
@@ -140,13 +140,16 @@ fn hide_query(text: &str, url: &str) -> String {
 /// again with the next change.
 struct Notifier {
     url: Option<String>,
+    /// Trusting `--ca-file`, `SSL_CERT_FILE` and `SSL_CERT_DIR` like every remote.
+    agent: ureq::Agent,
     pending: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Notifier {
-    fn new(url: Option<String>) -> Notifier {
+    fn new(url: Option<String>, trust: &crate::http::Trust) -> Notifier {
         Notifier {
             url,
+            agent: crate::http::notify_agent(trust),
             pending: Default::default(),
         }
     }
@@ -158,6 +161,7 @@ impl Notifier {
             .unwrap_or_else(|e| e.into_inner())
             .extend(names);
         let pending = self.pending.clone();
+        let agent = self.agent.clone();
         let spawned = std::thread::Builder::new().spawn(move || {
             let names: Vec<String> =
                 std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()))
@@ -168,7 +172,6 @@ impl Notifier {
             }
             let body = serde_json::json!({ "changed": names }).to_string();
             let shown = crate::url::shown(&url);
-            let agent = crate::http::identity_agent();
             let result = agent
                 .post(&url)
                 .header("Content-Type", "application/json")

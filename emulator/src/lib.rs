@@ -15,6 +15,7 @@
 
 mod b64;
 mod control;
+mod echo;
 mod entra;
 mod hostile;
 pub mod http;
@@ -41,6 +42,9 @@ pub use vault::API_VERSIONS;
 use http::{Reply, Request, Response};
 use identity::Flavour;
 use state::World;
+
+/// A `--notify-url` path on the vault's TLS listener (counted in `Counters::notify_posts`).
+pub const NOTIFY_PATH: &str = "/emulator/notify";
 
 /// Path of the App Service / Container Apps style endpoint on the plain listener.
 pub const APP_SERVICE_PATH: &str = "/msi/token";
@@ -528,6 +532,22 @@ impl Emulator {
         self.world().counters = Counters::default();
     }
 
+    /// From now on (`Some((status, at))`), every token request that carries a credential (the
+    /// App Service `X-IDENTITY-HEADER`, the legacy and Service Fabric `secret`, Arc's
+    /// `Authorization: Basic <key>`, Entra's `client_assertion`) is answered `status` with the
+    /// endpoint's error body quoting that credential, starting `at` characters into the error
+    /// text (after filler); a hostile endpoint that echoes credentials. `None` stops it.
+    pub fn echo_credentials(&self, echo: Option<(u16, usize)>) {
+        self.world().echo_credentials = echo;
+    }
+
+    /// Base URL of the Entra token endpoint over HTTPS (the vault's listener and certificate,
+    /// whose CA is [`Emulator::ca_file`]), for `AZURE_AUTHORITY_HOST`: as Entra is reached
+    /// behind a TLS-inspecting proxy or a private authority.
+    pub fn secure_authority_url(&self) -> String {
+        format!("https://{}", self.vault_addr)
+    }
+
     /// Issue a token for `resource` to the system identity without a request (for replays).
     pub fn issue_token(&self, resource: &str) -> String {
         let mut w = self.world();
@@ -599,30 +619,21 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
         let mut w = lock(shared);
         w.counters.app_service_token_requests += 1;
         w.note_agent(req);
+        if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::AppService) {
+            return Reply::Respond(r);
+        }
         return identity::token(&mut w, req, Flavour::AppService, &shared.identity_header);
     }
     if let Some(tenant) = entra::tenant_of(path) {
-        let (fault, token_lifetime) = {
-            let mut w = lock(shared);
-            w.counters.entra_token_requests += 1;
-            w.note_agent(req);
-            let assertion = entra::form(req)
-                .into_iter()
-                .find(|(k, _)| k == "client_assertion");
-            if let Some((_, assertion)) = assertion {
-                w.counters.entra_assertions.push(assertion);
-            }
-            (w.entra_faults.pop_front(), w.token_lifetime.as_secs())
-        };
-        let service = entra::Faults { token_lifetime };
-        return hostile::answer(fault, &service, || {
-            Reply::Respond(entra::token(&mut lock(shared), req, tenant))
-        });
+        return entra_route(shared, req, tenant);
     }
     if path == sources::LEGACY_MSI_PATH {
         let mut w = lock(shared);
         w.counters.legacy_msi_token_requests += 1;
         w.note_agent(req);
+        if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::LegacyAppService) {
+            return Reply::Respond(r);
+        }
         return Reply::Respond(sources::legacy_msi(&mut w, req, &shared.msi_secret));
     }
     if path == sources::CLOUD_SHELL_PATH {
@@ -635,6 +646,9 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
         let mut w = lock(shared);
         w.counters.arc_token_requests += 1;
         w.note_agent(req);
+        if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::Arc) {
+            return Reply::Respond(r);
+        }
         return Reply::Respond(sources::arc(
             &mut w,
             req,
@@ -648,6 +662,30 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
     Reply::Respond(Response::text(404, "Not found"))
 }
 
+/// The Entra token endpoint, on the plain listener or (see
+/// [`Emulator::secure_authority_url`]) the TLS one.
+fn entra_route(shared: &Shared, req: &Request, tenant: &str) -> Reply {
+    let (fault, token_lifetime) = {
+        let mut w = lock(shared);
+        w.counters.entra_token_requests += 1;
+        w.note_agent(req);
+        let assertion = entra::form(req)
+            .into_iter()
+            .find(|(k, _)| k == "client_assertion");
+        if let Some((_, assertion)) = assertion {
+            w.counters.entra_assertions.push(assertion);
+        }
+        if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::Entra) {
+            return Reply::Respond(r);
+        }
+        (w.entra_faults.pop_front(), w.token_lifetime.as_secs())
+    };
+    let service = entra::Faults { token_lifetime };
+    hostile::answer(fault, &service, || {
+        Reply::Respond(entra::token(&mut lock(shared), req, tenant))
+    })
+}
+
 fn fabric_route(shared: &Shared, req: &Request) -> Reply {
     if req.path.trim_end_matches('/') != sources::SERVICE_FABRIC_PATH {
         return Reply::Respond(Response::text(404, "Not found"));
@@ -655,6 +693,9 @@ fn fabric_route(shared: &Shared, req: &Request) -> Reply {
     let mut w = lock(shared);
     w.counters.service_fabric_token_requests += 1;
     w.note_agent(req);
+    if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::ServiceFabric) {
+        return Reply::Respond(r);
+    }
     Reply::Respond(sources::service_fabric(
         &mut w,
         req,
@@ -663,6 +704,13 @@ fn fabric_route(shared: &Shared, req: &Request) -> Reply {
 }
 
 fn vault_route(shared: &Shared, req: &Request) -> Reply {
+    if let Some(tenant) = entra::tenant_of(req.path.trim_end_matches('/')) {
+        return entra_route(shared, req, tenant);
+    }
+    if req.path == NOTIFY_PATH && req.method == "POST" {
+        lock(shared).counters.notify_posts += 1;
+        return Reply::Respond(Response::text(200, ""));
+    }
     let name = vault::secret_name(req);
     let (fault, delay, tenant) = {
         let mut w = lock(shared);

@@ -175,6 +175,9 @@ pub struct Counters {
     pub kv_unauthenticated: u64,
     /// The highest number of Key Vault requests in progress at once.
     pub kv_max_concurrent: u64,
+    /// `POST /emulator/notify` requests on the vault's TLS listener (a `--notify-url` over
+    /// HTTPS whose certificate the emulator's CA vouches for).
+    pub notify_posts: u64,
     /// Every `User-Agent` that token and vault requests carried ("" for none).
     pub user_agents: std::collections::BTreeSet<String>,
 }
@@ -218,6 +221,8 @@ pub struct World {
     /// Page size when the request names none (the service's is 25).
     pub list_page_size: Option<usize>,
     pub kv_faults: VecDeque<Fault>,
+    /// See `Emulator::echo_credentials`: the status and the position of the quoted credential.
+    pub echo_credentials: Option<(u16, usize)>,
     /// Requests per one-second window before 429s (see `Emulator::set_kv_rate_limit`).
     pub kv_rate_limit: Option<u64>,
     /// The current window's start and the requests in it.

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use super::{Ask, Choice, Selector, Source, check_endpoint, error_detail, required};
+use super::{
+    Ask, Choice, Selector, Source, check_endpoint, check_secret_endpoint, error_detail, required,
+};
 use crate::encoding::percent_encode;
 use crate::error::Error;
 
@@ -18,10 +20,10 @@ pub fn choose(env: &HashMap<String, String>) -> Result<Choice, Error> {
         fix,
     )?;
     required(env, "IDENTITY_HEADER", "App Service / Container Apps", fix)?;
+    let endpoint = check_endpoint(&endpoint, "IDENTITY_ENDPOINT")?;
+    check_secret_endpoint(&endpoint, "IDENTITY_ENDPOINT", "IDENTITY_HEADER")?;
     Ok(Choice {
-        source: Source::AppService {
-            endpoint: check_endpoint(&endpoint, "IDENTITY_ENDPOINT")?,
-        },
+        source: Source::AppService { endpoint },
         why: "IDENTITY_ENDPOINT and IDENTITY_HEADER are set".into(),
     })
 }
@@ -39,10 +41,10 @@ pub fn choose_legacy(
             Selector::describe(Some(s))
         )));
     }
+    let endpoint = check_endpoint(&endpoint, "MSI_ENDPOINT")?;
+    check_secret_endpoint(&endpoint, "MSI_ENDPOINT", "MSI_SECRET")?;
     Ok(Choice {
-        source: Source::LegacyAppService {
-            endpoint: check_endpoint(&endpoint, "MSI_ENDPOINT")?,
-        },
+        source: Source::LegacyAppService { endpoint },
         why: "MSI_ENDPOINT and MSI_SECRET are set (and IDENTITY_ENDPOINT is not)".into(),
     })
 }

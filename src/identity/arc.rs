@@ -126,6 +126,7 @@ pub(super) fn read_key(reply: &Reply, endpoint: &str) -> Result<String, Error> {
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(refuse("the key is empty or not printable"));
     }
+    crate::redact::credential(&key);
     Ok(key)
 }
 

@@ -257,6 +257,31 @@ fn check_endpoint(url: &str, var: &str) -> Result<String, Error> {
     })
 }
 
+/// An endpoint that is sent a secret header (`IDENTITY_HEADER`, `MSI_SECRET`) must be where the
+/// platforms put it: this machine (`localhost`, a loopback address) or a link-local address
+/// (169.254.0.0/16, fe80::/10). Anywhere else the secret would cross a network, in clear text
+/// over `http`; refused before any request.
+fn check_secret_endpoint(endpoint: &str, var: &str, secret: &str) -> Result<(), Error> {
+    let local = crate::url::parse(endpoint).is_ok_and(|u| local_host(&u.host));
+    if local {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{var}={endpoint} is refused: kvfetch would send {secret} to it, and that secret must not cross a network; \
+         the platforms put this endpoint on localhost, a loopback address or a link-local address (169.254.x.x): pass the platform's value unchanged"
+    )))
+}
+
+/// `localhost`, a loopback address or a link-local one.
+fn local_host(host: &str) -> bool {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => host == "localhost",
+    }
+}
+
 /// A variable a source needs, or the refusal naming it.
 fn required(
     env: &HashMap<String, String>,
@@ -367,12 +392,17 @@ impl Identity {
         selector: Option<Selector>,
         backoff_base: Duration,
         env: &HashMap<String, String>,
+        trust: &http::Trust,
     ) -> Identity {
         let secret = match &source {
             Source::AppService { .. } | Source::ServiceFabric { .. } => env.get("IDENTITY_HEADER"),
             Source::LegacyAppService { .. } => env.get("MSI_SECRET"),
             _ => None,
         };
+        // Registered at once: an endpoint that echoes it back must not put it in a message.
+        if let Some(s) = secret {
+            crate::redact::credential(s);
+        }
         let pinned = match &source {
             Source::ServiceFabric { thumbprint, .. } => {
                 Some(service_fabric::Pinned::new(thumbprint))
@@ -380,11 +410,12 @@ impl Identity {
             _ => None,
         };
         // Entra ID is a remote host: reached like Key Vault, through HTTPS_PROXY where set
-        // (an emulator on loopback, directly). Every other source is local: never a proxy.
-        let remote = matches!(source, Source::Workload { .. }) && !source.on_loopback();
+        // (an emulator on loopback, directly), trusting the same roots (--ca-file,
+        // SSL_CERT_FILE, SSL_CERT_DIR). Every other source is local: never a proxy.
+        let entra = matches!(source, Source::Workload { .. });
         Identity {
-            agent: if remote {
-                http::remote_identity_agent()
+            agent: if entra {
+                http::entra_agent(trust, source.on_loopback())
             } else {
                 http::identity_agent()
             },
@@ -470,8 +501,9 @@ impl Identity {
                     continue;
                 }
                 Ok(reply) => {
-                    // An endpoint that echoes a credential back must not put it in a message.
-                    let scrub = |t: &str| scrub(t, &[self.secret.as_deref(), arc_key.as_deref()]);
+                    // An endpoint that echoes a credential back must not put it in a message
+                    // (error_detail redacts before it cuts; this covers the rest).
+                    let scrub = crate::redact::redact;
                     let verdict = self
                         .classify(&reply, resource)
                         .map_err(|e| e.map_text(scrub));
@@ -485,8 +517,13 @@ impl Identity {
                     )));
                 }
                 Err(e) if e.permanent => {
+                    let fix = if e.tls {
+                        "; behind a TLS-inspecting proxy or with a private authority, give its root with --ca-file (or SSL_CERT_FILE / SSL_CERT_DIR)"
+                    } else {
+                        ""
+                    };
                     return Err(Error::NoToken(format!(
-                        "the identity endpoint {} sent an unusable answer for {} ({}); kvfetch does not retry this: check what answers at that address",
+                        "the identity endpoint {} sent an unusable answer for {} ({}); kvfetch does not retry this: check what answers at that address{fix}",
                         self.source.endpoint(),
                         Selector::describe(self.selector.as_ref()),
                         log::escape(&e.text)
@@ -590,19 +627,11 @@ impl Identity {
     }
 }
 
-/// `text` with every credential in `secrets` (4 characters or more) replaced: what an
-/// endpoint echoed back (the header, the Arc key) never reaches a message. Decoded texts are
-/// scrubbed, so no JSON escape hides a credential.
-fn scrub(text: &str, secrets: &[Option<&str>]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().flatten().filter(|s| s.len() >= 4) {
-        out = out.replace(s, "<redacted>");
-    }
-    out
-}
-
-/// The human part of an identity endpoint's error body (which is not always JSON). A JSON body
-/// without an error field is never echoed: it could be a token answer.
+/// The human part of an identity endpoint's error body (which is not always JSON), on one line
+/// and cut to 200 characters. A JSON body without an error field is never echoed: it could be
+/// a token answer. Every credential the process holds is replaced *before* the whitespace is
+/// folded and the text cut (see [`crate::redact`]): decoded texts are scrubbed, so no JSON
+/// escape hides a credential, and no prefix of one survives the cut.
 fn error_detail(body: &str) -> String {
     let text = match serde_json::from_str::<Value>(body) {
         Ok(v) => ["error_description", "message", "error"]
@@ -618,8 +647,9 @@ fn error_detail(body: &str) -> String {
             .unwrap_or_else(|| "(a JSON answer without an error text)".to_string()),
         Err(_) => body.to_string(),
     };
+    let text = crate::redact::redact_prefix(&text, 64 * 1024);
     let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    line.chars().take(200).collect()
+    crate::redact::cut_quiet(&line, 200)
 }
 
 /// `key=value&…` with each value percent-encoded.
@@ -744,6 +774,38 @@ mod tests {
                 other => panic!("{vars:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn secret_headers_go_only_to_this_machine_or_link_local() {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.3.4.5",
+            "[::1]",
+            "169.254.169.254",
+        ] {
+            assert!(local_host(host), "{host}");
+        }
+        assert!(local_host("[fe80::1]"));
+        for host in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "localhost.evil.test",
+            "metadata",
+            "[::ffff:127.0.0.1]",
+            "[fec0::1]",
+            "0.0.0.0",
+        ] {
+            assert!(!local_host(host), "{host}");
+        }
+        let e = env(&[
+            ("IDENTITY_ENDPOINT", "http://10.1.2.3:8080/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+        ]);
+        assert!(
+            matches!(choose(&e, Pin::Auto, None), Err(Error::Usage(m)) if m.contains("must not cross a network"))
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::{Ask, Choice, Selector, Source, check_endpoint, error_detail, no_selector, required};
+use super::{
+    Ask, Choice, Selector, Source, check_endpoint, check_secret_endpoint, error_detail,
+    no_selector, required,
+};
 use crate::encoding::percent_encode;
 use crate::error::Error;
 use crate::http::{Failure, MAX_BODY, Reply};
@@ -41,6 +44,7 @@ pub fn choose(env: &HashMap<String, String>, selector: Option<&Selector>) -> Res
             "Service Fabric: IDENTITY_ENDPOINT={endpoint} must be https (the thumbprint pins its certificate)"
         )));
     }
+    check_secret_endpoint(&endpoint, "IDENTITY_ENDPOINT", "IDENTITY_HEADER")?;
     Ok(Choice {
         source: Source::ServiceFabric { endpoint, thumbprint },
         why: "IDENTITY_ENDPOINT, IDENTITY_HEADER and IDENTITY_SERVER_THUMBPRINT are set (Service Fabric)".into(),

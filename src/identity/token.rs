@@ -88,6 +88,7 @@ pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no access_token"))?;
+    crate::redact::credential(access);
     if access.len() > MAX_TOKEN {
         return Err(bad("the access_token is larger than 32 KiB"));
     }

@@ -100,6 +100,7 @@ fn read_assertion(file: &Path) -> Result<String, Error> {
     if token.is_empty() {
         return Err(fail("it is empty".into()));
     }
+    crate::redact::credential(token);
     Ok(token.to_string())
 }
 
