@@ -1036,19 +1036,49 @@ mod tests {
             }
             Some(found) => assert!(!found.is_empty(), "the scan finds a freed copy"),
         }
+        let chain = [fixture!("inter.pem"), fixture!("root.pem")].concat();
+        let pem_of = |key: &str, leaf: &str| [chain.as_str(), key, leaf].concat();
+        let (rsa, ec) = (fixture!("leaf-rsa.pem"), fixture!("leaf-ec.pem"));
         let cases = [
-            (fixture!("rsa-aes.pfx.b64"), fixture!("leaf-rsa.key")),
-            (fixture!("rsa-3des.pfx.b64"), fixture!("leaf-rsa.key")),
-            (fixture!("ec-aes.pfx.b64"), fixture!("leaf-ec.key")),
-            (fixture!("ec-3des.pfx.b64"), fixture!("leaf-ec.key")),
+            (
+                fixture!("rsa-aes.pfx.b64").to_string(),
+                PKCS12,
+                fixture!("leaf-rsa.key"),
+            ),
+            (
+                fixture!("rsa-3des.pfx.b64").into(),
+                PKCS12,
+                fixture!("leaf-rsa.key"),
+            ),
+            (
+                fixture!("ec-aes.pfx.b64").into(),
+                PKCS12,
+                fixture!("leaf-ec.key"),
+            ),
+            (
+                fixture!("ec-3des.pfx.b64").into(),
+                PKCS12,
+                fixture!("leaf-ec.key"),
+            ),
+            (fixture!("mixed.pem").into(), PEM, fixture!("leaf-rsa.key")),
+            (
+                pem_of(fixture!("leaf-rsa.pkcs1.key"), rsa),
+                PEM,
+                fixture!("leaf-rsa.key"),
+            ),
+            (
+                pem_of(fixture!("leaf-ec.sec1.key"), ec),
+                PEM,
+                fixture!("leaf-ec.key"),
+            ),
         ];
-        for (pfx, key) in cases {
+        for (value, kind, key) in cases {
             let masked = masked_secret_part(key);
-            {
-                let f = secret(pfx, Some(PKCS12));
-                let s = spec("tls.key=c?format=key");
-                let pem = extract(&s, &f, CertFormat::Key).unwrap();
-                assert!(!pem.is_empty());
+            for format in ["key", "pem"] {
+                let f = secret(&value, Some(kind));
+                let s = spec(&format!("tls.key=c?format={format}"));
+                let written = crate::shape::apply(&s, &f).unwrap();
+                assert!(!written.is_empty());
             }
             let Some(found) = find_in_memory(&masked) else {
                 println!("SKIPPED: /proc/self/mem cannot be read");
