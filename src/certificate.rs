@@ -6,6 +6,16 @@
 //! rather than trusting the order stored.
 //!
 //! Errors name the secret and what is wrong with it, never a byte of the key.
+//!
+//! A value is taken apart once per fetch (see [`Parsed`]), holds at most
+//! [`MAX_CERTIFICATES`], and its chain is ordered through a map of subjects, so a vault writer
+//! cannot make a fetch spin. Every buffer that holds the private key is a [`Zeroizing`] one,
+//! sized before it is filled: no copy of the key stays in freed memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use zeroize::Zeroizing;
 
 use crate::der::{self, Reader, read_tlv, tlv};
 use crate::encoding;
@@ -17,25 +27,61 @@ use crate::spec::SecretSpec;
 const PKCS12: &str = "application/x-pkcs12";
 const PEM: &str = "application/x-pem-file";
 
+/// Certificates beyond this in one value are refused: Key Vault values are at most 25 KB, about
+/// 200 certificates, and ordering more would let a vault writer make every fetch spin.
+pub const MAX_CERTIFICATES: usize = 256;
+
 /// A private key (PKCS#8 DER, if the secret holds one) and certificates (DER), as stored.
-type Parts = (Option<Vec<u8>>, Vec<Vec<u8>>);
+type Parts = (Option<Zeroizing<Vec<u8>>>, Vec<Vec<u8>>);
 
 /// A certificate secret taken apart: the private key (PKCS#8 DER) and the certificates (DER),
-/// leaf first, then each one's issuer up to the root as far as the secret holds them.
+/// leaf first, then each one's issuer up to the root as far as the secret holds them. The key
+/// is wiped when the bundle is dropped.
 pub struct Bundle {
-    key: Option<Vec<u8>>,
+    key: Option<Zeroizing<Vec<u8>>>,
     pub chain: Vec<Vec<u8>>,
     /// The leaf's notAfter (Unix seconds).
     pub not_after: i64,
 }
 
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        if let Some(k) = &mut self.key {
-            k.iter_mut().for_each(|b| *b = 0);
+/// Why a value is not a certificate kvfetch can use; made an [`Error`] that names the spec
+/// that read it.
+#[derive(Clone)]
+enum Refusal {
+    NotA(&'static str),
+    Broken(String),
+}
+
+impl Refusal {
+    fn error(&self, spec: &SecretSpec, f: &Fetched) -> Error {
+        match self {
+            Refusal::NotA(why) => not_a(spec, f, why),
+            Refusal::Broken(why) => broken(spec, why),
         }
     }
 }
+
+/// A fetched value taken apart as a certificate, once: every clone of a [`Fetched`] (each
+/// spec that reads the secret, each shaping of one snapshot, the expiry metric) shares it, so
+/// one fetch costs one parse and one ordering however many shapes read the value.
+#[derive(Clone, Default)]
+pub struct Parsed(Arc<OnceLock<Taken>>);
+
+/// Whether the value opened (a PFX whose MAC and encryption kvfetch reads, or PEM blocks it
+/// reads), and the bundle made of it.
+struct Taken {
+    opened: Result<(), Refusal>,
+    bundle: Result<Bundle, Refusal>,
+}
+
+impl PartialEq for Parsed {
+    /// Derived from the value, which `Fetched` compares itself.
+    fn eq(&self, _: &Parsed) -> bool {
+        true
+    }
+}
+
+impl Eq for Parsed {}
 
 /// Whether `f` is a certificate secret (either content type Key Vault stores certificates as).
 pub fn is_certificate(f: &Fetched) -> bool {
@@ -61,114 +107,213 @@ pub fn extract(spec: &SecretSpec, f: &Fetched, format: CertFormat) -> Result<Vec
                 "format=pfx needs a PFX (application/x-pkcs12)",
             ));
         }
-        let pfx = pfx_bytes(spec, f)?;
         // Checked, so a secret that is not a PFX is refused rather than written.
-        parse_pfx(spec, &pfx)?;
-        return Ok(pfx);
+        if let Err(r) = &taken(spec, f).opened {
+            return Err(r.error(spec, f));
+        }
+        let mut pfx = pfx_bytes(f).map_err(|r| r.error(spec, f))?;
+        return Ok(std::mem::take(&mut *pfx));
     }
     let bundle = bundle(spec, f)?;
-    let mut out = String::new();
-    if matches!(format, CertFormat::Pem | CertFormat::Key) {
-        let key = bundle.key.as_deref().ok_or_else(|| {
+    let key = match format {
+        CertFormat::Pem | CertFormat::Key => Some(bundle.key.as_deref().ok_or_else(|| {
             broken(
                 spec,
                 "it holds no private key (an exportable certificate's secret has one)",
             )
-        })?;
-        out.push_str(&pem_block("PRIVATE KEY", key));
-    }
+        })?),
+        _ => None,
+    };
     let certs = match format {
         CertFormat::Key => &[][..],
         CertFormat::Cert => &bundle.chain[..1],
         _ => &bundle.chain[..],
     };
-    for der in certs {
-        out.push_str(&pem_block("CERTIFICATE", der));
+    let blocks: Vec<(&str, &[u8])> = key
+        .map(|k| ("PRIVATE KEY", k.as_slice()))
+        .into_iter()
+        .chain(certs.iter().map(|c| ("CERTIFICATE", c.as_slice())))
+        .collect();
+    // Sized up front: a String that grows leaves copies of the key's text where it was.
+    let len = blocks.iter().map(|(l, d)| pem_len(l, d.len())).sum();
+    let mut out = String::with_capacity(len);
+    for (label, der) in blocks {
+        push_pem(&mut out, label, der);
     }
     Ok(out.into_bytes())
 }
 
-/// Take the certificate secret `f` apart (for `format=` and the expiry metric).
-pub fn bundle(spec: &SecretSpec, f: &Fetched) -> Result<Bundle, Error> {
-    let (key, certs) = match kind(f) {
-        Some(PKCS12) => parse_pfx(spec, &pfx_bytes(spec, f)?)?,
-        Some(_) => parse_pem(spec, &f.value)?,
-        None => return Err(not_a(spec, f, "format= reads certificates only")),
+/// Take apart every certificate value a `format=` spec reads, while `deadline` lasts: what
+/// each costs is bounded, and none is begun after the deadline (the outputs then shape the
+/// values already taken apart).
+pub fn prepare(
+    specs: &[SecretSpec],
+    values: &[Option<Fetched>],
+    deadline: &crate::retry::Deadline,
+) -> Result<(), Error> {
+    let certificates = specs
+        .iter()
+        .zip(values)
+        .filter(|(s, _)| s.shape.format.is_some());
+    for (spec, f) in certificates.filter_map(|(s, f)| Some((s, f.as_ref()?))) {
+        if f.parsed.0.get().is_none() && deadline.remaining().is_zero() {
+            return Err(broken(
+                spec,
+                "taking it apart would run past --timeout (the run's time went to fetching and to the certificates before it)",
+            ));
+        }
+        taken(spec, f);
+    }
+    Ok(())
+}
+
+/// The certificate secret `f` taken apart (for `format=` and the expiry metric), once per
+/// fetched value.
+pub fn bundle<'f>(spec: &SecretSpec, f: &'f Fetched) -> Result<&'f Bundle, Error> {
+    taken(spec, f).bundle.as_ref().map_err(|r| r.error(spec, f))
+}
+
+fn taken<'f>(spec: &SecretSpec, f: &'f Fetched) -> &'f Taken {
+    f.parsed.0.get_or_init(|| take_apart(spec, f))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread took a certificate value apart.
+    static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+fn parses() -> usize {
+    PARSES.with(std::cell::Cell::get)
+}
+
+fn take_apart(spec: &SecretSpec, f: &Fetched) -> Taken {
+    #[cfg(test)]
+    PARSES.with(|p| p.set(p.get() + 1));
+    let parts = match kind(f) {
+        Some(PKCS12) => pfx_bytes(f).and_then(|pfx| parse_pfx(&pfx)),
+        Some(_) => parse_pem(&f.value),
+        None => Err(Refusal::NotA("format= reads certificates only")),
     };
+    match parts {
+        Ok(parts) => Taken {
+            opened: Ok(()),
+            bundle: order(spec, parts),
+        },
+        Err(r) => Taken {
+            opened: Err(r.clone()),
+            bundle: Err(r),
+        },
+    }
+}
+
+/// The bundle of a value's key and certificates: the leaf, then each one's issuer.
+fn order(spec: &SecretSpec, (key, certs): Parts) -> Result<Bundle, Refusal> {
+    let broken = |why: &str| Refusal::Broken(why.to_string());
     if certs.is_empty() {
-        return Err(broken(spec, "it holds no certificate"));
+        return Err(broken("it holds no certificate"));
     }
     let parsed = certs
         .iter()
         .map(|c| parse_cert(c))
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            broken(
-                spec,
-                "a certificate in it is not X.509 DER kvfetch can read",
-            )
-        })?;
-    let leaf = leaf_index(&parsed, key.as_deref()).map_err(|why| broken(spec, why))?;
-    let mut order = vec![leaf];
-    while let Some(&last) = order.last() {
-        let cert = &parsed[last];
-        if cert.subject == cert.issuer {
-            break; // self-signed: the root
-        }
-        let issuer = latest(&parsed, |i, c| !order.contains(&i) && cert.issued_by(c));
-        match issuer {
-            Some(next) => order.push(next),
-            None => break,
-        }
-    }
-    if order.len() < parsed.len() {
+        .ok_or_else(|| broken("a certificate in it is not X.509 DER kvfetch can read"))?;
+    let by_subject = by_subject(&parsed);
+    let leaf =
+        leaf_index(&parsed, &by_subject, key.as_deref().map(Vec::as_slice)).map_err(broken)?;
+    let chain = chain_from(&parsed, &by_subject, leaf);
+    if chain.len() < parsed.len() {
         crate::log::warn(
             "a certificate secret holds certificates outside the leaf's chain; they are left out",
             &[
                 ("secret", &spec.reference()),
-                ("left_out", &(parsed.len() - order.len()).to_string()),
+                ("left_out", &(parsed.len() - chain.len()).to_string()),
             ],
         );
     }
-    let not_after = parsed[leaf].not_after;
     Ok(Bundle {
-        chain: order.iter().map(|i| certs[*i].clone()).collect(),
+        chain: chain.iter().map(|i| certs[*i].clone()).collect(),
         key,
-        not_after,
+        not_after: parsed[leaf].not_after,
     })
+}
+
+/// The certificates by subject name, to find an issuer without scanning them all.
+type BySubject<'c> = HashMap<&'c [u8], Vec<usize>>;
+
+fn by_subject<'c>(certs: &[Cert<'c>]) -> BySubject<'c> {
+    let mut map: BySubject = HashMap::new();
+    for (i, c) in certs.iter().enumerate() {
+        map.entry(c.subject).or_default().push(i);
+    }
+    map
+}
+
+/// The leaf's chain: each certificate's issuer (the latest-expiring unused one), until a
+/// self-signed root or no issuer. Each step looks only at the certificates of one name, and
+/// each certificate is used once: at most n² steps for n certificates, n log n for distinct
+/// names.
+fn chain_from(certs: &[Cert], by_subject: &BySubject, leaf: usize) -> Vec<usize> {
+    let mut used = vec![false; certs.len()];
+    used[leaf] = true;
+    let mut chain = vec![leaf];
+    let mut last = leaf;
+    while certs[last].subject != certs[last].issuer {
+        let cert = &certs[last];
+        let candidates = by_subject.get(cert.issuer).map_or(&[][..], Vec::as_slice);
+        let next = latest(certs, candidates, |i, c| !used[i] && cert.issued_by(c));
+        let Some(next) = next else { break };
+        used[next] = true;
+        chain.push(next);
+        last = next;
+    }
+    chain
 }
 
 /// The leaf: the certificate whose public key is the private key's (the latest-expiring one
 /// should a key have been reused). A key whose public half cannot be read is refused rather
 /// than paired with a guess. Without a key (a PEM of certificates only): the one certificate
 /// that issued none of the others.
-fn leaf_index(certs: &[Cert], key: Option<&[u8]>) -> Result<usize, &'static str> {
+fn leaf_index(
+    certs: &[Cert],
+    by_subject: &BySubject,
+    key: Option<&[u8]>,
+) -> Result<usize, &'static str> {
+    let all: Vec<usize> = (0..certs.len()).collect();
     if let Some(key) = key {
         let public = public_key_of(key).ok_or(
             "its private key does not carry a public key kvfetch can read (an EC key written without its public point, or a type other than RSA and EC), so its certificate cannot be told apart",
         )?;
-        return latest(certs, |_, c| c.public_key == public.as_slice())
+        return latest(certs, &all, |_, c| c.public_key == public.as_slice())
             .ok_or("its private key matches none of its certificates");
     }
-    let issues_another =
-        |i: usize| (0..certs.len()).any(|j| j != i && certs[j].issued_by(&certs[i]));
-    let ends: Vec<usize> = (0..certs.len()).filter(|i| !issues_another(*i)).collect();
+    let mut issues_another = vec![false; certs.len()];
+    for (j, cert) in certs.iter().enumerate() {
+        for &i in by_subject.get(cert.issuer).map_or(&[][..], Vec::as_slice) {
+            if i != j && cert.issued_by(&certs[i]) {
+                issues_another[i] = true;
+            }
+        }
+    }
+    let ends: Vec<usize> = all.into_iter().filter(|i| !issues_another[*i]).collect();
     match ends[..] {
         [leaf] => Ok(leaf),
         _ => Err("it holds no private key, and its certificates are not one chain"),
     }
 }
 
-/// Of the certificates `pick` accepts, the one that expires last (a renewed intermediate over
-/// an old one of the same name); the first on a tie.
-fn latest(certs: &[Cert], pick: impl Fn(usize, &Cert) -> bool) -> Option<usize> {
-    (0..certs.len()).filter(|i| pick(*i, &certs[*i])).fold(
-        None,
-        |best: Option<usize>, i| match best {
+/// Of the certificates `among` that `pick` accepts, the one that expires last (a renewed
+/// intermediate over an old one of the same name); the first on a tie.
+fn latest(certs: &[Cert], among: &[usize], pick: impl Fn(usize, &Cert) -> bool) -> Option<usize> {
+    among
+        .iter()
+        .copied()
+        .filter(|i| pick(*i, &certs[*i]))
+        .fold(None, |best: Option<usize>, i| match best {
             Some(b) if certs[b].not_after >= certs[i].not_after => Some(b),
             _ => Some(i),
-        },
-    )
+        })
 }
 
 /// The fields of an X.509 certificate kvfetch needs: names (compared as encoded), the
@@ -246,48 +391,49 @@ fn parse_cert(der_bytes: &[u8]) -> Option<Cert<'_>> {
     })
 }
 
-fn pfx_bytes(spec: &SecretSpec, f: &Fetched) -> Result<Vec<u8>, Error> {
+fn pfx_bytes(f: &Fetched) -> Result<Zeroizing<Vec<u8>>, Refusal> {
     encoding::base64_strict(&f.value, false)
-        .map_err(|why| broken(spec, &format!("its PFX is not base64 ({why})")))
+        .map(Zeroizing::new)
+        .map_err(|why| Refusal::Broken(format!("its PFX is not base64 ({why})")))
 }
 
 /// A PFX as Key Vault stores it (empty password): its first key and every certificate.
-fn parse_pfx(spec: &SecretSpec, pfx: &[u8]) -> Result<Parts, Error> {
-    let contents = crate::pkcs12::open(pfx).map_err(|why| broken(spec, &why))?;
+fn parse_pfx(pfx: &[u8]) -> Result<Parts, Refusal> {
+    let contents = crate::pkcs12::open(pfx).map_err(Refusal::Broken)?;
     Ok((contents.key, contents.certs))
 }
 
 /// PEM text: one private key (PKCS#8, or PKCS#1 RSA / SEC1 EC, converted to PKCS#8) and the
 /// certificates, in any order; other blocks are refused.
-fn parse_pem(spec: &SecretSpec, text: &str) -> Result<Parts, Error> {
+fn parse_pem(text: &str) -> Result<Parts, Refusal> {
+    let broken = |why: &str| Refusal::Broken(why.to_string());
     let mut key = None;
     let mut certs = Vec::new();
-    for block in pem_blocks(text).map_err(|why| broken(spec, &why))? {
-        let (label, der) = block;
+    for block in pem_blocks(text).map_err(Refusal::Broken)? {
+        let (label, mut der) = block;
         let pkcs8 = match label.as_str() {
             "CERTIFICATE" => {
-                certs.push(der);
+                certs.push(std::mem::take(&mut *der));
                 continue;
             }
             "PRIVATE KEY" => der,
             "RSA PRIVATE KEY" => pkcs8_wrap(&RSA_ALGORITHM, &der),
             "EC PRIVATE KEY" => {
-                let curve = sec1_curve(&der)
-                    .ok_or_else(|| broken(spec, "its EC PRIVATE KEY names no curve"))?;
+                let curve =
+                    sec1_curve(&der).ok_or_else(|| broken("its EC PRIVATE KEY names no curve"))?;
                 let mut alg = EC_ALGORITHM.to_vec();
                 alg.extend_from_slice(&curve);
                 pkcs8_wrap(&tlv(0x30, &alg), &without_parameters(&der))
             }
             "ENCRYPTED PRIVATE KEY" => {
                 return Err(broken(
-                    spec,
                     "its private key is encrypted; store it unencrypted (Key Vault protects it)",
                 ));
             }
-            _ => return Err(broken(spec, "it holds a PEM block kvfetch does not read")),
+            _ => return Err(broken("it holds a PEM block kvfetch does not read")),
         };
         if key.replace(pkcs8).is_some() {
-            return Err(broken(spec, "it holds more than one private key"));
+            return Err(broken("it holds more than one private key"));
         }
     }
     Ok((key, certs))
@@ -303,10 +449,14 @@ const PEM_LABELS: [&str; 5] = [
     "ENCRYPTED PRIVATE KEY",
 ];
 
+/// A PEM block's label and its DER, wiped when dropped (it may be a key).
+type Block = (String, Zeroizing<Vec<u8>>);
+
 /// `(label, DER)` of each `-----BEGIN …-----` block; every label is one of [`PEM_LABELS`].
-fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn pem_blocks(text: &str) -> Result<Vec<Block>, String> {
     let mut blocks = Vec::new();
     let mut rest = text;
+    let mut certificates = 0;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after = &rest[start + 11..];
         let line = after.split(['\n', '\r']).next().unwrap_or_default();
@@ -316,12 +466,20 @@ fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
             .ok_or(
                 "a PEM block that is not a CERTIFICATE or an unencrypted PRIVATE KEY (PKCS#8, RSA or EC), or a malformed BEGIN line",
             )?;
+        // A key and the certificates; more is refused before the rest is decoded.
+        certificates += usize::from(label == "CERTIFICATE");
+        if certificates > MAX_CERTIFICATES || blocks.len() > MAX_CERTIFICATES {
+            return Err(format!(
+                "it holds more than {MAX_CERTIFICATES} certificates (Key Vault keeps a value of at most 25 KB, about 200); store the leaf and its chain only"
+            ));
+        }
         let body = &after[line.len()..];
         let end = format!("-----END {label}-----");
         let (b64, tail) = body
             .split_once(&end)
             .ok_or_else(|| format!("a {label} block has no END line"))?;
         let der = encoding::base64_strict(b64, false)
+            .map(Zeroizing::new)
             .map_err(|why| format!("a {label} block is not base64 ({why})"))?;
         blocks.push((label.to_string(), der));
         rest = tail;
@@ -332,14 +490,31 @@ fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(blocks)
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
-    let b64 = encoding::base64_encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+/// The length of the PEM block [`push_pem`] writes for `len` bytes of DER.
+fn pem_len(label: &str, len: usize) -> usize {
+    let b64 = len.div_ceil(3) * 4;
+    2 * label.len() + 32 + b64 + b64.div_ceil(64)
+}
+
+/// Append `der` as a PEM block, 64 characters a line. The base64 of each line is wiped.
+fn push_pem(out: &mut String, label: &str, der: &[u8]) {
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    for line in der.chunks(48) {
+        out.push_str(&Zeroizing::new(encoding::base64_encode(line)));
         out.push('\n');
     }
-    out.push_str(&format!("-----END {label}-----\n"));
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+}
+
+#[cfg(test)]
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let mut out = String::with_capacity(pem_len(label, der.len()));
+    push_pem(&mut out, label, der);
+    assert_eq!(out.len(), pem_len(label, der.len()));
     out
 }
 
@@ -372,11 +547,15 @@ const RSA_ALGORITHM: [u8; 15] = [
 const EC_ALGORITHM: [u8; 9] = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 
 /// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }.
-fn pkcs8_wrap(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
-    let mut body = vec![0x02, 0x01, 0x00];
-    body.extend_from_slice(algorithm);
-    body.extend(tlv(0x04, key));
-    tlv(0x30, &body)
+fn pkcs8_wrap(algorithm: &[u8], key: &[u8]) -> Zeroizing<Vec<u8>> {
+    let octets = der::header(0x04, key.len());
+    let body_len = 3 + algorithm.len() + octets.len() + key.len();
+    let outer = der::header(0x30, body_len);
+    let mut out = Zeroizing::new(Vec::with_capacity(outer.len() + body_len));
+    for part in [&outer[..], &[0x02, 0x01, 0x00], algorithm, &octets, key] {
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 /// The curve OID TLV in a SEC1 ECPrivateKey's `[0]` parameters.
@@ -394,18 +573,27 @@ fn sec1_curve(sec1: &[u8]) -> Option<Vec<u8>> {
 
 /// A SEC1 ECPrivateKey without its `[0]` curve parameters, which PKCS#8 carries in the
 /// AlgorithmIdentifier instead (as OpenSSL writes it).
-fn without_parameters(sec1: &[u8]) -> Vec<u8> {
-    let Some((_, mut body, _)) = read_tlv(sec1) else {
-        return sec1.to_vec();
+fn without_parameters(sec1: &[u8]) -> Zeroizing<Vec<u8>> {
+    let Some((_, body, _)) = read_tlv(sec1) else {
+        return Zeroizing::new(sec1.to_vec());
     };
-    let mut kept = Vec::with_capacity(body.len());
-    while let Some((tag, content, rest)) = read_tlv(body) {
-        if tag != 0xa0 {
-            kept.extend(tlv(tag, content));
-        }
-        body = rest;
-    }
-    tlv(0x30, &kept)
+    let kept = || {
+        let mut rest = body;
+        std::iter::from_fn(move || {
+            let (tag, _, next) = read_tlv(rest)?;
+            let whole = &rest[..rest.len() - next.len()];
+            rest = next;
+            Some((tag, whole))
+        })
+        .filter(|(tag, _)| *tag != 0xa0)
+        .map(|(_, whole)| whole)
+    };
+    let len = kept().map(<[u8]>::len).sum();
+    let outer = der::header(0x30, len);
+    let mut out = Zeroizing::new(Vec::with_capacity(outer.len() + len));
+    out.extend_from_slice(&outer);
+    kept().for_each(|whole| out.extend_from_slice(whole));
+    out
 }
 
 /// The public key, as a certificate's subjectPublicKey holds it, of a PKCS#8 private key: an
@@ -452,7 +640,7 @@ mod tests {
     fn pem_blocks_are_read_strictly() {
         let text = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
         assert_eq!(
-            pem_blocks(text).unwrap(),
+            blocks(text),
             vec![("CERTIFICATE".to_string(), vec![0, 1, 2])]
         );
         assert!(
@@ -474,7 +662,7 @@ mod tests {
             assert!(!e.contains(&key[..12]), "{e}");
         }
         assert_eq!(
-            pem_blocks(&pem_block("PRIVATE KEY", &[9; 100])).unwrap(),
+            blocks(&pem_block("PRIVATE KEY", &[9; 100])),
             vec![("PRIVATE KEY".to_string(), vec![9; 100])]
         );
     }
@@ -505,7 +693,8 @@ mod tests {
 
     /// The (label, DER) blocks of PEM text, to compare by content and not by line wrapping.
     fn blocks(text: &str) -> Vec<(String, Vec<u8>)> {
-        pem_blocks(text).unwrap()
+        let blocks = pem_blocks(text).unwrap().into_iter();
+        blocks.map(|(l, d)| (l, d.to_vec())).collect()
     }
 
     #[test]
@@ -688,9 +877,223 @@ mod tests {
     }
 
     #[test]
+    fn certificates_past_the_cap_are_refused_before_they_are_decoded() {
+        let block = "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n";
+        let at_cap = block.repeat(MAX_CERTIFICATES);
+        assert_eq!(pem_blocks(&[key, &at_cap].concat()).unwrap().len(), 257);
+        for over in [
+            block.repeat(MAX_CERTIFICATES + 1),
+            key.repeat(MAX_CERTIFICATES + 2),
+        ] {
+            let e = pem_blocks(&over).unwrap_err();
+            assert!(e.contains("more than 256 certificates"), "{e}");
+        }
+    }
+
+    #[test]
+    fn no_certificate_is_taken_apart_after_the_deadline() {
+        let f = secret(fixture!("rsa-3des.pfx.b64"), Some(PKCS12));
+        let specs = vec![spec("c?format=key")];
+        let values = vec![Some(f.clone())];
+        let before = parses();
+        let passed = crate::retry::Deadline::after(std::time::Duration::ZERO);
+        let e = prepare(&specs, &values, &passed).unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)), "{e}");
+        assert!(
+            e.to_string().contains("secret c ") && e.to_string().contains("--timeout"),
+            "{e}"
+        );
+        assert_eq!(parses(), before, "not begun");
+        let ample = crate::retry::Deadline::after(std::time::Duration::from_secs(3600));
+        prepare(&specs, &values, &ample).unwrap();
+        assert_eq!(parses(), before + 1);
+        // Taken apart already: shaping costs nothing more, the deadline passed or not.
+        prepare(&specs, &values, &passed).unwrap();
+        assert_eq!(parses(), before + 1);
+    }
+
+    #[test]
+    fn a_secret_read_in_several_shapes_is_taken_apart_once_per_fetch() {
+        let f = secret(fixture!("rsa-aes.pfx.b64"), Some(PKCS12));
+        let specs: Vec<_> = ["k=c?format=key", "t=c?format=cert", "ch=c?format=chain"]
+            .into_iter()
+            .map(spec)
+            .collect();
+        let values: Vec<_> = specs.iter().map(|_| Some(f.clone())).collect();
+        let before = parses();
+        // watch shapes a snapshot twice (checked, then written) and reads the expiry metric.
+        crate::fetch::shaped(&specs, &values).unwrap();
+        crate::fetch::shaped(&specs, &values).unwrap();
+        bundle(&specs[0], values[0].as_ref().unwrap()).unwrap();
+        assert_eq!(
+            parses() - before,
+            1,
+            "one parse and ordering per fetched value"
+        );
+    }
+
+    /// The bytes that identify a private key, XOR [`MASK`] (so this test holds no copy of its
+    /// own): 32 bytes from the middle of an RSA key's private exponent, or an EC key's scalar.
+    fn masked_secret_part(pkcs8_pem: &str) -> Vec<u8> {
+        let mut der = blocks(pkcs8_pem).remove(0).1;
+        let masked = {
+            let (_, info, _) = read_tlv(&der).unwrap();
+            let (_, _, rest) = read_tlv(info).unwrap();
+            let (_, _, rest) = read_tlv(rest).unwrap();
+            let (_, key, _) = read_tlv(rest).unwrap();
+            let (_, fields, _) = read_tlv(key).unwrap();
+            let (_, _, rest) = read_tlv(fields).unwrap(); // version
+            let (tag, first, rest) = read_tlv(rest).unwrap();
+            let secret = if tag == 0x04 {
+                first // EC: privateKey
+            } else {
+                let (_, _, rest) = read_tlv(rest).unwrap(); // publicExponent
+                let (_, d, _) = read_tlv(rest).unwrap();
+                &d[d.len() / 2 - 16..d.len() / 2 + 16]
+            };
+            secret.iter().map(|b| b ^ MASK).collect()
+        };
+        der.iter_mut()
+            .for_each(|b| unsafe { std::ptr::write_volatile(b, 0) });
+        masked
+    }
+
+    const MASK: u8 = 0xa5;
+
+    /// Where this process's writable memory holds `masked` (unmasked): /proc/self/mem, every
+    /// readable and writable mapping (heaps, thread arenas, stacks). `None`: it cannot be read.
+    fn find_in_memory(masked: &[u8]) -> Option<Vec<(u64, String)>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let mut mem = std::fs::File::open("/proc/self/mem").ok()?;
+        let mut found = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            if !perms.starts_with("rw") || line.contains("[v") {
+                continue;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(buf.len());
+                if mem.seek(SeekFrom::Start(at)).is_err() || mem.read_exact(&mut buf[..n]).is_err()
+                {
+                    break;
+                }
+                for (i, w) in buf[..n].windows(masked.len()).enumerate() {
+                    if w[0] ^ MASK == masked[0] && w.iter().zip(masked).all(|(a, b)| a ^ MASK == *b)
+                    {
+                        found.push((at + i as u64, line.to_string()));
+                    }
+                }
+                // Overlap the chunks so a copy across their border is seen.
+                at += (n as u64).saturating_sub(masked.len() as u64).max(1);
+                if n < buf.len() {
+                    break;
+                }
+            }
+        }
+        Some(found)
+    }
+
+    /// Decrypts the PFX files (3DES and AES, RSA and EC) as `watch --secret k=c?format=key` does,
+    /// drops everything, and scans this process's memory for the raw private key. Run alone in
+    /// a child process: other tests of this binary hold keys while they run.
+    #[test]
+    fn no_decrypted_private_key_stays_in_freed_memory() {
+        const CHILD: &str = "KVFETCH_TEST_KEY_SCAN";
+        let name = "certificate::tests::no_decrypted_private_key_stays_in_freed_memory";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            if text.contains("SKIPPED") {
+                println!("SKIPPED: this process's memory cannot be read here");
+            } else {
+                assert!(text.contains("scanned: no copy"), "{text}");
+            }
+            return;
+        }
+        // The scan sees a copy left in freed memory (past the 16 bytes malloc reuses).
+        let probe: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+        let mut left: Vec<u8> = vec![1; 32];
+        left.extend(probe.iter().map(|b| b ^ MASK));
+        drop(std::hint::black_box(left));
+        match find_in_memory(&probe) {
+            None => {
+                println!("SKIPPED: /proc/self/mem cannot be read");
+                return;
+            }
+            Some(found) => assert!(!found.is_empty(), "the scan finds a freed copy"),
+        }
+        let chain = [fixture!("inter.pem"), fixture!("root.pem")].concat();
+        let pem_of = |key: &str, leaf: &str| [chain.as_str(), key, leaf].concat();
+        let (rsa, ec) = (fixture!("leaf-rsa.pem"), fixture!("leaf-ec.pem"));
+        let cases = [
+            (
+                fixture!("rsa-aes.pfx.b64").to_string(),
+                PKCS12,
+                fixture!("leaf-rsa.key"),
+            ),
+            (
+                fixture!("rsa-3des.pfx.b64").into(),
+                PKCS12,
+                fixture!("leaf-rsa.key"),
+            ),
+            (
+                fixture!("ec-aes.pfx.b64").into(),
+                PKCS12,
+                fixture!("leaf-ec.key"),
+            ),
+            (
+                fixture!("ec-3des.pfx.b64").into(),
+                PKCS12,
+                fixture!("leaf-ec.key"),
+            ),
+            (fixture!("mixed.pem").into(), PEM, fixture!("leaf-rsa.key")),
+            (
+                pem_of(fixture!("leaf-rsa.pkcs1.key"), rsa),
+                PEM,
+                fixture!("leaf-rsa.key"),
+            ),
+            (
+                pem_of(fixture!("leaf-ec.sec1.key"), ec),
+                PEM,
+                fixture!("leaf-ec.key"),
+            ),
+        ];
+        for (value, kind, key) in cases {
+            let masked = masked_secret_part(key);
+            for format in ["key", "pem"] {
+                let f = secret(&value, Some(kind));
+                let s = spec(&format!("tls.key=c?format={format}"));
+                let written = crate::shape::apply(&s, &f).unwrap();
+                assert!(!written.is_empty());
+            }
+            let Some(found) = find_in_memory(&masked) else {
+                println!("SKIPPED: /proc/self/mem cannot be read");
+                return;
+            };
+            assert!(found.is_empty(), "raw key bytes left at {found:x?}");
+        }
+        println!("scanned: no copy of a decrypted key");
+    }
+
+    #[test]
     fn the_leaf_not_after_is_read() {
         let s = spec("c?format=cert");
-        let b = bundle(&s, &secret(fixture!("mixed.pem"), Some(PEM))).unwrap();
+        let f = secret(fixture!("mixed.pem"), Some(PEM));
+        let b = bundle(&s, &f).unwrap();
         let leaf = std::process::Command::new("openssl")
             .args([
                 "x509",

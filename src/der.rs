@@ -97,8 +97,15 @@ pub fn read_tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// Encode one TLV.
 pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = header(tag, content.len());
+    out.extend_from_slice(content);
+    out
+}
+
+/// The tag and length of a TLV of `len` content bytes, so a writer of key material can size
+/// its buffer before filling it.
+pub fn header(tag: u8, len: usize) -> Vec<u8> {
     let mut out = vec![tag];
-    let len = content.len();
     if len < 0x80 {
         out.push(len as u8);
     } else {
@@ -110,7 +117,6 @@ pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
-    out.extend_from_slice(content);
     out
 }
 

@@ -538,6 +538,7 @@ impl Session {
             let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
             select::drop_uncarriable(sel, self.plan.specs.len(), &mut snap, &mut dropped);
         }
+        crate::certificate::prepare(&snap.specs, &snap.values, &deadline)?;
         log::debug(
             "read",
             &[

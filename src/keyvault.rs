@@ -31,6 +31,9 @@ pub struct Fetched {
     pub updated: Option<u64>,
     /// When it was fetched (Unix seconds, this machine's clock).
     pub fetched_at: u64,
+    /// The value taken apart as a certificate, shared by its clones (see
+    /// [`crate::certificate::Parsed`]).
+    pub parsed: crate::certificate::Parsed,
 }
 
 impl fmt::Debug for Fetched {
@@ -48,15 +51,11 @@ impl Drop for Fetched {
     }
 }
 
-/// Overwrite a string's bytes with zeros before its memory is freed (a cheap guard against
-/// values lingering in freed heap memory; copies made by the HTTP stack are not reached).
+/// Overwrite a string's bytes, its whole capacity, with zeros before its memory is freed (a
+/// guard against values lingering in freed heap memory; copies made by the HTTP stack are not
+/// reached). `zeroize` writes so that the compiler cannot remove them; the string is left empty.
 pub fn wipe(s: &mut String) {
-    // SAFETY: zero bytes are valid UTF-8, and the writes stay within the string's length.
-    let bytes = unsafe { s.as_mut_vec() };
-    for b in bytes.iter_mut() {
-        // SAFETY: `b` is a valid, aligned, exclusive reference.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
+    zeroize::Zeroize::zeroize(s);
 }
 
 /// How the client behaves.
@@ -734,6 +733,7 @@ pub fn parse_bundle(body: &str) -> Option<Fetched> {
         expires: v.pointer("/attributes/exp").and_then(Value::as_u64),
         updated: v.pointer("/attributes/updated").and_then(Value::as_u64),
         fetched_at: crate::identity::token::now(),
+        parsed: Default::default(),
     })
 }
 

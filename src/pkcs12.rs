@@ -6,16 +6,21 @@
 //! (SHA-1 with 3-key 3DES-CBC, 40- or 128-bit RC2-CBC; what Windows, .NET and older OpenSSL
 //! write). ring (already in the binary for TLS) gives SHA, HMAC and PBKDF2; the block ciphers are
 //! RustCrypto's. Only DER is read: a BER-encoded PFX (indefinite lengths) is refused by name.
+//!
+//! Every buffer that holds decrypted bytes (a bag's private key, a decrypted SafeContents) or a
+//! derived key is a [`Zeroizing`] one, decrypted in place and never grown, so no copy of a key
+//! stays behind in freed memory.
 
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockDecryptMut, InnerIvInit, KeyInit, KeyIvInit};
 use ring::{digest, hmac, pbkdf2};
+use zeroize::Zeroizing;
 
 use crate::der::{self, Reader};
 
 /// A PFX's contents: its first private key (PKCS#8 DER) and every certificate (DER).
 pub struct Contents {
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Zeroizing<Vec<u8>>>,
     pub certs: Vec<Vec<u8>>,
 }
 
@@ -92,6 +97,24 @@ fn malformed(what: &str) -> String {
 
 /// Open `pfx` with the empty password.
 pub fn open(pfx: &[u8]) -> Result<Contents> {
+    let contents = open_unscrubbed(pfx);
+    scrub_stack();
+    contents
+}
+
+/// How much of the stack below [`open`]'s caller [`scrub_stack`] wipes: more than decrypting
+/// uses (the block ciphers decrypt several blocks at a time in stack buffers).
+const SCRUBBED: usize = 64 * 1024;
+
+/// Overwrite the stack that opening a PFX used, so no decrypted block stays in it.
+#[inline(never)]
+fn scrub_stack() {
+    let mut stack = [0xffu8; SCRUBBED];
+    zeroize::Zeroize::zeroize(&mut stack[..]);
+    std::hint::black_box(&stack);
+}
+
+fn open_unscrubbed(pfx: &[u8]) -> Result<Contents> {
     let mut work = Work(MAX_WORK);
     let mut top = Reader::new(pfx);
     let mut pfx_seq = top.sequence().ok_or_else(|| {
@@ -132,7 +155,7 @@ pub fn open(pfx: &[u8]) -> Result<Contents> {
             .ok_or_else(|| malformed("content type"))?;
         let safe = if kind == DATA {
             let mut wrapped = info;
-            data_body(&mut wrapped)?.to_vec()
+            Zeroizing::new(data_body(&mut wrapped)?.to_vec())
         } else if kind == ENCRYPTED_DATA {
             encrypted_data(&mut info, bmp, &mut work)?
         } else {
@@ -205,7 +228,7 @@ fn mac_password<'a>(mac: &mut Reader, auth_safe: &[u8], work: &mut Work) -> Resu
 }
 
 /// EncryptedData { version, EncryptedContentInfo { type, algorithm, [0] IMPLICIT content } }.
-fn encrypted_data(info: &mut Reader, bmp: &[u8], work: &mut Work) -> Result<Vec<u8>> {
+fn encrypted_data(info: &mut Reader, bmp: &[u8], work: &mut Work) -> Result<Zeroizing<Vec<u8>>> {
     let explicit = info
         .expect(der::CONTEXT_0)
         .ok_or_else(|| malformed("encrypted data"))?;
@@ -245,7 +268,7 @@ fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents, work: &mut Work) 
             .expect(der::CONTEXT_0)
             .ok_or_else(|| malformed("bag value"))?;
         let key = match id {
-            KEY_BAG => Some(value.to_vec()),
+            KEY_BAG => Some(Zeroizing::new(value.to_vec())),
             SHROUDED_KEY_BAG => {
                 let mut info = Reader::new(value)
                     .sequence()
@@ -257,7 +280,7 @@ fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents, work: &mut Work) 
                 if contents.key.is_some() {
                     None // only the first key is used: the others are not decrypted
                 } else {
-                    Some(tlv_whole(&decrypt(alg, data, bmp, work)?)?)
+                    Some(tlv_whole(decrypt(alg, data, bmp, work)?)?)
                 }
             }
             CERT_BAG => {
@@ -287,15 +310,20 @@ fn read_bags(bags: &[u8], bmp: &[u8], contents: &mut Contents, work: &mut Work) 
 }
 
 /// The one TLV that decrypted bytes must be (a PrivateKeyInfo).
-fn tlv_whole(plain: &[u8]) -> Result<Vec<u8>> {
-    match der::read_tlv(plain) {
-        Some((der::SEQUENCE, _, [])) => Ok(plain.to_vec()),
+fn tlv_whole(plain: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+    match der::read_tlv(&plain) {
+        Some((der::SEQUENCE, _, [])) => Ok(plain),
         _ => Err(malformed("a decrypted key is not a PrivateKeyInfo")),
     }
 }
 
 /// Decrypt `data` with the password-based scheme `alg` (an AlgorithmIdentifier's content).
-fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8], work: &mut Work) -> Result<Vec<u8>> {
+fn decrypt(
+    mut alg: Reader,
+    data: &[u8],
+    bmp: &[u8],
+    work: &mut Work,
+) -> Result<Zeroizing<Vec<u8>>> {
     let oid = alg
         .expect(der::OID)
         .ok_or_else(|| malformed("encryption algorithm"))?;
@@ -313,7 +341,7 @@ fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8], work: &mut Work) -> Result<
     // The key (up to 24 bytes: two SHA-1 rounds) and the IV (one).
     work.spend(iterations, 3)?;
     let sha1 = &digest::SHA1_FOR_LEGACY_USE_ONLY;
-    let mut buf = data.to_vec();
+    let mut buf = Zeroizing::new(data.to_vec());
     let plain = match oid {
         PBE_SHA1_3DES => {
             let key = kdf(sha1, bmp, salt, 1, iterations, 24);
@@ -321,7 +349,7 @@ fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8], work: &mut Work) -> Result<
             cbc::Decryptor::<des::TdesEde3>::new_from_slices(&key, &iv)
                 .map_err(|_| failed())?
                 .decrypt_padded_mut::<Pkcs7>(&mut buf)
-                .map(<[u8]>::to_vec)
+                .map(<[u8]>::len)
         }
         PBE_SHA1_RC2_40 | PBE_SHA1_RC2_128 => {
             let bits = if oid == PBE_SHA1_RC2_40 { 40 } else { 128 };
@@ -331,16 +359,18 @@ fn decrypt(mut alg: Reader, data: &[u8], bmp: &[u8], work: &mut Work) -> Result<
             cbc::Decryptor::<rc2::Rc2>::inner_iv_slice_init(cipher, &iv)
                 .map_err(|_| failed())?
                 .decrypt_padded_mut::<Pkcs7>(&mut buf)
-                .map(<[u8]>::to_vec)
+                .map(<[u8]>::len)
         }
         _ => return Err("its PFX is encrypted with a scheme kvfetch does not read; re-export it with AES-256 or 3DES".into()),
     };
-    plain.map_err(|_| failed())
+    let len = plain.map_err(|_| failed())?;
+    buf.truncate(len); // the padding after it is wiped with the rest of the capacity
+    Ok(buf)
 }
 
 /// PBES2 { keyDerivationFunc PBKDF2 {salt, iterations, keyLength?, prf?}, encryptionScheme }.
 /// `None`: the decryption failed (wrong key); `Some(Err)`: the parameters are not readable.
-fn pbes2(params: &mut Reader, data: &[u8], work: &mut Work) -> Option<Result<Vec<u8>>> {
+fn pbes2(params: &mut Reader, data: &[u8], work: &mut Work) -> Option<Result<Zeroizing<Vec<u8>>>> {
     let parsed = (|| {
         let mut kdf_alg = params.sequence()?;
         if kdf_alg.expect(der::OID)? != PBKDF2 {
@@ -387,20 +417,22 @@ fn pbes2(params: &mut Reader, data: &[u8], work: &mut Work) -> Option<Result<Vec
         _ => return Some(Err("its PFX is encrypted with a cipher kvfetch does not read; re-export it with AES-256 or 3DES".into())),
     };
     let iterations = std::num::NonZeroU32::new(iterations)?;
-    let mut key = vec![0u8; key_len];
+    let mut key = Zeroizing::new(vec![0u8; key_len]);
     // PBES2 takes the password as its UTF-8 bytes: the empty password is no bytes at all.
     pbkdf2::derive(prf, iterations, salt, b"", &mut key);
-    let mut buf = data.to_vec();
+    let mut buf = Zeroizing::new(data.to_vec());
     let plain = match cipher {
         AES128_CBC => cbc_decrypt::<aes::Aes128>(&key, iv, &mut buf),
         AES192_CBC => cbc_decrypt::<aes::Aes192>(&key, iv, &mut buf),
         AES256_CBC => cbc_decrypt::<aes::Aes256>(&key, iv, &mut buf),
         _ => cbc_decrypt::<des::TdesEde3>(&key, iv, &mut buf),
     };
-    plain.map(Ok)
+    buf.truncate(plain?);
+    Some(Ok(buf))
 }
 
-fn cbc_decrypt<C>(key: &[u8], iv: &[u8], buf: &mut [u8]) -> Option<Vec<u8>>
+/// Decrypt `buf` in place; the plaintext's length.
+fn cbc_decrypt<C>(key: &[u8], iv: &[u8], buf: &mut [u8]) -> Option<usize>
 where
     C: cbc::cipher::BlockDecrypt + cbc::cipher::BlockCipher + KeyInit,
 {
@@ -408,7 +440,7 @@ where
         .ok()?
         .decrypt_padded_mut::<Pkcs7>(buf)
         .ok()
-        .map(<[u8]>::to_vec)
+        .map(<[u8]>::len)
 }
 
 /// The PKCS#12 key derivation (RFC 7292, appendix B.2): `n` bytes for purpose `id` (1: key,
@@ -420,7 +452,7 @@ fn kdf(
     id: u8,
     iterations: u32,
     n: usize,
-) -> Vec<u8> {
+) -> Zeroizing<Vec<u8>> {
     let (u, v) = (hash.output_len(), hash.block_len());
     let fill = |s: &[u8]| -> Vec<u8> {
         if s.is_empty() {
@@ -429,10 +461,11 @@ fn kdf(
         let len = v * s.len().div_ceil(v);
         s.iter().cycle().take(len).copied().collect()
     };
-    let mut i: Vec<u8> = fill(salt);
+    let mut i = Zeroizing::new(Vec::with_capacity(2 * v + salt.len() + bmp.len()));
+    i.extend(fill(salt));
     i.extend(fill(bmp));
     let d = vec![id; v];
-    let mut out = Vec::with_capacity(n + u);
+    let mut out = Zeroizing::new(Vec::with_capacity(n + u));
     while out.len() < n {
         let mut ctx = digest::Context::new(hash);
         ctx.update(&d);
@@ -442,11 +475,11 @@ fn kdf(
             a = digest::digest(hash, a.as_ref());
         }
         let a = a.as_ref();
-        let b: Vec<u8> = a.iter().cycle().take(v).copied().collect();
+        let b: Zeroizing<Vec<u8>> = Zeroizing::new(a.iter().cycle().take(v).copied().collect());
         // Each v-byte block of I becomes (I_j + B + 1) mod 2^(8v).
         for block in i.chunks_mut(v) {
             let mut carry = 1u16;
-            for (x, y) in block.iter_mut().zip(&b).rev() {
+            for (x, y) in block.iter_mut().zip(b.iter()).rev() {
                 let sum = u16::from(*x) + u16::from(*y) + carry;
                 *x = sum as u8;
                 carry = sum >> 8;
