@@ -1531,11 +1531,33 @@ fn legacy_msi_endpoint() {
     let token = body["access_token"].as_str().unwrap();
     let c = claims(token);
     assert_eq!(
-        legacy_time(body["expires_on"].as_str().unwrap()),
-        c["exp"].as_u64().unwrap(),
-        "a date string in UTC: {}",
+        body["expires_on"].as_u64(),
+        c["exp"].as_u64(),
+        "epoch seconds, as the current SDKs read it: {}",
         body["expires_on"]
     );
+    // The 2017-era form, on request.
+    emu.set_legacy_date_expiry(true);
+    let (_, dated) = call(q, Some(emu.msi_secret()));
+    let c_dated = claims(dated["access_token"].as_str().unwrap());
+    assert_eq!(
+        legacy_time(dated["expires_on"].as_str().unwrap()),
+        c_dated["exp"].as_u64().unwrap(),
+        "a date string in UTC: {}",
+        dated["expires_on"]
+    );
+    // Selectors of the other endpoints are refused, not ignored.
+    for selector in ["object_id", "msi_res_id"] {
+        let (status, body) = call(
+            &format!("{q}&{selector}={}", id.object_id),
+            Some(emu.msi_secret()),
+        );
+        assert_eq!(
+            (status, body["statusCode"].as_u64()),
+            (400, Some(400)),
+            "{selector}: {body}"
+        );
+    }
     assert_eq!(c["oid"], emu.system_identity().unwrap().object_id.as_str());
     assert_eq!(vault_status_with(&emu, token), 200);
 
@@ -1571,7 +1593,7 @@ fn legacy_msi_endpoint() {
     assert_eq!((status, body["statusCode"].as_u64()), (400, Some(400)));
     emu.set_system_identity(false);
     assert_eq!(call(q, Some(emu.msi_secret())).0, 400);
-    assert_eq!(emu.counters().legacy_msi_token_requests, 7);
+    assert_eq!(emu.counters().legacy_msi_token_requests, 10);
 }
 
 #[test]

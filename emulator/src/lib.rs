@@ -34,7 +34,7 @@ use std::time::Duration;
 use std::{io, thread};
 
 pub use sources::ARC_API_VERSIONS;
-pub use state::{Counters, Fault, Identity, SecretInput};
+pub use state::{Counters, Fault, Identity, SecretInput, SecretPatch};
 pub use tls::VaultCert;
 pub use vault::API_VERSIONS;
 
@@ -270,6 +270,13 @@ impl Emulator {
         format!("http://{}", self.identity_addr)
     }
 
+    /// The authority host over HTTPS (`https://127.0.0.1:PORT`, the vault's listener and CA),
+    /// for clients that refuse a plain one, as MSAL and the Azure SDKs do: it serves
+    /// `POST /{tenant}/oauth2/v2.0/token` and `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+    pub fn authority_url_https(&self) -> String {
+        format!("https://{}", self.vault_addr)
+    }
+
     /// The tenant the Entra endpoint knows (`AZURE_TENANT_ID`); tokens carry it as `tid`.
     pub fn tenant_id(&self) -> String {
         self.world().tenant_id.clone()
@@ -397,6 +404,19 @@ impl Emulator {
     /// Add a version of `name` with attributes; returns the version id.
     pub fn set_secret_with(&self, name: &str, input: SecretInput) -> String {
         self.world().set_secret(name, input)
+    }
+
+    /// Change attributes of the latest version of `name` (managed, tags, exp, nbf,
+    /// contentType); false when there is no such secret.
+    pub fn patch_secret(&self, name: &str, patch: SecretPatch) -> bool {
+        self.world().patch_latest(name, patch)
+    }
+
+    /// Make the legacy endpoint write `expires_on` as the 2017-era date string
+    /// (`09/14/2017 01:05:09 PM +00:00`, what App Service answered in 2019-2020) instead of the
+    /// epoch seconds it writes by default (see docs/emulator.md).
+    pub fn set_legacy_date_expiry(&self, on: bool) {
+        self.world().legacy_date_expiry = on;
     }
 
     /// Disable (or re-enable) the latest version of `name`.
@@ -602,22 +622,7 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
         return identity::token(&mut w, req, Flavour::AppService, &shared.identity_header);
     }
     if let Some(tenant) = entra::tenant_of(path) {
-        let (fault, token_lifetime) = {
-            let mut w = lock(shared);
-            w.counters.entra_token_requests += 1;
-            w.note_agent(req);
-            let assertion = entra::form(req)
-                .into_iter()
-                .find(|(k, _)| k == "client_assertion");
-            if let Some((_, assertion)) = assertion {
-                w.counters.entra_assertions.push(assertion);
-            }
-            (w.entra_faults.pop_front(), w.token_lifetime.as_secs())
-        };
-        let service = entra::Faults { token_lifetime };
-        return hostile::answer(fault, &service, || {
-            Reply::Respond(entra::token(&mut lock(shared), req, tenant))
-        });
+        return entra_route(shared, req, tenant);
     }
     if path == sources::LEGACY_MSI_PATH {
         let mut w = lock(shared);
@@ -648,6 +653,45 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
     Reply::Respond(Response::text(404, "Not found"))
 }
 
+/// The Entra token endpoint (on the plain listener, and on the vault's HTTPS one for clients
+/// such as MSAL that need an `https` authority).
+fn entra_route(shared: &Shared, req: &Request, tenant: &str) -> Reply {
+    let (fault, token_lifetime) = {
+        let mut w = lock(shared);
+        w.counters.entra_token_requests += 1;
+        w.note_agent(req);
+        let assertion = entra::form(req)
+            .into_iter()
+            .find(|(k, _)| k == "client_assertion");
+        if let Some((_, assertion)) = assertion {
+            w.counters.entra_assertions.push(assertion);
+        }
+        (w.entra_faults.pop_front(), w.token_lifetime.as_secs())
+    };
+    let service = entra::Faults { token_lifetime };
+    hostile::answer(fault, &service, || {
+        Reply::Respond(entra::token(&mut lock(shared), req, tenant))
+    })
+}
+
+/// Entra on the vault's HTTPS listener: the token endpoint and the OIDC discovery document
+/// (`/{tenant}/v2.0/.well-known/openid-configuration`) MSAL reads first. None for vault paths.
+fn entra_https_route(shared: &Shared, req: &Request) -> Option<Reply> {
+    let path = req.path.trim_end_matches('/');
+    if let Some(tenant) = entra::tenant_of(path) {
+        return Some(entra_route(shared, req, tenant));
+    }
+    let tenant = entra::discovery_tenant_of(path)?;
+    let mut w = lock(shared);
+    w.counters.entra_discovery_requests += 1;
+    w.note_agent(req);
+    let host = req.header("host").unwrap_or("localhost").to_string();
+    let base = format!("https://{host}");
+    Some(Reply::Respond(entra::openid_configuration(
+        &w, &base, tenant,
+    )))
+}
+
 fn fabric_route(shared: &Shared, req: &Request) -> Reply {
     if req.path.trim_end_matches('/') != sources::SERVICE_FABRIC_PATH {
         return Reply::Respond(Response::text(404, "Not found"));
@@ -663,6 +707,9 @@ fn fabric_route(shared: &Shared, req: &Request) -> Reply {
 }
 
 fn vault_route(shared: &Shared, req: &Request) -> Reply {
+    if let Some(reply) = entra_https_route(shared, req) {
+        return reply;
+    }
     let name = vault::secret_name(req);
     let (fault, delay, tenant) = {
         let mut w = lock(shared);

@@ -56,6 +56,15 @@ pub fn legacy_msi(world: &mut World, req: &Request, secret: &str) -> Response {
     let Some(resource) = req.param("resource").filter(|r| !r.is_empty()) else {
         return fail(400, "Required audience parameter not specified");
     };
+    if let Some(other) = LEGACY_REFUSED_SELECTORS
+        .iter()
+        .find(|k| req.param(k).is_some())
+    {
+        return fail(
+            400,
+            &format!("api-version 2017-09-01 selects an identity by clientid only, not {other}"),
+        );
+    }
     let selector = req.param("clientid");
     let identity = world.find_identity(selector.as_deref().map(|id| ("client_id", id)));
     let Some(identity) = identity else {
@@ -63,16 +72,30 @@ pub fn legacy_msi(world: &mut World, req: &Request, secret: &str) -> Response {
     };
     let (access_token, _, exp) = mint(world, &identity, &resource);
     let shown = exp.saturating_add_signed(world.clock_skew);
+    let expires_on = match world.legacy_date_expiry {
+        true => json!(legacy_expires_on(shown)),
+        false => json!(shown),
+    };
     Response::json(
         200,
         &json!({
             "access_token": access_token,
-            "expires_on": legacy_expires_on(shown),
+            "expires_on": expires_on,
             "resource": resource,
             "token_type": "Bearer",
         }),
     )
 }
+
+/// Selectors other endpoints know that the legacy one refuses rather than ignore (ignoring
+/// them would hand out the system identity to a caller that asked for another).
+const LEGACY_REFUSED_SELECTORS: &[&str] = &[
+    "client_id",
+    "object_id",
+    "principal_id",
+    "msi_res_id",
+    "mi_res_id",
+];
 
 /// Cloud Shell: `POST` with `Metadata: true` and the form body `resource=…`; the token is the
 /// signed-in user's, whatever identities the host has.
