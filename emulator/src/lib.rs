@@ -9,8 +9,10 @@
 //! `tests/fixtures/azure/` are replayed against it to check that it does.
 //!
 //! Three listeners: plain HTTP for the identity endpoints, the Entra endpoint and the
-//! `/emulator/…` control API; HTTPS (a generated CA plus leaf) for the vault; and HTTPS with a
-//! self-signed certificate for Service Fabric, whose clients pin it by thumbprint. Tests drive it
+//! `/emulator/…` control API; HTTPS (a generated CA plus leaf) for the vault, and for the Entra
+//! endpoint with its OIDC discovery document again (MSAL and the Azure SDKs want an https
+//! authority); and HTTPS with a self-signed certificate for Service Fabric, whose clients pin it
+//! by thumbprint. Tests drive it
 //! through [`Emulator`]'s methods; scripts through the control API (see `control.rs`).
 
 mod b64;

@@ -1,5 +1,5 @@
 //! The other managed-identity sources (protocol.md §2.2–2.5), each as its platform answers:
-//! the legacy App Service endpoint (`MSI_ENDPOINT` + `MSI_SECRET`, api-version 2017-09-01),
+//! the legacy App Service / Azure ML endpoint (`MSI_ENDPOINT` + `MSI_SECRET`, api-version 2017-09-01),
 //! Cloud Shell (`MSI_ENDPOINT` alone), Azure Arc (a 401 challenge naming a key file, then
 //! `Authorization: Basic <key>`) and Service Fabric (HTTPS with a self-signed certificate, a
 //! `Secret` header). The Entra endpoint for workload identity is in `entra.rs`.
@@ -39,7 +39,10 @@ fn imds_error(status: u16, code: &str, text: &str) -> Response {
     Response::json(status, &json!({"error": code, "error_description": text}))
 }
 
-/// Legacy App Service: `GET ?api-version=2017-09-01&resource=…[&clientid=…]` with `secret`.
+/// Legacy App Service / Azure ML: `GET ?api-version=2017-09-01&resource=…[&clientid=…]` with
+/// `secret`. `expires_on` is epoch seconds (a JSON number), what the current SDKs parse (the
+/// 2017-era date string with `set_legacy_date_expiry`); the selectors of other endpoints are
+/// refused (docs/emulator.md says why).
 pub fn legacy_msi(world: &mut World, req: &Request, secret: &str) -> Response {
     let fail = |status: u16, message: &str| {
         Response::json(status, &json!({"statusCode": status, "message": message}))
