@@ -248,8 +248,8 @@ fn exports(emu: &Emulator, plan: &Plan, users: &[(String, Identity)]) -> String 
     let header = emu.identity_header().to_string();
     let mut out = String::from(
         "# kvfetch emulator: `. FILE` in a shell. The IMDS block is active; to use another source,\n\
-         # uncomment its block (a client takes the first complete source it finds, in the order\n\
-         # Service Fabric, App Service, legacy / Cloud Shell, Arc, then IMDS).\n",
+         # uncomment its block (one at a time: a client takes the first complete source it finds,\n\
+         # workload identity, Service Fabric, App Service, legacy / Cloud Shell, Arc, then IMDS).\n",
     );
     out += &block(
         "Common: the control API, the vault, its CA, IMDS (a wrong fallback lands here)",
@@ -261,6 +261,8 @@ fn exports(emu: &Emulator, plan: &Plan, users: &[(String, Identity)]) -> String 
             ("AZURE_POD_IDENTITY_AUTHORITY_HOST", emu.imds_url()),
         ],
     );
+    out += "# The Azure SDKs trust the CA through connection_verify=\"$KVFETCH_CA_FILE\" (Python) or\n\
+            # NODE_EXTRA_CA_CERTS (JavaScript); docs/emulator.md lists the client options they need.\n";
     out += &block(
         "App Service / Container Apps",
         false,
