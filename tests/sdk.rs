@@ -358,3 +358,32 @@ fn sdk_lists_a_paged_vault() {
     assert_eq!((c.kv_list_requests, c.kv_unauthenticated), (8, 1), "{c:?}");
     assert_eq!(c.imds_token_requests, 1);
 }
+
+/// Attributes set through the control API reach the SDK's `SecretProperties` with the types
+/// the service gives them.
+#[test]
+fn sdk_reads_attributes_set_through_the_control_api() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret(NAME, VALUE);
+    let body = r#"{"managed":true,"tags":{"team":"a"},"exp":4102444800,"nbf":1700000000,"contentType":"text/plain"}"#;
+    let r = kvfetch::http::identity_agent()
+        .patch(format!("{}/secrets/{NAME}", emu.control_url()))
+        .send(body)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let s = Scratch::new();
+    let env = base_env(&emu, &s.0);
+    let out = s.path("out.json");
+    let (ok, stderr) = finish(sdk_command(&args(&emu, &out, &["props", NAME]), &env));
+    let got = result(ok, &stderr, &out);
+    assert_eq!(
+        got,
+        serde_json::json!({
+            "managed": true,
+            "tags": {"team": "a"},
+            "content_type": "text/plain",
+            "expires_on": 4_102_444_800u64,
+            "not_before": 1_700_000_000u64,
+        })
+    );
+}

@@ -2,6 +2,7 @@
 
 usage: fetch.py VAULT_URL CA_FILE OUT_FILE get NAME
        fetch.py VAULT_URL CA_FILE OUT_FILE list
+       fetch.py VAULT_URL CA_FILE OUT_FILE props NAME
        fetch.py VAULT_URL CA_FILE OUT_FILE msal
 
 The identity source is the one the environment selects, as in production: workload identity
@@ -69,6 +70,15 @@ def main(vault_url, ca_file, out_file, action, name=None):
     )
     if action == "get":
         result = {"value": client.get_secret(name).value}
+    elif action == "props":
+        p = client.get_secret(name).properties
+        result = {
+            "managed": p.managed,
+            "tags": p.tags,
+            "content_type": p.content_type,
+            "expires_on": int(p.expires_on.timestamp()) if p.expires_on else None,
+            "not_before": int(p.not_before.timestamp()) if p.not_before else None,
+        }
     else:
         result = {"names": [p.name for p in client.list_properties_of_secrets(max_page_size=2)]}
     with open(out_file, "w", encoding="utf-8") as f:
