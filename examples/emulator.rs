@@ -44,6 +44,8 @@ Source settings:
   --token-lifetime SECS         token lifetime [86400]
 Other:
   --ca-file PATH                write the vault CA here [a temp file]
+  --ca-bundle-file PATH         write the vault CA and the Service Fabric certificate here, for
+                                clients that trust roots rather than pin (NODE_EXTRA_CA_CERTS)
   --kv-delay-ms MS              delay every vault answer [0]
   --env-file PATH               also write the export lines to PATH (mode 0600)
   -h, --help                    this help
@@ -59,6 +61,7 @@ struct Plan {
     legacy_date_expiry: bool,
     kv_delay: u64,
     env_file: Option<String>,
+    ca_bundle_file: Option<String>,
 }
 
 fn main() {
@@ -165,6 +168,7 @@ fn setting(config: &mut Config, plan: &mut Plan, flag: &str, v: String) -> Resul
         }
         "--kv-delay-ms" => plan.kv_delay = number(&v)?,
         "--env-file" => plan.env_file = Some(v),
+        "--ca-bundle-file" => plan.ca_bundle_file = Some(v),
         other => return Err(format!("unknown option {other}")),
     }
     Ok(())
@@ -193,6 +197,11 @@ fn serve(config: Config, plan: Plan) -> Result<(), String> {
     }
     emulator.set_legacy_date_expiry(plan.legacy_date_expiry);
     emulator.set_kv_delay(Duration::from_millis(plan.kv_delay));
+    if let Some(path) = &plan.ca_bundle_file {
+        let ca = std::fs::read_to_string(emulator.ca_file()).map_err(|e| format!("CA: {e}"))?;
+        let bundle = format!("{ca}{}", emulator.service_fabric_cert_pem());
+        std::fs::write(path, bundle).map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
     let exports = exports(&emulator, &plan, &users);
     if let Some(path) = &plan.env_file {
         write_private(path, &exports).map_err(|e| format!("cannot write {path}: {e}"))?;
@@ -262,7 +271,8 @@ fn exports(emu: &Emulator, plan: &Plan, users: &[(String, Identity)]) -> String 
         ],
     );
     out += "# The Azure SDKs trust the CA through connection_verify=\"$KVFETCH_CA_FILE\" (Python) or\n\
-            # NODE_EXTRA_CA_CERTS (JavaScript); docs/emulator.md lists the client options they need.\n";
+            # NODE_EXTRA_CA_CERTS (JavaScript; for Service Fabric too, a --ca-bundle-file);\n\
+            # docs/emulator.md lists the client options they need.\n";
     out += &block(
         "App Service / Container Apps",
         false,

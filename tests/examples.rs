@@ -358,6 +358,8 @@ fn the_emulator_command_serves_every_source_its_env_file_names() {
         .arg(format!("wi-client={}", token.display()))
         .arg("--env-file")
         .arg(&env_file)
+        .arg("--ca-bundle-file")
+        .arg(s.path("bundle.pem"))
         .env_clear()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -368,6 +370,12 @@ fn the_emulator_command_serves_every_source_its_env_file_names() {
         read(&env_file).contains("AZURE_FEDERATED_TOKEN_FILE")
     });
     assert_eq!(mode(&env_file) & 0o777, 0o600);
+    let bundle = read(&s.path("bundle.pem"));
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "the vault CA and Service Fabric's"
+    );
     let text = read(&env_file);
     let blocks = [
         ("Common", "imds_token_requests"),

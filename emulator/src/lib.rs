@@ -139,6 +139,7 @@ pub struct Emulator {
     vault_addr: SocketAddr,
     service_fabric_addr: SocketAddr,
     service_fabric_thumbprint: String,
+    service_fabric_pem: String,
     ca_file: PathBuf,
     temp_dir: Option<PathBuf>,
 }
@@ -246,6 +247,7 @@ impl Emulator {
             vault_addr,
             service_fabric_addr,
             service_fabric_thumbprint: tls::thumbprint(&service_fabric_tls.der),
+            service_fabric_pem: service_fabric_tls.pem.clone(),
             ca_file,
             temp_dir,
         })
@@ -362,6 +364,12 @@ impl Emulator {
     /// certificate's DER, 40 upper-case hex digits.
     pub fn service_fabric_thumbprint(&self) -> String {
         self.service_fabric_thumbprint.clone()
+    }
+
+    /// The Service Fabric endpoint's self-signed certificate as PEM, for clients that trust it
+    /// as a root rather than pin its thumbprint (MSAL for JavaScript: `NODE_EXTRA_CA_CERTS`).
+    pub fn service_fabric_cert_pem(&self) -> &str {
+        &self.service_fabric_pem
     }
 
     /// The vault's base URL (`https://127.0.0.1:PORT`).
