@@ -51,6 +51,30 @@ Other:
   -h, --help                    this help
 ";
 
+/// The flags that take a value.
+const VALUE_FLAGS: &[&str] = &[
+    "--secret",
+    "--managed",
+    "--tag",
+    "--exp",
+    "--nbf",
+    "--content-type",
+    "--identity-addr",
+    "--vault-addr",
+    "--service-fabric-addr",
+    "--ca-file",
+    "--ca-bundle-file",
+    "--token-lifetime",
+    "--identity-header",
+    "--msi-secret",
+    "--arc-key-dir",
+    "--arc-realm-dir",
+    "--user-identity",
+    "--federate",
+    "--kv-delay-ms",
+    "--env-file",
+];
+
 /// What the command line asks for beyond the library's [`Config`].
 #[derive(Default)]
 struct Plan {
@@ -101,14 +125,16 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<(Config, Plan)
         if flag == "-h" || flag == "--help" {
             return Ok(None);
         }
-        if flag == "--no-system-identity" || flag == "--legacy-date-expiry" {
-            config.system_identity &= flag != "--no-system-identity";
-            plan.legacy_date_expiry |= flag == "--legacy-date-expiry";
-            continue;
-        }
-        let v = args.next().ok_or(format!("{flag} needs a value"))?;
-        if !secret_flag(&mut plan, &flag, &v)? {
-            setting(&mut config, &mut plan, &flag, v)?;
+        match flag.as_str() {
+            "--no-system-identity" => config.system_identity = false,
+            "--legacy-date-expiry" => plan.legacy_date_expiry = true,
+            f if !VALUE_FLAGS.contains(&f) => return Err(format!("unknown option {f}")),
+            _ => {
+                let v = args.next().ok_or(format!("{flag} needs a value"))?;
+                if !secret_flag(&mut plan, &flag, &v)? {
+                    setting(&mut config, &mut plan, &flag, v)?;
+                }
+            }
         }
     }
     Ok(Some((config, plan)))
