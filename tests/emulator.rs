@@ -1531,11 +1531,33 @@ fn legacy_msi_endpoint() {
     let token = body["access_token"].as_str().unwrap();
     let c = claims(token);
     assert_eq!(
-        legacy_time(body["expires_on"].as_str().unwrap()),
-        c["exp"].as_u64().unwrap(),
-        "a date string in UTC: {}",
+        body["expires_on"].as_u64(),
+        c["exp"].as_u64(),
+        "epoch seconds, as the current SDKs read it: {}",
         body["expires_on"]
     );
+    // The 2017-era form, on request.
+    emu.set_legacy_date_expiry(true);
+    let (_, dated) = call(q, Some(emu.msi_secret()));
+    let c_dated = claims(dated["access_token"].as_str().unwrap());
+    assert_eq!(
+        legacy_time(dated["expires_on"].as_str().unwrap()),
+        c_dated["exp"].as_u64().unwrap(),
+        "a date string in UTC: {}",
+        dated["expires_on"]
+    );
+    // Selectors of the other endpoints are refused, not ignored.
+    for selector in ["object_id", "msi_res_id"] {
+        let (status, body) = call(
+            &format!("{q}&{selector}={}", id.object_id),
+            Some(emu.msi_secret()),
+        );
+        assert_eq!(
+            (status, body["statusCode"].as_u64()),
+            (400, Some(400)),
+            "{selector}: {body}"
+        );
+    }
     assert_eq!(c["oid"], emu.system_identity().unwrap().object_id.as_str());
     assert_eq!(vault_status_with(&emu, token), 200);
 
@@ -1571,7 +1593,7 @@ fn legacy_msi_endpoint() {
     assert_eq!((status, body["statusCode"].as_u64()), (400, Some(400)));
     emu.set_system_identity(false);
     assert_eq!(call(q, Some(emu.msi_secret())).0, 400);
-    assert_eq!(emu.counters().legacy_msi_token_requests, 7);
+    assert_eq!(emu.counters().legacy_msi_token_requests, 10);
 }
 
 #[test]
@@ -1948,4 +1970,69 @@ fn service_fabric_endpoint_pins_a_self_signed_certificate() {
     );
     // The TLS-refused request never reached the handler.
     assert_eq!(emu.counters().service_fabric_token_requests, 6);
+}
+
+#[test]
+fn control_api_sets_secret_attributes() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("attrs", "v");
+    let agent = identity_agent();
+    let patch = |name: &str, body: &str| {
+        agent
+            .patch(format!("{}/secrets/{name}", emu.control_url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let body = r#"{"managed":true,"tags":{"team":"a","env":"dev"},"exp":4102444800,"nbf":1700000000,"contentType":"text/plain"}"#;
+    assert_eq!(patch("attrs", body), 200);
+    assert_eq!(patch("attrs", r#"{"tags":{"env":"prod"}}"#), 200);
+    assert_eq!(patch("missing", r#"{"managed":true}"#), 404);
+    assert_eq!(patch("attrs", r#"{"exp":"soon"}"#), 400);
+    assert_eq!(patch("attrs", r#"{"colour":"red"}"#), 400);
+    let token = token_for(&emu, "https://vault.azure.net");
+    let r = vault(&emu, "/secrets/attrs?api-version=7.4", Some(&token));
+    let v = json(&r);
+    assert_eq!(r.status, 200, "{v}");
+    assert_eq!(v["managed"], true, "{v}");
+    assert_eq!(v["contentType"], "text/plain");
+    assert_eq!(v["tags"], serde_json::json!({"team": "a", "env": "prod"}));
+    assert_eq!(
+        (
+            v["attributes"]["exp"].as_u64(),
+            v["attributes"]["nbf"].as_u64()
+        ),
+        (Some(4_102_444_800), Some(1_700_000_000))
+    );
+    // The legacy endpoint's expires_on form, switched by the control API.
+    let put = |body: &str| {
+        agent
+            .put(format!("{}/legacy-expiry", emu.control_url()))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body)
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!((put("date"), put("never")), (200, 400));
+    let url = format!(
+        "{}?api-version=2017-09-01&resource=https://vault.azure.net",
+        emu.msi_endpoint()
+    );
+    let r = get(&agent, &url, &[("secret", emu.msi_secret())], ms(5000)).unwrap();
+    assert!(
+        json(&r)["expires_on"]
+            .as_str()
+            .unwrap()
+            .ends_with(" +00:00")
+    );
+    assert_eq!(put("epoch"), 200);
+    let r = get(&agent, &url, &[("secret", emu.msi_secret())], ms(5000)).unwrap();
+    assert!(json(&r)["expires_on"].is_u64(), "{}", r.body);
 }

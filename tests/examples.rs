@@ -282,3 +282,201 @@ fn the_demo_runs_and_removes_its_directory() {
         emulator_dir.display()
     );
 }
+
+/// The env file with the block whose title starts with `title` uncommented.
+fn with_block(env_file: &str, title: &str) -> String {
+    let mut inside = false;
+    let mut out = String::new();
+    for line in env_file.lines() {
+        if line.starts_with("# ") && !line.starts_with("# export ") {
+            inside = line[2..].starts_with(title);
+        }
+        let line = match line.strip_prefix("# export ") {
+            Some(rest) if inside => format!("export {rest}"),
+            _ => line.to_string(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The emulator command's counters, through `$CONTROL` as the env file defines it.
+fn control_counters(sourced: &str) -> serde_json::Value {
+    let control = sourced
+        .lines()
+        .find_map(|l| l.strip_prefix("export CONTROL="))
+        .expect("the env file defines CONTROL")
+        .trim_matches('\'');
+    let url = format!("{control}/counters");
+    let r = kvfetch::http::get(&kvfetch::http::identity_agent(), &url, &[], ms(5000)).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// `kvfetch fetch --secret db --dir OUT` in a shell that sources `file` (and nothing else of
+/// this process's environment but PATH and short retry timings), run by `wrap` (`exec`, or a
+/// command that runs its arguments).
+fn fetch_sourcing(
+    file: &std::path::Path,
+    out: &std::path::Path,
+    wrap: &str,
+) -> std::process::Output {
+    let script = format!(
+        ". '{}' && {wrap} \"$KVFETCH_BIN_UNDER_TEST\" fetch --secret db --dir '{}'",
+        file.display(),
+        out.display()
+    );
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &script])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KVFETCH_BIN_UNDER_TEST", bin())
+        .env("KVFETCH_BACKOFF_BASE", "10ms")
+        .env("KVFETCH_TIMEOUT", "20s");
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_emulator_command_serves_every_source_its_env_file_names() {
+    let exe = std::env::current_exe().unwrap();
+    let command = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/emulator");
+    assert!(
+        command.exists(),
+        "{} (a plain cargo test builds the examples; a filtered one may leave it stale)",
+        command.display()
+    );
+    let s = Scratch::new();
+    let token = s.path("azure-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ0In0.c2ln\n").unwrap();
+    let env_file = s.path("emulator.env");
+    let child = std::process::Command::new(&command)
+        .args(["--secret", "db=from-the-command", "--tag", "db:team=a"])
+        .args(["--managed", "db", "--exp", "db=4102444800"])
+        .args(["--content-type", "db=text/plain"])
+        .args(["--arc-realm-dir", "/var/opt/azcmagent/tokens"])
+        .arg("--federate")
+        .arg(format!("wi-client={}", token.display()))
+        .arg("--env-file")
+        .arg(&env_file)
+        .arg("--ca-bundle-file")
+        .arg(s.path("bundle.pem"))
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut emulator = Background::new(child);
+    wait_for("the env file", ms(20_000), || {
+        read(&env_file).contains("AZURE_FEDERATED_TOKEN_FILE")
+    });
+    assert_eq!(mode(&env_file) & 0o777, 0o600);
+    let bundle = read(&s.path("bundle.pem"));
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "the vault CA and Service Fabric's"
+    );
+    let text = read(&env_file);
+    let blocks = [
+        ("Common", "imds_token_requests"),
+        ("App Service", "app_service_token_requests"),
+        ("Legacy", "legacy_msi_token_requests"),
+        ("Cloud Shell", "cloud_shell_token_requests"),
+        ("Service Fabric", "service_fabric_token_requests"),
+        ("Workload identity", "entra_token_requests"),
+    ];
+    for (title, counter) in blocks {
+        let mut sourced = with_block(&text, title);
+        if title == "Workload identity" {
+            // kvfetch trusts KVFETCH_CA_FILE for the vault only, so it takes the plain authority
+            // the block's title names (the SDKs need the https one).
+            let plain = sourced
+                .lines()
+                .find_map(|l| l.split_once("the same in plain HTTP: "))
+                .expect("the workload block names the plain authority")
+                .1
+                .to_string();
+            sourced.push_str(&format!("export AZURE_AUTHORITY_HOST='{plain}'\n"));
+        }
+        let file = s.path("sourced.env");
+        std::fs::write(&file, &sourced).unwrap();
+        let before = control_counters(&sourced)[counter].as_u64().unwrap();
+        let out = s.path(&format!("out-{}", counter));
+        let run = fetch_sourcing(&file, &out, "exec");
+        assert!(
+            run.status.success(),
+            "{title}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(read(&out.join("db")), "from-the-command", "{title}");
+        let after = control_counters(&sourced)[counter].as_u64().unwrap();
+        assert_eq!(after, before + 1, "{title} reached its endpoint");
+    }
+    assert_attributes(&with_block(&text, "Common"));
+    let arc_dir = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# Azure Arc: key files in "))
+        .and_then(|l| l.split(" (").next())
+        .expect("the env file names the Arc key directory")
+        .to_string();
+    if root_or_skip("the Arc token directory is mounted in a private mount namespace (root)") {
+        let sourced = with_block(&text, "Azure Arc");
+        let file = s.path("sourced.env");
+        std::fs::write(&file, &sourced).unwrap();
+        let out = s.path("out-arc");
+        let wrap = format!(
+            "exec unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /var/opt && mkdir -p /var/opt/azcmagent/tokens && mount --bind {arc_dir} /var/opt/azcmagent/tokens && exec \"$0\" \"$@\"'"
+        );
+        let run = fetch_sourcing(&file, &out, &wrap);
+        assert!(
+            run.status.success(),
+            "Arc: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_eq!(read(&out.join("db")), "from-the-command");
+        assert_eq!(control_counters(&sourced)["arc_token_requests"], 2);
+    }
+    emulator.signal(SIGTERM);
+    assert_eq!(emulator.exit_within(ms(10_000)), Some(0));
+    assert!(
+        !std::path::Path::new(&arc_dir).exists(),
+        "{arc_dir} is left behind"
+    );
+}
+
+/// The attributes the command's flags gave `db`, as the vault answers them.
+fn assert_attributes(sourced: &str) {
+    use kvfetch::http::{get, identity_agent, vault_agents};
+    let var = |k: &str| {
+        sourced
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+            .unwrap_or_else(|| panic!("{k} in the env file"))
+            .trim_matches('\'')
+            .to_string()
+    };
+    let imds = format!(
+        "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
+        var("AZURE_POD_IDENTITY_AUTHORITY_HOST")
+    );
+    let r = get(&identity_agent(), &imds, &[("Metadata", "true")], ms(5000)).unwrap();
+    let token: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let pem = std::fs::read(var("KVFETCH_CA_FILE")).unwrap();
+    let agent = vault_agents(Some(&pem), 1).unwrap().1;
+    let url = format!("{}/secrets/db?api-version=7.4", var("KVFETCH_VAULT"));
+    let r = get(&agent, &url, &[("Authorization", &bearer)], ms(5000)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (&v["managed"], &v["contentType"], &v["tags"]["team"]),
+        (&true.into(), &"text/plain".into(), &"a".into()),
+        "{v}"
+    );
+    assert_eq!(v["attributes"]["exp"], 4_102_444_800u64, "{v}");
+}

@@ -7,6 +7,8 @@
 //! | `POST /emulator/counters/reset` | zero them |
 //! | `PUT /emulator/secrets/NAME` (body: the value) | add a version; answers `{"version": id}` |
 //! | `POST /emulator/secrets/NAME/disable` · `/enable` · `/deny` · `/allow` | as named |
+//! | `PATCH /emulator/secrets/NAME` (body `{"managed":true,"tags":{"k":"v"},"exp":N,"nbf":N,"contentType":"t"}`, each optional) | change the latest version's attributes (tags are added) |
+//! | `PUT /emulator/legacy-expiry` (body: `epoch` or `date`) | the legacy endpoint's `expires_on` form |
 //! | `DELETE /emulator/secrets/NAME` | soft-delete |
 //! | `POST /emulator/faults/imds` · `/faults/entra` · `/faults/keyvault` (body: a fault, see below) | queue one fault |
 //! | `PUT /emulator/token-lifetime` (body: seconds) | lifetime of new tokens |
@@ -26,7 +28,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::http::{Request, Response};
-use crate::state::{Fault, Identity, SecretInput, World};
+use crate::state::{Fault, Identity, SecretInput, SecretPatch, World};
 
 pub fn handle(world: &mut World, req: &Request, rest: &str) -> Response {
     let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
@@ -48,6 +50,19 @@ pub fn handle(world: &mut World, req: &Request, rest: &str) -> Response {
             Response::json(200, &json!({ "version": id }))
         }
         ("POST", ["secrets", name, action]) => secret_action(world, name, action),
+        ("PATCH", ["secrets", name]) => match parse_patch(&body) {
+            Some(patch) => found(world.patch_latest(name, patch)),
+            None => bad(
+                "body must be {\"managed\":bool,\"tags\":{…},\"exp\":N,\"nbf\":N,\"contentType\":S}",
+            ),
+        },
+        ("PUT", ["legacy-expiry"]) => match body.trim() {
+            "epoch" | "date" => {
+                world.legacy_date_expiry = body.trim() == "date";
+                ok()
+            }
+            _ => bad("body must be epoch or date"),
+        },
         ("DELETE", ["secrets", name]) => found(world.delete(name)),
         ("POST", ["faults", endpoint]) => queue_fault(world, endpoint, &body),
         ("PUT", ["token-lifetime"]) => match body.trim().parse() {
@@ -120,6 +135,8 @@ fn counters(world: &World) -> Response {
             "app_service_token_requests": c.app_service_token_requests,
             "entra_token_requests": c.entra_token_requests,
             "entra_assertions": c.entra_assertions,
+            "entra_discovery_requests": c.entra_discovery_requests,
+            "issued_to": c.issued_to,
             "legacy_msi_token_requests": c.legacy_msi_token_requests,
             "cloud_shell_token_requests": c.cloud_shell_token_requests,
             "arc_token_requests": c.arc_token_requests,
@@ -231,4 +248,27 @@ fn ids(identity: &Identity) -> Response {
             "resource_id": identity.resource_id,
         }),
     )
+}
+
+/// Parse a `PATCH /emulator/secrets/NAME` body; None when it is not an object of the known
+/// fields with the right types.
+pub fn parse_patch(body: &str) -> Option<SecretPatch> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let map = v.as_object()?;
+    let mut patch = SecretPatch::default();
+    for (key, value) in map {
+        match key.as_str() {
+            "managed" => patch.managed = Some(value.as_bool()?),
+            "exp" => patch.exp = Some(value.as_u64()?),
+            "nbf" => patch.nbf = Some(value.as_u64()?),
+            "contentType" => patch.content_type = Some(value.as_str()?.to_string()),
+            "tags" => {
+                for (k, t) in value.as_object()? {
+                    patch.tags.insert(k.clone(), t.as_str()?.to_string());
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(patch)
 }

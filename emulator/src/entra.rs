@@ -304,3 +304,47 @@ impl hostile::Service for Faults {
         })
     }
 }
+
+/// The tenant in an OIDC discovery path (`/{tenant}/v2.0/.well-known/openid-configuration`), if
+/// the path is one.
+pub fn discovery_tenant_of(path: &str) -> Option<&str> {
+    path.strip_suffix("/v2.0/.well-known/openid-configuration")?
+        .strip_prefix('/')
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+}
+
+/// The OIDC discovery document Entra serves for `tenant` at `base` (the HTTPS authority host),
+/// with the fields MSAL reads (`authorization_endpoint`, `token_endpoint`, `issuer`) and the
+/// usual companions; an unknown tenant gets Entra's AADSTS90002 answer.
+pub fn openid_configuration(world: &World, base: &str, tenant: &str) -> Response {
+    if !tenant.eq_ignore_ascii_case(&world.tenant_id) {
+        return error(
+            400,
+            "invalid_tenant",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let t = format!("{base}/{}", world.tenant_id);
+    Response::json(
+        200,
+        &json!({
+            "token_endpoint": format!("{t}/oauth2/v2.0/token"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": format!("{t}/discovery/v2.0/keys"),
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": format!("{t}/v2.0"),
+            "request_uri_parameter_supported": false,
+            "authorization_endpoint": format!("{t}/oauth2/v2.0/authorize"),
+            "device_authorization_endpoint": format!("{t}/oauth2/v2.0/devicecode"),
+            "end_session_endpoint": format!("{t}/oauth2/v2.0/logout"),
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "ver"],
+            "tenant_region_scope": "WW",
+            "cloud_instance_name": "microsoftonline.com",
+        }),
+    )
+}

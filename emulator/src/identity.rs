@@ -233,6 +233,7 @@ pub fn mint(world: &mut World, identity: &Identity, resource: &str) -> (String, 
     let exp = iat + world.token_lifetime.as_secs();
     let audience = resource.trim_end_matches('/').to_string();
     let token = jwt(world, identity, &audience, iat, exp);
+    world.counters.issued_to.push(identity.object_id.clone());
     world.tokens.insert(
         token.clone(),
         IssuedToken {

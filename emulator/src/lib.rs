@@ -9,8 +9,10 @@
 //! `tests/fixtures/azure/` are replayed against it to check that it does.
 //!
 //! Three listeners: plain HTTP for the identity endpoints, the Entra endpoint and the
-//! `/emulator/…` control API; HTTPS (a generated CA plus leaf) for the vault; and HTTPS with a
-//! self-signed certificate for Service Fabric, whose clients pin it by thumbprint. Tests drive it
+//! `/emulator/…` control API; HTTPS (a generated CA plus leaf) for the vault, and for the Entra
+//! endpoint with its OIDC discovery document again (MSAL and the Azure SDKs want an https
+//! authority); and HTTPS with a self-signed certificate for Service Fabric, whose clients pin it
+//! by thumbprint. Tests drive it
 //! through [`Emulator`]'s methods; scripts through the control API (see `control.rs`).
 
 mod b64;
@@ -35,7 +37,7 @@ use std::time::Duration;
 use std::{io, thread};
 
 pub use sources::ARC_API_VERSIONS;
-pub use state::{Counters, Fault, Identity, SecretInput};
+pub use state::{Counters, Fault, Identity, SecretInput, SecretPatch};
 pub use tls::VaultCert;
 pub use vault::API_VERSIONS;
 
@@ -141,6 +143,7 @@ pub struct Emulator {
     vault_addr: SocketAddr,
     service_fabric_addr: SocketAddr,
     service_fabric_thumbprint: String,
+    service_fabric_pem: String,
     ca_file: PathBuf,
     temp_dir: Option<PathBuf>,
 }
@@ -248,6 +251,7 @@ impl Emulator {
             vault_addr,
             service_fabric_addr,
             service_fabric_thumbprint: tls::thumbprint(&service_fabric_tls.der),
+            service_fabric_pem: service_fabric_tls.pem.clone(),
             ca_file,
             temp_dir,
         })
@@ -272,6 +276,13 @@ impl Emulator {
     /// where `POST /{tenant}/oauth2/v2.0/token` is the Entra token endpoint.
     pub fn authority_url(&self) -> String {
         format!("http://{}", self.identity_addr)
+    }
+
+    /// The authority host over HTTPS (`https://127.0.0.1:PORT`, the vault's listener and CA),
+    /// for clients that refuse a plain one, as MSAL and the Azure SDKs do: it serves
+    /// `POST /{tenant}/oauth2/v2.0/token` and `GET /{tenant}/v2.0/.well-known/openid-configuration`.
+    pub fn authority_url_https(&self) -> String {
+        format!("https://{}", self.vault_addr)
     }
 
     /// The tenant the Entra endpoint knows (`AZURE_TENANT_ID`); tokens carry it as `tid`.
@@ -359,6 +370,12 @@ impl Emulator {
         self.service_fabric_thumbprint.clone()
     }
 
+    /// The Service Fabric endpoint's self-signed certificate as PEM, for clients that trust it
+    /// as a root rather than pin its thumbprint (MSAL for JavaScript: `NODE_EXTRA_CA_CERTS`).
+    pub fn service_fabric_cert_pem(&self) -> &str {
+        &self.service_fabric_pem
+    }
+
     /// The vault's base URL (`https://127.0.0.1:PORT`).
     pub fn vault_url(&self) -> String {
         format!("https://{}", self.vault_addr)
@@ -401,6 +418,19 @@ impl Emulator {
     /// Add a version of `name` with attributes; returns the version id.
     pub fn set_secret_with(&self, name: &str, input: SecretInput) -> String {
         self.world().set_secret(name, input)
+    }
+
+    /// Change attributes of the latest version of `name` (managed, tags, exp, nbf,
+    /// contentType); false when there is no such secret.
+    pub fn patch_secret(&self, name: &str, patch: SecretPatch) -> bool {
+        self.world().patch_latest(name, patch)
+    }
+
+    /// Make the legacy endpoint write `expires_on` as the 2017-era date string
+    /// (`09/14/2017 01:05:09 PM +00:00`, what App Service answered in 2019-2020) instead of the
+    /// epoch seconds it writes by default (see docs/emulator.md).
+    pub fn set_legacy_date_expiry(&self, on: bool) {
+        self.world().legacy_date_expiry = on;
     }
 
     /// Disable (or re-enable) the latest version of `name`.
@@ -541,13 +571,6 @@ impl Emulator {
         self.world().echo_credentials = echo;
     }
 
-    /// Base URL of the Entra token endpoint over HTTPS (the vault's listener and certificate,
-    /// whose CA is [`Emulator::ca_file`]), for `AZURE_AUTHORITY_HOST`: as Entra is reached
-    /// behind a TLS-inspecting proxy or a private authority.
-    pub fn secure_authority_url(&self) -> String {
-        format!("https://{}", self.vault_addr)
-    }
-
     /// Issue a token for `resource` to the system identity without a request (for replays).
     pub fn issue_token(&self, resource: &str) -> String {
         let mut w = self.world();
@@ -662,8 +685,8 @@ fn plain_route(shared: &Shared, req: &Request) -> Reply {
     Reply::Respond(Response::text(404, "Not found"))
 }
 
-/// The Entra token endpoint, on the plain listener or (see
-/// [`Emulator::secure_authority_url`]) the TLS one.
+/// The Entra token endpoint (on the plain listener, and on the vault's HTTPS one for clients
+/// such as MSAL that need an `https` authority).
 fn entra_route(shared: &Shared, req: &Request, tenant: &str) -> Reply {
     let (fault, token_lifetime) = {
         let mut w = lock(shared);
@@ -686,6 +709,24 @@ fn entra_route(shared: &Shared, req: &Request, tenant: &str) -> Reply {
     })
 }
 
+/// Entra on the vault's HTTPS listener: the token endpoint and the OIDC discovery document
+/// (`/{tenant}/v2.0/.well-known/openid-configuration`) MSAL reads first. None for vault paths.
+fn entra_https_route(shared: &Shared, req: &Request) -> Option<Reply> {
+    let path = req.path.trim_end_matches('/');
+    if let Some(tenant) = entra::tenant_of(path) {
+        return Some(entra_route(shared, req, tenant));
+    }
+    let tenant = entra::discovery_tenant_of(path)?;
+    let mut w = lock(shared);
+    w.counters.entra_discovery_requests += 1;
+    w.note_agent(req);
+    let host = req.header("host").unwrap_or("localhost").to_string();
+    let base = format!("https://{host}");
+    Some(Reply::Respond(entra::openid_configuration(
+        &w, &base, tenant,
+    )))
+}
+
 fn fabric_route(shared: &Shared, req: &Request) -> Reply {
     if req.path.trim_end_matches('/') != sources::SERVICE_FABRIC_PATH {
         return Reply::Respond(Response::text(404, "Not found"));
@@ -704,8 +745,8 @@ fn fabric_route(shared: &Shared, req: &Request) -> Reply {
 }
 
 fn vault_route(shared: &Shared, req: &Request) -> Reply {
-    if let Some(tenant) = entra::tenant_of(req.path.trim_end_matches('/')) {
-        return entra_route(shared, req, tenant);
+    if let Some(reply) = entra_https_route(shared, req) {
+        return reply;
     }
     if req.path == NOTIFY_PATH && req.method == "POST" {
         lock(shared).counters.notify_posts += 1;

@@ -1,5 +1,5 @@
 //! The other managed-identity sources (protocol.md §2.2–2.5), each as its platform answers:
-//! the legacy App Service endpoint (`MSI_ENDPOINT` + `MSI_SECRET`, api-version 2017-09-01),
+//! the legacy App Service / Azure ML endpoint (`MSI_ENDPOINT` + `MSI_SECRET`, api-version 2017-09-01),
 //! Cloud Shell (`MSI_ENDPOINT` alone), Azure Arc (a 401 challenge naming a key file, then
 //! `Authorization: Basic <key>`) and Service Fabric (HTTPS with a self-signed certificate, a
 //! `Secret` header). The Entra endpoint for workload identity is in `entra.rs`.
@@ -39,7 +39,10 @@ fn imds_error(status: u16, code: &str, text: &str) -> Response {
     Response::json(status, &json!({"error": code, "error_description": text}))
 }
 
-/// Legacy App Service: `GET ?api-version=2017-09-01&resource=…[&clientid=…]` with `secret`.
+/// Legacy App Service / Azure ML: `GET ?api-version=2017-09-01&resource=…[&clientid=…]` with
+/// `secret`. `expires_on` is epoch seconds (a JSON number), what the current SDKs parse (the
+/// 2017-era date string with `set_legacy_date_expiry`); the selectors of other endpoints are
+/// refused (docs/emulator.md says why).
 pub fn legacy_msi(world: &mut World, req: &Request, secret: &str) -> Response {
     let fail = |status: u16, message: &str| {
         Response::json(status, &json!({"statusCode": status, "message": message}))
@@ -56,6 +59,15 @@ pub fn legacy_msi(world: &mut World, req: &Request, secret: &str) -> Response {
     let Some(resource) = req.param("resource").filter(|r| !r.is_empty()) else {
         return fail(400, "Required audience parameter not specified");
     };
+    if let Some(other) = LEGACY_REFUSED_SELECTORS
+        .iter()
+        .find(|k| req.param(k).is_some())
+    {
+        return fail(
+            400,
+            &format!("api-version 2017-09-01 selects an identity by clientid only, not {other}"),
+        );
+    }
     let selector = req.param("clientid");
     let identity = world.find_identity(selector.as_deref().map(|id| ("client_id", id)));
     let Some(identity) = identity else {
@@ -63,16 +75,30 @@ pub fn legacy_msi(world: &mut World, req: &Request, secret: &str) -> Response {
     };
     let (access_token, _, exp) = mint(world, &identity, &resource);
     let shown = exp.saturating_add_signed(world.clock_skew);
+    let expires_on = match world.legacy_date_expiry {
+        true => json!(legacy_expires_on(shown)),
+        false => json!(shown),
+    };
     Response::json(
         200,
         &json!({
             "access_token": access_token,
-            "expires_on": legacy_expires_on(shown),
+            "expires_on": expires_on,
             "resource": resource,
             "token_type": "Bearer",
         }),
     )
 }
+
+/// Selectors other endpoints know that the legacy one refuses rather than ignore (ignoring
+/// them would hand out the system identity to a caller that asked for another).
+const LEGACY_REFUSED_SELECTORS: &[&str] = &[
+    "client_id",
+    "object_id",
+    "principal_id",
+    "msi_res_id",
+    "mi_res_id",
+];
 
 /// Cloud Shell: `POST` with `Metadata: true` and the form body `resource=…`; the token is the
 /// signed-in user's, whatever identities the host has.

@@ -100,6 +100,18 @@ pub struct SecretInput {
     pub managed: bool,
 }
 
+/// Changes to the attributes of a secret's latest version (`None`: leave as it is), as the
+/// command's flags and the control API's `PATCH /emulator/secrets/NAME` make them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretPatch {
+    pub content_type: Option<String>,
+    pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+    /// Tags to add (or overwrite) beside the version's others.
+    pub tags: BTreeMap<String, String>,
+    pub managed: Option<bool>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Version {
     pub id: String,
@@ -151,6 +163,10 @@ pub struct Counters {
     pub app_service_token_requests: u64,
     /// Requests that reached the Entra token endpoint (workload identity; faulted ones included).
     pub entra_token_requests: u64,
+    /// The object id of the identity each token was issued to, in order (every source).
+    pub issued_to: Vec<String>,
+    /// Requests for the OIDC discovery document on the HTTPS authority.
+    pub entra_discovery_requests: u64,
     /// Every `client_assertion` the Entra token endpoint received, in order (faulted and refused
     /// requests included), so a test can tell a re-read token file from a cached one.
     pub entra_assertions: Vec<String>,
@@ -209,6 +225,9 @@ pub struct World {
     /// The Arc key the latest challenge wrote (what `Authorization: Basic …` must carry) and
     /// the file holding it.
     pub arc_key: Option<(String, std::path::PathBuf)>,
+    /// The legacy endpoint writes `expires_on` as the 2017-era date string
+    /// (`09/14/2017 01:05:09 PM +00:00`) instead of epoch seconds.
+    pub legacy_date_expiry: bool,
     /// Name this path in Arc challenges instead of writing a key file.
     pub arc_realm: Option<String>,
     /// Arc challenges every request, a valid key included (a broken agent).
@@ -350,6 +369,22 @@ impl World {
             return false;
         };
         v.enabled = enabled;
+        v.updated = now();
+        true
+    }
+
+    /// Apply `patch` to the latest version of `name`; false when there is no such secret.
+    pub fn patch_latest(&mut self, name: &str, patch: SecretPatch) -> bool {
+        let Some(v) = self.secret_mut(name).and_then(|s| s.versions.last_mut()) else {
+            return false;
+        };
+        if patch.content_type.is_some() {
+            v.content_type = patch.content_type;
+        }
+        v.exp = patch.exp.or(v.exp);
+        v.nbf = patch.nbf.or(v.nbf);
+        v.managed = patch.managed.unwrap_or(v.managed);
+        v.tags.extend(patch.tags);
         v.updated = now();
         true
     }

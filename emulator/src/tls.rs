@@ -126,6 +126,9 @@ pub fn generate(kind: VaultCert, names: &[String]) -> io::Result<Tls> {
 /// Clients pin it by its SHA-1 thumbprint ([`thumbprint`]), not by a CA.
 pub struct SelfSigned {
     pub der: Vec<u8>,
+    /// The certificate as PEM, for clients that trust it as a root instead of pinning it (MSAL
+    /// for JavaScript does not pin).
+    pub pem: String,
     pub server: Arc<rustls::ServerConfig>,
 }
 
@@ -144,8 +147,10 @@ pub fn self_signed(common_name: &str) -> io::Result<SelfSigned> {
         .push(DnType::CommonName, common_name);
     let cert = params.self_signed(&key).map_err(err)?;
     let der = cert.der().to_vec();
+    let pem = cert.pem();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     Ok(SelfSigned {
+        pem,
         server: server_config(vec![CertificateDer::from(der.clone())], key)?,
         der,
     })

@@ -340,7 +340,7 @@ fn every_remote_trusts_the_ca_file_and_the_conventional_variables() {
         );
         env.insert("AZURE_CLIENT_ID".into(), client.into());
         env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
-        env.insert("AZURE_AUTHORITY_HOST".into(), emu.secure_authority_url());
+        env.insert("AZURE_AUTHORITY_HOST".into(), emu.authority_url_https());
         env.insert(var.into(), value);
         let out = s.path(&format!("out-{what}-{code}"));
         let r = run_with(
@@ -372,7 +372,7 @@ fn every_remote_trusts_the_ca_file_and_the_conventional_variables() {
     );
     env.insert("AZURE_CLIENT_ID".into(), client.into());
     env.insert("AZURE_TENANT_ID".into(), emu.tenant_id());
-    env.insert("AZURE_AUTHORITY_HOST".into(), emu.secure_authority_url());
+    env.insert("AZURE_AUTHORITY_HOST".into(), emu.authority_url_https());
     let out = s.path("out-none");
     let r = run_with(
         &env,
