@@ -382,6 +382,9 @@ pub struct Failure {
     pub tls: bool,
     /// The failure is a local resource limit (file descriptors, memory), not the server's.
     pub local: bool,
+    /// Nothing answered at the address: the connection was refused, the network or host is
+    /// unreachable, or connecting timed out. The fix is the address, not the server.
+    pub unanswered: bool,
 }
 
 use crate::error::local_limit;
@@ -393,6 +396,15 @@ impl Failure {
             permanent: false,
             tls: false,
             local: false,
+            unanswered: false,
+        }
+    }
+
+    /// A transient failure where nothing answered at the address.
+    fn unanswered(text: String) -> Failure {
+        Failure {
+            unanswered: true,
+            ..Failure::transient(text)
         }
     }
 }
@@ -418,14 +430,33 @@ pub fn send(
     body: Body,
     timeout: Duration,
 ) -> Result<Reply, Failure> {
-    let timeout = Some(timeout.max(Duration::from_millis(1)));
+    send_within(agent, url, headers, body, timeout, None)
+}
+
+/// [`send`], with connecting bounded by `connect` too (for endpoints on this machine or its
+/// link, which answer a connection at once when they are there at all).
+pub fn send_within(
+    agent: &Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Body,
+    timeout: Duration,
+    connect: Option<Duration>,
+) -> Result<Reply, Failure> {
+    let timeout = timeout.max(Duration::from_millis(1));
+    let connect = connect.map(|c| c.min(timeout));
+    let timeout = Some(timeout);
     let sent = match body {
         Body::None => {
             let mut req = agent.get(url);
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            req.config().timeout_global(timeout).build().call()
+            req.config()
+                .timeout_global(timeout)
+                .timeout_connect(connect)
+                .build()
+                .call()
         }
         Body::Form(form) => {
             let mut req = agent
@@ -436,6 +467,7 @@ pub fn send(
             }
             req.config()
                 .timeout_global(timeout)
+                .timeout_connect(connect)
                 .build()
                 .send(form.as_bytes())
         }
@@ -466,6 +498,7 @@ pub fn send(
             permanent: true,
             tls: false,
             local: false,
+            unanswered: false,
         })?,
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if success => return Err(classify(&e)),
@@ -484,6 +517,15 @@ pub fn send(
 /// The failure text of a name that does not resolve (messages about it name the vault).
 pub const HOST_NOT_FOUND: &str = "host not found";
 
+/// Whether connecting failed because nothing is there: refused, or no way to the address.
+fn nothing_answers(io: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        io.kind(),
+        ConnectionRefused | NetworkUnreachable | HostUnreachable | AddrNotAvailable
+    )
+}
+
 /// Sort a ureq error into a retryable or a permanent failure.
 fn classify(e: &ureq::Error) -> Failure {
     let permanent = |text: String, tls: bool| Failure {
@@ -491,8 +533,12 @@ fn classify(e: &ureq::Error) -> Failure {
         permanent: true,
         tls,
         local: false,
+        unanswered: false,
     };
     match e {
+        ureq::Error::Timeout(ureq::Timeout::Connect) => {
+            Failure::unanswered("timed out connecting".into())
+        }
         ureq::Error::Timeout(_) => Failure::transient("timed out".into()),
         ureq::Error::HostNotFound => Failure::transient(HOST_NOT_FOUND.into()),
         ureq::Error::Io(io) if local_limit(io) => Failure {
@@ -500,7 +546,9 @@ fn classify(e: &ureq::Error) -> Failure {
             permanent: true,
             tls: false,
             local: true,
+            unanswered: false,
         },
+        ureq::Error::Io(io) if nothing_answers(io) => Failure::unanswered(io.to_string()),
         ureq::Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
             Some(tls) => permanent(format!("TLS: {tls}"), true),
             None => Failure::transient(io.to_string()),

@@ -794,3 +794,95 @@ fn the_success_line_counts_what_was_written() {
         r.stderr
     );
 }
+
+#[test]
+fn no_identity_endpoint_outside_azure_is_said_within_seconds() {
+    // The default IMDS address, with nothing there: only inside a network namespace of the
+    // test's own (only `lo`, no route), where 169.254.169.254 is unreachable and nothing leaves.
+    if rerun_isolated(
+        "no_identity_endpoint_outside_azure_is_said_within_seconds",
+        &["-n"],
+    ) {
+        return;
+    }
+    let emu = seeded();
+    let mut env = env_for(&emu);
+    env.remove("AZURE_POD_IDENTITY_AUTHORITY_HOST");
+    env.remove("KVFETCH_VAULT");
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "200ms".into());
+    env.insert("KVFETCH_TIMEOUT".into(), "60s".into());
+    let s = Scratch::new();
+    let out = s.path("out");
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(bin())
+        .args(["fetch", "--vault", "kvfetch-nx-ms7", "--secret", "db-password"])
+        .args(["--dir", out.to_str().unwrap()])
+        .env_clear()
+        .envs(&env)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut when = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("no managed-identity endpoint answers here") {
+            when = Some(started.elapsed());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let when = when.unwrap_or_else(|| panic!("no hint: {seen}"));
+    // Within seconds of a 60 s timeout: a wide margin for a loaded machine.
+    assert!(
+        when < std::time::Duration::from_secs(15),
+        "{when:?}: {seen}"
+    );
+    for fix in [
+        "cargo run --example emulator",
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    ] {
+        assert!(seen.contains(fix), "{fix}: {seen}");
+    }
+    assert_eq!(emu.counters().kv_total_requests, 0);
+}
+
+#[test]
+fn a_loopback_endpoint_where_nothing_listens_says_so() {
+    let emu = seeded();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = env_for(&emu);
+    let endpoint = format!("http://127.0.0.1:{closed}/msi/token");
+    env.insert("IDENTITY_ENDPOINT".into(), endpoint.clone());
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    env.insert("KVFETCH_TIMEOUT".into(), "2s".into());
+    let s = Scratch::new();
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--secret",
+            "db-password",
+            "--dir",
+            s.path("out").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let hint = format!("nothing listens at {endpoint} (from IDENTITY_ENDPOINT");
+    assert_eq!(
+        r.stderr.matches(&hint).count(),
+        2,
+        "once while waiting, once in the error: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("is the emulator"), "{}", r.stderr);
+    let c = emu.counters();
+    assert_eq!((c.imds_token_requests, c.kv_total_requests), (0, 0));
+}

@@ -125,6 +125,9 @@ pub struct Choice {
 }
 
 const IMDS_BASE: &str = "http://169.254.169.254";
+
+/// How long a connection to an identity endpoint on this machine or its link may take.
+const LOCAL_CONNECT: Duration = Duration::from_secs(3);
 /// The Arc agent's binary: its presence alone means Arc (protocol.md §0).
 const ARC_AGENT: &str = "/opt/azcmagent/bin/himds";
 const ARC_DEFAULT: &str = "http://127.0.0.1:40342/metadata/identity/oauth2/token";
@@ -472,7 +475,35 @@ impl Identity {
             return pinned.get(&ask.url, &headers, timeout);
         }
         let body = ask.form.as_deref().map_or(Body::None, Body::Form);
-        http::send(&self.agent, &ask.url, &headers, body, timeout)
+        // An endpoint on this machine or its link answers a connection at once when it is
+        // there: a few seconds of silence mean nothing is (Entra is remote, and not bounded so).
+        let connect = (!matches!(self.source, Source::Workload { .. })).then_some(LOCAL_CONNECT);
+        http::send_within(&self.agent, &ask.url, &headers, body, timeout, connect)
+    }
+
+    /// When nothing answers at the endpoint: what the operator most likely has to do.
+    fn unanswered_hint(&self) -> String {
+        let endpoint = self.source.endpoint();
+        if self.source.chosen_by() == "default (IMDS)" {
+            return format!(
+                "no managed-identity endpoint answers here ({endpoint}): outside Azure (a laptop, CI), run the emulator \
+                 (cargo run --example emulator -- --env-file FILE, then source FILE) or set AZURE_POD_IDENTITY_AUTHORITY_HOST; \
+                 in Azure, check that this container group or VM has a managed identity"
+            );
+        }
+        let on_loopback = crate::url::parse(&endpoint)
+            .ok()
+            .is_some_and(|u| crate::url::is_loopback(&u.host) || u.host == "localhost");
+        if on_loopback {
+            return format!(
+                "nothing listens at {endpoint} (from {}): is the emulator (or the platform's identity agent) running, and on that port?",
+                self.source.chosen_by()
+            );
+        }
+        format!(
+            "nothing answers at {endpoint} (from {}): check that address",
+            self.source.chosen_by()
+        )
     }
 
     /// Get a token for `resource`, retrying as Microsoft documents, within `deadline`.
@@ -484,6 +515,8 @@ impl Identity {
         // The last HTTP answer: a final attempt cut short by the deadline must not hide it.
         let mut last_answer: Option<String> = None;
         let mut waiting = crate::progress::Waiting::new();
+        // Said once, at the first failure where nothing answered at the endpoint.
+        let mut hint: Option<String> = None;
         loop {
             let ask = self.ask(resource, arc_key.as_deref())?;
             let timeout = deadline.remaining().min(Duration::from_secs(20));
@@ -529,6 +562,14 @@ impl Identity {
                         log::escape(&e.text)
                     )));
                 }
+                Err(e) if e.unanswered => {
+                    if hint.is_none() {
+                        let h = self.unanswered_hint();
+                        log::warn(&h, &[("problem", &e.text)]);
+                        hint = Some(h);
+                    }
+                    (e.text, None)
+                }
                 Err(e) => (e.text, None),
             };
             if problem.starts_with("HTTP ") {
@@ -571,12 +612,16 @@ impl Identity {
                 deadline.extend_to(Instant::now() + Duration::from_secs(1));
                 continue;
             }
+            let fix = match hint.filter(|_| last_answer.is_none()) {
+                Some(h) => h,
+                None => "check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly".into(),
+            };
             return Err(Error::NoToken(format!(
-                "gave up on {} at {} after {} ({attempt} attempts; last: {problem}{}) asking for {}; \
-                 check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly",
+                "gave up on {} at {} after {} ({}; last: {problem}{}) asking for {}; {fix}",
                 self.source.name(),
                 self.source.endpoint(),
                 human(started.elapsed()),
+                attempts(attempt),
                 last_answer
                     .filter(|a| *a != problem)
                     .map(|a| format!("; last answer: {a}"))
@@ -659,6 +704,15 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{k}={}", crate::encoding::percent_encode(v)))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// "1 attempt", "3 attempts".
+pub fn attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
 }
 
 #[cfg(test)]

@@ -183,6 +183,7 @@ impl Pinned {
             permanent,
             tls,
             local: false,
+            unanswered: false,
         };
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let parsed = crate::url::parse(base).map_err(|why| fail(why.to_string(), true, false))?;
