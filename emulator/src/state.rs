@@ -59,6 +59,10 @@ pub enum Fault {
     /// Send the answer the endpoint would send without the fault (status line, headers and
     /// body), one byte at a time, flushed each time, with this pause between bytes.
     Drip(Duration),
+    /// Send the answer the endpoint would send without the fault with its status line and
+    /// headers at once, then its body one byte at a time with this pause between bytes (an
+    /// error body a deadline cuts in the middle).
+    DripBody(Duration),
     /// Answer this status with `Content-Type: application/json; charset=utf-8` and a body that
     /// is not UTF-8: for 200 the success shape with the main string field holding the bytes
     /// `FF FE` (so `{"value":"\xff\xfe"}` on the vault); otherwise the service's error envelope

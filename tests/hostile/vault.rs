@@ -1,4 +1,109 @@
-//! See main.rs. (area: vault)
+//! See main.rs. (area: vault) A hostile vault: list sizes, deadlines, throttling, and the names
+//! a selection turns into variables.
 
-#[allow(unused_imports)]
+use std::time::{Duration, Instant};
+
 use crate::common::*;
+
+/// The paths a test writes: `--dir`, an env file and a ready file in one scratch directory.
+struct Out {
+    s: Scratch,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out { s: Scratch::new() }
+    }
+    fn dir(&self) -> String {
+        self.s.path("out").to_str().unwrap().to_string()
+    }
+    fn file(&self, name: &str) -> String {
+        self.s.path(name).to_str().unwrap().to_string()
+    }
+}
+
+/// Defect 6: a `404 SecretNotFound` whose body the deadline cuts (one byte at a time) is a
+/// deadline (exit 7), never a verdict: not "without Key Vault's SecretNotFound code ()" (exit 5),
+/// and `?optional` does not turn it into absence.
+#[test]
+fn an_error_body_cut_by_the_deadline_is_a_deadline_not_a_verdict() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("here", "here-value-61c2");
+    // The 404 of `gone` comes at once, its body (~250 bytes) over ~25 s, a byte each 100 ms.
+    emu.push_kv_fault(Fault::DripBody(ms(100)));
+    let out = Out::new();
+    let t = Instant::now();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &emu.vault_url(),
+            "--secret",
+            "gone?optional",
+            "--concurrency",
+            "1",
+            "--timeout",
+            "2s",
+            "--dir",
+            &out.dir(),
+        ],
+    );
+    let took = t.elapsed();
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(!r.stderr.contains("SecretNotFound code ()"), "{}", r.stderr);
+    assert!(took < Duration::from_secs(2 + 5), "took {took:?}");
+    assert!(!out.s.path("out").join("gone").exists());
+    assert_no_leak(&r, &["here-value-61c2"]);
+}
+
+/// Defect 5: a 429 asking for 300 s, with `--max-stale 2s`: the sidecar ends about 2 s after its
+/// last success with exit 7, not after the 20 s `--timeout`, and nothing is sent while the vault
+/// asked for the pause.
+#[test]
+fn a_429_pause_ends_at_the_deadline_and_at_max_stale() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "a-value-3f90");
+    let out = Out::new();
+    let ready = out.file("ready");
+    let mut bg = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--vault",
+            &emu.vault_url(),
+            "--secret",
+            "a",
+            "--refresh",
+            "200ms",
+            "--full-read-every",
+            "10ms",
+            "--max-stale",
+            "2s",
+            "--timeout",
+            "20s",
+            "--dir",
+            &out.dir(),
+            "--ready-file",
+            &ready,
+        ],
+    );
+    bg.wait("the first write", ms(10_000), || {
+        std::path::Path::new(&ready).exists()
+    });
+    let before = emu.counters().kv_total_requests;
+    emu.push_kv_fault(Fault::StatusRetryAfter(429, 300));
+    let t = Instant::now();
+    let code = bg.exit_within(ms(20_000));
+    let took = t.elapsed();
+    let stderr = bg.stop_and_stderr();
+    assert_eq!(code, Some(7), "{stderr}");
+    // --max-stale 2s after the last success, plus the refresh interval and a wide margin.
+    assert!(took < Duration::from_secs(2 + 5), "took {took:?}: {stderr}");
+    let sent = emu.counters().kv_total_requests - before;
+    assert!(
+        sent <= 2,
+        "{sent} requests went to a vault that asked for a 300 s pause"
+    );
+    assert!(!stderr.contains("a-value-3f90"));
+}
