@@ -436,8 +436,21 @@ impl Session {
     /// Fetch again, knowing what `held` holds: the vaults are listed and only what changed is
     /// read (see [`crate::detect`]), unless a full read is due. `None` reads everything.
     pub fn refresh(&self, held: Option<&Snapshot>) -> Result<Snapshot, Error> {
+        self.refresh_by(held, None)
+    }
+
+    /// [`Session::refresh`] with its deadline no later than `by` (when `--max-stale` runs out):
+    /// no wait, a 429 pause included, may outlast it.
+    pub fn refresh_by(
+        &self,
+        held: Option<&Snapshot>,
+        by: Option<std::time::Instant>,
+    ) -> Result<Snapshot, Error> {
         self.splay_once();
-        let deadline = Deadline::after(self.timeout);
+        let left = by.map_or(self.timeout, |t| {
+            t.saturating_duration_since(std::time::Instant::now())
+        });
+        let deadline = Deadline::after(self.timeout.min(left));
         let full = held.is_none() || self.full_read_due();
         let held = held.filter(|_| !full);
         let listings = self.listings(held.is_some(), &deadline)?;

@@ -278,10 +278,17 @@ impl Client {
         // itself, and "timed out" alone would hide that the vault was answering 503.
         let mut last_answer: Option<String> = None;
         let started = Instant::now();
+        let mut sent = 0u32;
         let mut waiting = crate::progress::Waiting::new();
         loop {
             // Wait while the vault is paused by a 429 or at its concurrency limit.
-            let permit = self.gates.enter(&vault.url, deadline);
+            let permit = match self.gates.enter(&vault.url, deadline) {
+                Ok(permit) => permit,
+                Err(closed) => {
+                    return Err(closed_error(&subject, closed, started, sent, &last_answer));
+                }
+            };
+            sent += 1;
             let timeout = deadline.remaining().min(Duration::from_secs(30));
             let bearer = token.bearer();
             // A fresh id per request: the vault's diagnostic log records it, so a failure
@@ -574,6 +581,32 @@ fn request_id() -> String {
         &h[16..20],
         &h[20..]
     )
+}
+
+/// The run's deadline came before a request could start: the vault's 429 pause lasts past it,
+/// or the deadline passed while the request waited for a slot. Nothing is sent after it.
+fn closed_error(
+    subject: &Subject,
+    closed: crate::throttle::Closed,
+    started: Instant,
+    sent: u32,
+    last_answer: &Option<String>,
+) -> Error {
+    let what = subject.what();
+    let took = human(started.elapsed());
+    let last = last_answer
+        .as_deref()
+        .map(|a| format!("; last answer: {a}"))
+        .unwrap_or_default();
+    Error::VaultUnavailable(match closed.paused {
+        Some(p) => format!(
+            "gave up on {what} after {took} and {sent} requests: the vault asked for a pause (429 Retry-After) that lasts {} more, past this run's deadline (--timeout, or --max-stale running out){last}; the vault is throttling: spread the load (--start-splay, fewer replicas) or raise --timeout",
+            human(p)
+        ),
+        None => format!(
+            "gave up on {what} after {took} and {sent} requests: the deadline (--timeout, or --max-stale running out) came before a request could start{last}; raise --timeout or lower the number of secrets"
+        ),
+    })
 }
 
 /// A delay a server asked for, kept between [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
