@@ -620,8 +620,11 @@ pub fn fetch_all(
     let results: Vec<Mutex<Option<Result<Fetched, Error>>>> =
         unique.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
+    // After the deadline no secret is started: those left are counted, not requested.
     let work = || {
-        while let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst)) {
+        while !deadline.remaining().is_zero()
+            && let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst))
+        {
             let i = index[&key(spec)];
             let r = client.fetch(spec, tokens, deadline);
             if let Ok(f) = &r {
@@ -657,11 +660,16 @@ pub fn fetch_all(
     });
     let mut fetched = Vec::with_capacity(specs.len());
     let mut errors = Vec::new();
+    let mut unstarted = 0usize;
     for s in specs {
         let slot = results[index[&key(s)]]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref().expect("every secret was attempted") {
+        let Some(result) = slot.as_ref() else {
+            unstarted += 1;
+            continue;
+        };
+        match result {
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
             Err(e @ Error::Absent(_)) if s.shape.optional => {
@@ -676,20 +684,51 @@ pub fn fetch_all(
             Err(e) => errors.push(e.clone()),
         }
     }
+    if unstarted > 0 {
+        errors.push(Error::VaultUnavailable(format!(
+            "{unstarted} secrets were not requested: the deadline (--timeout {}) came first; raise --timeout, or choose fewer secrets",
+            human(deadline.at().saturating_duration_since(deadline.started()))
+        )));
+    }
     report(errors)?;
     Ok(fetched)
 }
 
-/// Log every failure but the first, and return the first (its exit code wins).
-fn report(mut errors: Vec<Error>) -> Result<(), Error> {
-    if errors.is_empty() {
+/// How many failures one summary names before it only counts the rest.
+const NAMED_FAILURES: usize = 3;
+
+/// One error for all the failures: the first (its exit code wins), then the next few, cut, and
+/// how many more. However many secrets fail, one line says so.
+fn report(errors: Vec<Error>) -> Result<(), Error> {
+    let mut errors = errors.into_iter();
+    let Some(first) = errors.next() else {
         return Ok(());
+    };
+    let rest: Vec<Error> = errors.collect();
+    if rest.is_empty() {
+        return Err(first);
     }
-    let first = errors.remove(0);
-    for e in &errors {
-        log::error(&e.to_string(), &[("kind", e.kind())]);
-    }
-    Err(first)
+    let cut = |e: &Error| {
+        let t = e.to_string();
+        match t.char_indices().nth(240) {
+            Some((i, _)) => format!("{}…", &t[..i]),
+            None => t,
+        }
+    };
+    let named: Vec<String> = rest.iter().take(NAMED_FAILURES).map(cut).collect();
+    let more = rest.len().saturating_sub(NAMED_FAILURES);
+    let tail = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    let total = rest.len() + 1;
+    Err(first.map_text(|t| {
+        format!(
+            "{t} [{total} failures in all; also: {}{tail}]",
+            named.join("; ")
+        )
+    }))
 }
 
 /// Every output's path, bytes and mode: one file per secret under `--dir` (or, atomic, the

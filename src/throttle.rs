@@ -83,6 +83,9 @@ impl Gates {
             });
             let now = Instant::now();
             let end = deadline.at();
+            if now >= end {
+                return Err(Closed { paused: None });
+            }
             if let Some(until) = g.paused_until.filter(|u| *u > now && *u >= end) {
                 return Err(Closed {
                     paused: Some(until - now),
@@ -102,9 +105,6 @@ impl Gates {
                 g.in_flight += 1;
                 break;
             };
-            if now >= end {
-                return Err(Closed { paused: None });
-            }
             gates = self
                 .changed
                 .wait_timeout(gates, wait.min(end - now))

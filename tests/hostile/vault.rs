@@ -107,3 +107,49 @@ fn a_429_pause_ends_at_the_deadline_and_at_max_stale() {
     );
     assert!(!stderr.contains("a-value-3f90"));
 }
+
+/// A vault of `n` secrets named `s00000`… with short values.
+fn stocked(n: usize) -> Emulator {
+    let emu = Emulator::start().unwrap();
+    for i in 0..n {
+        emu.set_secret(&format!("s{i:05}"), &format!("v{i:05}-7d2e"));
+    }
+    emu
+}
+
+/// Defect 3: `--timeout` bounds a run with a large selection. 400 secrets at 100 ms each with
+/// 8 workers need ~7 s; with `--timeout 3s` the run ends by the deadline (plus a margin) with
+/// exit 7, sends no request after it (the count stays far below one per secret) and says so in
+/// a bounded number of lines.
+#[test]
+fn the_timeout_bounds_a_large_selection() {
+    let emu = stocked(400);
+    emu.set_kv_delay(ms(100));
+    let out = Out::new();
+    let t = Instant::now();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &emu.vault_url(),
+            "--all",
+            "--timeout",
+            "3s",
+            "--dir",
+            &out.dir(),
+        ],
+    );
+    let took = t.elapsed();
+    let requests = emu.counters().kv_total_requests;
+    assert_eq!(r.code, 7, "{}", r.stderr.lines().last().unwrap_or(""));
+    assert!(took < Duration::from_secs(3 + 3), "took {took:?}");
+    // 3 s of 100 ms requests on 8 connections is at most 240 requests (a loaded machine sends
+    // fewer); one per secret would be 416 with the list's 16 pages.
+    assert!(requests <= 300, "{requests} requests");
+    let lines = r.stderr.lines().count();
+    assert!(lines <= 10, "{lines} lines on stderr");
+    assert!(!out.s.path("out").exists() || out.s.entries("out").is_empty());
+    std::thread::sleep(ms(500));
+    assert_eq!(emu.counters().kv_total_requests, requests);
+}
