@@ -146,6 +146,17 @@ pub struct Listed {
 /// At most this many pages (25 secrets each) are read: a vault that keeps sending `nextLink`s
 /// past 25,000 secrets is taken for a broken or hostile server.
 pub const MAX_LIST_PAGES: usize = 1000;
+/// At most this many entries on one page: Key Vault sends 25; a page of more is refused while
+/// it is parsed, before its entries are allocated.
+pub const MAX_PAGE_ENTRIES: usize = 100;
+/// At most this many entries in the whole list (1,000 pages of Key Vault's 25).
+pub const MAX_LISTED: usize = 25_000;
+/// What one entry may keep of its content type and tags (Key Vault's own limits: 255
+/// characters; 15 tags, keys of 512 and values of 256 characters). Beyond, they are left out.
+const MAX_CONTENT_TYPE: usize = 255;
+const MAX_TAGS: usize = 15;
+const MAX_TAG_KEY: usize = 512;
+const MAX_TAG_VALUE: usize = 256;
 
 /// What the loop does after one answer.
 enum Next {
@@ -228,12 +239,18 @@ impl Client {
         let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
         for _ in 0..MAX_LIST_PAGES {
             let body = self.call(Subject::List(vault, patient), &url, tokens, deadline)?;
-            let (page, next) = parse_page(&body).ok_or_else(|| {
+            let (page, next) = parse_page(&body).map_err(|why| {
                 Error::Protocol(format!(
-                    "the list of secrets of vault {} is not a Key Vault secret list; check that --vault points at Key Vault and not at a proxy",
+                    "the list of secrets of vault {} {why}; check that --vault points at Key Vault and not at a proxy",
                     vault.url
                 ))
             })?;
+            if items.len() + page.len() > MAX_LISTED {
+                return Err(Error::Protocol(format!(
+                    "vault {} listed more than {MAX_LISTED} secrets; kvfetch stopped listing (a vault this large needs explicit --secret specs)",
+                    vault.url
+                )));
+            }
             for item in page {
                 match item {
                     Ok(l) if seen.insert(l.name.to_ascii_lowercase()) => items.push(l),
@@ -699,17 +716,68 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
 type Page = (Vec<Result<Listed, String>>, Option<String>);
 
 /// A page of the secret list → its entries (`Err(id)` for one that names no valid secret) and
-/// its `nextLink` (None when null, empty or absent). None when the body is not such a page.
-fn parse_page(body: &str) -> Option<Page> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    let items = v.get("value")?.as_array()?;
-    let next = match v.get("nextLink") {
+/// its `nextLink` (None when null, empty or absent). Err (why) when the body is not such a page,
+/// or holds more than [`MAX_PAGE_ENTRIES`] entries: the count is checked while the array is
+/// read, so a page of a million tiny entries never becomes a million values.
+fn parse_page(body: &str) -> Result<Page, String> {
+    let not_a_list = || "is not a Key Vault secret list".to_string();
+    let raw: RawPage = match serde_json::from_str(body) {
+        Ok(raw) => raw,
+        Err(e) if e.to_string().contains(TOO_MANY) => {
+            return Err(format!(
+                "has a page of more than {MAX_PAGE_ENTRIES} entries (Key Vault sends 25)"
+            ));
+        }
+        Err(_) => return Err(not_a_list()),
+    };
+    let items = raw.value.ok_or_else(not_a_list)?.0;
+    let next = match raw.next_link {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(not_a_list()),
     };
-    Some((items.iter().map(parse_item).collect(), next))
+    Ok((items.iter().map(parse_item).collect(), next))
+}
+
+/// The marker of a page refused for its length (see [`Bounded`]).
+const TOO_MANY: &str = "kvfetch: too many entries on a page";
+
+/// A page as read: `value` bounded, `nextLink` as any JSON.
+#[derive(serde::Deserialize)]
+struct RawPage {
+    value: Option<Bounded>,
+    #[serde(rename = "nextLink")]
+    next_link: Option<Value>,
+}
+
+/// A JSON array of at most [`MAX_PAGE_ENTRIES`] values; one more fails the parse.
+struct Bounded(Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for Bounded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Bounded;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of list entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bounded, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Value>()? {
+                    if items.len() == MAX_PAGE_ENTRIES {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    items.push(item);
+                }
+                Ok(Bounded(items))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 /// One list entry; its name is the last segment of `id` after `/secrets/`.
@@ -736,13 +804,19 @@ fn parse_item(item: &Value) -> Result<Listed, String> {
         content_type: item
             .get("contentType")
             .and_then(Value::as_str)
+            .filter(|c| c.chars().count() <= MAX_CONTENT_TYPE)
             .map(String::from),
         tags: item
             .get("tags")
             .and_then(Value::as_object)
             .map(|t| {
                 t.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .filter_map(|(k, v)| Some((k, v.as_str()?)))
+                    .filter(|(k, v)| {
+                        k.chars().count() <= MAX_TAG_KEY && v.chars().count() <= MAX_TAG_VALUE
+                    })
+                    .take(MAX_TAGS)
+                    .map(|(k, v)| (k.clone(), v.to_string()))
                     .collect()
             })
             .unwrap_or_default(),
@@ -856,9 +930,18 @@ mod tests {
                 .as_deref(),
             Some("/secrets?x=1")
         );
-        assert!(parse_page(r#"{"value":[],"nextLink":1}"#).is_none());
-        assert!(parse_page(r#"{"nextLink":null}"#).is_none());
-        assert!(parse_page("<html>").is_none());
+        assert!(parse_page(r#"{"value":[],"nextLink":1}"#).is_err());
+        assert!(parse_page(r#"{"nextLink":null}"#).is_err());
+        assert!(parse_page("<html>").is_err());
+        // A page of more entries than Key Vault sends is refused as it is read.
+        let many = format!(r#"{{"value":[{}{{}}]}}"#, "{},".repeat(MAX_PAGE_ENTRIES));
+        let e = parse_page(&many).unwrap_err();
+        assert!(e.contains("more than 100 entries"), "{e}");
+        let full = format!(
+            r#"{{"value":[{}{{}}]}}"#,
+            "{},".repeat(MAX_PAGE_ENTRIES - 1)
+        );
+        assert_eq!(parse_page(&full).unwrap().0.len(), MAX_PAGE_ENTRIES);
     }
 
     #[test]

@@ -121,6 +121,10 @@ pub fn reserved_for_selection(name: &str) -> bool {
         || PREFIXES.iter().any(|p| upper.starts_with(p))
 }
 
+/// The most secrets one selection may choose: more is an error that says so, never a run of
+/// tens of thousands of requests, files or variables a vault writer could steer.
+pub const MAX_SELECTED: usize = 10_000;
+
 /// Why a listed secret that matches the selection is not used (one log line each).
 fn skip_reason(
     sel: &Selection,
@@ -225,6 +229,12 @@ pub fn choose(
             let msg = format!("skipped a listed secret: {why}");
             note(format!("skip {} {why}", l.name), &msg, &fields);
             continue;
+        }
+        if specs.len() - explicit.len() == MAX_SELECTED {
+            return Err(Error::Protocol(format!(
+                "the selection chose more than {MAX_SELECTED} secrets from vault {}; kvfetch reads at most {MAX_SELECTED} (each is a request and a file or variable): narrow it with --prefix or --tag, or name the secrets with --secret",
+                sel.vault.url
+            )));
         }
         if l.managed {
             let ct = l.content_type.as_deref().unwrap_or("none");

@@ -221,6 +221,9 @@ pub struct World {
     pub empty_pages: bool,
     /// Page size when the request names none (the service's is 25).
     pub list_page_size: Option<usize>,
+    /// A hostile list (see `Emulator::set_list_flood`): (entries a page, pages); the vault's own
+    /// secrets are not listed while it is set.
+    pub list_flood: Option<(usize, usize)>,
     pub kv_faults: VecDeque<Fault>,
     /// Requests per one-second window before 429s (see `Emulator::set_kv_rate_limit`).
     pub kv_rate_limit: Option<u64>,

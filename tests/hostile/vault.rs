@@ -153,3 +153,74 @@ fn the_timeout_bounds_a_large_selection() {
     std::thread::sleep(ms(500));
     assert_eq!(emu.counters().kv_total_requests, requests);
 }
+
+/// `kvfetch ARGS` against `emu` under an address-space limit of `bytes` (`prlimit --as`).
+fn run_limited(emu: &Emulator, bytes: u64, args: &[&str]) -> Run {
+    let limit = format!("--as={bytes}");
+    let out = std::process::Command::new("prlimit")
+        .args([limit.as_str(), "--", &bin()])
+        .args(args)
+        .env_clear()
+        .envs(env_for(emu))
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Defect 1: pages of ~1 MiB of tiny unique entries (18,000 a page, 1,000 pages) under a 1 GiB
+/// address-space limit: kvfetch refuses the first page that holds more entries than Key Vault
+/// ever sends (exit 8, saying so), within seconds, and never aborts.
+#[test]
+fn a_list_page_of_too_many_entries_is_refused_not_an_abort() {
+    let emu = Emulator::start().unwrap();
+    emu.set_list_flood(Some((18_000, 1000)));
+    let out = Out::new();
+    let t = Instant::now();
+    let r = run_limited(
+        &emu,
+        1 << 30,
+        &[
+            "fetch",
+            "--vault",
+            &emu.vault_url(),
+            "--all",
+            "--timeout",
+            "60s",
+            "--dir",
+            &out.dir(),
+        ],
+    );
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("entries"), "{}", r.stderr);
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(emu.counters().kv_list_requests <= 2);
+}
+
+/// Defect 1: a selection of more than 10,000 names is an error that says so (exit 8) before
+/// any secret is read.
+#[test]
+fn a_selection_over_the_total_cap_is_an_error_that_says_so() {
+    let emu = Emulator::start().unwrap();
+    emu.set_list_flood(Some((100, 101)));
+    let out = Out::new();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &emu.vault_url(),
+            "--all",
+            "--timeout",
+            "10s",
+            "--dir",
+            &out.dir(),
+        ],
+    );
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("more than 10000 secrets"), "{}", r.stderr);
+    assert!(emu.counters().kv_requests.is_empty(), "a secret was read");
+}
