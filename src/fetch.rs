@@ -457,7 +457,9 @@ impl Session {
         let specs = match &self.plan.selection {
             None => self.plan.specs.clone(),
             Some(sel) => {
-                let listed = listings.get(&sel.vault.url).map_or(&[][..], Vec::as_slice);
+                let listed = listings
+                    .get(&sel.vault.url)
+                    .map_or(&[][..], |l| l.entries.as_slice());
                 let now = crate::identity::token::now();
                 let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
                 select::choose(sel, &self.plan.specs, listed, now, &mut noted)?
@@ -529,7 +531,7 @@ impl Session {
         &self,
         detect: bool,
         deadline: &Deadline,
-    ) -> Result<HashMap<String, Vec<crate::keyvault::Listed>>, Error> {
+    ) -> Result<HashMap<String, crate::detect::Listing>, Error> {
         let mut vaults: Vec<&spec::Vault> = Vec::new();
         let sel = self.plan.selection.as_ref().map(|s| &s.vault);
         let unlisted = self
@@ -548,7 +550,16 @@ impl Session {
         }
         let mut listings = HashMap::new();
         for v in vaults {
-            match self.client.list(v, &self.tokens, deadline, Some(v) == sel) {
+            let listed = if Some(v) == sel {
+                let entries = self.client.list(v, &self.tokens, deadline, true);
+                entries.map(|entries| crate::detect::Listing {
+                    entries,
+                    complete: true,
+                })
+            } else {
+                self.list_for_detection(v, deadline)
+            };
+            match listed {
                 Ok(l) => {
                     listings.insert(v.url.clone(), l);
                 }
@@ -567,6 +578,39 @@ impl Session {
             }
         }
         Ok(listings)
+    }
+}
+
+impl Session {
+    /// The list of `vault` as far as change detection of the named secrets pays: the next page
+    /// is read only while the pages read so far are no more than the named secrets found on
+    /// them (each page then saved a GET), and not once all are found. A refresh so costs at most
+    /// min(pages, S) + 1 requests for S unchanged secrets, whatever the vault's size, and judges
+    /// afresh each time. A list cut short knows nothing of the secrets it did not reach
+    /// ([`crate::detect::Listing::complete`]): those are read.
+    fn list_for_detection(
+        &self,
+        vault: &spec::Vault,
+        deadline: &Deadline,
+    ) -> Result<crate::detect::Listing, Error> {
+        let named: std::collections::HashSet<String> = self
+            .plan
+            .specs
+            .iter()
+            .filter(|s| s.version.is_none() && s.vault.url == vault.url)
+            .map(|s| s.name.to_ascii_lowercase())
+            .collect();
+        let mut more = |items: &[crate::keyvault::Listed], pages: usize| {
+            let found = items
+                .iter()
+                .filter(|l| named.contains(&l.name.to_ascii_lowercase()))
+                .count();
+            found < named.len() && pages <= found
+        };
+        let (entries, complete) =
+            self.client
+                .list_while(vault, &self.tokens, deadline, false, &mut more)?;
+        Ok(crate::detect::Listing { entries, complete })
     }
 }
 

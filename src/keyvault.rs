@@ -235,9 +235,26 @@ impl Client {
         deadline: &Deadline,
         patient: bool,
     ) -> Result<Vec<Listed>, Error> {
+        let (items, _) = self.list_while(vault, tokens, deadline, patient, &mut |_, _| true)?;
+        Ok(items)
+    }
+
+    /// [`Client::list`], asking `more(entries so far, pages read)` before each page after the
+    /// first whether to go on; (entries, whether the list was read to its end).
+    pub fn list_while(
+        &self,
+        vault: &Vault,
+        tokens: &Tokens,
+        deadline: &Deadline,
+        patient: bool,
+        more: &mut dyn FnMut(&[Listed], usize) -> bool,
+    ) -> Result<(Vec<Listed>, bool), Error> {
         let mut url = format!("{}/secrets?api-version={}", vault.url, self.api_version);
         let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
-        for _ in 0..MAX_LIST_PAGES {
+        for page_number in 0..MAX_LIST_PAGES {
+            if page_number > 0 && !more(&items, page_number) {
+                return Ok((items, false));
+            }
             let body = self.call(Subject::List(vault, patient), &url, tokens, deadline)?;
             let (page, next) = parse_page(&body).map_err(|why| {
                 Error::Protocol(format!(
@@ -262,7 +279,7 @@ impl Client {
                 }
             }
             let Some(link) = next else {
-                return Ok(items);
+                return Ok((items, true));
             };
             url = next_url(vault, &link, &self.api_version)?;
             if !links.insert(url.clone()) {

@@ -224,3 +224,52 @@ fn a_selection_over_the_total_cap_is_an_error_that_says_so() {
     assert!(r.stderr.contains("more than 10000 secrets"), "{}", r.stderr);
     assert!(emu.counters().kv_requests.is_empty(), "a secret was read");
 }
+
+/// Defect 16: watching 2 secrets of a 1,000-secret vault (41 pages): an unchanged refresh costs
+/// at most min(pages, 2) + 1 = 3 requests, not a list of every page.
+#[test]
+fn watching_a_few_secrets_of_a_big_vault_costs_at_most_their_reads_plus_one() {
+    let emu = stocked(1000);
+    emu.set_secret("zz-a", "zz-a-value-0b1e");
+    emu.set_secret("zz-b", "zz-b-value-6c3d");
+    let out = Out::new();
+    let mut w = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--vault",
+            &emu.vault_url(),
+            "--secret",
+            "zz-a",
+            "--secret",
+            "zz-b",
+            "--refresh",
+            "100ms",
+            "--dir",
+            &out.dir(),
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = w.health_addr();
+    wait_ready(&addr);
+    let done = || metric(&addr, "kvfetch_refreshes_total");
+    // Values read in the second they were written are read once more: let that pass.
+    std::thread::sleep(ms(1100));
+    let start = done();
+    w.wait("refreshes", ms(20_000), || done() >= start + 2.0);
+    emu.reset_counters();
+    let start = done();
+    w.wait("refreshes", ms(20_000), || done() >= start + 3.0);
+    let c = emu.counters();
+    let refreshes = done() - start;
+    // A refresh may be under way as the counters are read: allow one more.
+    let bound = 3.0 * (refreshes + 1.0);
+    assert!(
+        (c.kv_total_requests as f64) <= bound,
+        "{} requests in {refreshes} refreshes (lists: {}): {c:?}",
+        c.kv_total_requests,
+        c.kv_list_requests
+    );
+    let _ = w.stop_and_stderr();
+}
