@@ -89,6 +89,7 @@ fn selection(
             "--all, --prefix and --tag choose secrets for --dir, --env-file or exec's environment; with templates alone, name each secret in the template".into(),
         ));
     }
+    let env_prefix = if env { env_prefix(opts)? } else { None };
     let mut taken: Vec<PathBuf> = [&opts.env_file, &opts.ready_file]
         .into_iter()
         .flatten()
@@ -107,10 +108,30 @@ fn selection(
         files,
         env,
         allow_env: opts.allow_env.clone(),
+        env_prefix,
         dir: opts.dir.clone(),
         taken,
         env_format: opts.env_file.as_ref().map(|_| opts.env_format),
     }))
+}
+
+/// What the variables of selected secrets start with: `--env-prefix`, else `--prefix` as a
+/// variable (`app-` → `APP_`). `--all`/`--tag` without either put a listed name into a variable
+/// only when `--allow-env` names it; with no `--allow-env` either, that is a usage error.
+fn env_prefix(opts: &Options) -> Result<Option<String>, Error> {
+    if let Some(p) = &opts.env_prefix {
+        return Ok(Some(p.clone()));
+    }
+    if let Some(p) = &opts.prefix {
+        let var = spec::env_name_for(p);
+        return select::check_env_prefix(&var, "--prefix").map(Some);
+    }
+    if opts.allow_env.is_empty() {
+        return Err(Error::Usage(
+            "--all and --tag put names the vault chose into variables only under a prefix you choose: add --env-prefix PREFIX (KVFETCH_ENV_PREFIX; e.g. APP_, so db-password becomes APP_DB_PASSWORD), or --allow-env NAME for each variable a selected secret may set".into(),
+        ));
+    }
+    Ok(None)
 }
 
 /// The vault `--vault` names, if any.

@@ -273,3 +273,80 @@ fn watching_a_few_secrets_of_a_big_vault_costs_at_most_their_reads_plus_one() {
     );
     let _ = w.stop_and_stderr();
 }
+
+/// The variable names in `env`'s output.
+fn names_in(env_output: &str) -> Vec<String> {
+    env_output
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+/// Defect 4: names a vault writer adds never set a variable a runtime reads for code, libraries,
+/// trust roots or temp paths. With `--prefix app-`, selected secrets keep the prefix in their
+/// variables (`app-erl-aflags` → `APP_ERL_AFLAGS`, never `ERL_AFLAGS`); `--allow-env DB` lets
+/// the operator name a bare one; `--all` puts names into variables only under `--env-prefix`,
+/// and without it (nor `--allow-env`) is a usage error before any request.
+#[test]
+fn a_vault_writer_cannot_set_runtime_variables_through_a_selection() {
+    let emu = Emulator::start().unwrap();
+    let hostile = [
+        "erl-aflags",
+        "erl-flags",
+        "erl-zflags",
+        "elixir-erl-options",
+        "lua-init",
+        "grpc-default-ssl-roots-file-path",
+        "aspnetcore-hostingstartupassemblies",
+        "temp",
+        "tmp",
+        "krb5-config",
+    ];
+    for name in hostile {
+        emu.set_secret(&format!("app-{name}"), "-eval 'os:cmd(\"id\")'");
+    }
+    emu.set_secret("app-db", "db-value-44e0");
+    let vault = emu.vault_url();
+    let exec = |extra: &[&str]| {
+        let mut args = vec!["exec", "--vault", &vault];
+        args.extend_from_slice(extra);
+        args.extend(["--", "sh", "-c", "env"]);
+        run(&emu, &args)
+    };
+    let bare: Vec<String> = hostile
+        .iter()
+        .map(|n| n.to_ascii_uppercase().replace('-', "_"))
+        .collect();
+    // --prefix: the vault's prefix stays in every variable.
+    let r = exec(&["--prefix", "app-"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let names = names_in(&r.stdout);
+    for b in &bare {
+        assert!(!names.contains(b), "{b} reached the child");
+        assert!(names.contains(&format!("APP_{b}")), "APP_{b}: {names:?}");
+    }
+    assert!(names.contains(&"APP_DB".to_string()), "{names:?}");
+    // --allow-env names a bare variable the operator wants.
+    let r = exec(&["--prefix", "app-", "--allow-env", "DB"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.lines().any(|l| l == "DB=db-value-44e0"));
+    // --all without a prefix for the variables: exit 2, nothing requested, nothing run.
+    emu.reset_counters();
+    let r = exec(&["--all"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--env-prefix"), "{}", r.stderr);
+    assert_eq!(emu.counters().kv_total_requests, 0);
+    assert!(r.stdout.is_empty());
+    // --all --env-prefix KV_: every variable under it.
+    let r = exec(&["--all", "--env-prefix", "KV_"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let names = names_in(&r.stdout);
+    assert!(
+        names.contains(&"KV_APP_ERL_AFLAGS".to_string()),
+        "{names:?}"
+    );
+    for b in &bare {
+        assert!(!names.contains(b), "{b} reached the child");
+    }
+    assert!(!r.stderr.contains("db-value-44e0") && !r.stderr.contains("eyJ"));
+}
