@@ -350,3 +350,44 @@ fn a_vault_writer_cannot_set_runtime_variables_through_a_selection() {
     }
     assert!(!r.stderr.contains("db-value-44e0") && !r.stderr.contains("eyJ"));
 }
+
+/// Defect 5, in `fetch`: after `429 Retry-After: 300` the other secrets do not wait out the
+/// 20 s `--timeout` at the gate and then go with a 1 ms timeout: the run ends at once, exit 7,
+/// with one request sent, and says the vault asked for a pause past the deadline.
+#[test]
+fn a_429_pause_past_the_deadline_ends_a_fetch_at_once() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("a", "a-value-5512");
+    emu.set_secret("b", "b-value-5513");
+    emu.push_kv_fault(Fault::StatusRetryAfter(429, 300));
+    let out = Out::new();
+    let t = Instant::now();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &emu.vault_url(),
+            "--secret",
+            "a",
+            "--secret",
+            "b",
+            "--concurrency",
+            "1",
+            "--timeout",
+            "20s",
+            "--dir",
+            &out.dir(),
+        ],
+    );
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(emu.counters().kv_total_requests, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("past this run's deadline"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert_no_leak(&r, &["a-value-5512", "b-value-5513"]);
+}
