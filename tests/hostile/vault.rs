@@ -391,3 +391,29 @@ fn a_429_pause_past_the_deadline_ends_a_fetch_at_once() {
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert_no_leak(&r, &["a-value-5512", "b-value-5513"]);
 }
+
+/// Defect 1: the whole list is capped too: 251 pages of 100 entries (25,100) end the list with
+/// exit 8 that says so, however well-formed each page is.
+#[test]
+fn a_list_over_the_total_cap_is_refused() {
+    let emu = Emulator::start().unwrap();
+    emu.set_list_flood(Some((100, 251)));
+    let out = Out::new();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &emu.vault_url(),
+            "--prefix",
+            "none-",
+            "--timeout",
+            "60s",
+            "--dir",
+            &out.dir(),
+        ],
+    );
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("more than 25000 secrets"), "{}", r.stderr);
+    assert_eq!(emu.counters().kv_list_requests, 251);
+}
