@@ -762,15 +762,20 @@ pub fn fetch_all(
 /// How many failures one summary names before it only counts the rest.
 const NAMED_FAILURES: usize = 3;
 
-/// One error for all the failures: the first (its exit code wins), then the next few, cut, and
-/// how many more. However many secrets fail, one line says so.
+/// The first failure is the error (its exit code wins). A few more are each logged on a line
+/// of their own; beyond [`NAMED_FAILURES`] in all, one line names the first few, cut, and counts
+/// the rest, so that however many secrets fail (a deadline over a large selection), the log
+/// stays short.
 fn report(errors: Vec<Error>) -> Result<(), Error> {
     let mut errors = errors.into_iter();
     let Some(first) = errors.next() else {
         return Ok(());
     };
     let rest: Vec<Error> = errors.collect();
-    if rest.is_empty() {
+    if rest.len() < NAMED_FAILURES {
+        for e in &rest {
+            log::error(&e.to_string(), &[("kind", e.kind())]);
+        }
         return Err(first);
     }
     let cut = |e: &Error| {

