@@ -311,7 +311,6 @@ impl Client {
         // The last answer the vault gave: the last attempt may be cut short by the deadline
         // itself, and "timed out" alone would hide that the vault was answering 503.
         let mut last_answer: Option<String> = None;
-        let started = Instant::now();
         let mut sent = 0u32;
         let mut waiting = crate::progress::Waiting::new();
         loop {
@@ -319,7 +318,8 @@ impl Client {
             let permit = match self.gates.enter(&vault.url, deadline) {
                 Ok(permit) => permit,
                 Err(closed) => {
-                    return Err(closed_error(&subject, closed, started, sent, &last_answer));
+                    let since = deadline.started();
+                    return Err(closed_error(&subject, closed, since, sent, &last_answer));
                 }
             };
             sent += 1;
@@ -445,7 +445,7 @@ impl Client {
                         "gave up on {} after {}: the vault's host {} does not resolve; check the vault name (--vault, the secret's URL), \
                          or, for a vault behind a private endpoint, that this network resolves privatelink.vaultcore.azure.net",
                         subject.what(),
-                        human(started.elapsed()),
+                        human(deadline.started().elapsed()),
                         vault.host
                     )));
                 }
@@ -456,7 +456,7 @@ impl Client {
                 return Err(Error::VaultUnavailable(format!(
                     "gave up on {} after {} and {attempt} attempts ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
                     subject.what(),
-                    human(started.elapsed())
+                    human(deadline.started().elapsed())
                 )));
             }
         }
@@ -622,23 +622,28 @@ fn request_id() -> String {
 fn closed_error(
     subject: &Subject,
     closed: crate::throttle::Closed,
-    started: Instant,
+    run_started: Instant,
     sent: u32,
     last_answer: &Option<String>,
 ) -> Error {
     let what = subject.what();
-    let took = human(started.elapsed());
+    let took = human(run_started.elapsed());
     let last = last_answer
         .as_deref()
         .map(|a| format!("; last answer: {a}"))
         .unwrap_or_default();
+    let tries = match sent {
+        0 => "no request for it".to_string(),
+        1 => "1 request for it".to_string(),
+        n => format!("{n} requests for it"),
+    };
     Error::VaultUnavailable(match closed.paused {
         Some(p) => format!(
-            "gave up on {what} after {took} and {sent} requests: the vault asked for a pause (429 Retry-After) that lasts {} more, past this run's deadline (--timeout, or --max-stale running out){last}; the vault is throttling: spread the load (--start-splay, fewer replicas) or raise --timeout",
+            "gave up on {what} {took} into the run, after {tries}: the vault asked for a pause (429 Retry-After) that lasts {} more, past this run's deadline (--timeout, or --max-stale running out){last}; the vault is throttling: spread the load (--start-splay, fewer replicas) or raise --timeout",
             human(p)
         ),
         None => format!(
-            "gave up on {what} after {took} and {sent} requests: the deadline (--timeout, or --max-stale running out) came before a request could start{last}; raise --timeout or lower the number of secrets"
+            "gave up on {what} {took} into the run, after {tries}: the deadline (--timeout, or --max-stale running out) came before another request could start{last}; raise --timeout or choose fewer secrets"
         ),
     })
 }
