@@ -154,6 +154,12 @@ pub const MAX_LISTED: usize = 25_000;
 /// What one entry may keep of its content type and tags (Key Vault's own limits: 255
 /// characters; 15 tags, keys of 512 and values of 256 characters). Beyond, they are left out.
 const MAX_CONTENT_TYPE: usize = 255;
+/// At most this many bytes of names, content types and tags kept from the whole list: with the
+/// limits above an entry keeps at most ~12 KB, and 25,000 of those would be 300 MB.
+pub const MAX_LIST_BYTES: usize = 32 << 20;
+/// The longest `nextLink` followed (real ones are a few hundred bytes): each is kept to notice a
+/// loop, so 1,000 of them stay small.
+pub const MAX_NEXT_LINK: usize = 8 << 10;
 const MAX_TAGS: usize = 15;
 const MAX_TAG_KEY: usize = 512;
 const MAX_TAG_VALUE: usize = 256;
@@ -251,6 +257,7 @@ impl Client {
     ) -> Result<(Vec<Listed>, bool), Error> {
         let mut url = format!("{}/secrets?api-version={}", vault.url, self.api_version);
         let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
+        let mut kept = 0usize;
         for page_number in 0..MAX_LIST_PAGES {
             if page_number > 0 && !more(&items, page_number) {
                 return Ok((items, false));
@@ -262,10 +269,12 @@ impl Client {
                     vault.url
                 ))
             })?;
-            if items.len() + page.len() > MAX_LISTED {
+            kept += page.iter().flatten().map(retained).sum::<usize>();
+            if items.len() + page.len() > MAX_LISTED || kept > MAX_LIST_BYTES {
                 return Err(Error::Protocol(format!(
-                    "vault {} listed more than {MAX_LISTED} secrets; kvfetch stopped listing (a vault this large needs explicit --secret specs)",
-                    vault.url
+                    "vault {} listed more than {MAX_LISTED} secrets (or {} MiB of names, tags and content types); kvfetch stopped listing (a vault this large needs explicit --secret specs)",
+                    vault.url,
+                    MAX_LIST_BYTES >> 20
                 )));
             }
             for item in page {
@@ -704,6 +713,9 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
             crate::log::escape(&link.chars().take(200).collect::<String>())
         ))
     };
+    if link.len() > MAX_NEXT_LINK {
+        return Err(refuse("it is longer than 8 KiB"));
+    }
     let (base, query) = link.split_once('?').unwrap_or((link, ""));
     let path = if base.starts_with('/') {
         base.to_string()
@@ -800,6 +812,12 @@ impl<'de> serde::Deserialize<'de> for Bounded {
         }
         d.deserialize_seq(Visit)
     }
+}
+
+/// The bytes one entry keeps of what the vault sent (names, content type, tags).
+fn retained(l: &Listed) -> usize {
+    let tags: usize = l.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+    l.name.len() + l.content_type.as_ref().map_or(0, String::len) + tags
 }
 
 /// One list entry; its name is the last segment of `id` after `/secrets/`.
@@ -911,6 +929,9 @@ mod tests {
             let e = next_url(&v, bad, "7.5").unwrap_err();
             assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
         }
+        // A link too long to keep is refused, not followed.
+        let long = format!("/secrets?$skiptoken={}", "a".repeat(MAX_NEXT_LINK));
+        assert!(next_url(&v, &long, "7.5").is_err());
         // A loopback vault with a port: the port must match.
         let l = vault("http://127.0.0.1:8080");
         assert!(next_url(&l, "http://127.0.0.1:8080/secrets?a=1", "7.5").is_ok());
@@ -939,6 +960,21 @@ mod tests {
             ("db", false, Some(5), Some(1), true)
         );
         assert_eq!(db.tags.len(), 1, "only string tags");
+        assert_eq!(
+            retained(db),
+            "db".len() + "application/x-pem-file".len() + 5
+        );
+        // Tags and content types beyond Key Vault's own limits are not kept.
+        let big = format!(
+            r#"{{"value":[{{"id":"/secrets/x","contentType":"{}","tags":{{{}}}}}]}}"#,
+            "c".repeat(256),
+            (0..20)
+                .map(|i| format!(r#""k{i}":"v""#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let x = parse_page(&big).unwrap().0.remove(0).unwrap();
+        assert_eq!((x.content_type, x.tags.len()), (None, MAX_TAGS));
         assert!(items[1].is_err() && items[3].is_err());
         assert_eq!(items[2].as_ref().unwrap().name, "ok");
         assert!(
