@@ -124,7 +124,8 @@ fn env_prefix(opts: &Options) -> Result<Option<String>, Error> {
     }
     if let Some(p) = &opts.prefix {
         let var = spec::env_name_for(p);
-        return select::check_env_prefix(&var, "--prefix").map(Some);
+        let what = format!("--prefix {p:?}, as the variables' prefix");
+        return select::check_env_prefix(&var, &what).map(Some);
     }
     if opts.allow_env.is_empty() {
         return Err(Error::Usage(
