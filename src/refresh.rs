@@ -279,11 +279,12 @@ impl Refresher {
             base: self.opts.backoff_base,
             cap_factor: u32::MAX,
         };
-        // The next try comes no later than the moment --max-stale runs out, so that the exit
-        // it calls for is not put off by a backoff.
+        // The next try comes no later than a second after --max-stale runs out, so that the
+        // exit it calls for is not put off by a long backoff, while /readyz has shown 503 for a
+        // moment a probe can see.
         let until_stale = self
             .stale_at()
-            .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_millis(10));
+            .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_secs(1));
         let delay = backoff
             .delay(self.failures_in_row)
             .min(self.refresh())
