@@ -80,7 +80,14 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_PREFIX",
         Some("PREFIX"),
         None,
-        "also fetch every listed secret whose name starts with PREFIX (any case), named without it: app-db -> file db, variable DB",
+        "also fetch every listed secret whose name starts with PREFIX (any case); files are named without it, variables keep it: app-db -> file db, variable APP_DB (see --env-prefix)",
+    ),
+    flag(
+        "env-prefix",
+        "KVFETCH_ENV_PREFIX",
+        Some("PREFIX"),
+        None,
+        "variables of secrets chosen by --all/--prefix/--tag are PREFIX + the name (APP_ + db -> APP_DB); without it, --prefix P keeps P in the variable (app-db -> APP_DB), --all/--tag need it (or --allow-env NAME for each bare name)",
     ),
     flag(
         "tag",
@@ -164,7 +171,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_ALLOW_ENV",
         Some("NAME"),
         None,
-        "let a secret set this variable although it steers programs (PATH, IFS, ENV, BASH_ENV, SHELLOPTS, BASHOPTS, PS4, GLIBC_TUNABLES, LD_*); repeatable or comma-separated",
+        "let a secret set this variable although it steers programs (PATH, IFS, ENV, BASH_ENV, SHELLOPTS, BASHOPTS, PS4, GLIBC_TUNABLES, LD_*); a selected secret whose bare name is NAME sets NAME itself; repeatable or comma-separated",
     ),
     flag(
         "identity-source",
@@ -413,6 +420,8 @@ pub struct Options {
     /// `--all`, `--prefix`, `--tag`, `--skip-managed`: choose from the vault's list.
     pub all: bool,
     pub prefix: Option<String>,
+    /// `--env-prefix`: the variables of selected secrets start with it.
+    pub env_prefix: Option<String>,
     pub tags: Vec<(String, String)>,
     pub skip_managed: bool,
     /// `--template SRC:DEST[:MODE]`, as given (parsed with the plan, which reads SRC).
@@ -559,6 +568,9 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
             all: switch("all")?,
             prefix: get("prefix")
                 .map(|p| crate::select::check_prefix(&p))
+                .transpose()?,
+            env_prefix: get("env-prefix")
+                .map(|p| crate::select::check_env_prefix(&p, "--env-prefix"))
                 .transpose()?,
             tags: list_flag(given.get("tag"), env, "KVFETCH_TAGS", &[',', '\n'])
                 .iter()

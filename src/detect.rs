@@ -13,6 +13,15 @@ use crate::fetch::Snapshot;
 use crate::keyvault::{Fetched, Listed};
 use crate::spec::SecretSpec;
 
+/// A vault's list as a refresh read it: for change detection it may stop early (see
+/// `Session::list_for_detection`), and then says nothing of the secrets it did not reach.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub entries: Vec<Listed>,
+    /// Read to its end: a secret it lacks is not in the vault.
+    pub complete: bool,
+}
+
 /// The key a value is held under: vault, name (any case), version.
 fn key(s: &SecretSpec) -> (&str, String, Option<&str>) {
     (
@@ -28,7 +37,7 @@ fn key(s: &SecretSpec) -> (&str, String, Option<&str>) {
 pub fn reusable(
     specs: &[SecretSpec],
     held: &Snapshot,
-    listings: &HashMap<String, Vec<Listed>>,
+    listings: &HashMap<String, Listing>,
 ) -> Vec<Option<Option<Fetched>>> {
     let before: HashMap<_, &Option<Fetched>> = held
         .specs
@@ -48,19 +57,21 @@ pub fn reusable(
 fn decide(
     spec: &SecretSpec,
     was: &Option<Fetched>,
-    listing: Option<&Vec<Listed>>,
+    listing: Option<&Listing>,
 ) -> Option<Option<Fetched>> {
     // A pinned version's value cannot change.
     if spec.version.is_some() && was.is_some() {
         return Some(was.clone());
     }
-    let listed = listing?
+    let listing = listing?;
+    let listed = listing
+        .entries
         .iter()
         .find(|l| l.name.eq_ignore_ascii_case(&spec.name));
     match (was, listed) {
         (Some(f), Some(l)) if spec.version.is_none() && unchanged(f, l) => Some(Some(f.clone())),
-        // An absent optional secret the list still lacks stays absent.
-        (None, None) if spec.shape.optional => Some(None),
+        // An absent optional secret the whole list still lacks stays absent.
+        (None, None) if spec.shape.optional && listing.complete => Some(None),
         _ => None,
     }
 }
@@ -134,7 +145,13 @@ mod tests {
             listed("fresh", 100),
             off,
         ];
-        let listings = HashMap::from([("https://127.0.0.1:8443".to_string(), listing)]);
+        let mut listings = HashMap::from([(
+            "https://127.0.0.1:8443".to_string(),
+            Listing {
+                entries: listing,
+                complete: true,
+            },
+        )]);
         let got = reusable(&specs, &held, &listings);
         let kept: Vec<bool> = got.iter().map(Option::is_some).collect();
         // same: kept; moved, gone, new: read; pinned: kept; absent and unlisted: kept absent;
@@ -148,6 +165,11 @@ mod tests {
             kept,
             [false, false, false, false, true, false, false, false]
         );
+        // A list cut short says nothing of an absent optional secret: it is read.
+        listings.values_mut().for_each(|l| l.complete = false);
+        let partial = reusable(&specs, &held, &listings);
+        assert_eq!(partial[5], None);
+        assert_eq!(partial[0], got[0], "what it did reach still counts");
         // A spec the held snapshot lacks is read.
         let empty = Snapshot::default();
         assert!(

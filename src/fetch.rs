@@ -89,6 +89,7 @@ fn selection(
             "--all, --prefix and --tag choose secrets for --dir, --env-file or exec's environment; with templates alone, name each secret in the template".into(),
         ));
     }
+    let env_prefix = if env { env_prefix(opts)? } else { None };
     let mut taken: Vec<PathBuf> = [&opts.env_file, &opts.ready_file]
         .into_iter()
         .flatten()
@@ -107,10 +108,31 @@ fn selection(
         files,
         env,
         allow_env: opts.allow_env.clone(),
+        env_prefix,
         dir: opts.dir.clone(),
         taken,
         env_format: opts.env_file.as_ref().map(|_| opts.env_format),
     }))
+}
+
+/// What the variables of selected secrets start with: `--env-prefix`, else `--prefix` as a
+/// variable (`app-` → `APP_`). `--all`/`--tag` without either put a listed name into a variable
+/// only when `--allow-env` names it; with no `--allow-env` either, that is a usage error.
+fn env_prefix(opts: &Options) -> Result<Option<String>, Error> {
+    if let Some(p) = &opts.env_prefix {
+        return Ok(Some(p.clone()));
+    }
+    if let Some(p) = &opts.prefix {
+        let var = spec::env_name_for(p);
+        let what = format!("--prefix {p:?}, as the variables' prefix");
+        return select::check_env_prefix(&var, &what).map(Some);
+    }
+    if opts.allow_env.is_empty() {
+        return Err(Error::Usage(
+            "--all and --tag put names the vault chose into variables only under a prefix you choose: add --env-prefix PREFIX (KVFETCH_ENV_PREFIX; e.g. APP_, so db-password becomes APP_DB_PASSWORD), or --allow-env NAME for each variable a selected secret may set".into(),
+        ));
+    }
+    Ok(None)
 }
 
 /// The vault `--vault` names, if any.
@@ -493,15 +515,30 @@ impl Session {
     /// Fetch again, knowing what `held` holds: the vaults are listed and only what changed is
     /// read (see [`crate::detect`]), unless a full read is due. `None` reads everything.
     pub fn refresh(&self, held: Option<&Snapshot>) -> Result<Snapshot, Error> {
+        self.refresh_by(held, None)
+    }
+
+    /// [`Session::refresh`] with its deadline no later than `by` (when `--max-stale` runs out):
+    /// no wait, a 429 pause included, may outlast it.
+    pub fn refresh_by(
+        &self,
+        held: Option<&Snapshot>,
+        by: Option<std::time::Instant>,
+    ) -> Result<Snapshot, Error> {
         self.splay_once();
-        let deadline = Deadline::after(self.timeout);
+        let left = by.map_or(self.timeout, |t| {
+            t.saturating_duration_since(std::time::Instant::now())
+        });
+        let deadline = Deadline::after(self.timeout.min(left));
         let full = held.is_none() || self.full_read_due();
         let held = held.filter(|_| !full);
         let listings = self.listings(held.is_some(), &deadline)?;
         let specs = match &self.plan.selection {
             None => self.plan.specs.clone(),
             Some(sel) => {
-                let listed = listings.get(&sel.vault.url).map_or(&[][..], Vec::as_slice);
+                let listed = listings
+                    .get(&sel.vault.url)
+                    .map_or(&[][..], |l| l.entries.as_slice());
                 let now = crate::identity::token::now();
                 let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
                 select::choose(sel, &self.plan.specs, listed, now, &mut noted)?
@@ -574,7 +611,7 @@ impl Session {
         &self,
         detect: bool,
         deadline: &Deadline,
-    ) -> Result<HashMap<String, Vec<crate::keyvault::Listed>>, Error> {
+    ) -> Result<HashMap<String, crate::detect::Listing>, Error> {
         let mut vaults: Vec<&spec::Vault> = Vec::new();
         let sel = self.plan.selection.as_ref().map(|s| &s.vault);
         let unlisted = self
@@ -593,7 +630,16 @@ impl Session {
         }
         let mut listings = HashMap::new();
         for v in vaults {
-            match self.client.list(v, &self.tokens, deadline, Some(v) == sel) {
+            let listed = if Some(v) == sel {
+                let entries = self.client.list(v, &self.tokens, deadline, true);
+                entries.map(|entries| crate::detect::Listing {
+                    entries,
+                    complete: true,
+                })
+            } else {
+                self.list_for_detection(v, deadline)
+            };
+            match listed {
                 Ok(l) => {
                     listings.insert(v.url.clone(), l);
                 }
@@ -612,6 +658,39 @@ impl Session {
             }
         }
         Ok(listings)
+    }
+}
+
+impl Session {
+    /// The list of `vault` as far as change detection of the named secrets pays: the next page
+    /// is read only while the pages read so far are no more than the named secrets found on
+    /// them (each page then saved a GET), and not once all are found. A refresh so costs at most
+    /// min(pages, S) + 1 requests for S unchanged secrets, whatever the vault's size, and judges
+    /// afresh each time. A list cut short knows nothing of the secrets it did not reach
+    /// ([`crate::detect::Listing::complete`]): those are read.
+    fn list_for_detection(
+        &self,
+        vault: &spec::Vault,
+        deadline: &Deadline,
+    ) -> Result<crate::detect::Listing, Error> {
+        let named: std::collections::HashSet<String> = self
+            .plan
+            .specs
+            .iter()
+            .filter(|s| s.version.is_none() && s.vault.url == vault.url)
+            .map(|s| s.name.to_ascii_lowercase())
+            .collect();
+        let mut more = |items: &[crate::keyvault::Listed], pages: usize| {
+            let found = items
+                .iter()
+                .filter(|l| named.contains(&l.name.to_ascii_lowercase()))
+                .count();
+            found < named.len() && pages <= found
+        };
+        let (entries, complete) =
+            self.client
+                .list_while(vault, &self.tokens, deadline, false, &mut more)?;
+        Ok(crate::detect::Listing { entries, complete })
     }
 }
 
@@ -676,8 +755,11 @@ pub fn fetch_all(
     let results: Vec<Mutex<Option<Result<Fetched, Error>>>> =
         unique.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
+    // After the deadline no secret is started: those left are counted, not requested.
     let work = || {
-        while let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst)) {
+        while !deadline.remaining().is_zero()
+            && let Some(spec) = unique.get(next.fetch_add(1, Ordering::SeqCst))
+        {
             let i = index[&key(spec)];
             let r = client.fetch(spec, tokens, deadline);
             if let Ok(f) = &r {
@@ -713,11 +795,16 @@ pub fn fetch_all(
     });
     let mut fetched = Vec::with_capacity(specs.len());
     let mut errors = Vec::new();
+    let mut unstarted = 0usize;
     for s in specs {
         let slot = results[index[&key(s)]]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref().expect("every secret was attempted") {
+        let Some(result) = slot.as_ref() else {
+            unstarted += 1;
+            continue;
+        };
+        match result {
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
             Err(e) if skipped(s, e) => {
@@ -731,6 +818,12 @@ pub fn fetch_all(
             }
             Err(e) => errors.push(e.clone()),
         }
+    }
+    if unstarted > 0 {
+        errors.push(Error::VaultUnavailable(format!(
+            "{unstarted} secrets were not requested: the deadline (--timeout {}) came first; raise --timeout, or choose fewer secrets",
+            human(deadline.at().saturating_duration_since(deadline.started()))
+        )));
     }
     report(errors)?;
     Ok(fetched)
@@ -748,16 +841,46 @@ pub fn check_values(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(), 
     output_items(opts, plan, snap).map(drop)
 }
 
-/// Log every failure but the first, and return the first (its exit code wins).
-fn report(mut errors: Vec<Error>) -> Result<(), Error> {
-    if errors.is_empty() {
+/// How many failures one summary names before it only counts the rest.
+const NAMED_FAILURES: usize = 3;
+
+/// The first failure is the error (its exit code wins). A few more are each logged on a line
+/// of their own; beyond [`NAMED_FAILURES`] in all, one line names the first few, cut, and counts
+/// the rest, so that however many secrets fail (a deadline over a large selection), the log
+/// stays short.
+fn report(errors: Vec<Error>) -> Result<(), Error> {
+    let mut errors = errors.into_iter();
+    let Some(first) = errors.next() else {
         return Ok(());
+    };
+    let rest: Vec<Error> = errors.collect();
+    if rest.len() < NAMED_FAILURES {
+        for e in &rest {
+            log::error(&e.to_string(), &[("kind", e.kind())]);
+        }
+        return Err(first);
     }
-    let first = errors.remove(0);
-    for e in &errors {
-        log::error(&e.to_string(), &[("kind", e.kind())]);
-    }
-    Err(first)
+    let cut = |e: &Error| {
+        let t = e.to_string();
+        match t.char_indices().nth(240) {
+            Some((i, _)) => format!("{}…", &t[..i]),
+            None => t,
+        }
+    };
+    let named: Vec<String> = rest.iter().take(NAMED_FAILURES).map(cut).collect();
+    let more = rest.len().saturating_sub(NAMED_FAILURES);
+    let tail = if more > 0 {
+        format!("; and {more} more")
+    } else {
+        String::new()
+    };
+    let total = rest.len() + 1;
+    Err(first.map_text(|t| {
+        format!(
+            "{t} [{total} failures in all; also: {}{tail}]",
+            named.join("; ")
+        )
+    }))
 }
 
 /// Every output's path, bytes and mode: one file per secret under `--dir` (or, atomic, the

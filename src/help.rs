@@ -15,6 +15,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "secret",
             "all",
             "prefix",
+            "env-prefix",
             "tag",
             "skip-managed",
             "api-version",

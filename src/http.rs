@@ -502,7 +502,14 @@ pub fn send_within(
         })?,
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if success => return Err(classify(&e)),
-        Err(_) => String::new(),
+        // An error page too large to read is still judged by its status; one the deadline (or
+        // the connection) cut is no answer at all: a cut body must never pass for an empty one.
+        Err(ureq::Error::BodyExceedsLimit(_)) => String::new(),
+        Err(e) => {
+            let mut failure = classify(&e);
+            failure.text = format!("HTTP {status} whose body was cut ({})", failure.text);
+            return Err(failure);
+        }
     };
     Ok(Reply {
         status,

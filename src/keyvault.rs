@@ -145,6 +145,23 @@ pub struct Listed {
 /// At most this many pages (25 secrets each) are read: a vault that keeps sending `nextLink`s
 /// past 25,000 secrets is taken for a broken or hostile server.
 pub const MAX_LIST_PAGES: usize = 1000;
+/// At most this many entries on one page: Key Vault sends 25; a page of more is refused while
+/// it is parsed, before its entries are allocated.
+pub const MAX_PAGE_ENTRIES: usize = 100;
+/// At most this many entries in the whole list (1,000 pages of Key Vault's 25).
+pub const MAX_LISTED: usize = 25_000;
+/// What one entry may keep of its content type and tags (Key Vault's own limits: 255
+/// characters; 15 tags, keys of 512 and values of 256 characters). Beyond, they are left out.
+const MAX_CONTENT_TYPE: usize = 255;
+/// At most this many bytes of names, content types and tags kept from the whole list: with the
+/// limits above an entry keeps at most ~12 KB, and 25,000 of those would be 300 MB.
+pub const MAX_LIST_BYTES: usize = 32 << 20;
+/// The longest `nextLink` followed (real ones are a few hundred bytes): each is kept to notice a
+/// loop, so 1,000 of them stay small.
+pub const MAX_NEXT_LINK: usize = 8 << 10;
+const MAX_TAGS: usize = 15;
+const MAX_TAG_KEY: usize = 512;
+const MAX_TAG_VALUE: usize = 256;
 
 /// What the loop does after one answer.
 enum Next {
@@ -223,16 +240,42 @@ impl Client {
         deadline: &Deadline,
         patient: bool,
     ) -> Result<Vec<Listed>, Error> {
+        let (items, _) = self.list_while(vault, tokens, deadline, patient, &mut |_, _| true)?;
+        Ok(items)
+    }
+
+    /// [`Client::list`], asking `more(entries so far, pages read)` before each page after the
+    /// first whether to go on; (entries, whether the list was read to its end).
+    pub fn list_while(
+        &self,
+        vault: &Vault,
+        tokens: &Tokens,
+        deadline: &Deadline,
+        patient: bool,
+        more: &mut dyn FnMut(&[Listed], usize) -> bool,
+    ) -> Result<(Vec<Listed>, bool), Error> {
         let mut url = format!("{}/secrets?api-version={}", vault.url, self.api_version);
         let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
-        for _ in 0..MAX_LIST_PAGES {
+        let mut kept = 0usize;
+        for page_number in 0..MAX_LIST_PAGES {
+            if page_number > 0 && !more(&items, page_number) {
+                return Ok((items, false));
+            }
             let body = self.call(Subject::List(vault, patient), &url, tokens, deadline)?;
-            let (page, next) = parse_page(&body).ok_or_else(|| {
+            let (page, next) = parse_page(&body).map_err(|why| {
                 Error::Protocol(format!(
-                    "the list of secrets of vault {} is not a Key Vault secret list; check that --vault points at Key Vault and not at a proxy",
+                    "the list of secrets of vault {} {why}; check that --vault points at Key Vault and not at a proxy",
                     vault.url
                 ))
             })?;
+            kept += page.iter().flatten().map(retained).sum::<usize>();
+            if items.len() + page.len() > MAX_LISTED || kept > MAX_LIST_BYTES {
+                return Err(Error::Protocol(format!(
+                    "vault {} listed more than {MAX_LISTED} secrets (or {} MiB of names, tags and content types); kvfetch stopped listing (a vault this large needs explicit --secret specs)",
+                    vault.url,
+                    MAX_LIST_BYTES >> 20
+                )));
+            }
             for item in page {
                 match item {
                     Ok(l) if seen.insert(l.name.to_ascii_lowercase()) => items.push(l),
@@ -244,7 +287,7 @@ impl Client {
                 }
             }
             let Some(link) = next else {
-                return Ok(items);
+                return Ok((items, true));
             };
             url = next_url(vault, &link, &self.api_version)?;
             if !links.insert(url.clone()) {
@@ -276,11 +319,18 @@ impl Client {
         // The last answer the vault gave: the last attempt may be cut short by the deadline
         // itself, and "timed out" alone would hide that the vault was answering 503.
         let mut last_answer: Option<String> = None;
-        let started = Instant::now();
+        let mut sent = 0u32;
         let mut waiting = crate::progress::Waiting::new();
         loop {
             // Wait while the vault is paused by a 429 or at its concurrency limit.
-            let permit = self.gates.enter(&vault.url, deadline);
+            let permit = match self.gates.enter(&vault.url, deadline) {
+                Ok(permit) => permit,
+                Err(closed) => {
+                    let since = deadline.started();
+                    return Err(closed_error(&subject, closed, since, sent, &last_answer));
+                }
+            };
+            sent += 1;
             let timeout = deadline.remaining().min(Duration::from_secs(30));
             let bearer = token.bearer();
             // A fresh id per request: the vault's diagnostic log records it, so a failure
@@ -403,7 +453,7 @@ impl Client {
                         "gave up on {} after {}: the vault's host {} does not resolve; check the vault name (--vault, the secret's URL), \
                          or, for a vault behind a private endpoint, that this network resolves privatelink.vaultcore.azure.net",
                         subject.what(),
-                        human(started.elapsed()),
+                        human(deadline.started().elapsed()),
                         vault.host
                     )));
                 }
@@ -412,9 +462,10 @@ impl Client {
                     None => format!("last: {problem}"),
                 };
                 return Err(Error::VaultUnavailable(format!(
-                    "gave up on {} after {} and {attempt} attempts ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
+                    "gave up on {} after {} and {} ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
                     subject.what(),
-                    human(started.elapsed())
+                    human(deadline.started().elapsed()),
+                    crate::retry::attempts(attempt)
                 )));
             }
         }
@@ -575,6 +626,37 @@ fn request_id() -> String {
     )
 }
 
+/// The run's deadline came before a request could start: the vault's 429 pause lasts past it,
+/// or the deadline passed while the request waited for a slot. Nothing is sent after it.
+fn closed_error(
+    subject: &Subject,
+    closed: crate::throttle::Closed,
+    run_started: Instant,
+    sent: u32,
+    last_answer: &Option<String>,
+) -> Error {
+    let what = subject.what();
+    let took = human(run_started.elapsed());
+    let last = last_answer
+        .as_deref()
+        .map(|a| format!("; last answer: {a}"))
+        .unwrap_or_default();
+    let tries = match sent {
+        0 => "no request for it".to_string(),
+        1 => "1 request for it".to_string(),
+        n => format!("{n} requests for it"),
+    };
+    Error::VaultUnavailable(match closed.paused {
+        Some(p) => format!(
+            "gave up on {what} {took} into the run, after {tries}: the vault asked for a pause (429 Retry-After) that lasts {} more, past this run's deadline (--timeout, or --max-stale running out){last}; the vault is throttling: spread the load (--start-splay, fewer replicas) or raise --timeout",
+            human(p)
+        ),
+        None => format!(
+            "gave up on {what} {took} into the run, after {tries}: the deadline (--timeout, or --max-stale running out) came before another request could start{last}; raise --timeout or choose fewer secrets"
+        ),
+    })
+}
+
 /// A delay a server asked for, kept between [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
 pub fn clamp_retry_after(d: Duration) -> Duration {
     d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP)
@@ -628,6 +710,9 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
             crate::log::escape(&crate::redact::cut_quiet(link, 200))
         ))
     };
+    if link.len() > MAX_NEXT_LINK {
+        return Err(refuse("it is longer than 8 KiB"));
+    }
     let (base, query) = link.split_once('?').unwrap_or((link, ""));
     let path = if base.starts_with('/') {
         base.to_string()
@@ -662,17 +747,74 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
 type Page = (Vec<Result<Listed, String>>, Option<String>);
 
 /// A page of the secret list → its entries (`Err(id)` for one that names no valid secret) and
-/// its `nextLink` (None when null, empty or absent). None when the body is not such a page.
-fn parse_page(body: &str) -> Option<Page> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    let items = v.get("value")?.as_array()?;
-    let next = match v.get("nextLink") {
+/// its `nextLink` (None when null, empty or absent). Err (why) when the body is not such a page,
+/// or holds more than [`MAX_PAGE_ENTRIES`] entries: the count is checked while the array is
+/// read, so a page of a million tiny entries never becomes a million values.
+fn parse_page(body: &str) -> Result<Page, String> {
+    let not_a_list = || "is not a Key Vault secret list".to_string();
+    let raw: RawPage = match serde_json::from_str(body) {
+        Ok(raw) => raw,
+        Err(e) if e.to_string().contains(TOO_MANY) => {
+            return Err(format!(
+                "has a page of more than {MAX_PAGE_ENTRIES} entries (Key Vault sends 25)"
+            ));
+        }
+        Err(_) => return Err(not_a_list()),
+    };
+    let items = raw.value.ok_or_else(not_a_list)?.0;
+    let next = match raw.next_link {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return Err(not_a_list()),
     };
-    Some((items.iter().map(parse_item).collect(), next))
+    Ok((items.iter().map(parse_item).collect(), next))
+}
+
+/// The marker of a page refused for its length (see [`Bounded`]).
+const TOO_MANY: &str = "kvfetch: too many entries on a page";
+
+/// A page as read: `value` bounded, `nextLink` as any JSON.
+#[derive(serde::Deserialize)]
+struct RawPage {
+    value: Option<Bounded>,
+    #[serde(rename = "nextLink")]
+    next_link: Option<Value>,
+}
+
+/// A JSON array of at most [`MAX_PAGE_ENTRIES`] values; one more fails the parse.
+struct Bounded(Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for Bounded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Bounded;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of list entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bounded, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Value>()? {
+                    if items.len() == MAX_PAGE_ENTRIES {
+                        return Err(serde::de::Error::custom(TOO_MANY));
+                    }
+                    items.push(item);
+                }
+                Ok(Bounded(items))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
+}
+
+/// The bytes one entry keeps of what the vault sent (names, content type, tags).
+fn retained(l: &Listed) -> usize {
+    let tags: usize = l.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+    l.name.len() + l.content_type.as_ref().map_or(0, String::len) + tags
 }
 
 /// One list entry; its name is the last segment of `id` after `/secrets/`.
@@ -699,13 +841,19 @@ fn parse_item(item: &Value) -> Result<Listed, String> {
         content_type: item
             .get("contentType")
             .and_then(Value::as_str)
+            .filter(|c| c.chars().count() <= MAX_CONTENT_TYPE)
             .map(String::from),
         tags: item
             .get("tags")
             .and_then(Value::as_object)
             .map(|t| {
                 t.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .filter_map(|(k, v)| Some((k, v.as_str()?)))
+                    .filter(|(k, v)| {
+                        k.chars().count() <= MAX_TAG_KEY && v.chars().count() <= MAX_TAG_VALUE
+                    })
+                    .take(MAX_TAGS)
+                    .map(|(k, v)| (k.clone(), v.to_string()))
                     .collect()
             })
             .unwrap_or_default(),
@@ -780,6 +928,9 @@ mod tests {
             let e = next_url(&v, bad, "7.5").unwrap_err();
             assert!(matches!(e, Error::Protocol(_)), "{bad}: {e:?}");
         }
+        // A link too long to keep is refused, not followed.
+        let long = format!("/secrets?$skiptoken={}", "a".repeat(MAX_NEXT_LINK));
+        assert!(next_url(&v, &long, "7.5").is_err());
         // A loopback vault with a port: the port must match.
         let l = vault("http://127.0.0.1:8080");
         assert!(next_url(&l, "http://127.0.0.1:8080/secrets?a=1", "7.5").is_ok());
@@ -808,6 +959,21 @@ mod tests {
             ("db", false, Some(5), Some(1), true)
         );
         assert_eq!(db.tags.len(), 1, "only string tags");
+        assert_eq!(
+            retained(db),
+            "db".len() + "application/x-pem-file".len() + 5
+        );
+        // Tags and content types beyond Key Vault's own limits are not kept.
+        let big = format!(
+            r#"{{"value":[{{"id":"/secrets/x","contentType":"{}","tags":{{{}}}}}]}}"#,
+            "c".repeat(256),
+            (0..20)
+                .map(|i| format!(r#""k{i}":"v""#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let x = parse_page(&big).unwrap().0.remove(0).unwrap();
+        assert_eq!((x.content_type, x.tags.len()), (None, MAX_TAGS));
         assert!(items[1].is_err() && items[3].is_err());
         assert_eq!(items[2].as_ref().unwrap().name, "ok");
         assert!(
@@ -821,9 +987,18 @@ mod tests {
                 .as_deref(),
             Some("/secrets?x=1")
         );
-        assert!(parse_page(r#"{"value":[],"nextLink":1}"#).is_none());
-        assert!(parse_page(r#"{"nextLink":null}"#).is_none());
-        assert!(parse_page("<html>").is_none());
+        assert!(parse_page(r#"{"value":[],"nextLink":1}"#).is_err());
+        assert!(parse_page(r#"{"nextLink":null}"#).is_err());
+        assert!(parse_page("<html>").is_err());
+        // A page of more entries than Key Vault sends is refused as it is read.
+        let many = format!(r#"{{"value":[{}{{}}]}}"#, "{},".repeat(MAX_PAGE_ENTRIES));
+        let e = parse_page(&many).unwrap_err();
+        assert!(e.contains("more than 100 entries"), "{e}");
+        let full = format!(
+            r#"{{"value":[{}{{}}]}}"#,
+            "{},".repeat(MAX_PAGE_ENTRIES - 1)
+        );
+        assert_eq!(parse_page(&full).unwrap().0.len(), MAX_PAGE_ENTRIES);
     }
 
     #[test]

@@ -96,8 +96,9 @@ impl Refresher {
         self.in_flight = true;
         let (session, tx) = (self.session.clone(), self.tx.clone());
         let held = self.current.clone();
+        let stale_at = self.stale_at();
         let spawned = std::thread::Builder::new().spawn(move || {
-            let _ = tx.send(Event::Fetched(session.refresh(held.as_ref())));
+            let _ = tx.send(Event::Fetched(session.refresh_by(held.as_ref(), stale_at)));
         });
         if let Err(e) = spawned {
             // This refresh fails like any other and is retried with backoff.
@@ -129,6 +130,12 @@ impl Refresher {
             Err(e) if first => Err(e),
             Err(e) => self.failed(e),
         }
+    }
+
+    /// When `--max-stale` runs out (after the first write): no refresh may wait past it.
+    fn stale_at(&self) -> Option<Instant> {
+        let s = self.lock();
+        Some(s.last_success? + s.max_stale?)
     }
 
     fn refresh(&self) -> Duration {
@@ -272,7 +279,16 @@ impl Refresher {
             base: self.opts.backoff_base,
             cap_factor: u32::MAX,
         };
-        let delay = backoff.delay(self.failures_in_row).min(self.refresh());
+        // The next try comes no later than a second after --max-stale runs out, so that the
+        // exit it calls for is not put off by a long backoff, while /readyz has shown 503 for a
+        // moment a probe can see.
+        let until_stale = self
+            .stale_at()
+            .map(|t| t.saturating_duration_since(Instant::now()) + Duration::from_secs(1));
+        let delay = backoff
+            .delay(self.failures_in_row)
+            .min(self.refresh())
+            .min(until_stale.unwrap_or(Duration::MAX));
         self.failures_in_row += 1;
         self.next_due = Instant::now() + delay;
         let stale = {

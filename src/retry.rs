@@ -142,6 +142,15 @@ pub fn human(d: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
+/// "1 attempt", "3 attempts".
+pub fn attempts(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

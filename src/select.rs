@@ -29,6 +29,9 @@ pub struct Selection {
     pub files: bool,
     pub env: bool,
     pub allow_env: Vec<String>,
+    /// What every selected secret's variable starts with: `--env-prefix`, else `--prefix` as a
+    /// variable (`app-` → `APP_`). None: only names `--allow-env` gives become variables.
+    pub env_prefix: Option<String>,
     /// `--dir`, and the other files kvfetch writes or reads there (env file, ready file,
     /// templates): a listed name may not land on one of them.
     pub dir: Option<PathBuf>,
@@ -84,6 +87,12 @@ pub fn reserved_for_selection(name: &str) -> bool {
         "XDG_",
         "LC_",
         "DBUS_",
+        "ERL_",
+        "ELIXIR_",
+        "LUA_",
+        "GRPC_",
+        "ASPNETCORE_",
+        "KRB5",
     ];
     const NAMES: &[&str] = &[
         "HOME",
@@ -114,12 +123,18 @@ pub fn reserved_for_selection(name: &str) -> bool {
         "CURL_HOME",
         "WGETRC",
         "NETRC",
+        "TEMP",
+        "TMP",
     ];
     let upper = name.to_ascii_uppercase();
     spec::steers_programs(name)
         || NAMES.contains(&upper.as_str())
         || PREFIXES.iter().any(|p| upper.starts_with(p))
 }
+
+/// The most secrets one selection may choose: more is an error that says so, never a run of
+/// tens of thousands of requests, files or variables a vault writer could steer.
+pub const MAX_SELECTED: usize = 10_000;
 
 /// Why a listed secret that matches the selection is not used (one log line each).
 fn skip_reason(
@@ -144,7 +159,11 @@ fn skip_reason(
     if out.is_empty() {
         return Some("its name is the prefix alone, which leaves no output name".into());
     }
-    let env = spec::env_name_for(out);
+    let env = match variable(sel, out) {
+        Ok(var) => var,
+        Err(why) if sel.env => return Some(why),
+        Err(_) => String::new(),
+    };
     let shown = explicit.iter().filter(|s| !s.hidden);
     for s in shown {
         if sel.files && s.file_name() == out || sel.env && s.env_name() == env {
@@ -176,6 +195,46 @@ fn skip_reason(
         }
     }
     None
+}
+
+/// The variable a selected secret sets: its name as a variable under the operator's prefix, or
+/// bare when `--allow-env` names it. A vault writer chooses names, never the namespace: no
+/// listed name can reach a variable a runtime reads (`ERL_AFLAGS`, `LUA_INIT`, `TMP`, …)
+/// unless the operator chose that prefix or name. Err: why it sets none.
+fn variable(sel: &Selection, out: &str) -> Result<String, String> {
+    let bare = spec::env_name_for(out);
+    if sel.allow_env.iter().any(|a| a == &bare) {
+        return Ok(bare);
+    }
+    match &sel.env_prefix {
+        Some(p) => Ok(format!("{p}{bare}")),
+        None => Err(format!(
+            "it would set {bare}, a variable named by the vault rather than by you, which a vault writer could use to steer the app (give --env-prefix, or --allow-env {bare})"
+        )),
+    }
+}
+
+/// `--env-prefix` (or `--prefix` as a variable, `what`): a variable name's beginning, at most
+/// 64 characters, that no runtime reads as a namespace of its own (`LD_`, `PYTHON`, `JAVA`,
+/// `ERL_`, …): a vault writer completes it with any name.
+pub fn check_env_prefix(p: &str, what: &str) -> Result<String, Error> {
+    let mut chars = p.chars();
+    let shaped = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && p.len() <= 64;
+    if !shaped {
+        return Err(Error::Usage(format!(
+            "{what} {p:?} cannot begin the variables of selected secrets: give --env-prefix with 1-64 letters, digits and _ (not starting with a digit), e.g. --env-prefix APP_"
+        )));
+    }
+    if reserved_for_selection(&format!("{p}X")) {
+        return Err(Error::Usage(format!(
+            "{what} {p:?} would put the vault's names into variables starting with {p}, which programs or runtimes read (a vault writer could steer the app): give --env-prefix with a prefix of your own, e.g. --env-prefix APP_"
+        )));
+    }
+    Ok(p.to_string())
 }
 
 /// The output name of a listed secret, if it matches the prefix and tags.
@@ -226,6 +285,12 @@ pub fn choose(
             note(format!("skip {} {why}", l.name), &msg, &fields);
             continue;
         }
+        if specs.len() - explicit.len() == MAX_SELECTED {
+            return Err(Error::Protocol(format!(
+                "the selection chose more than {MAX_SELECTED} secrets from vault {}; kvfetch reads at most {MAX_SELECTED} (each is a request and a file or variable): narrow it with --prefix or --tag, or name the secrets with --secret",
+                sel.vault.url
+            )));
+        }
         if l.managed {
             let ct = l.content_type.as_deref().unwrap_or("none");
             let with = [fields[0], fields[1], ("content_type", ct)];
@@ -243,6 +308,11 @@ pub fn choose(
             shape: Shape {
                 optional: true,
                 ..Shape::default()
+            },
+            env_alias: if sel.env {
+                variable(sel, &out).ok()
+            } else {
+                None
             },
             output_name: (out != l.name).then_some(out),
             hidden: false,
@@ -357,6 +427,7 @@ mod tests {
             files: true,
             env: true,
             allow_env: Vec::new(),
+            env_prefix: prefix.map(spec::env_name_for),
             dir: Some("/run/out".into()),
             taken: vec!["/run/out/ready".into()],
             env_format: None,
@@ -402,8 +473,8 @@ mod tests {
         assert_eq!(
             names(&got),
             [
-                ("app-db".into(), "db".into(), "DB".into()),
-                ("APP-Api-Key".into(), "Api-Key".into(), "API_KEY".into()),
+                ("app-db".into(), "db".into(), "APP_DB".into()),
+                ("APP-Api-Key".into(), "Api-Key".into(), "APP_API_KEY".into()),
             ]
         );
     }
@@ -424,6 +495,10 @@ mod tests {
         l.push(listed("untagged"));
         let mut s = sel(None, &[("team", "a")]);
         s.skip_managed = true;
+        // No prefix for the variables: only the names the operator allowed become variables.
+        s.allow_env = ["APP", "OK", "EARLY", "CERT", "1X"]
+            .map(String::from)
+            .to_vec();
         let explicit = spec::parse_spec("APP=other", Some(&vault())).unwrap();
         let mut noted = BTreeSet::new();
         let got = choose(&s, std::slice::from_ref(&explicit), &l, 100, &mut noted).unwrap();
@@ -463,6 +538,24 @@ mod tests {
         assert!(taken.unwrap().is_empty(), "the ready file's name is taken");
         let got = choose(&sel(None, &[]), &[], &l, 0, &mut Default::default()).unwrap();
         assert!(got.is_empty());
+        // Under an operator's prefix a listed name is harmless; that prefix cannot be a
+        // runtime's own namespace.
+        let mut p = sel(None, &[]);
+        p.env_prefix = Some("APP_".into());
+        let got = choose(
+            &p,
+            &[],
+            &[listed("erl-aflags"), listed("tmp")],
+            0,
+            &mut Default::default(),
+        )
+        .unwrap();
+        let vars: Vec<String> = got.iter().map(SecretSpec::env_name).collect();
+        assert_eq!(vars, ["APP_ERL_AFLAGS", "APP_TMP"]);
+        for bad in ["LD_", "PYTHON", "ERL_", "JAVA", "1A", "A-B", ""] {
+            assert!(check_env_prefix(bad, "--env-prefix").is_err(), "{bad}");
+        }
+        assert!(check_env_prefix("APP_", "--env-prefix").is_ok());
         let mut s = sel(None, &[]);
         s.allow_env = vec!["PATH".into()];
         let got = choose(&s, &[], &l, 0, &mut Default::default()).unwrap();

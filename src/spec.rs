@@ -61,6 +61,9 @@ pub struct SecretSpec {
     /// The name outputs take when there is no alias, if not `name`: a selected secret's name
     /// with `--prefix` stripped (`app-db` → file `db`, variable `DB`).
     pub output_name: Option<String>,
+    /// The variable of a selected secret, chosen under the operator's rule (see
+    /// [`crate::select`]): the operator's prefix on the name, or a name `--allow-env` gave.
+    pub env_alias: Option<String>,
     /// Fetched for a template only: no file, no variable of its own.
     pub hidden: bool,
 }
@@ -78,6 +81,7 @@ impl SecretSpec {
     pub fn env_name(&self) -> String {
         self.alias
             .clone()
+            .or_else(|| self.env_alias.clone())
             .unwrap_or_else(|| env_name_for(self.output_name.as_deref().unwrap_or(&self.name)))
     }
 
@@ -399,6 +403,7 @@ pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpe
         version,
         shape,
         output_name: None,
+        env_alias: None,
         hidden: false,
     })
 }

@@ -32,6 +32,13 @@ pub struct Gates {
     changed: Condvar,
 }
 
+/// Why no request may start: the deadline came first, or (`paused`) the vault asked for a pause
+/// that lasts this much longer, past the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    pub paused: Option<Duration>,
+}
+
 /// A request in flight to a vault; dropping it frees the slot.
 pub struct Permit<'a> {
     gates: &'a Gates,
@@ -60,9 +67,10 @@ impl Gates {
         self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wait until `vault` is not paused and has a free slot (never past `deadline`: then the
-    /// request goes anyway and meets the deadline itself).
-    pub fn enter(&self, vault: &str, deadline: &Deadline) -> Permit<'_> {
+    /// Wait until `vault` is not paused and has a free slot. No wait passes `deadline`: when the
+    /// vault's pause (a `Retry-After`) ends after it, or the deadline comes while waiting for a
+    /// slot, no request may start, and the answer is the time the vault still asked for.
+    pub fn enter(&self, vault: &str, deadline: &Deadline) -> Result<Permit<'_>, Closed> {
         let mut gates = self.lock();
         let max = self.max;
         let mut resume: Option<Instant> = None;
@@ -74,6 +82,15 @@ impl Gates {
                 in_flight: 0,
             });
             let now = Instant::now();
+            let end = deadline.at();
+            if now >= end {
+                return Err(Closed { paused: None });
+            }
+            if let Some(until) = g.paused_until.filter(|u| *u > now && *u >= end) {
+                return Err(Closed {
+                    paused: Some(until - now),
+                });
+            }
             let wait = match g.paused_until {
                 Some(until) if until > now => {
                     let at = until + resume_spread(g.pause).mul_f64(crate::retry::random_unit());
@@ -84,24 +101,20 @@ impl Gates {
                 _ if g.in_flight >= g.limit => Some(Duration::from_millis(100)),
                 _ => None,
             };
-            let Some(wait) = wait.map(|w| w.min(deadline.remaining())) else {
+            let Some(wait) = wait else {
                 g.in_flight += 1;
                 break;
             };
-            if wait.is_zero() {
-                g.in_flight += 1;
-                break;
-            }
             gates = self
                 .changed
-                .wait_timeout(gates, wait)
+                .wait_timeout(gates, wait.min(end - now))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        Permit {
+        Ok(Permit {
             gates: self,
             vault: vault.to_string(),
-        }
+        })
     }
 
     /// A 429: pause the vault for `pause` (or longer, if already paused so) and halve its limit.
@@ -210,10 +223,14 @@ mod tests {
         // The deadline ends a wait.
         let short = Deadline::after(Duration::from_millis(50));
         let t = Instant::now();
-        drop(gates.enter(v, &short));
+        let closed = gates.enter(v, &short).err();
         assert!(
             t.elapsed() < SLACK,
             "the 5 s pause outlived a 50 ms deadline"
+        );
+        assert!(
+            closed.is_some_and(|c| c.paused.is_some()),
+            "a request was let through into a pause that outlasts the deadline"
         );
     }
 

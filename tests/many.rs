@@ -81,7 +81,8 @@ fn prefix_chooses_strips_and_skips_with_one_line_each() {
     assert_eq!(mode(&dir.join("api-key")), 0o400);
     assert_eq!(
         read(&env_file),
-        "API_KEY='key-value-77aa'\nDB='db-value-5d1e'\n"
+        "APP_API_KEY='key-value-77aa'\nAPP_DB='db-value-5d1e'\n",
+        "variables keep the vault's prefix (files do not)"
     );
     for why in ["disabled", "has expired", "not valid yet"] {
         assert_eq!(r.stderr.matches(why).count(), 1, "{why}: {}", r.stderr);
@@ -291,14 +292,14 @@ fn watch_follows_secrets_added_removed_and_disabled() {
     emu.set_secret("app-b", "b-value-2");
     w.wait("the added secret", ms(5000), || dir.join("b").exists());
     w.wait("the env file", ms(2000), || {
-        read(&env_file) == "A='a-value-1'\nB='b-value-2'\n"
+        read(&env_file) == "APP_A='a-value-1'\nAPP_B='b-value-2'\n"
     });
     emu.delete_secret("app-a");
     w.wait("the deleted secret's file to go", ms(5000), || {
         !dir.join("a").exists()
     });
     w.wait("the env file", ms(2000), || {
-        read(&env_file) == "B='b-value-2'\n"
+        read(&env_file) == "APP_B='b-value-2'\n"
     });
     emu.set_enabled("app-b", false);
     w.wait("the disabled secret's file to go", ms(5000), || {
@@ -329,17 +330,18 @@ fn exec_puts_a_selection_in_the_environment() {
             "--",
             "sh",
             "-c",
-            "echo \"T=$TOKEN\"; echo \"P=$PATH\"",
+            "echo \"T=$SVC_TOKEN\"; echo \"P=$PATH\"; echo \"SP=$SVC_PATH\"",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("T=token-value-9c\n"), "{}", r.stdout);
     assert!(
-        !r.stdout.contains("P=/evil"),
+        !r.stdout.lines().any(|l| l == "P=/evil"),
         "PATH stays the operator's: {}",
         r.stdout
     );
-    assert!(r.stderr.contains("it would set PATH"), "{}", r.stderr);
+    // The vault's name lands under the prefix the operator chose, where it steers nothing.
+    assert!(r.stdout.contains("SP=/evil\n"), "{}", r.stdout);
 }
 
 fn write_template(s: &Scratch, text: &str) -> String {
@@ -690,7 +692,7 @@ fn supervised_exec_restarts_when_a_selected_secret_is_added() {
     let s = Scratch::new();
     let log = s.path("log");
     let script = format!(
-        "echo \"A=$A B=${{B:-none}}\" >> {}; while :; do sleep 0.05; done",
+        "echo \"A=$SVC_A B=${{SVC_B:-none}}\" >> {}; while :; do sleep 0.05; done",
         log.display()
     );
     let vault = emu.vault_url();
@@ -725,7 +727,18 @@ fn a_vault_writer_cannot_steer_the_app_through_a_selection() {
     let script = "echo \"PW=$PYTHONWARNINGS BR=$BROWSER AAH=$AZURE_AUTHORITY_HOST OC=$OPENSSL_CONF P=$PLAIN\"";
     let r = run(
         &emu,
-        &["exec", "--vault", &vault, "--all", "--", "sh", "-c", script],
+        &[
+            "exec",
+            "--vault",
+            &vault,
+            "--all",
+            "--allow-env",
+            "PLAIN",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     // AZURE_AUTHORITY_HOST keeps the value the environment gave (the emulator's).
@@ -762,7 +775,7 @@ fn a_value_that_cannot_be_a_variable_skips_that_secret_only() {
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(read(&env_file), "A='a-value-71'\n");
+    assert_eq!(read(&env_file), "APP_A='a-value-71'\n");
     assert_eq!(s.entries("out"), ["a"]);
     assert!(
         r.stderr
@@ -782,7 +795,7 @@ fn a_value_that_cannot_be_a_variable_skips_that_secret_only() {
             "--",
             "sh",
             "-c",
-            "echo started $A",
+            "echo started $APP_A",
         ],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -805,6 +818,8 @@ fn a_selected_name_never_lands_on_another_output() {
             "--vault",
             &vault,
             "--all",
+            "--env-prefix",
+            "X_",
             "--dir",
             dir.to_str().unwrap(),
             "--env-file",
@@ -825,7 +840,7 @@ fn a_selected_name_never_lands_on_another_output() {
     emu.delete_secret("b");
     w.wait("b to go", ms(5000), || !dir.join("b").exists());
     assert_eq!(read(&ready), "ready\n");
-    assert_eq!(read(&env_file), "A='a-value-5e'\n");
+    assert_eq!(read(&env_file), "X_A='a-value-5e'\n");
     let log = w.stop_and_stderr();
     assert!(!log.contains("restored"), "{log}");
     assert!(

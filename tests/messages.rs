@@ -815,7 +815,13 @@ fn no_identity_endpoint_outside_azure_is_said_within_seconds() {
     let out = s.path("out");
     let started = std::time::Instant::now();
     let mut child = std::process::Command::new(bin())
-        .args(["fetch", "--vault", "kvfetch-nx-ms7", "--secret", "db-password"])
+        .args([
+            "fetch",
+            "--vault",
+            "kvfetch-nx-ms7",
+            "--secret",
+            "db-password",
+        ])
         .args(["--dir", out.to_str().unwrap()])
         .env_clear()
         .envs(&env)

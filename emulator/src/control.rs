@@ -184,6 +184,9 @@ pub fn parse_fault(body: &str) -> Option<Fault> {
     if let Some(ms) = v.get("drip_ms").and_then(Value::as_u64) {
         return Some(Fault::Drip(Duration::from_millis(ms)));
     }
+    if let Some(ms) = v.get("drip_body_ms").and_then(Value::as_u64) {
+        return Some(Fault::DripBody(Duration::from_millis(ms)));
+    }
     if let Some(len) = v.get("huge_body").and_then(Value::as_u64) {
         return Some(Fault::HugeBody(usize::try_from(len).ok()?));
     }

@@ -71,6 +71,10 @@ pub fn answer(
             Reply::Respond(response) => Reply::Drip(response, delay),
             other => other,
         },
+        Fault::DripBody(delay) => match normal() {
+            Reply::Respond(response) => Reply::DripBody(response, delay),
+            other => other,
+        },
         Fault::InvalidUtf8(status) => {
             let body = if status == 200 {
                 service.success_shape()

@@ -77,6 +77,9 @@ pub enum Reply {
     Endless(Response),
     /// `response` written one byte at a time, flushed each time, with this pause between bytes.
     Drip(Response, Duration),
+    /// `response`'s status line and headers at once, then its body one byte at a time with this
+    /// pause between bytes.
+    DripBody(Response, Duration),
 }
 
 /// One response; `Content-Length` is added when written.
@@ -187,6 +190,7 @@ fn serve_connection(
             }
             Reply::Endless(response) => return write_endless(out, socket, &response, stop),
             Reply::Drip(response, delay) => write_drip(out, &response, head, delay, stop)?,
+            Reply::DripBody(response, delay) => write_drip_body(out, &response, head, delay, stop)?,
         }
         if close {
             return Ok(());
@@ -355,6 +359,30 @@ fn write_drip(
         if i > 0 {
             pause(delay);
         }
+        stopped(stop)?;
+        out.write_all(std::slice::from_ref(byte))?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The head of `response` at once, then its body as [`write_drip`] writes bytes.
+fn write_drip_body(
+    out: &mut dyn Stream,
+    response: &Response,
+    head: bool,
+    delay: Duration,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let bytes = response_bytes(response, head);
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(bytes.len(), |i| i + 4);
+    out.write_all(&bytes[..split])?;
+    out.flush()?;
+    for byte in &bytes[split..] {
+        pause(delay);
         stopped(stop)?;
         out.write_all(std::slice::from_ref(byte))?;
         out.flush()?;

@@ -466,6 +466,14 @@ impl Emulator {
         w.empty_pages = empty_pages;
     }
 
+    /// List `pages` pages of `per_page` generated entries each (names `f{page}x{entry}`, no
+    /// attributes, each page's `nextLink` to the next), instead of the vault's own secrets: a
+    /// hostile or broken vault's list of any size and shape. Generated as it is served. None:
+    /// list the vault's secrets again.
+    pub fn set_list_flood(&self, flood: Option<(usize, usize)>) {
+        self.world().list_flood = flood;
+    }
+
     /// Soft-delete `name`.
     pub fn delete_secret(&self, name: &str) -> bool {
         self.world().delete(name)

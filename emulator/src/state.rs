@@ -59,6 +59,10 @@ pub enum Fault {
     /// Send the answer the endpoint would send without the fault (status line, headers and
     /// body), one byte at a time, flushed each time, with this pause between bytes.
     Drip(Duration),
+    /// Send the answer the endpoint would send without the fault with its status line and
+    /// headers at once, then its body one byte at a time with this pause between bytes (an
+    /// error body a deadline cuts in the middle).
+    DripBody(Duration),
     /// Answer this status with `Content-Type: application/json; charset=utf-8` and a body that
     /// is not UTF-8: for 200 the success shape with the main string field holding the bytes
     /// `FF FE` (so `{"value":"\xff\xfe"}` on the vault); otherwise the service's error envelope
@@ -239,6 +243,9 @@ pub struct World {
     pub empty_pages: bool,
     /// Page size when the request names none (the service's is 25).
     pub list_page_size: Option<usize>,
+    /// A hostile list (see `Emulator::set_list_flood`): (entries a page, pages); the vault's own
+    /// secrets are not listed while it is set.
+    pub list_flood: Option<(usize, usize)>,
     pub kv_faults: VecDeque<Fault>,
     /// See `Emulator::echo_credentials`: the status and the position of the quoted credential.
     pub echo_credentials: Option<(u16, usize)>,

@@ -294,6 +294,9 @@ fn list(
             "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
         );
     }
+    if let (Some(flood), None) = (world.list_flood, name) {
+        return flood_page(req, base, api_version, flood);
+    }
     let max: usize = match req.param("maxresults").map(|m| m.parse::<usize>()) {
         None => world.list_page_size.unwrap_or(25),
         Some(Ok(n)) if (1..=25).contains(&n) => n,
@@ -339,6 +342,43 @@ fn list(
         link(format!("{}{suffix}", skip + max))
     });
     Response::json(200, &json!({"value": page, "nextLink": next}))
+}
+
+/// One page of a generated list (see `Emulator::set_list_flood`): `$skiptoken` is the page.
+fn flood_page(
+    req: &Request,
+    base: &str,
+    api_version: &str,
+    (per_page, pages): (usize, usize),
+) -> Response {
+    let page: usize = req
+        .param("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let mut body = String::from("{\"value\":[");
+    for i in 0..per_page {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!("{{\"id\":\"{base}/secrets/f{page}x{i}\"}}"));
+    }
+    body.push_str("],\"nextLink\":");
+    if page + 1 < pages {
+        let next = page + 1;
+        body.push_str(&format!(
+            "\"{base}/secrets?api-version={api_version}&$skiptoken={next}\"}}"
+        ));
+    } else {
+        body.push_str("null}");
+    }
+    Response {
+        status: 200,
+        headers: vec![(
+            "Content-Type".into(),
+            "application/json; charset=utf-8".into(),
+        )],
+        body: body.into_bytes(),
+    }
 }
 
 fn input_from(req: &Request) -> Result<SecretInput, Response> {

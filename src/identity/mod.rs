@@ -621,7 +621,7 @@ impl Identity {
                 self.source.name(),
                 self.source.endpoint(),
                 human(started.elapsed()),
-                attempts(attempt),
+                crate::retry::attempts(attempt),
                 last_answer
                     .filter(|a| *a != problem)
                     .map(|a| format!("; last answer: {a}"))
@@ -704,15 +704,6 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .map(|(k, v)| format!("{k}={}", crate::encoding::percent_encode(v)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-/// "1 attempt", "3 attempts".
-pub fn attempts(n: u32) -> String {
-    if n == 1 {
-        "1 attempt".into()
-    } else {
-        format!("{n} attempts")
-    }
 }
 
 #[cfg(test)]
