@@ -602,7 +602,7 @@ fn protocol_error(what: &str, e: &http::Failure) -> Error {
 }
 
 /// (code, innererror.code, message's first line) from a Key Vault error body.
-fn error_parts(body: &str) -> (String, String, String) {
+pub(crate) fn error_parts(body: &str) -> (String, String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     // Codes are short words (cut at 100 characters); of the message, its first line (300).
     let get = |p: &str, max: usize| {
@@ -667,7 +667,7 @@ type Page = (Vec<Result<Listed, String>>, Option<String>);
 
 /// A page of the secret list → its entries (`Err(id)` for one that names no valid secret) and
 /// its `nextLink` (None when null, empty or absent). None when the body is not such a page.
-fn parse_page(body: &str) -> Option<Page> {
+pub(crate) fn parse_page(body: &str) -> Option<Page> {
     let v: Value = serde_json::from_str(body).ok()?;
     let items = v.get("value")?.as_array()?;
     let next = match v.get("nextLink") {

@@ -13,6 +13,8 @@ pub mod doctor;
 pub mod encoding;
 pub mod error;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod fetch;
 pub mod health;
 pub mod help;

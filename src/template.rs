@@ -27,7 +27,7 @@ pub struct Template {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Text(String),
     /// The shaped bytes of the spec at this index of the plan's specs, base64-encoded if asked.
     Value {
@@ -116,7 +116,7 @@ fn position(text: &str, offset: usize) -> String {
 }
 
 /// Split a template into text and actions.
-fn parse(
+pub(crate) fn parse(
     text: &str,
     src: &Path,
     vault: Option<&Vault>,
