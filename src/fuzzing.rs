@@ -81,7 +81,10 @@ pub fn www_authenticate(data: &[u8]) {
         retry_after_ms: Some(first.to_string()),
         ..Reply::default()
     };
-    let _ = crate::identity::arc::read_key(&reply, "http://127.0.0.1:40342/metadata/identity/oauth2/token");
+    let _ = crate::identity::arc::read_key(
+        &reply,
+        "http://127.0.0.1:40342/metadata/identity/oauth2/token",
+    );
     let _ = reply.asked_delay();
     let reply = Reply {
         retry_after: Some(first.to_string()),

@@ -13,9 +13,9 @@ pub mod doctor;
 pub mod encoding;
 pub mod error;
 pub mod exec;
+pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod fetch;
 pub mod health;
 pub mod help;
 pub mod http;
