@@ -13,8 +13,11 @@ use crate::http::Reply;
 use crate::keyvault::{self, Fetched};
 use crate::spec::{self, Vault};
 
+/// A target: it takes any bytes and must return, whatever they are.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name: the fuzz crate's binaries and the corpus directories use these names.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("list_page", list_page),
     ("secret_bundle", secret_bundle),
     ("token", token),
