@@ -22,7 +22,10 @@ const BUDGET: Duration = Duration::from_secs(2);
 
 /// Findings not fixed on this branch (target, file name): skipped by the replay of everything,
 /// replayed by their own ignored test.
-const OPEN: &[(&str, &str)] = &[("pkcs12", "max-work-4m-iterations.der")];
+const OPEN: &[(&str, &str)] = &[
+    ("pkcs12", "max-work-4m-iterations.der"),
+    ("certificate", "chain-of-600-certificates.pem"),
+];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -138,4 +141,16 @@ fn a_template_of_a_mebibyte_of_actions_parses_within_budget() {
 fn a_pfx_at_the_work_limit_opens_or_fails_within_budget() {
     let data = std::fs::read(root().join("regressions/pkcs12/max-work-4m-iterations.der")).unwrap();
     assert_eq!(replay("pkcs12", &data), None);
+}
+
+/// A PEM secret of 600 minimal certificates (83 KB), each issued by the next: ordering the
+/// chain costs time in the cube of their number (each step looks at every certificate and,
+/// for each, at the chain so far). 200, 400, 600, 800 certificates: 0.3, 2.4, 5.9, 21 s on
+/// the fuzz build; a 1 MiB answer (the body limit) would take hours.
+#[test]
+#[ignore = "finding: certificate.rs orders a chain in cubic time (600 certificates: 5.9 s on the fuzz build); cap the certificates per secret or index issuers, for the maintainer (certificate.rs is the certificate helper's)"]
+fn a_pem_of_600_chained_certificates_is_ordered_within_budget() {
+    let data = std::fs::read(root().join("regressions/certificate/chain-of-600-certificates.pem"))
+        .unwrap();
+    assert_eq!(replay("certificate", &data), None);
 }
