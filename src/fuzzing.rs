@@ -97,7 +97,7 @@ pub fn www_authenticate(data: &[u8]) {
 }
 
 /// A certificate secret: PEM text (any labels, any order) when the input starts with `-----`;
-/// else the bytes as one DER certificate, with the leaf key fixture-free path (no key).
+/// else the bytes as the DER of one certificate (so the fuzzer mutates X.509, not base64).
 pub fn certificate(data: &[u8]) {
     let pem = if data.starts_with(b"-----") {
         match text(data) {
