@@ -357,6 +357,25 @@ mod tests {
     }
 
     #[test]
+    fn positions_counted_on_are_those_counted_from_the_start() {
+        let text = "é {{ a }}{{ b }}\n\n  ü{{ c }}\nx\ny {{ d }}{{";
+        let from_start = |offset: usize| {
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap().chars().count() + 1;
+            format!("line {line}, column {column}")
+        };
+        let mut position = Position::default();
+        let offsets: Vec<usize> = text.match_indices("{{").map(|(i, _)| i).collect();
+        assert_eq!(offsets.len(), 5);
+        for offset in offsets {
+            assert_eq!(position.at(text, offset), from_start(offset));
+        }
+        let e = parsed("{{ \"a\" }}\n{{ \"b\" }} {{ nope }}").unwrap_err();
+        assert!(e.to_string().ends_with("at line 2, column 11"), "{e}");
+    }
+
+    #[test]
     fn flags() {
         assert_eq!(
             parse_flag("a.tpl:/run/out:0440").unwrap(),
