@@ -132,7 +132,7 @@ fn a_template_of_a_mebibyte_of_actions_parses_within_budget() {
     assert_eq!(replay("template", source.as_bytes()), None);
 }
 
-/// A PFX of 206 bytes that spends all of pkcs12.rs's work budget (4 million hash iterations):
+/// A PFX of 207 bytes that spends all of pkcs12.rs's work budget (4 million hash iterations):
 /// a valid HMAC-SHA-512 MAC of 1,000,000 iterations, then a 3DES bag of 1,000,000 (three
 /// SHA-1 rounds each) that does not decrypt. 11.4 s on the fuzz build; over a second on an
 /// optimised one too, on every refresh of a hostile vault's secret.
