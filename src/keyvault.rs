@@ -683,7 +683,7 @@ fn protocol_error(what: &str, e: &http::Failure) -> Error {
 }
 
 /// (code, innererror.code, message's first line) from a Key Vault error body.
-fn error_parts(body: &str) -> (String, String, String) {
+pub(crate) fn error_parts(body: &str) -> (String, String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     // Codes are short words (cut at 100 characters); of the message, its first line (300).
     let get = |p: &str, max: usize| {
@@ -750,7 +750,7 @@ type Page = (Vec<Result<Listed, String>>, Option<String>);
 /// its `nextLink` (None when null, empty or absent). Err (why) when the body is not such a page,
 /// or holds more than [`MAX_PAGE_ENTRIES`] entries: the count is checked while the array is
 /// read, so a page of a million tiny entries never becomes a million values.
-fn parse_page(body: &str) -> Result<Page, String> {
+pub(crate) fn parse_page(body: &str) -> Result<Page, String> {
     let not_a_list = || "is not a Key Vault secret list".to_string();
     let raw: RawPage = match serde_json::from_str(body) {
         Ok(raw) => raw,

@@ -14,6 +14,8 @@ pub mod encoding;
 pub mod error;
 pub mod exec;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod help;
 pub mod http;

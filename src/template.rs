@@ -27,7 +27,7 @@ pub struct Template {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Text(String),
     /// The shaped bytes of the spec at this index of the plan's specs, base64-encoded if asked.
     Value {
@@ -107,16 +107,33 @@ fn read_source(src: &Path) -> Result<String, Error> {
     String::from_utf8(bytes).map_err(|_| bad("it is not UTF-8 text".into()))
 }
 
-/// Where in the source an offset is, as `line L, column C` (both from 1).
-fn position(text: &str, offset: usize) -> String {
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    format!("line {line}, column {column}")
+/// Where in the source an offset is, as `line L, column C` (both from 1). Offsets are asked for
+/// in increasing order and counted on from the last one, so a template of many actions costs
+/// time in proportion to its size, not its square.
+#[derive(Default)]
+struct Position {
+    offset: usize,
+    line: usize,
+    column: usize,
+}
+
+impl Position {
+    fn at(&mut self, text: &str, offset: usize) -> String {
+        let passed = &text[self.offset..offset];
+        match passed.rsplit_once('\n') {
+            Some((before, after)) => {
+                self.line += before.matches('\n').count() + 1;
+                self.column = after.chars().count();
+            }
+            None => self.column += passed.chars().count(),
+        }
+        self.offset = offset;
+        format!("line {}, column {}", self.line + 1, self.column + 1)
+    }
 }
 
 /// Split a template into text and actions.
-fn parse(
+pub(crate) fn parse(
     text: &str,
     src: &Path,
     vault: Option<&Vault>,
@@ -124,23 +141,20 @@ fn parse(
 ) -> Result<Vec<Part>, Error> {
     let mut parts = Vec::new();
     let mut rest = 0;
+    let mut position = Position::default();
     while let Some(open) = text[rest..].find("{{").map(|i| rest + i) {
         if open > rest {
             parts.push(Part::Text(text[rest..open].to_string()));
         }
-        let at = |why: String| {
-            Error::Usage(format!(
-                "--template {}: {why} at {}",
-                src.display(),
-                position(text, open)
-            ))
-        };
+        let place = position.at(text, open);
+        let at =
+            |why: String| Error::Usage(format!("--template {}: {why} at {place}", src.display()));
         let close = text[open + 2..]
             .find("}}")
             .map(|i| open + 2 + i)
             .ok_or_else(|| at("a '{{' is never closed by '}}'".into()))?;
         let action = &text[open + 2..close];
-        parts.push(parse_action(action, src, open, text, vault, specs).map_err(at)?);
+        parts.push(parse_action(action, src, &place, vault, specs).map_err(at)?);
         rest = close + 2;
     }
     if rest < text.len() {
@@ -153,8 +167,7 @@ fn parse(
 fn parse_action(
     action: &str,
     src: &Path,
-    offset: usize,
-    text: &str,
+    place: &str,
     vault: Option<&Vault>,
     specs: &mut Vec<SecretSpec>,
 ) -> Result<Part, String> {
@@ -200,11 +213,7 @@ fn parse_action(
     if name.contains(['?', '=', ':']) {
         return Err(format!("{name:?} is not a secret NAME or NAME/VERSION"));
     }
-    let shown = format!(
-        "{{{{ secret {name:?} }}}} in {} ({})",
-        src.display(),
-        position(text, offset)
-    );
+    let shown = format!("{{{{ secret {name:?} }}}} in {} ({place})", src.display());
     let mut spec = spec::parse_spec(&name, vault).map_err(|e| format!("{e} (in {shown})"))?;
     if let Some(p) = json {
         let p = crate::shape::json_pointer(&p)
@@ -345,6 +354,25 @@ mod tests {
         }
         let e = parsed("ok\n\n   {{ nope }}").unwrap_err().to_string();
         assert!(e.ends_with("at line 3, column 4"), "{e}");
+    }
+
+    #[test]
+    fn positions_counted_on_are_those_counted_from_the_start() {
+        let text = "é {{ a }}{{ b }}\n\n  ü{{ c }}\nx\ny {{ d }}{{";
+        let from_start = |offset: usize| {
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap().chars().count() + 1;
+            format!("line {line}, column {column}")
+        };
+        let mut position = Position::default();
+        let offsets: Vec<usize> = text.match_indices("{{").map(|(i, _)| i).collect();
+        assert_eq!(offsets.len(), 5);
+        for offset in offsets {
+            assert_eq!(position.at(text, offset), from_start(offset));
+        }
+        let e = parsed("{{ \"a\" }}\n{{ \"b\" }} {{ nope }}").unwrap_err();
+        assert!(e.to_string().ends_with("at line 2, column 11"), "{e}");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub(super) fn ask(endpoint: &str, resource: &str, key: Option<&str>) -> Ask {
 }
 
 /// The challenge's key file, checked, then read.
-pub(super) fn read_key(reply: &Reply, endpoint: &str) -> Result<String, Error> {
+pub(crate) fn read_key(reply: &Reply, endpoint: &str) -> Result<String, Error> {
     let refuse = |why: &str| {
         Error::NoToken(format!(
             "the Azure Arc endpoint {endpoint} answered 401 with a challenge kvfetch refuses ({why}); it reads key files only directly in {TOKEN_DIR}, named *.key, of at most {MAX_KEY} bytes"

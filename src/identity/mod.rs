@@ -18,7 +18,7 @@
 //! [`Tokens`] caches so a run makes one token request per audience, not one per secret.
 
 mod app_service;
-mod arc;
+pub(crate) mod arc;
 mod cache;
 mod cloud_shell;
 mod imds;

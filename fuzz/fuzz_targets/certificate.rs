@@ -1,0 +1,3 @@
+#![no_main]
+// See kvfetch::fuzzing::certificate for what this target covers.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kvfetch::fuzzing::certificate(data));
