@@ -9,9 +9,9 @@
 //! (`www_authenticate`, Azure Arc's challenge) only looks up names under the agent's token
 //! directory, as kvfetch itself does.
 
-use crate::http::Reply;
-use crate::keyvault::{self, Fetched};
+use crate::net::http::Reply;
 use crate::spec::{self, Vault};
+use crate::vault::keyvault::{self, Fetched};
 
 /// A target: it takes any bytes and must return, whatever they are.
 pub type Target = fn(&[u8]);
@@ -58,10 +58,10 @@ pub fn list_page(data: &[u8]) {
 pub fn secret_bundle(data: &[u8]) {
     let Some(body) = text(data) else { return };
     if let Some(f) = keyvault::parse_bundle(body)
-        && crate::certificate::is_certificate(&f)
+        && crate::shape::certificate::is_certificate(&f)
         && let Ok(spec) = spec::parse_spec("fuzz", Some(&vault()))
     {
-        let _ = crate::certificate::bundle(&spec, &f).map(|b| b.not_after);
+        let _ = crate::shape::certificate::bundle(&spec, &f).map(|b| b.not_after);
     }
 }
 
@@ -105,7 +105,7 @@ pub fn certificate(data: &[u8]) {
             None => return,
         }
     } else {
-        let b64 = crate::encoding::base64_encode(data);
+        let b64 = crate::base::encoding::base64_encode(data);
         format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
     };
     let f = fetched(pem, Some("application/x-pem-file"));
@@ -120,7 +120,7 @@ pub fn certificate(data: &[u8]) {
 /// empty password, then the certificates found in it, as `format=` reads them (one opening:
 /// PKCS#12's key derivation is the slow part, and it is what the time budget is about).
 pub fn pkcs12(data: &[u8]) {
-    let b64 = crate::encoding::base64_encode(data);
+    let b64 = crate::base::encoding::base64_encode(data);
     let f = fetched(b64, Some("application/x-pkcs12"));
     if let Ok(spec) = spec::parse_spec("fuzz?format=pem", Some(&vault())) {
         let _ = crate::shape::apply(&spec, &f);
@@ -129,16 +129,16 @@ pub fn pkcs12(data: &[u8]) {
 
 /// The DER reader on its own: every TLV, nested as deep as the input goes, and times.
 pub fn der(data: &[u8]) {
-    walk(crate::der::Reader::new(data), 0);
+    walk(crate::shape::der::Reader::new(data), 0);
 }
 
-fn walk(mut r: crate::der::Reader, depth: usize) {
+fn walk(mut r: crate::shape::der::Reader, depth: usize) {
     while let Some((tag, content, _)) = r.next_tlv() {
-        let _ = crate::der::time(tag, content);
-        let mut copy = crate::der::Reader::new(content);
+        let _ = crate::shape::der::time(tag, content);
+        let mut copy = crate::shape::der::Reader::new(content);
         let _ = copy.small_int();
         if tag & 0x20 != 0 && depth < 64 {
-            walk(crate::der::Reader::new(content), depth + 1);
+            walk(crate::shape::der::Reader::new(content), depth + 1);
         }
     }
 }
@@ -159,25 +159,25 @@ pub fn template(data: &[u8]) {
     if let Some(source) = text(data) {
         let mut specs = Vec::new();
         let src = std::path::Path::new("fuzz.tpl");
-        let _ = crate::template::parse(source, src, Some(&vault()), &mut specs);
+        let _ = crate::shape::template::parse(source, src, Some(&vault()), &mut specs);
     }
 }
 
 /// An inherited variable's value as an App Service Key Vault reference.
 pub fn reference(data: &[u8]) {
     if let Some(value) = text(data)
-        && crate::reference::is_reference(value)
+        && crate::spec::reference::is_reference(value)
     {
-        let _ = crate::reference::parse("FUZZ", value, Some(&vault()));
-        let _ = crate::reference::parse("FUZZ", value, None);
+        let _ = crate::spec::reference::parse("FUZZ", value, Some(&vault()));
+        let _ = crate::spec::reference::parse("FUZZ", value, None);
     }
 }
 
 /// A URL: the parser, the vault rules built on it, and a secret identifier as a spec.
 pub fn url(data: &[u8]) {
     let Some(input) = text(data) else { return };
-    if let Ok(u) = crate::url::parse(input) {
-        let _ = (u.full(), u.origin(), crate::url::is_loopback(&u.host));
+    if let Ok(u) = crate::net::url::parse(input) {
+        let _ = (u.full(), u.origin(), crate::net::url::is_loopback(&u.host));
     }
     let _ = spec::parse_vault(input, None);
     let _ = spec::parse_spec(input, Some(&vault()));

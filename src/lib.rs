@@ -1,43 +1,24 @@
 //! kvfetch: read Azure Key Vault secrets with a managed identity, with no credentials in code.
 //!
-//! The binary is a thin shell around [`run`], which tests drive directly. Modules, one concern
-//! each: [`cli`] (flags, env), [`help`] (help, examples, completions), [`spec`] (what to fetch, host rules), [`identity`] (tokens),
-//! [`keyvault`] (the vault client), [`retry`] (backoff and deadline), [`output`] (files and env
-//! files), [`fetch`] (the init-step mode), [`error`] (the error enum and exit codes), [`log`].
+//! The binary is a thin shell around [`run`], which tests drive directly. `src/` is laid out as
+//! the stages a secret passes through, each a folder that uses only the ones before it (a test,
+//! `tests/layout.rs`, fails on a circle): [`error`] (the error enum and exit codes), [`base`]
+//! (logs, redaction, retry clock), [`net`] (URLs, HTTP), [`output`] (files, env files, the
+//! atomic layout), [`spec`] (what to fetch, host rules), [`identity`] (tokens), [`vault`] (the Key
+//! Vault client, selection, change detection), [`shape`] (options, certificates, templates),
+//! [`cli`] (flags, help) and [`modes`] (fetch, watch, exec, doctor).
 
-pub mod certificate;
+pub mod base;
 pub mod cli;
-pub mod der;
-pub mod detect;
-pub mod doctor;
-pub mod encoding;
 pub mod error;
-pub mod exec;
-pub mod fetch;
-#[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
-pub mod help;
-pub mod http;
 pub mod identity;
-pub mod keyvault;
-pub mod log;
+pub mod modes;
+pub mod net;
 pub mod output;
-pub mod pkcs12;
-pub mod progress;
-pub mod redact;
-pub mod reference;
-pub mod refresh;
-pub mod retry;
-pub mod select;
 pub mod shape;
-pub mod signals;
 pub mod spec;
-pub mod supervise;
-pub mod template;
-pub mod throttle;
-pub mod url;
-pub mod watch;
+pub mod vault;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -58,7 +39,8 @@ pub fn env_of(
         .map(|(k, v)| {
             let text = v.to_str().is_some() && k.to_str().is_some();
             let k = k.to_string_lossy().into_owned();
-            let read = k.starts_with("KVFETCH_") || reference::is_reference(&v.to_string_lossy());
+            let read =
+                k.starts_with("KVFETCH_") || spec::reference::is_reference(&v.to_string_lossy());
             if !text && read {
                 bad.push(k.clone());
             }
@@ -75,7 +57,7 @@ pub fn run_os(args: &[OsString], vars: impl Iterator<Item = (OsString, OsString)
         let code = fail(&Error::Usage(format!(
             "the variable {name} is not UTF-8 text (its name or value), and kvfetch reads it: one of its own, or a Key Vault reference"
         )));
-        log::flush();
+        base::log::flush();
         return code;
     }
     run(args, &env)
@@ -90,38 +72,38 @@ pub fn run<A: AsRef<std::ffi::OsStr>>(args: &[A], env: &HashMap<String, String>)
         Ok(o) => o,
         Err(e) => {
             let code = fail(&e);
-            log::flush();
+            base::log::flush();
             return code;
         }
     };
-    log::init(opts.log);
+    base::log::init(opts.log);
     let result = match opts.command {
         cli::Command::Help(command) => {
-            stdout(&help::help(command));
+            stdout(&cli::help::help(command));
             Ok(exit::OK)
         }
         cli::Command::Usage => {
-            eprint!("{}", help::short_usage());
+            eprint!("{}", cli::help::short_usage());
             Ok(exit::USAGE)
         }
         cli::Command::Completions(ref shell) => {
-            stdout(&help::completions(shell).unwrap_or_default());
+            stdout(&cli::help::completions(shell).unwrap_or_default());
             Ok(exit::OK)
         }
         cli::Command::Version => {
             stdout(&format!("kvfetch {}\n", env!("CARGO_PKG_VERSION")));
             Ok(exit::OK)
         }
-        cli::Command::Fetch => early(|| fetch::run(&opts, env).map(|()| exit::OK)),
-        cli::Command::Watch => early(|| watch::run(&opts, env)),
-        cli::Command::Doctor => early(|| doctor::run(&opts, env)),
-        cli::Command::Exec(ref argv) => early(|| exec::run(&opts, env, argv)),
+        cli::Command::Fetch => early(|| modes::fetch::run(&opts, env).map(|()| exit::OK)),
+        cli::Command::Watch => early(|| modes::watch::run(&opts, env)),
+        cli::Command::Doctor => early(|| modes::doctor::run(&opts, env)),
+        cli::Command::Exec(ref argv) => early(|| modes::exec::run(&opts, env, argv)),
     };
     let code = match result {
         Ok(code) => code,
         Err(e) => fail(&e),
     };
-    log::flush();
+    base::log::flush();
     code
 }
 
@@ -133,7 +115,7 @@ fn stdout(text: &str) {
 
 /// Run a mode with the early signal handler in place (see [`signals`]).
 fn early(mode: impl FnOnce() -> Result<u8, Error>) -> Result<u8, Error> {
-    signals::install_early()?;
+    base::signals::install_early()?;
     mode()
 }
 
@@ -146,7 +128,7 @@ fn harden() {
 }
 
 fn fail(e: &Error) -> u8 {
-    log::error(
+    base::log::error(
         &e.to_string(),
         &[
             ("kind", e.kind()),

@@ -312,7 +312,7 @@ fn a_secret_named_twice_is_requested_once() {
 
 #[test]
 fn fetched_secrets_and_tokens_never_show_in_debug() {
-    let f = kvfetch::keyvault::parse_bundle(
+    let f = kvfetch::vault::keyvault::parse_bundle(
         r#"{"value":"Au9-debug-value","id":"https://v.vault.azure.net/secrets/a/0123abcd"}"#,
     )
     .unwrap();

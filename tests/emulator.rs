@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kvfetch::http::{Reply, get, identity_agent, vault_agents};
+use kvfetch::net::http::{Reply, get, identity_agent, vault_agents};
 use kvfetch_emulator::{Config, VaultCert};
 use serde_json::Value;
 
@@ -49,7 +49,7 @@ fn json(r: &Reply) -> Value {
 
 fn claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&kvfetch::encoding::base64url_decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(&kvfetch::base::encoding::base64url_decode(payload).unwrap()).unwrap()
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn imds_selects_user_assigned_identities() {
             &emu,
             &format!(
                 "api-version=2018-02-01&resource=r&{k}={}",
-                kvfetch::encoding::percent_encode(v)
+                kvfetch::base::encoding::percent_encode(v)
             ),
             &[("Metadata", "true")],
         );
@@ -220,7 +220,7 @@ fn app_service_endpoint() {
         let r = call(
             &format!(
                 "api-version=2019-08-01&resource=x&{k}={}",
-                kvfetch::encoding::percent_encode(v)
+                kvfetch::base::encoding::percent_encode(v)
             ),
             emu.identity_header(),
         );

@@ -52,7 +52,7 @@ fn check_file(path: &PathBuf) -> usize {
         let opts = kvfetch::cli::parse(argv, &env)
             .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
         if opts.command == kvfetch::cli::Command::Fetch {
-            kvfetch::fetch::plan(&opts)
+            kvfetch::modes::fetch::plan(&opts)
                 .unwrap_or_else(|e| panic!("{}: {argv:?}: {e}", path.display()));
         }
     }
@@ -309,7 +309,8 @@ fn control_counters(sourced: &str) -> serde_json::Value {
         .expect("the env file defines CONTROL")
         .trim_matches('\'');
     let url = format!("{control}/counters");
-    let r = kvfetch::http::get(&kvfetch::http::identity_agent(), &url, &[], ms(5000)).unwrap();
+    let r = kvfetch::net::http::get(&kvfetch::net::http::identity_agent(), &url, &[], ms(5000))
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -452,7 +453,7 @@ fn the_emulator_command_serves_every_source_its_env_file_names() {
 
 /// The attributes the command's flags gave `db`, as the vault answers them.
 fn assert_attributes(sourced: &str) {
-    use kvfetch::http::{get, identity_agent, vault_agents};
+    use kvfetch::net::http::{get, identity_agent, vault_agents};
     let var = |k: &str| {
         sourced
             .lines()

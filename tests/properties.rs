@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use kvfetch::spec::{self, CLOUDS};
-use kvfetch::{Error, cli, encoding, identity, reference, shape, url};
+use kvfetch::{Error, base::encoding, cli, identity, net::url, shape, spec::reference};
 use proptest::prelude::*;
 use ureq::http::{HeaderValue, Uri};
 
@@ -181,7 +181,7 @@ proptest! {
 
     #[test]
     fn escaped_log_text_holds_no_control_character(text in "\\PC*|[\\x00-\\x1f\\x7f\u{80}-\u{9f}\u{2028}\u{2029} a-z]{0,30}") {
-        let escaped = kvfetch::log::escape(&text);
+        let escaped = kvfetch::base::log::escape(&text);
         let clean = !escaped.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'));
         prop_assert!(clean, "{:?}", escaped);
         if !text.chars().any(char::is_control) && !text.contains(['\u{2028}', '\u{2029}']) {
@@ -267,7 +267,7 @@ proptest! {
         let default = spec::parse_vault("https://127.0.0.1:8443", None).unwrap();
         let s = spec::parse_spec("c?format=pem", Some(&default)).unwrap();
         let body = serde_json::json!({"value": value, "id": "x/1", "contentType": content_type}).to_string();
-        let f = kvfetch::keyvault::parse_bundle(&body).unwrap();
+        let f = kvfetch::vault::keyvault::parse_bundle(&body).unwrap();
         if let Err(e) = shape::apply(&s, &f) {
             prop_assert!(matches!(e, Error::NotFound(_)), "{}", e);
         }

@@ -51,8 +51,8 @@ impl Replayer {
         let emu = Emulator::start().unwrap();
         let pem = std::fs::read(emu.ca_file()).unwrap();
         Replayer {
-            vault: kvfetch::http::vault_agents(Some(&pem), 4).unwrap().1,
-            plain: kvfetch::http::identity_agent(),
+            vault: kvfetch::net::http::vault_agents(Some(&pem), 4).unwrap().1,
+            plain: kvfetch::net::http::identity_agent(),
             emu,
             versions: Default::default(),
         }
@@ -416,7 +416,7 @@ fn imds_spec_examples_replay() {
             "{}/metadata/identity/oauth2/token?api-version={}&resource={}",
             r.emu.imds_url(),
             p["api-version"].as_str().unwrap(),
-            kvfetch::encoding::percent_encode(p["resource"].as_str().unwrap())
+            kvfetch::base::encoding::percent_encode(p["resource"].as_str().unwrap())
         );
         let meta = vec![("Metadata".to_string(), "true".to_string())];
         for (status, response) in ex["responses"].as_object().unwrap() {

@@ -366,7 +366,7 @@ fn sdk_reads_attributes_set_through_the_control_api() {
     let emu = Emulator::start().unwrap();
     emu.set_secret(NAME, VALUE);
     let body = r#"{"managed":true,"tags":{"team":"a"},"exp":4102444800,"nbf":1700000000,"contentType":"text/plain"}"#;
-    let r = kvfetch::http::identity_agent()
+    let r = kvfetch::net::http::identity_agent()
         .patch(format!("{}/secrets/{NAME}", emu.control_url()))
         .send(body)
         .unwrap();

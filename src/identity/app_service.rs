@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::{
     Ask, Choice, Selector, Source, check_endpoint, check_secret_endpoint, error_detail, required,
 };
-use crate::encoding::percent_encode;
+use crate::base::encoding::percent_encode;
 use crate::error::Error;
 
 pub fn choose(env: &HashMap<String, String>) -> Result<Choice, Error> {

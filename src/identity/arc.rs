@@ -11,9 +11,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path};
 
 use super::{ARC_AGENT, ARC_DEFAULT, Ask, Choice, Selector, Source, check_endpoint, no_selector};
-use crate::encoding::percent_encode;
+use crate::base::encoding::percent_encode;
 use crate::error::Error;
-use crate::http::Reply;
+use crate::net::http::Reply;
 
 /// Where the Arc agent writes its key files (Linux).
 pub const TOKEN_DIR: &str = "/var/opt/azcmagent/tokens";
@@ -37,8 +37,8 @@ pub fn choose(env: &HashMap<String, String>, selector: Option<&Selector>) -> Res
         }
     };
     // The agent listens on this machine: a key file must never travel to another host.
-    let local = crate::url::parse(&endpoint)
-        .is_ok_and(|u| crate::url::is_loopback(&u.host) || u.host == "localhost");
+    let local = crate::net::url::parse(&endpoint)
+        .is_ok_and(|u| crate::net::url::is_loopback(&u.host) || u.host == "localhost");
     if !local {
         return Err(Error::Usage(format!(
             "Azure Arc: IDENTITY_ENDPOINT={endpoint} is not on this machine (localhost or a loopback address); the agent's key would leave it"
@@ -126,7 +126,7 @@ pub(crate) fn read_key(reply: &Reply, endpoint: &str) -> Result<String, Error> {
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(refuse("the key is empty or not printable"));
     }
-    crate::redact::credential(&key);
+    crate::base::redact::credential(&key);
     Ok(key)
 }
 

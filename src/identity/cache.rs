@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Identity, Token, now};
+use crate::base::log;
+use crate::base::retry::Deadline;
 use crate::error::Error;
-use crate::log;
-use crate::retry::Deadline;
 
 /// A cached token and how long it may be used, measured on the monotonic clock from when it
 /// arrived: a wall clock that is off (a skewed VM, a container started with a wrong time) can

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::{Ask, Choice, IMDS_BASE, Selector, Source, check_endpoint};
-use crate::encoding::percent_encode;
+use crate::base::encoding::percent_encode;
 use crate::error::Error;
 
 pub const PATH: &str = "/metadata/identity/oauth2/token";

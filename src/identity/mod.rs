@@ -36,10 +36,10 @@ use ureq::Agent;
 pub use cache::Tokens;
 pub use token::{Token, now, parse_token};
 
+use crate::base::log;
+use crate::base::retry::{Backoff, Deadline, human};
 use crate::error::Error;
-use crate::http::{self, Body, Reply};
-use crate::log;
-use crate::retry::{Backoff, Deadline, human};
+use crate::net::http::{self, Body, Reply};
 
 /// Which user-assigned identity to use (none: system-assigned).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,11 +253,13 @@ impl Choice {
 
 /// An identity endpoint from the environment, through the one strict URL parser.
 fn check_endpoint(url: &str, var: &str) -> Result<String, Error> {
-    crate::url::parse(url).map(|u| u.full()).map_err(|why| {
-        Error::Usage(format!(
-            "{var}={url:?} is refused: {why}; it must be http(s)://host[:port][/path]"
-        ))
-    })
+    crate::net::url::parse(url)
+        .map(|u| u.full())
+        .map_err(|why| {
+            Error::Usage(format!(
+                "{var}={url:?} is refused: {why}; it must be http(s)://host[:port][/path]"
+            ))
+        })
 }
 
 /// An endpoint that is sent a secret header (`IDENTITY_HEADER`, `MSI_SECRET`) must be where the
@@ -265,7 +267,7 @@ fn check_endpoint(url: &str, var: &str) -> Result<String, Error> {
 /// (169.254.0.0/16, fe80::/10). Anywhere else the secret would cross a network, in clear text
 /// over `http`; refused before any request.
 fn check_secret_endpoint(endpoint: &str, var: &str, secret: &str) -> Result<(), Error> {
-    let local = crate::url::parse(endpoint).is_ok_and(|u| local_host(&u.host));
+    let local = crate::net::url::parse(endpoint).is_ok_and(|u| local_host(&u.host));
     if local {
         return Ok(());
     }
@@ -366,7 +368,8 @@ impl Source {
 
     /// Whether the endpoint is a loopback address (as the emulator's is).
     pub fn on_loopback(&self) -> bool {
-        crate::url::parse(&self.endpoint()).is_ok_and(|u| crate::url::is_loopback(&u.host))
+        crate::net::url::parse(&self.endpoint())
+            .is_ok_and(|u| crate::net::url::is_loopback(&u.host))
     }
 }
 
@@ -404,7 +407,7 @@ impl Identity {
         };
         // Registered at once: an endpoint that echoes it back must not put it in a message.
         if let Some(s) = secret {
-            crate::redact::credential(s);
+            crate::base::redact::credential(s);
         }
         let pinned = match &source {
             Source::ServiceFabric { thumbprint, .. } => {
@@ -491,9 +494,9 @@ impl Identity {
                  in Azure, check that this container group or VM has a managed identity"
             );
         }
-        let on_loopback = crate::url::parse(&endpoint)
+        let on_loopback = crate::net::url::parse(&endpoint)
             .ok()
-            .is_some_and(|u| crate::url::is_loopback(&u.host) || u.host == "localhost");
+            .is_some_and(|u| crate::net::url::is_loopback(&u.host) || u.host == "localhost");
         if on_loopback {
             return format!(
                 "nothing listens at {endpoint} (from {}): is the emulator (or the platform's identity agent) running, and on that port?",
@@ -514,7 +517,7 @@ impl Identity {
         let mut arc_key: Option<String> = None;
         // The last HTTP answer: a final attempt cut short by the deadline must not hide it.
         let mut last_answer: Option<String> = None;
-        let mut waiting = crate::progress::Waiting::new();
+        let mut waiting = crate::base::progress::Waiting::new();
         // Said once, at the first failure where nothing answered at the endpoint.
         let mut hint: Option<String> = None;
         loop {
@@ -536,7 +539,7 @@ impl Identity {
                 Ok(reply) => {
                     // An endpoint that echoes a credential back must not put it in a message
                     // (error_detail redacts before it cuts; this covers the rest).
-                    let scrub = crate::redact::redact;
+                    let scrub = crate::base::redact::redact;
                     let verdict = self
                         .classify(&reply, resource)
                         .map_err(|e| e.map_text(scrub));
@@ -581,7 +584,7 @@ impl Identity {
                 deadline.extend_to(first + self.backoff.base * 70);
             }
             let delay = asked
-                .map(crate::keyvault::clamp_retry_after)
+                .map(crate::base::retry::clamp_retry_after)
                 .unwrap_or_else(|| self.backoff.delay(attempt));
             attempt += 1;
             log::debug(
@@ -621,7 +624,7 @@ impl Identity {
                 self.source.name(),
                 self.source.endpoint(),
                 human(started.elapsed()),
-                crate::retry::attempts(attempt),
+                crate::base::retry::attempts(attempt),
                 last_answer
                     .filter(|a| *a != problem)
                     .map(|a| format!("; last answer: {a}"))
@@ -675,7 +678,7 @@ impl Identity {
 /// The human part of an identity endpoint's error body (which is not always JSON), on one line
 /// and cut to 200 characters. A JSON body without an error field is never echoed: it could be
 /// a token answer. Every credential the process holds is replaced *before* the whitespace is
-/// folded and the text cut (see [`crate::redact`]): decoded texts are scrubbed, so no JSON
+/// folded and the text cut (see [`crate::base::redact`]): decoded texts are scrubbed, so no JSON
 /// escape hides a credential, and no prefix of one survives the cut.
 fn error_detail(body: &str) -> String {
     let text = match serde_json::from_str::<Value>(body) {
@@ -692,16 +695,16 @@ fn error_detail(body: &str) -> String {
             .unwrap_or_else(|| "(a JSON answer without an error text)".to_string()),
         Err(_) => body.to_string(),
     };
-    let text = crate::redact::redact_prefix(&text, 64 * 1024);
+    let text = crate::base::redact::redact_prefix(&text, 64 * 1024);
     let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    crate::redact::cut_quiet(&line, 200)
+    crate::base::redact::cut_quiet(&line, 200)
 }
 
 /// `key=value&…` with each value percent-encoded.
 fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{k}={}", crate::encoding::percent_encode(v)))
+        .map(|(k, v)| format!("{k}={}", crate::base::encoding::percent_encode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }

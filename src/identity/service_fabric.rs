@@ -18,9 +18,9 @@ use super::{
     Ask, Choice, Selector, Source, check_endpoint, check_secret_endpoint, error_detail,
     no_selector, required,
 };
-use crate::encoding::percent_encode;
+use crate::base::encoding::percent_encode;
 use crate::error::Error;
-use crate::http::{Failure, MAX_BODY, Reply};
+use crate::net::http::{Failure, MAX_BODY, Reply};
 
 pub fn choose(env: &HashMap<String, String>, selector: Option<&Selector>) -> Result<Choice, Error> {
     let fix = "Service Fabric sets IDENTITY_ENDPOINT, IDENTITY_HEADER and IDENTITY_SERVER_THUMBPRINT for an application with a managed identity";
@@ -186,7 +186,8 @@ impl Pinned {
             unanswered: false,
         };
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let parsed = crate::url::parse(base).map_err(|why| fail(why.to_string(), true, false))?;
+        let parsed =
+            crate::net::url::parse(base).map_err(|why| fail(why.to_string(), true, false))?;
         let host = parsed
             .host
             .trim_start_matches('[')
@@ -194,10 +195,10 @@ impl Pinned {
             .to_string();
         let port = parsed.port.unwrap_or(443);
         let timeout = timeout.max(Duration::from_millis(1));
-        let addr = crate::http::resolve(&host, port, timeout)
+        let addr = crate::net::http::resolve(&host, port, timeout)
             .ok()
             .and_then(|a| a.into_iter().next())
-            .ok_or_else(|| fail(crate::http::HOST_NOT_FOUND.into(), false, false))?;
+            .ok_or_else(|| fail(crate::net::http::HOST_NOT_FOUND.into(), false, false))?;
         let tcp = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| fail(e.to_string(), false, false))?;
         let _ = tcp.set_read_timeout(Some(timeout));
@@ -218,7 +219,7 @@ impl Pinned {
                 Some(p) if p != 443 => format!("{}:{p}", parsed.host),
                 _ => parsed.host.clone(),
             },
-            crate::http::USER_AGENT
+            crate::net::http::USER_AGENT
         );
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));

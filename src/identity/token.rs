@@ -39,7 +39,7 @@ impl fmt::Debug for Token {
 
 impl Drop for Token {
     fn drop(&mut self) {
-        crate::keyvault::wipe(&mut self.access);
+        crate::base::redact::wipe(&mut self.access);
     }
 }
 
@@ -88,7 +88,7 @@ pub fn parse_token(body: &str, who: &str) -> Result<Token, Error> {
         .and_then(Value::as_str)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| bad("no access_token"))?;
-    crate::redact::credential(access);
+    crate::base::redact::credential(access);
     if access.len() > MAX_TOKEN {
         return Err(bad("the access_token is larger than 32 KiB"));
     }
@@ -264,7 +264,7 @@ pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// The claims of a JWT-shaped token (no signature check: only for naming the identity).
 fn jwt_claims(token: &str) -> Option<Value> {
     let payload = token.split('.').nth(1)?;
-    serde_json::from_slice(&crate::encoding::base64url_decode(payload)?).ok()
+    serde_json::from_slice(&crate::base::encoding::base64url_decode(payload)?).ok()
 }
 
 #[cfg(test)]

@@ -58,12 +58,12 @@ fn authority(given: Option<&String>) -> Result<String, Error> {
     let Some(given) = given else {
         return Ok(DEFAULT_AUTHORITY.into());
     };
-    let url = crate::url::parse(given).map_err(|why| {
+    let url = crate::net::url::parse(given).map_err(|why| {
         Error::Usage(format!(
             "AZURE_AUTHORITY_HOST={given:?} is refused: {why}; it must be https://host[/], e.g. https://login.microsoftonline.com/"
         ))
     })?;
-    if url.scheme != "https" && !crate::url::is_loopback(&url.host) {
+    if url.scheme != "https" && !crate::net::url::is_loopback(&url.host) {
         return Err(Error::Usage(format!(
             "AZURE_AUTHORITY_HOST={given:?} must be https: the federated token would travel in clear text"
         )));
@@ -100,7 +100,7 @@ fn read_assertion(file: &Path) -> Result<String, Error> {
     if token.is_empty() {
         return Err(fail("it is empty".into()));
     }
-    crate::redact::credential(token);
+    crate::base::redact::credential(token);
     Ok(token.to_string())
 }
 

@@ -83,7 +83,7 @@ fn generation_name() -> String {
         .as_secs();
     let (days, secs) = ((now / 86_400) as i64, now % 86_400);
     let (y, m, d) = civil_from_days(days);
-    let n = (crate::retry::random_unit() * 1e9) as u64 % 1_000_000_000;
+    let n = (crate::base::retry::random_unit() * 1e9) as u64 % 1_000_000_000;
     format!(
         "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.{n:09}",
         secs / 3600,

@@ -185,7 +185,7 @@ fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!(
         "{TEMP_PREFIX}{}-{:08x}",
         std::process::id(),
-        (crate::retry::random_unit() * u32::MAX as f64) as u32
+        (crate::base::retry::random_unit() * u32::MAX as f64) as u32
     ))
 }
 
@@ -233,7 +233,7 @@ pub fn write_all_then(
     last: impl FnOnce() -> Result<(), Error>,
 ) -> Result<(), Error> {
     // A signal arriving now waits for the commit (or roll-back) to finish.
-    let _writing = crate::signals::writing();
+    let _writing = crate::base::signals::writing();
     for (target, _, _) in items {
         check_target(target)?;
     }

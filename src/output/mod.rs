@@ -2,7 +2,9 @@
 //!
 //! Everything is staged first (temp files in the target's own directory, created with their final
 //! mode and owner, fsynced) and only then renamed into place, so a failure part-way leaves every
-//! output as it was and no temp file behind.
+//! output as it was and no temp file behind. `atomic` holds the `..data` layout.
+//!
+//! May use: `error`, `base`.
 
 pub mod atomic;
 pub mod envfile;
@@ -30,3 +32,25 @@ impl Layout {
     }
 }
 pub use files::{FileOptions, Staged};
+
+/// `--file-mode` (and a template's MODE): an octal mode with read bits only for group and
+/// others, and no setuid, setgid or sticky bit.
+pub fn parse_mode(s: &str) -> Result<u32, crate::error::Error> {
+    let usage = |msg: String| crate::error::Error::Usage(format!("{msg}; see kvfetch --help"));
+    let digits = s.trim_start_matches("0o");
+    let mode = (!digits.is_empty() && digits.len() <= 4)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .ok_or_else(|| usage(format!("--file-mode {s:?} is not an octal mode like 0400")))?;
+    if mode & 0o7000 != 0 {
+        return Err(usage(format!(
+            "--file-mode {s:?} sets setuid, setgid or sticky bits, which secret files never need"
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(usage(format!(
+            "--file-mode {s:?} lets group or others write the secret files; use read bits only (e.g. 0400, 0440)"
+        )));
+    }
+    Ok(mode)
+}

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kvfetch::der::tlv;
+use kvfetch::shape::der::tlv;
 
 #[allow(unused_imports)]
 use crate::common::*;
@@ -36,7 +36,7 @@ fn long_chain(n: u32) -> String {
     let mut pem = String::new();
     for i in (0..n).rev() {
         let der = tiny_certificate(i, (i + 1).min(n - 1));
-        let b64 = kvfetch::encoding::base64_encode(&der);
+        let b64 = kvfetch::base::encoding::base64_encode(&der);
         pem.push_str(&format!(
             "-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"
         ));
@@ -112,7 +112,7 @@ fn a_chain_of_as_many_certificates_as_the_cap_is_ordered_within_the_timeout() {
     let want: String = (0..256u32)
         .map(|i| {
             let der = tiny_certificate(i, (i + 1).min(255));
-            kvfetch::encoding::base64_encode(&der)
+            kvfetch::base::encoding::base64_encode(&der)
         })
         .collect();
     let got: String = chain.lines().filter(|l| !l.starts_with("-----")).collect();

@@ -2,7 +2,7 @@
 //! and inherited Key Vault references into the environment, write `--dir`/`--env-file` if asked,
 //! then become COMMAND (`execve`, PATH lookup as a shell does). Fail closed: if anything cannot be
 //! resolved, COMMAND never starts. With `--refresh`, kvfetch stays the parent instead
-//! ([`crate::supervise`]).
+//! ([`crate::modes::supervise`]).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, Snapshot, default_vault, plan_with, write_outputs};
-use crate::keyvault::Fetched;
+use crate::modes::fetch::{Session, Snapshot, default_vault, plan_with, write_outputs};
 use crate::spec::SecretSpec;
-use crate::{log, reference, supervise};
+use crate::vault::keyvault::Fetched;
+use crate::{base::log, modes::supervise, spec::reference};
 
 /// Run `exec`; returns the exit code (supervised mode) or never returns (plain mode).
 pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> Result<u8, Error> {
@@ -47,12 +47,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     } else {
         session.fetch()?
     };
-    if crate::fetch::has_outputs(opts) {
+    if crate::modes::fetch::has_outputs(opts) {
         write_outputs(opts, &session.plan, &snap)?;
     }
     let child_env = child_env(&base, &snap.specs, &snap.values)?;
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
-    crate::fetch::log_written(opts, &snap, true);
+    crate::modes::fetch::log_written(opts, &snap, true);
     log::info(
         "starting",
         &[
@@ -74,7 +74,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     // SAFETY: reset_in_child makes only async-signal-safe calls.
     unsafe {
         command.pre_exec(|| {
-            crate::signals::reset_in_child();
+            crate::base::signals::reset_in_child();
             Ok(())
         });
     }
@@ -94,7 +94,7 @@ pub fn child_env(
     values: &[Option<Fetched>],
 ) -> Result<Vec<(OsString, OsString)>, Error> {
     let mut env: Vec<(OsString, OsString)> = base.to_vec();
-    let shaped = crate::fetch::shaped(specs, values)?;
+    let shaped = crate::modes::fetch::shaped(specs, values)?;
     for (spec, bytes) in specs.iter().zip(shaped).filter(|(s, _)| !s.hidden) {
         let Some(bytes) = bytes else { continue };
         let name = spec.env_name();
@@ -170,7 +170,7 @@ pub fn find_program(command: &OsStr, path: OsString, secret_path: bool) -> Resul
         let searched = if secret_path {
             "PATH set from a secret, not shown".to_string()
         } else {
-            format!("PATH={}", crate::log::escape(&path.to_string_lossy()))
+            format!("PATH={}", crate::base::log::escape(&path.to_string_lossy()))
         };
         Error::CommandNotFound(format!(
             "{}: command not found ({searched}); check the image and the command after --",
@@ -257,7 +257,8 @@ mod tests {
     fn every_inherited_entry_of_a_secrets_name_is_replaced() {
         let vault = crate::spec::parse_vault("https://127.0.0.1:1", None).unwrap();
         let spec = crate::spec::parse_spec("DB=db", Some(&vault)).unwrap();
-        let fetched = crate::keyvault::parse_bundle(r#"{"value":"new","id":"x/1"}"#).unwrap();
+        let fetched =
+            crate::vault::keyvault::parse_bundle(r#"{"value":"new","id":"x/1"}"#).unwrap();
         let base: Vec<(OsString, OsString)> = vec![
             (
                 "DB".into(),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::retry::Deadline;
+use crate::base::retry::Deadline;
 
 #[derive(Debug)]
 struct Gate {
@@ -93,7 +93,8 @@ impl Gates {
             }
             let wait = match g.paused_until {
                 Some(until) if until > now => {
-                    let at = until + resume_spread(g.pause).mul_f64(crate::retry::random_unit());
+                    let at =
+                        until + resume_spread(g.pause).mul_f64(crate::base::retry::random_unit());
                     resume = Some(resume.map_or(at, |r| r.max(at)));
                     Some(at - now)
                 }

@@ -10,15 +10,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::base::log::{self, Format};
+use crate::base::retry::{Deadline, human};
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch;
 use crate::identity::{self, Choice, Identity, Selector, Token, Tokens, now};
-use crate::keyvault::Client;
-use crate::log::{self, Format};
-use crate::retry::{Deadline, human};
+use crate::modes::fetch;
 use crate::spec::{self, Vault};
-use crate::{exit, http};
+use crate::vault::keyvault::Client;
+use crate::{exit, net::http};
 
 /// One line on stdout; a closed stdout (`kvfetch doctor | head -1`) is not an error.
 fn out(line: &str) {
@@ -112,7 +112,7 @@ fn check_selection(
     r: &mut Report,
     client: &Client,
     plan: &fetch::Plan,
-    sel: &crate::select::Selection,
+    sel: &crate::vault::select::Selection,
     tokens: &Tokens,
     deadline: &Deadline,
 ) -> Option<Vec<spec::SecretSpec>> {
@@ -125,7 +125,7 @@ fn check_selection(
     };
     let now = crate::identity::token::now();
     let mut noted = BTreeSet::new();
-    match crate::select::choose(sel, &plan.specs, &listed, now, &mut noted) {
+    match crate::vault::select::choose(sel, &plan.specs, &listed, now, &mut noted) {
         Ok(specs) => {
             r.line(
                 Status::Ok,
@@ -154,7 +154,7 @@ fn check_secrets(
     specs: &[spec::SecretSpec],
     tokens: &Tokens,
     deadline: &Deadline,
-) -> (Vec<Option<crate::keyvault::Fetched>>, bool) {
+) -> (Vec<Option<crate::vault::keyvault::Fetched>>, bool) {
     let mut all_read = true;
     let values = specs
         .iter()
@@ -206,7 +206,7 @@ fn check_values(r: &mut Report, opts: &Options, plan: &fetch::Plan, mut snap: fe
     }
     if let Some(sel) = &plan.selection {
         let mut noted = BTreeSet::new();
-        crate::select::drop_uncarriable(sel, plan.specs.len(), &mut snap, &mut noted);
+        crate::vault::select::drop_uncarriable(sel, plan.specs.len(), &mut snap, &mut noted);
     }
     match fetch::check_values(opts, plan, &snap) {
         Ok(()) => r.line(
@@ -415,11 +415,11 @@ fn check_vault(
     api_version: &str,
     deadline: &Deadline,
 ) {
-    let port = crate::url::parse(&v.url)
+    let port = crate::net::url::parse(&v.url)
         .ok()
         .and_then(|u| u.port)
         .unwrap_or(443);
-    let loopback = crate::url::is_loopback(&v.host);
+    let loopback = crate::net::url::is_loopback(&v.host);
     let mut steps = Vec::new();
     match proxied(&v.url).filter(|_| !loopback) {
         Some(proxy) => steps.push(format!(

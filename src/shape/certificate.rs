@@ -7,22 +7,21 @@
 //!
 //! Errors name the secret and what is wrong with it, never a byte of the key.
 //!
-//! A value is taken apart once per fetch (see [`Parsed`]), holds at most
+//! A value is taken apart once per fetch (see [`Fetched::parsed`]), holds at most
 //! [`MAX_CERTIFICATES`], and its chain is ordered through a map of subjects, so a vault writer
 //! cannot make a fetch spin. Every buffer that holds the private key is a [`Zeroizing`] one,
 //! sized before it is filled: no copy of the key stays in freed memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
 
 use zeroize::Zeroizing;
 
-use crate::der::{self, Reader, read_tlv, tlv};
-use crate::encoding;
+use crate::base::encoding;
 use crate::error::Error;
-use crate::keyvault::Fetched;
 use crate::shape::CertFormat;
+use crate::shape::der::{self, Reader, read_tlv, tlv};
 use crate::spec::SecretSpec;
+use crate::vault::keyvault::Fetched;
 
 const PKCS12: &str = "application/x-pkcs12";
 const PEM: &str = "application/x-pem-file";
@@ -61,27 +60,14 @@ impl Refusal {
     }
 }
 
-/// A fetched value taken apart as a certificate, once: every clone of a [`Fetched`] (each
-/// spec that reads the secret, each shaping of one snapshot, the expiry metric) shares it, so
-/// one fetch costs one parse and one ordering however many shapes read the value.
-#[derive(Clone, Default)]
-pub struct Parsed(Arc<OnceLock<Taken>>);
-
 /// Whether the value opened (a PFX whose MAC and encryption kvfetch reads, or PEM blocks it
-/// reads), and the bundle made of it.
+/// reads), and the bundle made of it: made once per fetched value and kept in its
+/// [`Fetched::parsed`] slot, so every clone of a [`Fetched`] (each spec that reads the secret,
+/// each shaping of one snapshot, the expiry metric) shares one parse and one ordering.
 struct Taken {
     opened: Result<(), Refusal>,
     bundle: Result<Bundle, Refusal>,
 }
-
-impl PartialEq for Parsed {
-    /// Derived from the value, which `Fetched` compares itself.
-    fn eq(&self, _: &Parsed) -> bool {
-        true
-    }
-}
-
-impl Eq for Parsed {}
 
 /// Whether `f` is a certificate secret (either content type Key Vault stores certificates as).
 pub fn is_certificate(f: &Fetched) -> bool {
@@ -149,14 +135,14 @@ pub fn extract(spec: &SecretSpec, f: &Fetched, format: CertFormat) -> Result<Vec
 pub fn prepare(
     specs: &[SecretSpec],
     values: &[Option<Fetched>],
-    deadline: &crate::retry::Deadline,
+    deadline: &crate::base::retry::Deadline,
 ) -> Result<(), Error> {
     let certificates = specs
         .iter()
         .zip(values)
         .filter(|(s, _)| s.shape.format.is_some());
     for (spec, f) in certificates.filter_map(|(s, f)| Some((s, f.as_ref()?))) {
-        if f.parsed.0.get().is_none() && deadline.remaining().is_zero() {
+        if !f.parsed.is_made() && deadline.remaining().is_zero() {
             return Err(broken(
                 spec,
                 "taking it apart would run past --timeout (the run's time went to fetching and to the certificates before it)",
@@ -174,7 +160,7 @@ pub fn bundle<'f>(spec: &SecretSpec, f: &'f Fetched) -> Result<&'f Bundle, Error
 }
 
 fn taken<'f>(spec: &SecretSpec, f: &'f Fetched) -> &'f Taken {
-    f.parsed.0.get_or_init(|| take_apart(spec, f))
+    f.parsed.get_or_init(|| take_apart(spec, f))
 }
 
 #[cfg(test)]
@@ -224,7 +210,7 @@ fn order(spec: &SecretSpec, (key, certs): Parts) -> Result<Bundle, Refusal> {
         leaf_index(&parsed, &by_subject, key.as_deref().map(Vec::as_slice)).map_err(broken)?;
     let chain = chain_from(&parsed, &by_subject, leaf);
     if chain.len() < parsed.len() {
-        crate::log::warn(
+        crate::base::log::warn(
             "a certificate secret holds certificates outside the leaf's chain; they are left out",
             &[
                 ("secret", &spec.reference()),
@@ -399,7 +385,7 @@ fn pfx_bytes(f: &Fetched) -> Result<Zeroizing<Vec<u8>>, Refusal> {
 
 /// A PFX as Key Vault stores it (empty password): its first key and every certificate.
 fn parse_pfx(pfx: &[u8]) -> Result<Parts, Refusal> {
-    let contents = crate::pkcs12::open(pfx).map_err(Refusal::Broken)?;
+    let contents = crate::shape::pkcs12::open(pfx).map_err(Refusal::Broken)?;
     Ok((contents.key, contents.certs))
 }
 
@@ -669,7 +655,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_str!(concat!("../tests/fixtures/certs/", $name))
+            include_str!(concat!("../../tests/fixtures/certs/", $name))
         };
     }
 
@@ -679,7 +665,7 @@ mod tests {
     }
 
     fn secret(value: &str, content_type: Option<&str>) -> Fetched {
-        let mut f = crate::keyvault::parse_bundle(r#"{"value":"","id":"x/1"}"#).unwrap();
+        let mut f = crate::vault::keyvault::parse_bundle(r#"{"value":"","id":"x/1"}"#).unwrap();
         f.value = value.trim().to_string();
         f.content_type = content_type.map(String::from);
         f
@@ -897,7 +883,7 @@ mod tests {
         let specs = vec![spec("c?format=key")];
         let values = vec![Some(f.clone())];
         let before = parses();
-        let passed = crate::retry::Deadline::after(std::time::Duration::ZERO);
+        let passed = crate::base::retry::Deadline::after(std::time::Duration::ZERO);
         let e = prepare(&specs, &values, &passed).unwrap_err();
         assert!(matches!(e, Error::NotFound(_)), "{e}");
         assert!(
@@ -905,7 +891,7 @@ mod tests {
             "{e}"
         );
         assert_eq!(parses(), before, "not begun");
-        let ample = crate::retry::Deadline::after(std::time::Duration::from_secs(3600));
+        let ample = crate::base::retry::Deadline::after(std::time::Duration::from_secs(3600));
         prepare(&specs, &values, &ample).unwrap();
         assert_eq!(parses(), before + 1);
         // Taken apart already: shaping costs nothing more, the deadline passed or not.
@@ -923,8 +909,8 @@ mod tests {
         let values: Vec<_> = specs.iter().map(|_| Some(f.clone())).collect();
         let before = parses();
         // watch shapes a snapshot twice (checked, then written) and reads the expiry metric.
-        crate::fetch::shaped(&specs, &values).unwrap();
-        crate::fetch::shaped(&specs, &values).unwrap();
+        crate::modes::fetch::shaped(&specs, &values).unwrap();
+        crate::modes::fetch::shaped(&specs, &values).unwrap();
         bundle(&specs[0], values[0].as_ref().unwrap()).unwrap();
         assert_eq!(
             parses() - before,
@@ -1007,10 +993,12 @@ mod tests {
     #[test]
     fn no_decrypted_private_key_stays_in_freed_memory() {
         const CHILD: &str = "KVFETCH_TEST_KEY_SCAN";
-        let name = "certificate::tests::no_decrypted_private_key_stays_in_freed_memory";
+        // This test's name as the harness knows it (the module path without the crate).
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let name = format!("{module}::no_decrypted_private_key_stays_in_freed_memory");
         if std::env::var_os(CHILD).is_none() {
             let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
                 .env(CHILD, "1")
                 .output()
                 .unwrap();

@@ -151,6 +151,16 @@ pub fn attempts(n: u32) -> String {
     }
 }
 
+/// The shortest wait a server's `Retry-After` can ask for (`Retry-After: 0` must not spin).
+pub const RETRY_AFTER_FLOOR: Duration = Duration::from_millis(100);
+/// The longest wait honoured from a `Retry-After` (the run's deadline still ends it sooner).
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
+
+/// A delay a server asked for, kept between [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
+pub fn clamp_retry_after(d: Duration) -> Duration {
+    d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{OnChange, Options};
 use crate::error::Error;
-use crate::exec::{check_exec_size, child_env, exec_error};
-use crate::fetch::{Session, Snapshot};
-use crate::health::HEARTBEAT;
-use crate::refresh::{Event, Outcome, Refresher};
-use crate::{health, log, signals};
+use crate::modes::exec::{check_exec_size, child_env, exec_error};
+use crate::modes::fetch::{Session, Snapshot};
+use crate::modes::health::HEARTBEAT;
+use crate::modes::refresh::{Event, Outcome, Refresher};
+use crate::{base::log, base::signals, modes::health};
 
 const FORWARDED: [i32; 7] = [
     libc::SIGTERM,

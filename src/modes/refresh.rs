@@ -9,14 +9,14 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::base::log;
+use crate::base::retry::{Backoff, human, jitter};
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, Snapshot, sync_outputs, write_outputs};
-use crate::health::Status;
-use crate::keyvault::Fetched;
-use crate::log;
-use crate::retry::{Backoff, human, jitter};
+use crate::modes::fetch::{Session, Snapshot, sync_outputs, write_outputs};
+use crate::modes::health::Status;
 use crate::spec::SecretSpec;
+use crate::vault::keyvault::Fetched;
 
 /// Messages the mode's main loop waits for.
 pub enum Event {
@@ -153,12 +153,12 @@ impl Refresher {
     fn apply(&mut self, snap: Snapshot) -> Result<Outcome, Error> {
         // A value its spec cannot shape fails this refresh before anything is counted or
         // touched: the outputs on disk stay as they were, and are not damaged.
-        crate::fetch::shaped(&snap.specs, &snap.values)?;
+        crate::modes::fetch::shaped(&snap.specs, &snap.values)?;
         self.note_expiries(&snap);
         let Some(old) = self.current.take() else {
             write_outputs(&self.opts, &self.session.plan, &snap)?;
             let variables = self.opts.env_file.is_some();
-            crate::fetch::log_written(&self.opts, &snap, variables);
+            crate::modes::fetch::log_written(&self.opts, &snap, variables);
             self.current = Some(snap);
             return Ok(Outcome::First);
         };
@@ -230,7 +230,7 @@ impl Refresher {
                 s.expires.insert(spec.name.clone(), exp);
             }
             if spec.shape.format.is_some()
-                && let Ok(b) = crate::certificate::bundle(spec, f)
+                && let Ok(b) = crate::shape::certificate::bundle(spec, f)
             {
                 s.certificate_expires.insert(spec.name.clone(), b.not_after);
             }
@@ -246,7 +246,10 @@ impl Refresher {
                 .shown()
                 .map(|(s, _)| s.file_name())
                 .filter(|f| !kept.contains(f));
-            crate::fetch::remove_gone(&self.opts, &gone.map(|f| dir.join(f)).collect::<Vec<_>>())?;
+            crate::modes::fetch::remove_gone(
+                &self.opts,
+                &gone.map(|f| dir.join(f)).collect::<Vec<_>>(),
+            )?;
         }
         Ok(written)
     }
@@ -260,7 +263,7 @@ impl Refresher {
                     .iter()
                     .any(|c| !c.spec.hidden && d.join(c.spec.file_name()) == p)
             });
-            let template = crate::fetch::template_dests(&self.session.plan).any(|t| t == p)
+            let template = crate::modes::fetch::template_dests(&self.session.plan).any(|t| t == p)
                 && !changes.is_empty();
             env_changed || file_changed || template
         };

@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::error::Error;
-use crate::keyvault::Listed;
-use crate::shape::Shape;
+use crate::spec::options::Shape;
 use crate::spec::{self, SecretSpec, Vault};
+use crate::vault::keyvault::Listed;
 
 /// What to choose from one vault's list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +270,7 @@ pub fn choose(
     let mut notes = BTreeSet::new();
     let mut note = |key: String, msg: &str, fields: &[(&str, &str)]| {
         if !noted.contains(&key) {
-            crate::log::info(msg, fields);
+            crate::base::log::info(msg, fields);
         }
         notes.insert(key);
     };
@@ -320,7 +320,7 @@ pub fn choose(
     }
     if specs.len() == explicit.len() {
         if !noted.contains("none") {
-            crate::log::warn(
+            crate::base::log::warn(
                 "the selection chose no secret from the vault's list; check --prefix and --tag against the vault's names and tags",
                 &[
                     ("vault", &sel.vault.url),
@@ -341,7 +341,7 @@ pub fn choose(
 pub fn drop_uncarriable(
     sel: &Selection,
     explicit: usize,
-    snap: &mut crate::fetch::Snapshot,
+    snap: &mut crate::vault::snapshot::Snapshot,
     noted: &mut BTreeSet<String>,
 ) {
     if !sel.env {
@@ -367,7 +367,7 @@ pub fn drop_uncarriable(
         let version = snap.values[i].as_ref().map_or("", |f| f.version.as_str());
         let key = format!("value {} {version}", snap.specs[i].name);
         if !noted.contains(&key) {
-            crate::log::warn(
+            crate::base::log::warn(
                 &format!(
                     "skipped a listed secret: its value holds {why}; name it with --secret to make this an error, or use --dir or --env-format json"
                 ),

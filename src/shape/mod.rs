@@ -1,118 +1,21 @@
-//! A spec's options (`NAME?format=key&optional`): what to make of a secret's value before it
-//! is written. Parsed with the spec, so a wrong option is a usage error before any request;
-//! applied to each fetched value, so one request serves every shape of the same secret.
+//! What to make of a fetched value before it is written: a spec's options (parsed in
+//! `spec::options`) applied to it — JSON fields, decodings, a certificate's key, leaf and chain
+//! (`certificate`, `pkcs12`, `der`) — and templates rendered from the values (`template`). One
+//! request serves every shape of the same secret.
+//!
+//! May use: `error`, `base`, `spec`, `output` (file modes), `vault` (fetched values).
 
-use crate::encoding;
+pub mod certificate;
+pub mod der;
+pub mod pkcs12;
+pub mod template;
+
+pub use crate::spec::options::{CertFormat, Decode, Shape, json_pointer, parse};
+
+use crate::base::encoding;
 use crate::error::Error;
-use crate::keyvault::Fetched;
 use crate::spec::SecretSpec;
-
-/// The options after a spec's `?`: what to make of the secret's value before writing it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Shape {
-    /// `format=`: a certificate secret (PKCS#12 or PEM) as key, leaf, chain, PEM or PFX.
-    pub format: Option<CertFormat>,
-    /// `json=`: an RFC 6901 pointer into a value that is a JSON document.
-    pub json: Option<String>,
-    /// `decode=`: the value (or the `json=` field) is text in this encoding.
-    pub decode: Option<Decode>,
-    /// `optional`: a missing or disabled secret is skipped, not an error.
-    pub optional: bool,
-}
-
-/// `format=`: which part of a certificate secret is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CertFormat {
-    /// The private key (PKCS#8 PEM), then the leaf, then the chain towards the root.
-    Pem,
-    Key,
-    Cert,
-    Chain,
-    /// The PFX bytes, decoded from base64.
-    Pfx,
-}
-
-/// `decode=`: the encodings a value may be stored in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decode {
-    Base64,
-    Base64Url,
-    Hex,
-}
-
-/// Parse the options after `?`: `format=`, `json=`, `decode=`, `optional`, joined by `&`.
-pub fn parse(options: &str, text: &str) -> Result<Shape, Error> {
-    let bad = |why: String| Error::Usage(format!("--secret {text:?}: {why}"));
-    let mut shape = Shape::default();
-    let mut seen: Vec<&str> = Vec::new();
-    for option in options.split('&') {
-        let (key, value) = match option.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (option, None),
-        };
-        if seen.contains(&key) {
-            return Err(bad(format!("the option {key:?} is given twice")));
-        }
-        seen.push(key);
-        match (key, value) {
-            ("format", Some(v)) => shape.format = Some(cert_format(v).ok_or_else(|| {
-                bad(format!("format={v:?} is not one of pem, key, cert, chain, pfx"))
-            })?),
-            ("json", Some(v)) => shape.json = Some(json_pointer(v).map_err(|why| {
-                bad(format!("json={v:?} is not a JSON pointer ({why}); write /KEY/0/KEY, with ~1 for '/' and ~0 for '~' in a key"))
-            })?),
-            ("decode", Some(v)) => shape.decode = Some(decode_kind(v).ok_or_else(|| {
-                bad(format!("decode={v:?} is not one of base64, base64url, hex"))
-            })?),
-            ("optional", None) => shape.optional = true,
-            _ => {
-                return Err(bad(format!(
-                    "{option:?} is not an option; the options are format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex and optional, joined by '&'"
-                )));
-            }
-        }
-    }
-    if shape.format.is_some() && (shape.json.is_some() || shape.decode.is_some()) {
-        return Err(bad(
-            "format= reads a certificate secret as Key Vault stores it, so it does not combine with json= or decode=".into(),
-        ));
-    }
-    Ok(shape)
-}
-
-fn cert_format(v: &str) -> Option<CertFormat> {
-    Some(match v {
-        "pem" => CertFormat::Pem,
-        "key" => CertFormat::Key,
-        "cert" => CertFormat::Cert,
-        "chain" => CertFormat::Chain,
-        "pfx" => CertFormat::Pfx,
-        _ => return None,
-    })
-}
-
-fn decode_kind(v: &str) -> Option<Decode> {
-    Some(match v {
-        "base64" => Decode::Base64,
-        "base64url" => Decode::Base64Url,
-        "hex" => Decode::Hex,
-        _ => return None,
-    })
-}
-
-/// An RFC 6901 pointer: empty (the whole document) or `/`-led, every `~` escaping `0` or `1`.
-pub fn json_pointer(v: &str) -> Result<String, &'static str> {
-    if !v.is_empty() && !v.starts_with('/') {
-        return Err("it must start with '/'");
-    }
-    let mut chars = v.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' && !matches!(chars.next(), Some('0' | '1')) {
-            return Err("'~' is not followed by 0 or 1");
-        }
-    }
-    Ok(v.to_string())
-}
+use crate::vault::keyvault::Fetched;
 
 /// The bytes `spec` writes for the fetched value `f`: the value itself, a JSON field of it, its
 /// decoded bytes, or a part of a certificate. Errors (exit 5) name the secret and what did not
@@ -120,7 +23,7 @@ pub fn json_pointer(v: &str) -> Result<String, &'static str> {
 pub fn apply(spec: &SecretSpec, f: &Fetched) -> Result<Vec<u8>, Error> {
     let shape = &spec.shape;
     if let Some(format) = shape.format {
-        return crate::certificate::extract(spec, f, format);
+        return crate::shape::certificate::extract(spec, f, format);
     }
     let text = match &shape.json {
         Some(pointer) => json_field(spec, &f.value, pointer)?,
@@ -159,7 +62,7 @@ struct Zeroing(String);
 
 impl Drop for Zeroing {
     fn drop(&mut self) {
-        crate::keyvault::wipe(&mut self.0);
+        crate::base::redact::wipe(&mut self.0);
     }
 }
 
@@ -200,7 +103,7 @@ mod tests {
     }
 
     fn fetched(value: &str, content_type: Option<&str>) -> Fetched {
-        let mut f = crate::keyvault::parse_bundle(r#"{"value":"","id":"x/1"}"#).unwrap();
+        let mut f = crate::vault::keyvault::parse_bundle(r#"{"value":"","id":"x/1"}"#).unwrap();
         f.value = value.to_string();
         f.content_type = content_type.map(String::from);
         f

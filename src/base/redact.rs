@@ -198,6 +198,13 @@ pub fn redact_tokens(text: &str) -> String {
     out
 }
 
+/// Overwrite a string's bytes, its whole capacity, with zeros before its memory is freed (a
+/// guard against values lingering in freed heap memory; copies made by the HTTP stack are not
+/// reached). `zeroize` writes so that the compiler cannot remove them; the string is left empty.
+pub fn wipe(s: &mut String) {
+    zeroize::Zeroize::zeroize(s);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::base::log;
 use crate::error::Error;
-use crate::log;
 
 /// What the sidecar knows about itself.
 #[derive(Debug, Default)]
@@ -118,7 +118,7 @@ impl Status {
             "kvfetch_log_lines_dropped_total",
             "counter",
             "Log lines dropped because stderr was not being read.",
-            vec![(String::new(), crate::log::dropped().to_string())],
+            vec![(String::new(), crate::base::log::dropped().to_string())],
         );
         family(
             "kvfetch_ready",
@@ -148,7 +148,7 @@ impl Status {
             "The secret's exp attribute (Unix seconds), where set.",
             expires,
         );
-        let requests = crate::throttle::requests()
+        let requests = crate::vault::throttle::requests()
             .into_iter()
             .map(|((vault, kind), n)| {
                 (
@@ -163,7 +163,7 @@ impl Status {
             "Key Vault requests sent, by vault and kind (get: one secret; list: one page of the list), retries included.",
             requests,
         );
-        let throttled = crate::throttle::throttled()
+        let throttled = crate::vault::throttle::throttled()
             .into_iter()
             .map(|(vault, n)| (format!("{{vault=\"{vault}\"}}"), n.to_string()))
             .collect();

@@ -16,7 +16,7 @@ use cbc::cipher::{BlockDecryptMut, InnerIvInit, KeyInit, KeyIvInit};
 use ring::{digest, hmac, pbkdf2};
 use zeroize::Zeroizing;
 
-use crate::der::{self, Reader};
+use crate::shape::der::{self, Reader};
 
 /// A PFX's contents: its first private key (PKCS#8 DER) and every certificate (DER).
 pub struct Contents {
@@ -532,7 +532,7 @@ mod tests {
         let mut trailing =
             std::fs::read_to_string("tests/fixtures/certs/rsa-3des.pfx.b64").unwrap();
         trailing = trailing.trim().to_string();
-        let mut der = crate::encoding::base64_strict(&trailing, false).unwrap();
+        let mut der = crate::base::encoding::base64_strict(&trailing, false).unwrap();
         assert!(open(&der).is_ok());
         der.push(0);
         assert!(open(&der).unwrap_err().contains("bytes after its end"));

@@ -1,5 +1,5 @@
 //! One line per event on stderr, as text or JSON. Callers pass names, ids and counts only;
-//! as a second line of defence every message and field goes through [`crate::redact`] (every
+//! as a second line of defence every message and field goes through [`crate::base::redact`] (every
 //! credential and value the process holds replaced) before it is cut to length.
 //!
 //! Messages often quote what a server said (an error code, a message). A server must not be
@@ -196,15 +196,15 @@ const MAX_MESSAGE: usize = 2000;
 const MAX_FIELD: usize = 500;
 
 /// A log text cut to `max` characters, with every sensitive string the process holds and
-/// anything shaped like a JWT replaced first (see [`crate::redact`]): a hostile server could
+/// anything shaped like a JWT replaced first (see [`crate::base::redact`]): a hostile server could
 /// echo a credential it was sent into an error text.
 pub fn sanitize(text: &str, max: usize) -> String {
-    crate::redact::cut(text, max)
+    crate::base::redact::cut(text, max)
 }
 
-/// See [`crate::redact::redact_tokens`].
+/// See [`crate::base::redact::redact_tokens`].
 pub fn redact_tokens(text: &str) -> String {
-    crate::redact::redact_tokens(text)
+    crate::base::redact::redact_tokens(text)
 }
 
 /// Characters that could break a log line, drive a terminal or reorder what is shown

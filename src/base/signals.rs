@@ -70,7 +70,7 @@ fn early_signal(sig: i32) {
 
 fn early_exit(sig: i32) -> ! {
     STATE.store(2, Ordering::SeqCst);
-    crate::log::flush();
+    crate::base::log::flush();
     signal_hook::low_level::exit(128 + sig)
 }
 

@@ -1,14 +1,19 @@
 //! The command line. One table describes every flag (its environment variable, default and help),
 //! and both parsing and `--help` are driven from it, so they cannot disagree. A flag wins over
-//! its environment variable, which wins over the default.
+//! its environment variable, which wins over the default. [`help`] writes help, examples and
+//! completions from the same table.
+//!
+//! May use every stage below `modes` (to parse a flag into its stage's own type).
+
+pub mod help;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::base::log;
 use crate::error::Error;
 use crate::identity::{Pin, Selector};
-use crate::log;
 use crate::output::Format;
 
 /// One flag: its names, environment variable, value name (None for a switch), default and help.
@@ -567,14 +572,14 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
             secrets,
             all: switch("all")?,
             prefix: get("prefix")
-                .map(|p| crate::select::check_prefix(&p))
+                .map(|p| crate::vault::select::check_prefix(&p))
                 .transpose()?,
             env_prefix: get("env-prefix")
-                .map(|p| crate::select::check_env_prefix(&p, "--env-prefix"))
+                .map(|p| crate::vault::select::check_env_prefix(&p, "--env-prefix"))
                 .transpose()?,
             tags: list_flag(given.get("tag"), env, "KVFETCH_TAGS", &[',', '\n'])
                 .iter()
-                .map(|t| crate::select::parse_tag(t))
+                .map(|t| crate::vault::select::parse_tag(t))
                 .collect::<Result<_, _>>()?,
             skip_managed: switch("skip-managed")?,
             templates: list_flag(given.get("template"), env, "KVFETCH_TEMPLATES", &['\n']),
@@ -593,7 +598,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
                 .as_deref()
                 .and_then(Format::parse)
                 .ok_or_else(|| usage("--env-format must be dotenv, shell, docker or json"))?,
-            file_mode: parse_mode(&get("file-mode").unwrap_or_default())?,
+            file_mode: crate::output::parse_mode(&get("file-mode").unwrap_or_default())?,
             owner: get("owner").map(|o| parse_owner(&o)).transpose()?,
             require_tmpfs: switch("require-tmpfs")?,
             require_private_dir: switch("require-private-dir")?,
@@ -989,25 +994,6 @@ fn selector(
     Ok(chosen.pop())
 }
 
-pub fn parse_mode(s: &str) -> Result<u32, Error> {
-    let digits = s.trim_start_matches("0o");
-    let mode = (!digits.is_empty() && digits.len() <= 4)
-        .then(|| u32::from_str_radix(digits, 8).ok())
-        .flatten()
-        .ok_or_else(|| usage(format!("--file-mode {s:?} is not an octal mode like 0400")))?;
-    if mode & 0o7000 != 0 {
-        return Err(usage(format!(
-            "--file-mode {s:?} sets setuid, setgid or sticky bits, which secret files never need"
-        )));
-    }
-    if mode & 0o022 != 0 {
-        return Err(usage(format!(
-            "--file-mode {s:?} lets group or others write the secret files; use read bits only (e.g. 0400, 0440)"
-        )));
-    }
-    Ok(mode)
-}
-
 fn parse_owner(s: &str) -> Result<(u32, Option<u32>), Error> {
     let bad = || {
         usage(format!(
@@ -1112,12 +1098,12 @@ fn list_flag(
 /// `--notify-url`: the one URL that may carry a query (a webhook's token); messages never
 /// show its user information or query.
 fn notify_url(u: &str) -> Result<String, Error> {
-    match crate::url::parse_with_query(u) {
+    match crate::net::url::parse_with_query(u) {
         Ok((url, Some(query))) => Ok(format!("{}?{query}", url.full())),
         Ok((url, None)) => Ok(url.full()),
         Err(why) => Err(usage(format!(
             "--notify-url {:?} is refused: {why}",
-            crate::url::shown(u)
+            crate::net::url::shown(u)
         ))),
     }
 }
@@ -1251,9 +1237,9 @@ mod tests {
     fn help_lists_every_flag_with_env_and_default() {
         let h = format!(
             "{}{}{}",
-            crate::help::help(None),
-            crate::help::help(Some("watch")),
-            crate::help::help(Some("exec"))
+            crate::cli::help::help(None),
+            crate::cli::help::help(Some("watch")),
+            crate::cli::help::help(Some("exec"))
         );
         for f in FLAGS {
             assert!(

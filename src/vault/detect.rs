@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use crate::fetch::Snapshot;
-use crate::keyvault::{Fetched, Listed};
 use crate::spec::SecretSpec;
+use crate::vault::keyvault::{Fetched, Listed};
+use crate::vault::snapshot::Snapshot;
 
 /// A vault's list as a refresh read it: for change detection it may stop early (see
 /// `Session::list_for_detection`), and then says nothing of the secrets it did not reach.
@@ -92,7 +92,7 @@ mod tests {
     }
 
     fn fetched(updated: u64, at: u64) -> Fetched {
-        let mut f = crate::keyvault::parse_bundle(r#"{"value":"v","id":"x/1"}"#).unwrap();
+        let mut f = crate::vault::keyvault::parse_bundle(r#"{"value":"v","id":"x/1"}"#).unwrap();
         f.updated = Some(updated);
         f.fetched_at = at;
         f

@@ -9,25 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::base::retry::{Deadline, human};
 use crate::cli::Options;
 use crate::error::Error;
 use crate::identity::{Identity, Tokens};
-use crate::keyvault::{Client, Fetched};
 use crate::output::{self, FileOptions};
-use crate::retry::{Deadline, human};
-use crate::select::{self, Selection};
+use crate::shape::template::{self, Template};
 use crate::spec::{self, SecretSpec};
-use crate::template::{self, Template};
-use crate::{http, log, shape};
-
-/// What one fetch found: the specs it served (the plan's own, then what a selection chose from
-/// the vault's list at that moment) and one value per spec, in the same order; `None` for an
-/// `optional` secret that is missing or disabled (skipped: no file, no variable).
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub specs: Vec<SecretSpec>,
-    pub values: Vec<Option<Fetched>>,
-}
+use crate::vault::keyvault::{Client, Fetched};
+use crate::vault::select::{self, Selection};
+pub use crate::vault::snapshot::Snapshot;
+use crate::{base::log, net::http, shape};
 
 /// Everything decided before the first request.
 pub struct Plan {
@@ -455,7 +447,7 @@ pub struct Session {
     /// Vaults that refused to list (no `list` permission): refreshes there GET every secret,
     /// for the life of the process.
     unlisted: Mutex<std::collections::HashSet<String>>,
-    /// When every secret was last read (see [`crate::detect`]).
+    /// When every secret was last read (see [`crate::vault::detect`]).
     last_full: Mutex<Option<std::time::Instant>>,
     full_read_every: std::time::Duration,
     /// `--start-splay`, spent before the first fetch only.
@@ -513,7 +505,7 @@ impl Session {
     }
 
     /// Fetch again, knowing what `held` holds: the vaults are listed and only what changed is
-    /// read (see [`crate::detect`]), unless a full read is due. `None` reads everything.
+    /// read (see [`crate::vault::detect`]), unless a full read is due. `None` reads everything.
     pub fn refresh(&self, held: Option<&Snapshot>) -> Result<Snapshot, Error> {
         self.refresh_by(held, None)
     }
@@ -545,7 +537,7 @@ impl Session {
             }
         };
         let kept = match held {
-            Some(h) => crate::detect::reusable(&specs, h, &listings),
+            Some(h) => crate::vault::detect::reusable(&specs, h, &listings),
             None => vec![None; specs.len()],
         };
         let to_read: Vec<SecretSpec> = specs
@@ -575,7 +567,7 @@ impl Session {
             let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
             select::drop_uncarriable(sel, self.plan.specs.len(), &mut snap, &mut dropped);
         }
-        crate::certificate::prepare(&snap.specs, &snap.values, &deadline)?;
+        crate::shape::certificate::prepare(&snap.specs, &snap.values, &deadline)?;
         log::debug(
             "read",
             &[
@@ -597,7 +589,7 @@ impl Session {
         let Some(max) = self.splay.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let wait = max.mul_f64(crate::retry::random_unit());
+        let wait = max.mul_f64(crate::base::retry::random_unit());
         log::info(
             "waiting before the first fetch (--start-splay)",
             &[("wait", &human(wait))],
@@ -611,7 +603,7 @@ impl Session {
         &self,
         detect: bool,
         deadline: &Deadline,
-    ) -> Result<HashMap<String, crate::detect::Listing>, Error> {
+    ) -> Result<HashMap<String, crate::vault::detect::Listing>, Error> {
         let mut vaults: Vec<&spec::Vault> = Vec::new();
         let sel = self.plan.selection.as_ref().map(|s| &s.vault);
         let unlisted = self
@@ -632,7 +624,7 @@ impl Session {
         for v in vaults {
             let listed = if Some(v) == sel {
                 let entries = self.client.list(v, &self.tokens, deadline, true);
-                entries.map(|entries| crate::detect::Listing {
+                entries.map(|entries| crate::vault::detect::Listing {
                     entries,
                     complete: true,
                 })
@@ -667,12 +659,12 @@ impl Session {
     /// them (each page then saved a GET), and not once all are found. A refresh so costs at most
     /// min(pages, S) + 1 requests for S unchanged secrets, whatever the vault's size, and judges
     /// afresh each time. A list cut short knows nothing of the secrets it did not reach
-    /// ([`crate::detect::Listing::complete`]): those are read.
+    /// ([`crate::vault::detect::Listing::complete`]): those are read.
     fn list_for_detection(
         &self,
         vault: &spec::Vault,
         deadline: &Deadline,
-    ) -> Result<crate::detect::Listing, Error> {
+    ) -> Result<crate::vault::detect::Listing, Error> {
         let named: std::collections::HashSet<String> = self
             .plan
             .specs
@@ -680,7 +672,7 @@ impl Session {
             .filter(|s| s.version.is_none() && s.vault.url == vault.url)
             .map(|s| s.name.to_ascii_lowercase())
             .collect();
-        let mut more = |items: &[crate::keyvault::Listed], pages: usize| {
+        let mut more = |items: &[crate::vault::keyvault::Listed], pages: usize| {
             let found = items
                 .iter()
                 .filter(|l| named.contains(&l.name.to_ascii_lowercase()))
@@ -690,7 +682,7 @@ impl Session {
         let (entries, complete) =
             self.client
                 .list_while(vault, &self.tokens, deadline, false, &mut more)?;
-        Ok(crate::detect::Listing { entries, complete })
+        Ok(crate::vault::detect::Listing { entries, complete })
     }
 }
 
@@ -1084,15 +1076,5 @@ impl Plan {
         specs
             .chain(self.selection.as_ref().map(|s| &s.vault))
             .collect()
-    }
-}
-
-impl Snapshot {
-    /// The specs that have outputs of their own (not a template's secrets), with their values.
-    pub fn shown(&self) -> impl Iterator<Item = (&SecretSpec, &Option<Fetched>)> {
-        self.specs
-            .iter()
-            .zip(&self.values)
-            .filter(|(s, _)| !s.hidden)
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::cli::Options;
 use crate::error::Error;
-use crate::fetch::{Session, plan};
-use crate::refresh::{Event, Outcome, Refresher};
-use crate::{health, log, signals};
+use crate::modes::fetch::{Session, plan};
+use crate::modes::refresh::{Event, Outcome, Refresher};
+use crate::{base::log, base::signals, modes::health};
 
 /// Run `watch`.
 /// Run `watch`; returns the exit code: 0 when stopped after the first write, 128+N when signal
@@ -84,7 +84,7 @@ fn ready(opts: &Options, refresher: &Refresher) -> Result<(), Error> {
             ("count", &count.to_string()),
             (
                 "refresh",
-                &crate::retry::human(opts.refresh.unwrap_or_default()),
+                &crate::base::retry::human(opts.refresh.unwrap_or_default()),
             ),
         ],
     );
@@ -120,7 +120,7 @@ fn stop(opts: &Options, refresher: &Refresher) {
         }
         let _ = std::fs::remove_dir(dir); // only if now empty
     }
-    for t in crate::fetch::template_dests(&refresher.session().plan) {
+    for t in crate::modes::fetch::template_dests(&refresher.session().plan) {
         let _ = std::fs::remove_file(t);
     }
     if let Some(file) = &opts.env_file {
@@ -146,10 +146,10 @@ struct Notifier {
 }
 
 impl Notifier {
-    fn new(url: Option<String>, trust: &crate::http::Trust) -> Notifier {
+    fn new(url: Option<String>, trust: &crate::net::http::Trust) -> Notifier {
         Notifier {
             url,
-            agent: crate::http::notify_agent(trust),
+            agent: crate::net::http::notify_agent(trust),
             pending: Default::default(),
         }
     }
@@ -171,7 +171,7 @@ impl Notifier {
                 return;
             }
             let body = serde_json::json!({ "changed": names }).to_string();
-            let shown = crate::url::shown(&url);
+            let shown = crate::net::url::shown(&url);
             let result = agent
                 .post(&url)
                 .header("Content-Type", "application/json")

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::log;
-use crate::retry::human;
+use crate::base::log;
+use crate::base::retry::human;
 
 /// The first report comes once a wait has lasted this long.
 pub const FIRST_REPORT: Duration = Duration::from_secs(3);

@@ -1,13 +1,18 @@
 //! What to fetch and from where: vault URLs, secret specs, and the names secrets get on disk and
 //! in the environment.
 //!
+//! May use: `error`, `base`, `net` (URLs), `output` (the names outputs may not take).
+//!
 //! The host rules live here because they are what keeps a token from leaking: a token is only
 //! ever sent to a vault whose DNS suffix names the token's audience (or to loopback, or to a host
 //! the user vouched for with `--resource`), and only over `https` (`http` for loopback only).
 
+pub mod options;
+pub mod reference;
+
 use crate::error::Error;
-use crate::shape::{self, Shape};
-use crate::url::{self, Url};
+use crate::net::url::{self, Url};
+use options::Shape;
 
 /// Known Key Vault DNS suffixes and the token audience each implies.
 pub const CLOUDS: &[(&str, &str)] = &[
@@ -62,7 +67,7 @@ pub struct SecretSpec {
     /// with `--prefix` stripped (`app-db` → file `db`, variable `DB`).
     pub output_name: Option<String>,
     /// The variable of a selected secret, chosen under the operator's rule (see
-    /// [`crate::select`]): the operator's prefix on the name, or a name `--allow-env` gave.
+    /// [`crate::vault::select`]): the operator's prefix on the name, or a name `--allow-env` gave.
     pub env_alias: Option<String>,
     /// Fetched for a template only: no file, no variable of its own.
     pub hidden: bool,
@@ -187,7 +192,7 @@ pub fn steers_programs(name: &str) -> bool {
             .any(|p| upper.starts_with(&p.to_ascii_uppercase()))
 }
 
-pub use crate::url::is_loopback;
+pub use crate::net::url::is_loopback;
 
 /// Resolve `--vault NAME|URL` into a [`Vault`]. `resource` is `--resource`, which vouches for
 /// this host; other hosts (in secret identifiers and references) never inherit it.
@@ -362,7 +367,7 @@ pub fn check_loopback_vaults(vaults: &[&Vault], identity_on_loopback: bool) -> R
 pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
     // The first `?` starts the options; an `=` before it ends the alias.
     let (head, shape) = match text.split_once('?') {
-        Some((head, options)) => (head, shape::parse(options, text)?),
+        Some((head, options)) => (head, options::parse(options, text)?),
         None => (text, Shape::default()),
     };
     let (alias, reference) = match head.split_once('=') {

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use ureq::Agent;
 
+use crate::base::retry::clamp_retry_after;
+use crate::base::retry::{Backoff, Deadline, human};
 use crate::error::Error;
-use crate::http::{self, Reply};
 use crate::identity::{Token, Tokens};
-use crate::retry::{Backoff, Deadline, human};
+use crate::net::http::{self, Reply};
 use crate::spec::{SecretSpec, Vault};
 
 /// A fetched secret. Its `Debug` never shows the value.
@@ -31,10 +32,41 @@ pub struct Fetched {
     pub updated: Option<u64>,
     /// When it was fetched (Unix seconds, this machine's clock).
     pub fetched_at: u64,
-    /// The value taken apart as a certificate, shared by its clones (see
-    /// [`crate::certificate::Parsed`]).
-    pub parsed: crate::certificate::Parsed,
+    /// What a later stage derives from the value once (a certificate taken apart), shared by
+    /// its clones.
+    pub parsed: Derived,
 }
+
+/// A slot for what a later stage derives from a fetched value once: every clone of the
+/// [`Fetched`] (each spec that reads the secret, each shaping of one snapshot) shares it. Typed
+/// by the stage that fills it (`shape::certificate`), so the vault client needs to know nothing
+/// of certificates.
+#[derive(Clone, Default)]
+pub struct Derived(std::sync::Arc<std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>>);
+
+impl Derived {
+    /// The derived value, made by `make` the first time.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> &T {
+        self.0
+            .get_or_init(|| Box::new(make()))
+            .downcast_ref()
+            .expect("one stage fills a slot, always with one type")
+    }
+
+    /// Whether it was made already.
+    pub fn is_made(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl PartialEq for Derived {
+    /// Derived from the value, which `Fetched` compares itself.
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
 
 impl fmt::Debug for Fetched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,13 +82,7 @@ impl Drop for Fetched {
         wipe(&mut self.value);
     }
 }
-
-/// Overwrite a string's bytes, its whole capacity, with zeros before its memory is freed (a
-/// guard against values lingering in freed heap memory; copies made by the HTTP stack are not
-/// reached). `zeroize` writes so that the compiler cannot remove them; the string is left empty.
-pub fn wipe(s: &mut String) {
-    zeroize::Zeroize::zeroize(s);
-}
+pub use crate::base::redact::wipe;
 
 /// How the client behaves.
 pub struct Client {
@@ -67,8 +93,8 @@ pub struct Client {
     api_version: String,
     backoff: Backoff,
     access_retry: Duration,
-    /// Per-vault pause and concurrency after 429s (see [`crate::throttle`]).
-    gates: crate::throttle::Gates,
+    /// Per-vault pause and concurrency after 429s (see [`crate::vault::throttle`]).
+    gates: crate::vault::throttle::Gates,
 }
 
 /// What a request is about: it names the request in messages and logs, and its vault gives the
@@ -175,11 +201,6 @@ enum Next {
     RefreshToken,
 }
 
-/// The shortest wait a server's `Retry-After` can ask for (`Retry-After: 0` must not spin).
-pub const RETRY_AFTER_FLOOR: Duration = Duration::from_millis(100);
-/// The longest wait honoured from a `Retry-After` (the run's deadline still ends it sooner).
-pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
-
 impl Client {
     pub fn new(
         (agent, loopback_agent): (Agent, Agent),
@@ -189,7 +210,7 @@ impl Client {
         concurrency: usize,
     ) -> Client {
         Client {
-            gates: crate::throttle::Gates::new(concurrency),
+            gates: crate::vault::throttle::Gates::new(concurrency),
             agent,
             loopback_agent,
             api_version: api_version.to_string(),
@@ -280,7 +301,7 @@ impl Client {
                 match item {
                     Ok(l) if seen.insert(l.name.to_ascii_lowercase()) => items.push(l),
                     Ok(_) => {}
-                    Err(id) => crate::log::warn(
+                    Err(id) => crate::base::log::warn(
                         "the vault listed an entry whose id names no valid secret; left out",
                         &[("vault", &vault.url), ("id", &id)],
                     ),
@@ -320,7 +341,7 @@ impl Client {
         // itself, and "timed out" alone would hide that the vault was answering 503.
         let mut last_answer: Option<String> = None;
         let mut sent = 0u32;
-        let mut waiting = crate::progress::Waiting::new();
+        let mut waiting = crate::base::progress::Waiting::new();
         loop {
             // Wait while the vault is paused by a 429 or at its concurrency limit.
             let permit = match self.gates.enter(&vault.url, deadline) {
@@ -341,13 +362,13 @@ impl Client {
                 ("Accept", "application/json"),
                 ("x-ms-client-request-id", request_id.as_str()),
             ];
-            let agent = if crate::url::is_loopback(&vault.host) {
+            let agent = if crate::net::url::is_loopback(&vault.host) {
                 &self.loopback_agent
             } else {
                 &self.agent
             };
             let failed = |what: &str| {
-                crate::log::debug(
+                crate::base::log::debug(
                     "Key Vault request failed",
                     &[
                         ("secret", subject.label()),
@@ -357,7 +378,7 @@ impl Client {
                     ],
                 );
             };
-            crate::throttle::sent(&vault.url, subject.kind());
+            crate::vault::throttle::sent(&vault.url, subject.kind());
             let answer = http::get(agent, url, &headers, timeout);
             drop(permit);
             match answer.as_ref().map(|r| r.status) {
@@ -420,7 +441,7 @@ impl Client {
                 }
             };
             attempt += 1;
-            crate::log::debug(
+            crate::base::log::debug(
                 "retrying",
                 &[
                     ("secret", subject.label()),
@@ -465,7 +486,7 @@ impl Client {
                     "gave up on {} after {} and {} ({last}); the vault is throttling, failing or unreachable: check its network access (firewall, private endpoint, proxy) or raise --timeout",
                     subject.what(),
                     human(deadline.started().elapsed()),
-                    crate::retry::attempts(attempt)
+                    crate::base::retry::attempts(attempt)
                 )));
             }
         }
@@ -610,7 +631,7 @@ fn request_id() -> String {
     let mut b = [0u8; 16];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
         // No randomness to be had: an id that is at least unique within this process.
-        let n = crate::retry::random_unit().to_bits();
+        let n = crate::base::retry::random_unit().to_bits();
         b[..8].copy_from_slice(&n.to_le_bytes());
     }
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -630,7 +651,7 @@ fn request_id() -> String {
 /// or the deadline passed while the request waited for a slot. Nothing is sent after it.
 fn closed_error(
     subject: &Subject,
-    closed: crate::throttle::Closed,
+    closed: crate::vault::throttle::Closed,
     run_started: Instant,
     sent: u32,
     last_answer: &Option<String>,
@@ -657,11 +678,6 @@ fn closed_error(
     })
 }
 
-/// A delay a server asked for, kept between [`RETRY_AFTER_FLOOR`] and [`RETRY_AFTER_CAP`].
-pub fn clamp_retry_after(d: Duration) -> Duration {
-    d.clamp(RETRY_AFTER_FLOOR, RETRY_AFTER_CAP)
-}
-
 /// A failure retrying cannot fix, as an error that names the fix.
 fn protocol_error(what: &str, e: &http::Failure) -> Error {
     if e.local {
@@ -673,12 +689,12 @@ fn protocol_error(what: &str, e: &http::Failure) -> Error {
     if e.tls {
         return Error::Protocol(format!(
             "{what}: the vault's TLS certificate was refused ({}); kvfetch does not retry this: check that --vault names the vault itself, the clock is right, and, behind a TLS-inspecting proxy or with a private CA, pass its root with --ca-file",
-            crate::log::escape(&e.text)
+            crate::base::log::escape(&e.text)
         ));
     }
     Error::Protocol(format!(
         "{what}: the vault's answer cannot be used ({}); kvfetch does not retry this: check that --vault points at Key Vault and not at a proxy or captive portal",
-        crate::log::escape(&e.text)
+        crate::base::log::escape(&e.text)
     ))
 }
 
@@ -687,10 +703,10 @@ pub(crate) fn error_parts(body: &str) -> (String, String, String) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     // Codes are short words (cut at 100 characters); of the message, its first line (300).
     let get = |p: &str, max: usize| {
-        // Redacted before it is cut (see crate::redact): no prefix of a credential survives.
+        // Redacted before it is cut (see crate::base::redact): no prefix of a credential survives.
         let text = v.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        let text = crate::redact::redact_prefix(text, 64 * 1024);
-        crate::redact::cut_quiet(text.lines().next().unwrap_or_default(), max)
+        let text = crate::base::redact::redact_prefix(text, 64 * 1024);
+        crate::base::redact::cut_quiet(text.lines().next().unwrap_or_default(), max)
     };
     (
         get("/error/code", 100),
@@ -707,7 +723,7 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
         Error::Protocol(format!(
             "vault {} sent a nextLink kvfetch will not follow ({why}): {}",
             vault.url,
-            crate::log::escape(&crate::redact::cut_quiet(link, 200))
+            crate::base::log::escape(&crate::base::redact::cut_quiet(link, 200))
         ))
     };
     if link.len() > MAX_NEXT_LINK {
@@ -717,10 +733,10 @@ pub fn next_url(vault: &Vault, link: &str, api_version: &str) -> Result<String, 
     let path = if base.starts_with('/') {
         base.to_string()
     } else {
-        let ours = crate::url::parse(&vault.url).map_err(|_| refuse("no vault origin"))?;
-        let theirs = crate::url::parse(base).map_err(refuse)?;
+        let ours = crate::net::url::parse(&vault.url).map_err(|_| refuse("no vault origin"))?;
+        let theirs = crate::net::url::parse(base).map_err(refuse)?;
         let port =
-            |u: &crate::url::Url| u.port.unwrap_or(if u.scheme == "https" { 443 } else { 80 });
+            |u: &crate::net::url::Url| u.port.unwrap_or(if u.scheme == "https" { 443 } else { 80 });
         if theirs.scheme != ours.scheme || theirs.host != ours.host || port(&theirs) != port(&ours)
         {
             return Err(refuse("it names another origin"));
@@ -820,7 +836,7 @@ fn retained(l: &Listed) -> usize {
 /// One list entry; its name is the last segment of `id` after `/secrets/`.
 fn parse_item(item: &Value) -> Result<Listed, String> {
     let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
-    let shown = || crate::log::escape(&crate::redact::cut_quiet(id, 200));
+    let shown = || crate::base::log::escape(&crate::base::redact::cut_quiet(id, 200));
     let name = id
         .trim_end_matches('/')
         .rsplit_once("/secrets/")
@@ -864,7 +880,7 @@ fn parse_item(item: &Value) -> Result<Listed, String> {
 pub fn parse_bundle(body: &str) -> Option<Fetched> {
     let v: Value = serde_json::from_str(body).ok()?;
     let value = v.get("value")?.as_str()?.to_string();
-    crate::redact::value(&value);
+    crate::base::redact::value(&value);
     let id = v.get("id").and_then(Value::as_str).unwrap_or_default();
     Some(Fetched {
         value,
@@ -1006,10 +1022,13 @@ mod tests {
         assert_eq!(vault_name("myvault.vault.azure.net"), "myvault");
         assert_eq!(vault_name("127.0.0.1"), "VAULT_NAME");
         assert_eq!(vault_name("[::1]"), "VAULT_NAME");
-        assert_eq!(clamp_retry_after(Duration::ZERO), RETRY_AFTER_FLOOR);
+        assert_eq!(
+            clamp_retry_after(Duration::ZERO),
+            crate::base::retry::RETRY_AFTER_FLOOR
+        );
         assert_eq!(
             clamp_retry_after(Duration::from_secs(99_999_999)),
-            RETRY_AFTER_CAP
+            crate::base::retry::RETRY_AFTER_CAP
         );
         assert_eq!(
             clamp_retry_after(Duration::from_secs(7)),

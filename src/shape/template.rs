@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::fetch::Snapshot;
 use crate::spec::{self, SecretSpec, Vault};
+use crate::vault::snapshot::Snapshot;
 
 /// One parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub fn parse_flag(text: &str) -> Result<(PathBuf, PathBuf, Option<u32>), Error> 
     }
     let mode = mode
         .map(|m| {
-            crate::cli::parse_mode(m).map_err(|_| {
+            crate::output::parse_mode(m).map_err(|_| {
                 bad("has a MODE that is not an octal mode like 0440 (no setuid/setgid/sticky, not group/world-writable)")
             })
         })
@@ -262,7 +262,9 @@ impl Template {
                         Error::Other(format!("no value for {name}"))
                     })?;
                     if *base64 {
-                        out.extend_from_slice(crate::encoding::base64_encode(bytes).as_bytes());
+                        out.extend_from_slice(
+                            crate::base::encoding::base64_encode(bytes).as_bytes(),
+                        );
                     } else {
                         out.extend_from_slice(bytes);
                     }

@@ -1,0 +1,12 @@
+//! The ground floor: what every stage uses and that knows nothing of vaults, identities or
+//! outputs — log lines and the one redactor, progress while waiting, signals as events, encodings,
+//! the retry clock and the run's deadline.
+//!
+//! May use: `error`.
+
+pub mod encoding;
+pub mod log;
+pub mod progress;
+pub mod redact;
+pub mod retry;
+pub mod signals;
