@@ -66,6 +66,10 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "grace",
         ],
     ),
+    (
+        "Secrets endpoint (watch)",
+        &["serve", "serve-token-file", "serve-allow-remote"],
+    ),
 ];
 
 /// One example: the command it belongs to, what it does, environment set before it (shown as

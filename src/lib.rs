@@ -27,6 +27,7 @@ pub mod reference;
 pub mod refresh;
 pub mod retry;
 pub mod select;
+pub mod serve;
 pub mod shape;
 pub mod signals;
 pub mod spec;
