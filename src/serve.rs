@@ -97,11 +97,12 @@ pub fn start(
     files: FileOptions,
     status: Arc<Mutex<Status>>,
 ) -> Result<Arc<Endpoint>, Error> {
-    let token = load_token(config, files)?;
+    // Bound first: a port in use leaves no token file behind.
     let listener = TcpListener::bind(config.addr).map_err(|e| {
         let msg = format!("cannot listen on --serve {}: {e}", config.addr);
         Error::from_io(&e, Error::Usage, msg)
     })?;
+    let token = load_token(config, files)?;
     if let Ok(bound) = listener.local_addr() {
         log::info(
             "secrets endpoint listening",
@@ -237,8 +238,11 @@ fn refuse_busy(mut conn: TcpStream) {
 /// too large or too slow, or an answer closes it (every refusal does).
 fn serve_connection(mut conn: TcpStream, ep: &Endpoint) {
     let mut buf = Vec::with_capacity(1024);
+    // The first request is due within HEADER_TIME of the accept: a connection that says nothing
+    // holds its place for no longer than a slow one.
+    let mut started = Some(Instant::now());
     loop {
-        let head_len = match read_head(&mut conn, &mut buf) {
+        let head_len = match read_head(&mut conn, &mut buf, started.take()) {
             Ok(Some(n)) => n,
             Ok(None) => return,
             Err(r) => {
@@ -263,8 +267,13 @@ fn serve_connection(mut conn: TcpStream, ep: &Endpoint) {
 
 /// Read until `buf` holds a whole request head; returns its length (through the blank line).
 /// `Ok(None)`: the peer closed or idled out between requests. `Err`: the answer that refuses it.
-fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<usize>, Response> {
-    let mut started = (!buf.is_empty()).then(Instant::now);
+/// The head is due within [`HEADER_TIME`] of `started`, or of its first byte.
+fn read_head(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    started: Option<Instant>,
+) -> Result<Option<usize>, Response> {
+    let mut started = started.or((!buf.is_empty()).then(Instant::now));
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(n) = head_end(buf) {
