@@ -127,6 +127,12 @@ pub const EXAMPLES: &[Example] = &[
     },
     Example {
         command: "watch",
+        about: "the app asks 127.0.0.1:8090 for a value (token in the file kvfetch creates)",
+        env: &[],
+        args: "watch --vault contoso-kv --secret db-password --serve 127.0.0.1:8090 --serve-token-file /run/secrets/serve-token",
+    },
+    Example {
+        command: "watch",
         about: "tell the app when a secret changed; a ready file for a startup probe",
         env: &[],
         args: "watch --vault contoso-kv --secret api-key --dir /run/secrets --notify-url http://127.0.0.1:8080/reload --ready-file /run/ready",

@@ -241,12 +241,15 @@ fn serve_connection(mut conn: TcpStream, ep: &Endpoint) {
     // The first request is due within HEADER_TIME of the accept: a connection that says nothing
     // holds its place for no longer than a slow one.
     let mut started = Some(Instant::now());
+    // Socket options are set only when they change: a kept-alive request costs a read and a
+    // write, no more system calls.
+    let _ = conn.set_write_timeout(Some(HEADER_TIME));
+    let mut timeout = None;
     loop {
-        let head_len = match read_head(&mut conn, &mut buf, started.take()) {
+        let head_len = match read_head(&mut conn, &mut buf, started.take(), &mut timeout) {
             Ok(Some(n)) => n,
             Ok(None) => return,
             Err(r) => {
-                let _ = conn.set_write_timeout(Some(HEADER_TIME));
                 let _ = conn.write_all(&r.bytes(false, true));
                 return;
             }
@@ -257,7 +260,6 @@ fn serve_connection(mut conn: TcpStream, ep: &Endpoint) {
         };
         // A refusal closes the connection; an answer about a secret keeps it.
         let keep = keep && matches!(response.code, 200 | 304 | 404 | 406 | 503);
-        let _ = conn.set_write_timeout(Some(HEADER_TIME));
         if conn.write_all(&response.bytes(head, !keep)).is_err() || !keep {
             return;
         }
@@ -272,6 +274,7 @@ fn read_head(
     conn: &mut TcpStream,
     buf: &mut Vec<u8>,
     started: Option<Instant>,
+    timeout: &mut Option<Duration>,
 ) -> Result<Option<usize>, Response> {
     let mut started = started.or((!buf.is_empty()).then(Instant::now));
     let mut chunk = [0u8; 4096];
@@ -289,7 +292,10 @@ fn read_head(
                 _ => return Err(Response::text(408, "request head too slow\n")),
             },
         };
-        let _ = conn.set_read_timeout(Some(wait));
+        if *timeout != Some(wait) {
+            let _ = conn.set_read_timeout(Some(wait));
+            *timeout = Some(wait);
+        }
         match conn.read(&mut chunk) {
             Ok(0) => return Ok(None),
             Ok(n) => {
