@@ -124,6 +124,33 @@ pub fn start(
     Ok(endpoint)
 }
 
+/// The token file must not be another output: a secret written over it would replace the token
+/// (and hand its value to whoever reads the token file).
+pub fn check_token_file(
+    config: &Config,
+    opts: &crate::cli::Options,
+    plan: &crate::fetch::Plan,
+) -> Result<(), Error> {
+    let t = &config.token_file;
+    let dir_files = opts.dir.iter().flat_map(|d| {
+        plan.specs
+            .iter()
+            .filter(|s| !s.hidden)
+            .map(move |s| d.join(s.file_name()))
+    });
+    let mut others = dir_files
+        .chain(opts.env_file.clone())
+        .chain(opts.ready_file.clone())
+        .chain(crate::fetch::template_dests(plan).map(|p| p.to_path_buf()));
+    match others.find(|p| p == t) {
+        Some(p) => Err(Error::Usage(format!(
+            "--serve-token-file {} is also an output of this kvfetch; give the token its own file",
+            p.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The token in `--serve-token-file`; a new random one written there when the file does not
 /// exist. What the file holds is never shown, not even when it is refused.
 fn load_token(config: &Config, files: FileOptions) -> Result<Vec<u8>, Error> {

@@ -33,7 +33,10 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     }
     let files = refresher.session().plan.files;
     let endpoint = (opts.serve.as_ref())
-        .map(|c| serve::start(c, files, refresher.status.clone()))
+        .map(|c| {
+            serve::check_token_file(c, opts, &refresher.session().plan)?;
+            serve::start(c, files, refresher.status.clone())
+        })
         .transpose()?;
     let serve_current = |r: &Refresher| {
         if let (Some(ep), Some(snap)) = (&endpoint, &r.current) {

@@ -398,3 +398,67 @@ fn bad_configuration_is_refused_before_any_request() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!token.exists());
 }
+
+#[test]
+fn a_token_file_that_is_another_output_is_refused() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", "pw-5c3d");
+    let s = Scratch::new();
+    let dir = s.path("out");
+    std::fs::create_dir(&dir).unwrap();
+    let env_file = s.path("app.env");
+    let cases: Vec<(Vec<String>, std::path::PathBuf)> = vec![
+        (
+            vec!["--dir".into(), dir.display().to_string()],
+            dir.join("pw"),
+        ),
+        (
+            vec!["--env-file".into(), env_file.display().to_string()],
+            env_file.clone(),
+        ),
+    ];
+    for (outputs, token) in &cases {
+        let mut args = vec![
+            "watch",
+            "--secret",
+            "pw=db-password",
+            "--refresh",
+            "1h",
+            "--serve",
+            "127.0.0.1:0",
+            "--serve-token-file",
+            token.to_str().unwrap(),
+        ];
+        args.extend(outputs.iter().map(String::as_str));
+        let mut w = Background::start(&env_for(&emu), &args);
+        let code = w.exit_within(ms(10_000));
+        let log = w.stop_and_stderr();
+        assert_eq!(code, Some(2), "{args:?}: {log}");
+        assert!(log.contains("--serve-token-file"), "{log}");
+        assert!(!token.exists(), "{token:?} was written");
+    }
+    assert_eq!(emu.counters().kv_total_requests, 0);
+}
+
+#[test]
+fn a_selection_is_served_under_the_names_it_gives() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("app-db", "db-value-2b7e");
+    emu.set_secret("other-db", "not-chosen-9c1d");
+    let s = Scratch::new();
+    // A selection needs a --dir or --env-file (plan's rule); the endpoint serves its names.
+    let dir = s.path("out");
+    let (mut w, addr) = watch_serving(
+        &emu,
+        &s,
+        &["--prefix", "app-", "--dir", dir.to_str().unwrap()],
+    );
+    let t = token(&s);
+    assert_eq!(wait_served(&w, &addr, &t, "db").body, b"db-value-2b7e");
+    for name in ["app-db", "other-db"] {
+        let a = ask(&addr, "GET", &format!("/v1/secrets/{name}"), Some(&t), "");
+        assert_eq!(a.code, 404, "{name}");
+    }
+    let log = w.stop_and_stderr();
+    assert!(!log.contains("db-value-2b7e") && !log.contains(&t), "{log}");
+}
