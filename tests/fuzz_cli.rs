@@ -73,6 +73,8 @@ fn flag_values(flag: &str, p: &Pools) -> Vec<String> {
         "dir" => return p.dir.clone(),
         "env-file" => return p.env_file.clone(),
         "ready-file" => return p.ready.clone(),
+        // The token file goes where the ready file may (a scratch path, a bad one).
+        "serve-token-file" => return p.ready.clone(),
         "timeout" | "backoff-base" | "access-retry" | "refresh" | "max-stale" | "grace" => {
             DURATIONS
         }
@@ -91,6 +93,9 @@ fn flag_values(flag: &str, p: &Pools) -> Vec<String> {
         "concurrency" => &["0", "1", "8", "256", "257", "-1", "99999999999999999999"],
         "log-format" => &["text", "json", "xml"],
         "health-listen" => &["127.0.0.1:0", "8089", "127.0.0.1:99999", "bogus"],
+        // Never a wildcard address: 10.0.0.1 is refused (or, with --serve-allow-remote, cannot
+        // be bound here); nothing is sent either way.
+        "serve" => &["127.0.0.1:0", "10.0.0.1:0", "8090", ""],
         // A query is accepted (a webhook's token): only on loopback here; a foreign host is
         // given only where something else (the fragment, the scheme) refuses it.
         "notify-url" => &[

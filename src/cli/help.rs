@@ -67,6 +67,10 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "grace",
         ],
     ),
+    (
+        "Secrets endpoint (watch)",
+        &["serve", "serve-token-file", "serve-allow-remote"],
+    ),
 ];
 
 /// One example: the command it belongs to, what it does, environment set before it (shown as
@@ -121,6 +125,12 @@ pub const EXAMPLES: &[Example] = &[
         about: "sidecar: refresh every 10 minutes, probes on port 8089",
         env: &[],
         args: "watch --vault contoso-kv --secret db-password --dir /run/secrets --refresh 10m --health-listen 0.0.0.0:8089",
+    },
+    Example {
+        command: "watch",
+        about: "the app asks 127.0.0.1:8090 for a value (token in the file kvfetch creates)",
+        env: &[],
+        args: "watch --vault contoso-kv --secret db-password --serve 127.0.0.1:8090 --serve-token-file /run/secrets/serve-token",
     },
     Example {
         command: "watch",

@@ -339,6 +339,36 @@ pub const FLAGS: &[Flag] = &[
     ),
     only(
         flag(
+            "serve",
+            "KVFETCH_SERVE",
+            Some("ADDR"),
+            None,
+            "serve GET /v1/secrets/NAME (the value; ?format=json for name, value, version, contentType, updated) on this loopback address, e.g. 127.0.0.1:8090; needs --serve-token-file",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
+            "serve-token-file",
+            "KVFETCH_SERVE_TOKEN_FILE",
+            Some("FILE"),
+            None,
+            "every --serve request must carry X-Kvfetch-Token with the token in FILE; created (32 random bytes, hex; --file-mode, --owner) when it does not exist",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
+            "serve-allow-remote",
+            "KVFETCH_SERVE_ALLOW_REMOTE",
+            None,
+            None,
+            "let --serve listen on an address that is not loopback (other hosts could then ask for secrets; see docs/serve.md)",
+        ),
+        WATCH,
+    ),
+    only(
+        flag(
             "notify-url",
             "KVFETCH_NOTIFY_URL",
             Some("URL"),
@@ -416,6 +446,15 @@ pub enum OnChange {
     Nothing,
 }
 
+/// `--serve ADDR`, `--serve-token-file FILE`, `--serve-allow-remote`, as parsed (served by
+/// `modes::serve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    pub addr: std::net::SocketAddr,
+    pub token_file: PathBuf,
+    pub allow_remote: bool,
+}
+
 /// Parsed, validated options.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -458,6 +497,8 @@ pub struct Options {
     pub max_stale: Option<Duration>,
     pub ready_file: Option<PathBuf>,
     pub health_listen: Option<String>,
+    /// `watch --serve`: the secrets endpoint (None for every other command).
+    pub serve: Option<ServeConfig>,
     pub notify_url: Option<String>,
     pub cleanup: bool,
     pub on_change: OnChange,
@@ -642,6 +683,15 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
                 .map(|f| path_flag("ready-file", &f, true))
                 .transpose()?,
             health_listen: get("health-listen").map(|a| listen_addr(&a)).transpose()?,
+            serve: match command {
+                Command::Watch => serve_config(
+                    get("serve"),
+                    get("serve-token-file"),
+                    switch("serve-allow-remote")?,
+                )?,
+                // A variable shared with an init step (fetch) is not an error there.
+                _ => None,
+            },
             notify_url: get("notify-url").map(|u| notify_url(&u)).transpose()?,
             cleanup: switch("cleanup")?,
             on_change: parse_on_change(&get("on-change").unwrap_or_default())?,
@@ -1045,6 +1095,43 @@ fn listen_addr(a: &str) -> Result<String, Error> {
             "--health-listen {a:?} is not an address and port such as 127.0.0.1:8089"
         ))),
     }
+}
+
+/// `--serve ADDR` with its token file: a loopback address unless `--serve-allow-remote`.
+fn serve_config(
+    addr: Option<String>,
+    token_file: Option<String>,
+    allow_remote: bool,
+) -> Result<Option<ServeConfig>, Error> {
+    let Some(a) = addr else {
+        if token_file.is_some() || allow_remote {
+            return Err(usage(
+                "--serve-token-file and --serve-allow-remote need --serve ADDR",
+            ));
+        }
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = a.parse().map_err(|_| {
+        usage(format!(
+            "--serve {a:?} is not an address and port such as 127.0.0.1:8090"
+        ))
+    })?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(usage(format!(
+            "--serve {a:?} is not a loopback address: anyone who can reach it could ask for secrets; use 127.0.0.1:{} or ::1, or add --serve-allow-remote if that is meant",
+            addr.port()
+        )));
+    }
+    let Some(f) = token_file else {
+        return Err(usage(
+            "--serve needs --serve-token-file FILE: every request must carry the token it holds (kvfetch creates the file when it does not exist)",
+        ));
+    };
+    Ok(Some(ServeConfig {
+        addr,
+        token_file: path_flag("serve-token-file", &f, true)?,
+        allow_remote,
+    }))
 }
 
 /// `--api-version`: a version string only (it goes into every request's query).

@@ -35,7 +35,10 @@ pub struct Plan {
 
 /// Whether any output is asked for: `--dir`, `--env-file` or a `--template`.
 pub fn has_outputs(opts: &Options) -> bool {
-    opts.dir.is_some() || opts.env_file.is_some() || !opts.templates.is_empty()
+    opts.dir.is_some()
+        || opts.env_file.is_some()
+        || !opts.templates.is_empty()
+        || opts.serve.is_some()
 }
 
 /// Validate options into a plan: vaults, specs, names, outputs, CA file. `extra` are specs found

@@ -8,5 +8,6 @@ pub mod exec;
 pub mod fetch;
 pub mod health;
 pub mod refresh;
+pub mod serve;
 pub mod supervise;
 pub mod watch;

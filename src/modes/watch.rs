@@ -11,7 +11,7 @@ use crate::cli::Options;
 use crate::error::Error;
 use crate::modes::fetch::{Session, plan};
 use crate::modes::refresh::{Event, Outcome, Refresher};
-use crate::{base::log, base::signals, modes::health};
+use crate::{base::log, base::signals, modes::health, modes::serve};
 
 /// Run `watch`.
 /// Run `watch`; returns the exit code: 0 when stopped after the first write, 128+N when signal
@@ -32,6 +32,18 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     if let Some(addr) = &opts.health_listen {
         health::serve(addr, refresher.status.clone())?;
     }
+    let files = refresher.session().plan.files;
+    let endpoint = (opts.serve.as_ref())
+        .map(|c| {
+            serve::check_token_file(c, opts, &refresher.session().plan)?;
+            serve::start(c, files, refresher.status.clone())
+        })
+        .transpose()?;
+    let serve_current = |r: &Refresher| {
+        if let (Some(ep), Some(snap)) = (&endpoint, &r.current) {
+            ep.update(snap);
+        }
+    };
     refresher.start();
     loop {
         // The loop passes at least every heartbeat, so /healthz can tell a stalled loop.
@@ -64,8 +76,14 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
                 });
             }
             Event::Fetched(result) => match refresher.handle(result) {
-                Ok(Outcome::First) => ready(opts, &refresher)?,
-                Ok(Outcome::Changed(names)) => notifier.notify(names),
+                Ok(Outcome::First) => {
+                    serve_current(&refresher);
+                    ready(opts, &refresher)?;
+                }
+                Ok(Outcome::Changed(names)) => {
+                    serve_current(&refresher);
+                    notifier.notify(names);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     remove_ready_file(opts);
