@@ -430,3 +430,158 @@ fn a_notify_url_over_https_trusts_the_ca_file() {
     let stderr = w.stop_and_stderr();
     assert!(!stderr.contains("notification failed"), "{stderr}");
 }
+
+/// Fix group A: `kvfetch ARGS` with `env`, killed if it has not ended `within`: (its exit code,
+/// None when it had to be killed; its stderr).
+fn bounded(
+    env: &std::collections::HashMap<String, String>,
+    args: &[&str],
+    within: std::time::Duration,
+) -> (Option<i32>, String) {
+    let mut child = Background::start(env, args);
+    let code = child.exit_within(within);
+    (code, child.stop_and_stderr())
+}
+
+/// A variable, its value, more flags, the exit code wanted and what the message names.
+type FifoCase<'a> = (&'a str, &'a str, &'a [&'a str], Option<i32>, &'a str);
+
+/// Fix group A, finding 4: a FIFO as `SSL_CERT_FILE`, as `--ca-file` (and `KVFETCH_CA_FILE`),
+/// or inside `SSL_CERT_DIR` does not hold kvfetch up past `--timeout 3s`: the named file is
+/// refused (exit 2 naming it), a FIFO among a directory's files is skipped like any file that
+/// holds no certificate. Nobody ever writes to the FIFOs.
+#[test]
+fn a_fifo_as_a_trust_file_cannot_hang_the_start() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("certs");
+    std::fs::create_dir(&dir).unwrap();
+    let fifo = s.path("fifo.pem");
+    for f in [&fifo, &dir.join("00-fifo.pem")] {
+        let made = std::process::Command::new("mkfifo")
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let fifo = fifo.display().to_string();
+    let out = s.path("out").display().to_string();
+    let fetch = [
+        "fetch",
+        "--secret",
+        "db-password",
+        "--dir",
+        &out,
+        "--timeout",
+        "3s",
+    ];
+    let cases: [FifoCase; 4] = [
+        ("SSL_CERT_FILE", &fifo, &[], Some(2), "SSL_CERT_FILE="),
+        ("KVFETCH_CA_FILE", &fifo, &[], Some(2), "KVFETCH_CA_FILE"),
+        (
+            "PATH",
+            "/usr/bin:/bin",
+            &["--ca-file", &fifo],
+            Some(2),
+            "--ca-file",
+        ),
+        ("SSL_CERT_DIR", dir.to_str().unwrap(), &[], Some(0), ""),
+    ];
+    for (var, value, extra, want, named) in cases {
+        let mut env = env_for(&emu);
+        env.insert(var.into(), value.into());
+        let mut args = fetch.to_vec();
+        args.extend(extra);
+        let started = std::time::Instant::now();
+        let (code, stderr) = bounded(&env, &args, ms(3000 + 10_000));
+        assert_eq!(code, want, "{var} {extra:?}: {stderr}");
+        assert!(started.elapsed() < ms(3000 + 10_000), "{var}");
+        assert!(stderr.contains(named), "{var} {extra:?}: {stderr}");
+        if want == Some(2) {
+            assert!(stderr.contains("not a regular file"), "{var}: {stderr}");
+        }
+    }
+    assert_eq!(
+        emu.counters().kv_total_requests,
+        1,
+        "only the SSL_CERT_DIR run fetched"
+    );
+}
+
+/// Fix group A, finding 7: `SSL_CERT_DIR` with more than 1000 entries is refused (exit 2 naming
+/// the variable and the cap) instead of reading the first 1000 and ignoring the rest silently.
+#[test]
+fn a_trust_directory_past_the_cap_is_refused_not_cut() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("certs");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..1000 {
+        std::fs::write(dir.join(format!("{i:04}.txt")), "").unwrap();
+    }
+    std::fs::copy(emu.ca_file(), dir.join("zz-last.pem")).unwrap();
+    let mut env = env_for(&emu);
+    env.insert("SSL_CERT_DIR".into(), dir.display().to_string());
+    let out = s.path("out").display().to_string();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("SSL_CERT_DIR=") && r.stderr.contains("1000"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(emu.counters().kv_total_requests, 0);
+    // At the cap exactly, it is read.
+    std::fs::remove_file(dir.join("0000.txt")).unwrap();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// Fix group A, finding 8: a trust file that is not valid PEM is refused by name in fixed words;
+/// its bytes never reach the message (not as text, not as a list of decimal bytes).
+#[test]
+fn a_bad_pem_trust_file_is_refused_without_its_bytes() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let out = s.path("out").display().to_string();
+    let files = [
+        "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIALabcdef0123\n-----END CERTIFICATE-----\n",
+        "-----BEGIN TOPSECRETKEYMATERIAL\nabc\n",
+    ];
+    for (i, text) in files.iter().enumerate() {
+        let bad = s.path(&format!("bad{i}.pem"));
+        std::fs::write(&bad, text).unwrap();
+        let shown = bad.display().to_string();
+        for (var, extra) in [
+            ("SSL_CERT_FILE", &[][..]),
+            ("PATH", &["--ca-file", shown.as_str()][..]),
+        ] {
+            let mut env = env_for(&emu);
+            env.insert(var.into(), shown.clone());
+            let mut args = vec!["fetch", "--secret", "db-password", "--dir", &out];
+            args.extend(extra);
+            let r = run_with(&env, &args);
+            assert_eq!(r.code, 2, "{var}: {}", r.stderr);
+            assert!(r.stderr.contains("is not valid PEM"), "{var}: {}", r.stderr);
+            assert!(!r.stderr.contains("TOPSECRET"), "{var}: {}", r.stderr);
+            assert!(!holds_byte_list(&r.stderr), "{var}: {}", r.stderr);
+        }
+    }
+}
+
+/// Whether `text` holds three numbers in a row separated by ", " (a byte list's Debug).
+fn holds_byte_list(text: &str) -> bool {
+    let words: Vec<&str> = text.split(", ").collect();
+    words.windows(3).any(|w| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let last = w[0]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("");
+        let first = w[2]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("");
+        digits(last) && digits(w[1]) && digits(first)
+    })
+}
