@@ -585,3 +585,122 @@ fn holds_byte_list(text: &str) -> bool {
         digits(last) && digits(w[1]) && digits(first)
     })
 }
+
+/// Fix group A, finding 1: a vault writer cannot evict a credential from the redaction
+/// registry. 120 values of 25,000 control characters (each kept raw and JSON-escaped, 6 times
+/// longer) are fetched after `IDENTITY_HEADER` was registered; then, tokens living 10 s
+/// (renewed at half their life), a renewal in `watch` meets an App Service endpoint that quotes the header back in its 400:
+/// the warning shows `<redacted>`, never 8 characters in a row of the header.
+#[test]
+fn values_cannot_evict_a_credential_from_redaction() {
+    let header = credential("IdV");
+    let emu = Emulator::with_config(Config {
+        identity_header: header.clone(),
+        token_lifetime: std::time::Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let names: Vec<String> = (0..120).map(|i| format!("bulk-{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        emu.set_secret(name, &format!("{i:03}{}", "\u{1}".repeat(25_000)));
+    }
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut env = env_for(&emu);
+    env.remove("AZURE_POD_IDENTITY_AUTHORITY_HOST");
+    env.insert("IDENTITY_ENDPOINT".into(), emu.identity_endpoint());
+    env.insert("IDENTITY_HEADER".into(), header.clone());
+    env.insert("KVFETCH_SECRETS".into(), names.join(","));
+    let mut w = Background::start(
+        &env,
+        &[
+            "watch",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "500ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    w.wait("the ready file", ms(30_000), || ready.exists());
+    emu.echo_credentials(Some((400, 0)));
+    w.wait("a renewal that met the echo", ms(30_000), || {
+        let said = w.stderr();
+        said.contains("renewal failed") || said.contains("refresh failed")
+    });
+    let said = w.stop_and_stderr();
+    assert_scrubbed(&said, &header, "watch renewal");
+    assert!(emu.counters().app_service_token_requests >= 2);
+}
+
+/// Fix group A, finding 1, past the bound: more fetched values than the registry keeps (16 MiB)
+/// do not make it stop redacting in silence. The value that could not be kept is then quoted
+/// by the vault in its refusal of the next secret: the vault's text is withheld whole, the
+/// run says once that it withholds, and reading goes on.
+#[test]
+fn values_past_the_redaction_bound_withhold_what_servers_say() {
+    let emu = seeded();
+    let n = 680;
+    let big = |i: usize| {
+        let fill: String = (0..25_000)
+            .map(|k| (b'a' + ((k * 7 + i * 13) % 26) as u8) as char)
+            .collect();
+        format!("{i:03}-Big-{fill}")
+    };
+    let mut names: Vec<String> = (0..n).map(|i| format!("big-{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        emu.set_secret(name, &big(i));
+    }
+    for _ in 0..n {
+        emu.push_kv_fault(Fault::Delay(std::time::Duration::ZERO));
+    }
+    // The first value (the oldest kept) and the last (the one not kept), quoted.
+    let (first, last) = (big(0), big(n - 1));
+    emu.push_kv_fault(Fault::ErrorText {
+        status: 400,
+        code: "BadParameter".into(),
+        message: format!("{} and {} are not valid here", &first[..60], &last[..60]),
+    });
+    names.push("db-password".into());
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_SECRETS".into(), names.join(","));
+    let dir = s.path("out");
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--concurrency",
+            "1",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_scrubbed_or_withheld(&r.stderr, &first[..60]);
+    assert_scrubbed_or_withheld(&r.stderr, &last[..60]);
+    assert!(
+        r.stderr.contains("or credentials than it can redact"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        emu.counters().kv_total_requests,
+        n as u64 + 1,
+        "every secret was read"
+    );
+}
+
+/// No 8 characters in a row of `value` in `said`, and the vault's text was withheld.
+fn assert_scrubbed_or_withheld(said: &str, value: &str) {
+    let chars: Vec<char> = value.chars().collect();
+    for w in chars.windows(8) {
+        let part: String = w.iter().collect();
+        assert!(
+            !said.contains(&part),
+            "{part:?} of the value leaked: {said}"
+        );
+    }
+    assert!(said.contains("<withheld"), "{said}");
+}
