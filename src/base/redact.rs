@@ -9,14 +9,29 @@
 //! [`cut`] replaces every registered value (and anything shaped like a JWT) *before* cutting,
 //! then also replaces a tail that begins a registered value (a copy cut short by the server).
 //!
-//! The registry keeps at most [`MAX_HELD`] strings and [`MAX_BYTES`] bytes, oldest dropped
-//! first, so a long-running `watch` (tokens renewed, values rotated) does not grow without end.
+//! Two lists, because they are not alike. Credentials (the header secrets, the Arc key, the
+//! federated assertion, tokens) are registered once per token request and are never dropped.
+//! Fetched values come from the vault, whose writer may not be the operator: they are kept in
+//! a list of their own, so no number or size of values can push a credential out. Each list has
+//! a bound ([`MAX_VALUES`]/[`MAX_VALUE_BYTES`], [`MAX_CREDENTIALS`]/[`MAX_CREDENTIAL_BYTES`]),
+//! and nothing registered is ever dropped: a string that would pass its list's bound is not
+//! kept, and the registry is *saturated* from then on: every text a server sent that would be
+//! quoted in a message ([`redact_prefix`], [`cut_quiet`]) is withheld whole ([`WITHHELD`]),
+//! since it might hold the string that could not be kept. Fetching and writing go on.
+//!
+//! Only the string as read is stored. Its JSON-escaped form (a body that is not JSON may quote
+//! a JSON request or answer as it was sent) is derived when a text is searched, so a value of
+//! control characters, six times longer escaped, costs its own length only.
 
-use std::collections::VecDeque;
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a redacted string becomes.
 pub const MARK: &str = "<redacted>";
+/// What a server's text becomes once the registry is saturated.
+pub const WITHHELD: &str = "<withheld: more secrets than kvfetch can redact>";
 /// Credentials shorter than this are not registered (replacing them would mangle words).
 const MIN_CREDENTIAL: usize = 4;
 /// Fetched values shorter than this are not registered: values like `true` or `8080` would
@@ -24,18 +39,102 @@ const MIN_CREDENTIAL: usize = 4;
 const MIN_VALUE: usize = 8;
 /// The shortest beginning of a registered string that is replaced at the end of a text.
 const MIN_TAIL: usize = 4;
-const MAX_HELD: usize = 4096;
-const MAX_BYTES: usize = 16 << 20;
+/// Values: Key Vault keeps at most 25 KB a value, so 16 MiB is ~670 of the largest, and a
+/// `watch` whose secrets rotate keeps every value it has seen.
+const MAX_VALUES: usize = 16384;
+const MAX_VALUE_BYTES: usize = 16 << 20;
+/// Credentials: one or two per token request (a token is at most 32 KiB).
+const MAX_CREDENTIALS: usize = 4096;
+const MAX_CREDENTIAL_BYTES: usize = 16 << 20;
 
-struct Held {
-    strings: VecDeque<String>,
+/// One list and its bound.
+struct List {
+    /// Ordered for a dedup in O(log n) (a fetch of thousands of values registers each).
+    strings: BTreeSet<String>,
     bytes: usize,
+    /// The length of the longest string JSON-escaped.
+    longest: usize,
+    max_strings: usize,
+    max_bytes: usize,
 }
 
-static HELD: Mutex<Held> = Mutex::new(Held {
-    strings: VecDeque::new(),
-    bytes: 0,
-});
+impl List {
+    const fn new(max_strings: usize, max_bytes: usize) -> List {
+        List {
+            strings: BTreeSet::new(),
+            bytes: 0,
+            longest: 0,
+            max_strings,
+            max_bytes,
+        }
+    }
+
+    /// Keep `text` (once); false when it would pass the bound (and is not kept).
+    fn keep(&mut self, text: &str) -> bool {
+        if self.strings.contains(text) {
+            return true;
+        }
+        if self.strings.len() >= self.max_strings || self.bytes + text.len() > self.max_bytes {
+            return false;
+        }
+        self.bytes += text.len();
+        self.strings.insert(text.to_string());
+        self.longest = self.longest.max(escaped_len(text));
+        true
+    }
+}
+
+struct Held {
+    credentials: List,
+    values: List,
+    /// A string could not be kept: servers' texts are withheld from messages from now on.
+    saturated: bool,
+}
+
+impl Held {
+    const fn new() -> Held {
+        Held {
+            credentials: List::new(MAX_CREDENTIALS, MAX_CREDENTIAL_BYTES),
+            values: List::new(MAX_VALUES, MAX_VALUE_BYTES),
+            saturated: false,
+        }
+    }
+
+    /// Every registered string, credentials first.
+    fn strings(&self) -> impl Iterator<Item = &str> {
+        let all = self.credentials.strings.iter().chain(&self.values.strings);
+        all.map(String::as_str)
+    }
+
+    /// Every registered string and, where it differs, its JSON-escaped form, of at most `max`
+    /// bytes (a longer one cannot be in a text of `max` bytes).
+    fn forms(&self, max: usize) -> impl Iterator<Item = Cow<'_, str>> {
+        self.strings()
+            .filter(move |s| s.len() <= max)
+            .flat_map(move |s| {
+                let escaped = escaped(s).filter(|e| e.len() <= max);
+                std::iter::once(Cow::Borrowed(s)).chain(escaped.map(Cow::Owned))
+            })
+    }
+
+    /// Every registered string and, where it differs, the JSON-escaped form of its first `len`
+    /// characters: enough to tell whether a tail of `len` bytes begins one of them.
+    fn tail_forms(&self, len: usize) -> impl Iterator<Item = Cow<'_, str>> {
+        self.strings().flat_map(move |s| {
+            let head = s.char_indices().nth(len).map_or(s, |(at, _)| &s[..at]);
+            std::iter::once(Cow::Borrowed(s)).chain(escaped(head).map(Cow::Owned))
+        })
+    }
+
+    /// The longest form of any registered string.
+    fn longest(&self) -> usize {
+        self.credentials.longest.max(self.values.longest)
+    }
+}
+
+static HELD: Mutex<Held> = Mutex::new(Held::new());
+/// Whether the one warning that the registry is saturated was logged.
+static WARNED: AtomicBool = AtomicBool::new(false);
 
 fn held() -> std::sync::MutexGuard<'static, Held> {
     HELD.lock().unwrap_or_else(|e| e.into_inner())
@@ -43,45 +142,63 @@ fn held() -> std::sync::MutexGuard<'static, Held> {
 
 /// Register a credential (a header secret, the Arc key, the federated assertion, a token).
 pub fn credential(text: &str) {
-    add(text, MIN_CREDENTIAL);
+    if text.chars().count() >= MIN_CREDENTIAL {
+        let kept = held().credentials.keep(text);
+        saturate_unless(kept);
+    }
 }
 
 /// Register a fetched secret value.
 pub fn value(text: &str) {
-    add(text, MIN_VALUE);
+    if text.chars().count() >= MIN_VALUE {
+        let kept = held().values.keep(text);
+        saturate_unless(kept);
+    }
 }
 
-/// Keep `text` and, when it differs, its JSON-escaped form (a body that is not JSON, e.g. a
-/// proxy's page, may quote a JSON request or answer as it was sent).
-fn add(text: &str, min: usize) {
-    if text.chars().count() < min {
+/// Whether servers' texts are withheld from messages (see the module's documentation).
+pub fn saturated() -> bool {
+    held().saturated
+}
+
+fn saturate_unless(kept: bool) {
+    if kept {
         return;
     }
-    let mut h = held();
-    h.push(text);
-    let json = serde_json::to_string(text).unwrap_or_default();
-    let escaped = json
-        .get(1..json.len().saturating_sub(1))
-        .unwrap_or_default();
-    if escaped != text && !escaped.is_empty() {
-        h.push(escaped);
+    held().saturated = true;
+    if !WARNED.swap(true, Ordering::SeqCst) {
+        crate::base::log::warn(
+            "kvfetch holds more secret values or credentials than it can redact; from now on what servers say in their errors is withheld from messages",
+            &[],
+        );
     }
 }
 
-impl Held {
-    /// Keep `text` (once), dropping the oldest beyond the bounds.
-    fn push(&mut self, text: &str) {
-        if self.strings.iter().any(|s| s == text) {
-            return;
-        }
-        self.bytes += text.len();
-        self.strings.push_back(text.to_string());
-        while self.strings.len() > MAX_HELD || (self.bytes > MAX_BYTES && self.strings.len() > 1) {
-            if let Some(old) = self.strings.pop_front() {
-                self.bytes -= old.len();
-            }
-        }
+/// `text` as a JSON string's contents, when that differs from `text`.
+fn escaped(text: &str) -> Option<String> {
+    if !text.chars().any(needs_escape) {
+        return None;
     }
+    let json = serde_json::to_string(text).ok()?;
+    json.get(1..json.len() - 1).map(str::to_string)
+}
+
+/// The characters JSON escapes (serde_json leaves `/` and non-ASCII as they are).
+fn needs_escape(c: char) -> bool {
+    c < ' ' || c == '"' || c == '\\'
+}
+
+/// The length of `text` JSON-escaped, without escaping it.
+fn escaped_len(text: &str) -> usize {
+    let extra: usize = text
+        .chars()
+        .filter(|c| needs_escape(*c))
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 1,
+            _ => 5,
+        })
+        .sum();
+    text.len() + extra
 }
 
 /// `text` with every registered string, and every run shaped like a JWT, replaced by
@@ -91,25 +208,26 @@ pub fn redact(text: &str) -> String {
     let h = held();
     // A string longer than the text cannot be in it (and is not searched: a search prepares
     // its whole needle first).
-    let mut found: Vec<&str> = h
-        .strings
-        .iter()
-        .map(String::as_str)
-        .filter(|s| s.len() <= text.len() && text.contains(s))
+    let mut found: Vec<Cow<str>> = h
+        .forms(text.len())
+        .filter(|s| text.contains(&**s))
         .collect();
     found.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut out = text.to_string();
     for s in found {
-        out = out.replace(s, MARK);
+        out = out.replace(&*s, MARK);
     }
     drop(h);
     redact_tokens(&out)
 }
 
-/// [`redact`] of the first `max` characters of `text` (a server's text can be a megabyte; what
+/// [`redact`] of the first `max` characters of a server's `text` (it can be a megabyte; what
 /// is shown is far shorter). Where `text` is longer, a tail of the kept part that begins a
-/// registered string is replaced too.
+/// registered string is replaced too. [`WITHHELD`] once the registry is saturated.
 pub fn redact_prefix(text: &str, max: usize) -> String {
+    if saturated() {
+        return WITHHELD.to_string();
+    }
     match text.char_indices().nth(max) {
         Some((at, _)) => redact(&scrub_tail(&text[..at])),
         None => redact(text),
@@ -128,8 +246,12 @@ pub fn cut(text: &str, max: usize) -> String {
     }
 }
 
-/// [`cut`] without the `…(cut)` mark, for texts quoted inside a message.
+/// [`cut`] without the `…(cut)` mark, for a server's texts quoted inside a message;
+/// [`WITHHELD`] once the registry is saturated.
 pub fn cut_quiet(text: &str, max: usize) -> String {
+    if saturated() {
+        return WITHHELD.to_string();
+    }
     redact_and_cut(text, max).0
 }
 
@@ -137,7 +259,7 @@ pub fn cut_quiet(text: &str, max: usize) -> String {
 /// longest registered string are searched: a copy that begins within the first `max` lies
 /// wholly inside them, and anything later is cut away.
 fn redact_and_cut(text: &str, max: usize) -> (String, bool) {
-    let longest = held().strings.iter().map(String::len).max().unwrap_or(0);
+    let longest = held().longest();
     let window = max.saturating_add(longest).saturating_add(1);
     let (part, windowed) = match text.char_indices().nth(window) {
         Some((at, _)) => (scrub_tail(&text[..at]), true),
@@ -151,11 +273,11 @@ fn redact_and_cut(text: &str, max: usize) -> (String, bool) {
 }
 
 /// `text` with a tail of at least [`MIN_TAIL`] characters that begins a registered string
-/// replaced by [`MARK`].
+/// (or its JSON-escaped form) replaced by [`MARK`].
 fn scrub_tail(text: &str) -> String {
     let h = held();
     let mut earliest = text.len();
-    for s in &h.strings {
+    for s in h.tail_forms(text.len()) {
         let Some((lead_end, _)) = s.char_indices().nth(MIN_TAIL) else {
             continue;
         };
@@ -256,18 +378,42 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_is_bounded() {
-        let mut h = Held {
-            strings: VecDeque::new(),
-            bytes: 0,
-        };
-        for i in 0..MAX_HELD + 10 {
-            h.push(&format!("RdZ-bounded-{i:06}"));
-            h.push(&format!("RdZ-bounded-{i:06}"));
+    fn values_never_push_out_a_credential_and_nothing_kept_is_dropped() {
+        let mut h = Held::new();
+        assert!(h.credentials.keep("RdZ-header-secret"));
+        // Values of control characters: the escaped form (6 times longer) is not stored.
+        let big = |i: usize| format!("{i:03}{}", "\u{1}".repeat(25_000));
+        for i in 0..600 {
+            assert!(h.values.keep(&big(i)), "{i}");
         }
-        assert_eq!(h.strings.len(), MAX_HELD);
-        assert_eq!(h.strings.front().unwrap(), "RdZ-bounded-000010");
-        h.push(&"v".repeat(MAX_BYTES));
-        assert!(h.bytes <= MAX_BYTES && h.strings.len() == 1);
+        assert_eq!(h.values.bytes, 600 * 25_003);
+        // Past the bound a value is not kept (the caller saturates); none is dropped.
+        for i in 0..MAX_VALUES {
+            if !h.values.keep(&format!("RdZ-bounded-{i:06}")) {
+                break;
+            }
+        }
+        assert!(!h.values.keep(&big(999)));
+        assert!(h.values.bytes <= MAX_VALUE_BYTES);
+        assert!(h.values.keep(&big(0)), "one already kept is kept");
+        assert!(h.values.strings.contains(&big(0)));
+        assert!(h.credentials.strings.iter().eq(["RdZ-header-secret"]));
+        let mut few = List::new(2, 1 << 20);
+        assert!(few.keep("one-value") && few.keep("two-value") && few.keep("one-value"));
+        assert!(!few.keep("three-value"));
+        assert!(few.strings.iter().eq(["one-value", "two-value"]));
+    }
+
+    #[test]
+    fn escaped_forms_are_found_without_being_stored() {
+        credential("RdE-cred\u{1}with-control");
+        assert_eq!(
+            redact("x RdE-cred\\u0001with-control y"),
+            format!("x {MARK} y")
+        );
+        assert_eq!(escaped_len("a\u{1}\n\"\\b"), "a\\u0001\\n\\\"\\\\b".len());
+        // A tail that begins the escaped form, cut short.
+        let shown = cut(&format!("{} RdE-cred\\u0001with-co", "z".repeat(20)), 30);
+        assert!(!shown.contains("RdE-cred"), "{shown}");
     }
 }

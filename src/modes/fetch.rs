@@ -182,7 +182,8 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
 fn read_ca_file(p: &Path, named: &str) -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let bad = |why: String| Error::Usage(format!("cannot read {named} {}: {why}", p.display()));
-    let file = std::fs::File::open(p).map_err(|e| {
+    // Without blocking: a FIFO is refused below instead of waiting for a writer forever.
+    let file = crate::net::http::open_nonblocking(p).map_err(|e| {
         let msg = format!("cannot read {named} {}: {e}", p.display());
         Error::from_io(&e, Error::Usage, msg)
     })?;

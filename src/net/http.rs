@@ -268,10 +268,12 @@ impl Trust {
     }
 }
 
-/// A regular file of at most [`MAX_TRUST_BYTES`].
+/// A regular file of at most [`MAX_TRUST_BYTES`]. Opened without blocking, so a FIFO (or a
+/// device) put in its place is refused at once instead of holding the start up past any
+/// deadline; the type is checked on the open file, then the read is bounded.
 fn read_trust_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file = open_nonblocking(path).map_err(|e| e.to_string())?;
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("it is not a regular file".into());
@@ -286,15 +288,34 @@ fn read_trust_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(pem)
 }
 
+/// `path` opened for reading with `O_NONBLOCK`: opening a FIFO does not wait for a writer.
+pub fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// The certificates of every PEM file in `dir` (following the hash-named symlinks of a
-/// `c_rehash` directory; files that hold no certificate, or cannot be read, are skipped as
-/// OpenSSL skips them). At most [`MAX_TRUST_FILES`] files and 4 MiB in all.
+/// `c_rehash` directory; files that hold no certificate, are not regular files, or cannot be
+/// read, are skipped as OpenSSL skips them). A directory of more than [`MAX_TRUST_FILES`]
+/// entries is refused (the listing stops there: none is ignored in silence, and a huge
+/// directory costs no more than the cap), and 4 MiB of files in all.
 fn read_trust_dir(dir: &Path) -> Result<Vec<Certificate<'static>>, String> {
     let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
-    let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    let mut names = Vec::new();
+    for entry in entries.flatten() {
+        if names.len() == MAX_TRUST_FILES {
+            return Err(format!(
+                "it holds more than {MAX_TRUST_FILES} entries, the most kvfetch reads; give SSL_CERT_FILE a bundle instead"
+            ));
+        }
+        names.push(entry.path());
+    }
     names.sort();
     let (mut certs, mut bytes) = (Vec::new(), 0u64);
-    for path in names.into_iter().take(MAX_TRUST_FILES) {
+    for path in names {
         let Ok(pem) = read_trust_file(&path) else {
             continue;
         };
@@ -361,7 +382,12 @@ fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<Certificate<'static>>, Erro
         match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c.to_owned()),
             Ok(_) => {}
-            Err(e) => return Err(Error::Usage(format!("{what} is not valid PEM: {e}"))),
+            // Fixed words: the parser's error carries the file's bytes (a line, an end marker).
+            Err(_) => {
+                return Err(Error::Usage(format!(
+                    "{what} is not valid PEM (a section is malformed or not closed)"
+                )));
+            }
         }
     }
     if certs.is_empty() {

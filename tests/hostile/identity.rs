@@ -430,3 +430,277 @@ fn a_notify_url_over_https_trusts_the_ca_file() {
     let stderr = w.stop_and_stderr();
     assert!(!stderr.contains("notification failed"), "{stderr}");
 }
+
+/// Fix group A: `kvfetch ARGS` with `env`, killed if it has not ended `within`: (its exit code,
+/// None when it had to be killed; its stderr).
+fn bounded(
+    env: &std::collections::HashMap<String, String>,
+    args: &[&str],
+    within: std::time::Duration,
+) -> (Option<i32>, String) {
+    let mut child = Background::start(env, args);
+    let code = child.exit_within(within);
+    (code, child.stop_and_stderr())
+}
+
+/// A variable, its value, more flags, the exit code wanted and what the message names.
+type FifoCase<'a> = (&'a str, &'a str, &'a [&'a str], Option<i32>, &'a str);
+
+/// Fix group A, finding 4: a FIFO as `SSL_CERT_FILE`, as `--ca-file` (and `KVFETCH_CA_FILE`),
+/// or inside `SSL_CERT_DIR` does not hold kvfetch up past `--timeout 3s`: the named file is
+/// refused (exit 2 naming it), a FIFO among a directory's files is skipped like any file that
+/// holds no certificate. Nobody ever writes to the FIFOs.
+#[test]
+fn a_fifo_as_a_trust_file_cannot_hang_the_start() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("certs");
+    std::fs::create_dir(&dir).unwrap();
+    let fifo = s.path("fifo.pem");
+    for f in [&fifo, &dir.join("00-fifo.pem")] {
+        let made = std::process::Command::new("mkfifo")
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let fifo = fifo.display().to_string();
+    let out = s.path("out").display().to_string();
+    let fetch = [
+        "fetch",
+        "--secret",
+        "db-password",
+        "--dir",
+        &out,
+        "--timeout",
+        "3s",
+    ];
+    let cases: [FifoCase; 4] = [
+        ("SSL_CERT_FILE", &fifo, &[], Some(2), "SSL_CERT_FILE="),
+        ("KVFETCH_CA_FILE", &fifo, &[], Some(2), "KVFETCH_CA_FILE"),
+        (
+            "PATH",
+            "/usr/bin:/bin",
+            &["--ca-file", &fifo],
+            Some(2),
+            "--ca-file",
+        ),
+        ("SSL_CERT_DIR", dir.to_str().unwrap(), &[], Some(0), ""),
+    ];
+    for (var, value, extra, want, named) in cases {
+        let mut env = env_for(&emu);
+        env.insert(var.into(), value.into());
+        let mut args = fetch.to_vec();
+        args.extend(extra);
+        let started = std::time::Instant::now();
+        let (code, stderr) = bounded(&env, &args, ms(3000 + 10_000));
+        assert_eq!(code, want, "{var} {extra:?}: {stderr}");
+        assert!(started.elapsed() < ms(3000 + 10_000), "{var}");
+        assert!(stderr.contains(named), "{var} {extra:?}: {stderr}");
+        if want == Some(2) {
+            assert!(stderr.contains("not a regular file"), "{var}: {stderr}");
+        }
+    }
+    assert_eq!(
+        emu.counters().kv_total_requests,
+        1,
+        "only the SSL_CERT_DIR run fetched"
+    );
+}
+
+/// Fix group A, finding 7: `SSL_CERT_DIR` with more than 1000 entries is refused (exit 2 naming
+/// the variable and the cap) instead of reading the first 1000 and ignoring the rest silently.
+#[test]
+fn a_trust_directory_past_the_cap_is_refused_not_cut() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("certs");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..1000 {
+        std::fs::write(dir.join(format!("{i:04}.txt")), "").unwrap();
+    }
+    std::fs::copy(emu.ca_file(), dir.join("zz-last.pem")).unwrap();
+    let mut env = env_for(&emu);
+    env.insert("SSL_CERT_DIR".into(), dir.display().to_string());
+    let out = s.path("out").display().to_string();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("SSL_CERT_DIR=") && r.stderr.contains("1000"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(emu.counters().kv_total_requests, 0);
+    // At the cap exactly, it is read.
+    std::fs::remove_file(dir.join("0000.txt")).unwrap();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// Fix group A, finding 8: a trust file that is not valid PEM is refused by name in fixed words;
+/// its bytes never reach the message (not as text, not as a list of decimal bytes).
+#[test]
+fn a_bad_pem_trust_file_is_refused_without_its_bytes() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let out = s.path("out").display().to_string();
+    let files = [
+        "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIALabcdef0123\n-----END CERTIFICATE-----\n",
+        "-----BEGIN TOPSECRETKEYMATERIAL\nabc\n",
+    ];
+    for (i, text) in files.iter().enumerate() {
+        let bad = s.path(&format!("bad{i}.pem"));
+        std::fs::write(&bad, text).unwrap();
+        let shown = bad.display().to_string();
+        for (var, extra) in [
+            ("SSL_CERT_FILE", &[][..]),
+            ("PATH", &["--ca-file", shown.as_str()][..]),
+        ] {
+            let mut env = env_for(&emu);
+            env.insert(var.into(), shown.clone());
+            let mut args = vec!["fetch", "--secret", "db-password", "--dir", &out];
+            args.extend(extra);
+            let r = run_with(&env, &args);
+            assert_eq!(r.code, 2, "{var}: {}", r.stderr);
+            assert!(r.stderr.contains("is not valid PEM"), "{var}: {}", r.stderr);
+            assert!(!r.stderr.contains("TOPSECRET"), "{var}: {}", r.stderr);
+            assert!(!holds_byte_list(&r.stderr), "{var}: {}", r.stderr);
+        }
+    }
+}
+
+/// Whether `text` holds three numbers in a row separated by ", " (a byte list's Debug).
+fn holds_byte_list(text: &str) -> bool {
+    let words: Vec<&str> = text.split(", ").collect();
+    words.windows(3).any(|w| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let last = w[0]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("");
+        let first = w[2]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("");
+        digits(last) && digits(w[1]) && digits(first)
+    })
+}
+
+/// Fix group A, finding 1: a vault writer cannot evict a credential from the redaction
+/// registry. 120 values of 25,000 control characters (each kept raw and JSON-escaped, 6 times
+/// longer) are fetched after `IDENTITY_HEADER` was registered; then, tokens living 10 s
+/// (renewed at half their life), a renewal in `watch` meets an App Service endpoint that quotes the header back in its 400:
+/// the warning shows `<redacted>`, never 8 characters in a row of the header.
+#[test]
+fn values_cannot_evict_a_credential_from_redaction() {
+    let header = credential("IdV");
+    let emu = Emulator::with_config(Config {
+        identity_header: header.clone(),
+        token_lifetime: std::time::Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let names: Vec<String> = (0..120).map(|i| format!("bulk-{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        emu.set_secret(name, &format!("{i:03}{}", "\u{1}".repeat(25_000)));
+    }
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut env = env_for(&emu);
+    env.remove("AZURE_POD_IDENTITY_AUTHORITY_HOST");
+    env.insert("IDENTITY_ENDPOINT".into(), emu.identity_endpoint());
+    env.insert("IDENTITY_HEADER".into(), header.clone());
+    env.insert("KVFETCH_SECRETS".into(), names.join(","));
+    let mut w = Background::start(
+        &env,
+        &[
+            "watch",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "500ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    w.wait("the ready file", ms(30_000), || ready.exists());
+    emu.echo_credentials(Some((400, 0)));
+    w.wait("a renewal that met the echo", ms(30_000), || {
+        let said = w.stderr();
+        said.contains("renewal failed") || said.contains("refresh failed")
+    });
+    let said = w.stop_and_stderr();
+    assert_scrubbed(&said, &header, "watch renewal");
+    assert!(emu.counters().app_service_token_requests >= 2);
+}
+
+/// Fix group A, finding 1, past the bound: more fetched values than the registry keeps (16 MiB)
+/// do not make it stop redacting in silence. The value that could not be kept is then quoted
+/// by the vault in its refusal of the next secret: the vault's text is withheld whole, the
+/// run says once that it withholds, and reading goes on.
+#[test]
+fn values_past_the_redaction_bound_withhold_what_servers_say() {
+    let emu = seeded();
+    let n = 680;
+    let big = |i: usize| {
+        let fill: String = (0..25_000)
+            .map(|k| (b'a' + ((k * 7 + i * 13) % 26) as u8) as char)
+            .collect();
+        format!("{i:03}-Big-{fill}")
+    };
+    let mut names: Vec<String> = (0..n).map(|i| format!("big-{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        emu.set_secret(name, &big(i));
+    }
+    for _ in 0..n {
+        emu.push_kv_fault(Fault::Delay(std::time::Duration::ZERO));
+    }
+    // The first value (the oldest kept) and the last (the one not kept), quoted.
+    let (first, last) = (big(0), big(n - 1));
+    emu.push_kv_fault(Fault::ErrorText {
+        status: 400,
+        code: "BadParameter".into(),
+        message: format!("{} and {} are not valid here", &first[..60], &last[..60]),
+    });
+    names.push("db-password".into());
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_SECRETS".into(), names.join(","));
+    let dir = s.path("out");
+    let r = run_with(
+        &env,
+        &[
+            "fetch",
+            "--concurrency",
+            "1",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_scrubbed_or_withheld(&r.stderr, &first[..60]);
+    assert_scrubbed_or_withheld(&r.stderr, &last[..60]);
+    assert!(
+        r.stderr.contains("or credentials than it can redact"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        emu.counters().kv_total_requests,
+        n as u64 + 1,
+        "every secret was read"
+    );
+}
+
+/// No 8 characters in a row of `value` in `said`, and the vault's text was withheld.
+fn assert_scrubbed_or_withheld(said: &str, value: &str) {
+    let chars: Vec<char> = value.chars().collect();
+    for w in chars.windows(8) {
+        let part: String = w.iter().collect();
+        assert!(
+            !said.contains(&part),
+            "{part:?} of the value leaked: {said}"
+        );
+    }
+    assert!(said.contains("<withheld"), "{said}");
+}
