@@ -464,3 +464,130 @@ proptest::proptest! {
         assert_no_leak(&doctor, &[MARK, "Mk7d", "TWs3ZE9j"]);
     }
 }
+
+// Fix group B, finding 2: a refused URL never shows its password or token, whatever
+// delimiters they hold, for every URL-valued flag and variable.
+
+/// A refusal to provoke: the flag or variable its message must name, extra environment, and
+/// the arguments after the command.
+type RefusedCase = (String, Vec<(String, String)>, Vec<String>);
+
+/// The two halves of every secret below: neither may appear in any message.
+const HALVES: [&str; 2] = ["Zz1pw", "Qq2tk"];
+
+/// A password or token of both halves around `delimiter`.
+fn split_secret(delimiter: char) -> String {
+    format!("{}{delimiter}{}", HALVES[0], HALVES[1])
+}
+
+/// Refusals that once showed a password or token.
+fn refused_url_cases(dir: &str) -> Vec<RefusedCase> {
+    let mut cases = Vec::new();
+    let flag = |f: &str, v: String| (vec![], vec![f.to_string(), v]);
+    for d in ['/', '?', '#', '@', ':'] {
+        let pw = split_secret(d);
+        for (env, args) in [
+            flag("--notify-url", format!("http://user:{pw}@127.0.0.1:9/hook")),
+            flag("--vault", format!("https://u:{pw}@127.0.0.1:1")),
+            flag("--vault", format!("u:{pw}@127.0.0.1")),
+            flag("--resource", format!("https://u:{pw}@vault.azure.net")),
+            flag("--secret", format!("https://u:{pw}@127.0.0.1:1/secrets/db")),
+            flag("--secret", format!("db=u:{pw}@127.0.0.1/secrets/db")),
+            (
+                vec![(
+                    "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_string(),
+                    format!("http://u:{pw}@127.0.0.1:1"),
+                )],
+                vec![],
+            ),
+            (
+                vec![
+                    ("IDENTITY_HEADER".into(), "h".into()),
+                    (
+                        "IDENTITY_ENDPOINT".into(),
+                        format!("http://user:{pw}@127.0.0.1:1/msi/token"),
+                    ),
+                ],
+                vec![],
+            ),
+            (
+                vec![(
+                    "MSI_ENDPOINT".into(),
+                    format!("http://127.0.0.1:1/token?code={pw}"),
+                )],
+                vec![],
+            ),
+            (
+                vec![
+                    ("AZURE_FEDERATED_TOKEN_FILE".into(), "/dev/null".into()),
+                    ("AZURE_CLIENT_ID".into(), "c".into()),
+                    ("AZURE_TENANT_ID".into(), "t".into()),
+                    (
+                        "AZURE_AUTHORITY_HOST".into(),
+                        format!("https://u:{pw}@127.0.0.1:1"),
+                    ),
+                ],
+                vec![],
+            ),
+        ] {
+            let named = args
+                .first()
+                .unwrap_or_else(|| &env.last().unwrap().0)
+                .clone();
+            cases.push((named, env, args));
+        }
+    }
+    let sig = split_secret('&');
+    cases.push((
+        "IDENTITY_ENDPOINT".into(),
+        vec![
+            (
+                "IDENTITY_ENDPOINT".into(),
+                format!("http://user:Pa55word@127.0.0.1:1/msi/token?sig={sig}"),
+            ),
+            ("IDENTITY_HEADER".into(), "h".into()),
+        ],
+        vec![],
+    ));
+    for (_, _, args) in &mut cases {
+        if !args.iter().any(|a| a == "--secret") {
+            args.extend(["--secret".into(), "api-key".into()]);
+        }
+        args.extend(["--dir".into(), dir.into()]);
+    }
+    cases
+}
+
+#[test]
+fn refused_urls_never_show_a_password_or_token() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("out").display().to_string();
+    for (named, extra, args) in refused_url_cases(&dir) {
+        let what = format!("{extra:?} {args:?}");
+        let mut env = env_for(&emu);
+        env.extend(extra);
+        let command = if args[0] == "--notify-url" {
+            "watch"
+        } else {
+            "fetch"
+        };
+        let mut argv = vec![command];
+        argv.extend(args.iter().map(String::as_str));
+        let r = run_with(&env, &argv);
+        assert_eq!(r.code, 2, "{what}: {}", r.stderr);
+        assert!(
+            HALVES
+                .iter()
+                .all(|h| !r.stderr.contains(h) && !r.stdout.contains(h)),
+            "{what}: a password or token is shown: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&named),
+            "{what}: not its refusal: {}",
+            r.stderr
+        );
+        assert_no_requests(&emu, &what);
+    }
+}
