@@ -591,3 +591,46 @@ fn refused_urls_never_show_a_password_or_token() {
         assert_no_requests(&emu, &what);
     }
 }
+
+// Fix group B, finding 9: a webhook token given as a flag is in argv, readable by every
+// process of the machine (/proc/PID/cmdline, `ps`): one warning at start points at the variable.
+
+/// The stderr of a `watch` started with `extra` flags and `vars`, stopped once ready.
+fn watch_stderr(emu: &Emulator, extra: &[&str], vars: &[(&str, &str)]) -> String {
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut env = env_for(emu);
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut args = vec![
+        "watch",
+        "--secret",
+        "api-key",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let mut w = Background::start(&env, &args);
+    wait_for("the ready file", ms(10000), || ready.exists());
+    w.stop_and_stderr()
+}
+
+#[test]
+fn a_notify_url_flag_with_a_token_warns_that_argv_shows_it() {
+    let emu = seeded();
+    let token = "Zz1-w3bh00k-Qq2";
+    let with_query = format!("http://127.0.0.1:9/hook?token={token}");
+    let warned = |log: &str| log.matches("KVFETCH_NOTIFY_URL").count();
+
+    let log = watch_stderr(&emu, &["--notify-url", &with_query], &[]);
+    assert_eq!(warned(&log), 1, "one warning naming the variable: {log}");
+    assert!(log.contains("argv"), "{log}");
+    assert!(!log.contains(token), "the warning shows the token: {log}");
+
+    // The variable, or a flag without a query, is no reason to warn.
+    let log = watch_stderr(&emu, &[], &[("KVFETCH_NOTIFY_URL", &with_query)]);
+    assert_eq!(warned(&log), 0, "{log}");
+    let log = watch_stderr(&emu, &["--notify-url", "http://127.0.0.1:9/hook"], &[]);
+    assert_eq!(warned(&log), 0, "{log}");
+}
