@@ -373,7 +373,7 @@ pub const FLAGS: &[Flag] = &[
             "KVFETCH_NOTIFY_URL",
             Some("URL"),
             None,
-            "after a refresh that changed anything, POST {\"changed\":[names]} here (http(s)://host[:port][/path][?query]; the query, e.g. a token, is never logged)",
+            "after a refresh that changed anything, POST {\"changed\":[names]} here (http(s)://host[:port][/path][?query]; the query, e.g. a token, is never logged, but a flag is in argv for every process to read: give a token in KVFETCH_NOTIFY_URL)",
         ),
         WATCH,
     ),

@@ -257,7 +257,8 @@ fn check_endpoint(url: &str, var: &str) -> Result<String, Error> {
         .map(|u| u.full())
         .map_err(|why| {
             Error::Usage(format!(
-                "{var}={url:?} is refused: {why}; it must be http(s)://host[:port][/path]"
+                "{var}={:?} is refused: {why}; it must be http(s)://host[:port][/path]",
+                crate::net::url::shown(url)
             ))
         })
 }

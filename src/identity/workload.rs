@@ -60,12 +60,14 @@ fn authority(given: Option<&String>) -> Result<String, Error> {
     };
     let url = crate::net::url::parse(given).map_err(|why| {
         Error::Usage(format!(
-            "AZURE_AUTHORITY_HOST={given:?} is refused: {why}; it must be https://host[/], e.g. https://login.microsoftonline.com/"
+            "AZURE_AUTHORITY_HOST={:?} is refused: {why}; it must be https://host[/], e.g. https://login.microsoftonline.com/",
+            crate::net::url::shown(given)
         ))
     })?;
     if url.scheme != "https" && !crate::net::url::is_loopback(&url.host) {
         return Err(Error::Usage(format!(
-            "AZURE_AUTHORITY_HOST={given:?} must be https: the federated token would travel in clear text"
+            "AZURE_AUTHORITY_HOST={:?} must be https: the federated token would travel in clear text",
+            url.full()
         )));
     }
     Ok(url.full().trim_end_matches('/').to_string())

@@ -17,6 +17,7 @@ use crate::{base::log, base::signals, modes::health, modes::serve};
 /// Run `watch`; returns the exit code: 0 when stopped after the first write, 128+N when signal
 /// N stopped it before (nothing was written, which must not look like success).
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
+    warn_token_in_argv(opts);
     let session = Session::new(opts, env, plan(opts)?)?;
     // A ready file left by a crashed instance must not say "ready" for this one (removed once
     // every check has passed).
@@ -91,6 +92,20 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
                 }
             },
         }
+    }
+}
+
+/// A `--notify-url` flag with a query (a webhook's token) is in argv, which every process of
+/// the machine can read (`/proc/PID/cmdline`, `ps`). Refusing it would break working setups, so
+/// kvfetch warns once and points at the variable, which only the process's own user can read.
+/// (User information is refused with every URL.)
+fn warn_token_in_argv(opts: &Options) {
+    let in_argv = !opts.from_env.contains(&"notify-url");
+    if in_argv && opts.notify_url.as_deref().is_some_and(|u| u.contains('?')) {
+        log::warn(
+            "--notify-url carries a query (a webhook's token?) on the command line (argv), where every process of this machine can read it (/proc/PID/cmdline, ps); give the URL in KVFETCH_NOTIFY_URL instead",
+            &[],
+        );
     }
 }
 

@@ -186,24 +186,50 @@ fn query_char(b: u8) -> bool {
 
 /// A URL as messages may show it: never its user information, query or fragment, which can
 /// hold a password or a token. `https://u:p@h/x?t=1` → `https://(hidden)@h/x?(hidden)`.
+///
+/// A refused URL is malformed by definition, so its parts are guessed the way that hides more:
+/// the user information runs to the LAST `@` (a password may hold `/`, `?`, `#`, `:` or `@`);
+/// when a `?` or `#` comes before that `@`, the `@` may be the query's own and what follows it
+/// part of a token, so everything after the scheme is hidden; an authority whose port is not a
+/// number (`https://user:password`) is hidden too.
 pub fn shown(text: &str) -> String {
-    let (head, cut) = match text.find(['?', '#']) {
-        Some(i) => (&text[..i], true),
-        None => (text, false),
+    let (scheme, rest) = match text.split_once("://") {
+        Some((s, r)) if !s.is_empty() && s.bytes().all(scheme_char) => (format!("{s}://"), r),
+        _ => (String::new(), text),
     };
-    let (scheme, rest) = head.split_once("://").unwrap_or(("", head));
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let rest = match rest[..authority_end].rfind('@') {
-        Some(at) => format!("(hidden)@{}", &rest[at + 1..]),
-        None => rest.to_string(),
+    let cut = rest.find(['?', '#']);
+    let at = rest.rfind('@');
+    if let (Some(at), Some(cut)) = (at, cut)
+        && cut < at
+    {
+        return format!("{scheme}(hidden)");
+    }
+    let visible = &rest[at.map_or(0, |a| a + 1)..cut.unwrap_or(rest.len())];
+    let authority = &visible[..visible.find('/').unwrap_or(visible.len())];
+    if !plain_port(authority) {
+        return format!("{scheme}(hidden)");
+    }
+    let userinfo = if at.is_some() { "(hidden)@" } else { "" };
+    let tail = if cut.is_some() { "?(hidden)" } else { "" };
+    format!("{scheme}{userinfo}{visible}{tail}")
+}
+
+/// RFC 3986 scheme characters.
+fn scheme_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')
+}
+
+/// Whatever follows the host in `authority` is nothing or `:` and digits.
+fn plain_port(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(inside) => inside.split_once(']').map(|(_, after)| after),
+        None => Some(authority.find(':').map_or("", |i| &authority[i..])),
     };
-    let scheme = if head.contains("://") {
-        format!("{scheme}://")
-    } else {
-        String::new()
-    };
-    let tail = if cut { "?(hidden)" } else { "" };
-    format!("{scheme}{rest}{tail}")
+    after_host.is_some_and(|p| {
+        p.is_empty()
+            || p.strip_prefix(':')
+                .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// Is `host` (as [`Url::host`] holds it) a loopback address? Only IP literals count: the name
@@ -318,9 +344,95 @@ mod tests {
             ("http://h/x#pw", "http://h/x?(hidden)"),
             ("http://h/x", "http://h/x"),
             ("u:pw@h", "(hidden)@h"),
-            ("http://h/a@b", "http://h/a@b"),
         ] {
             assert_eq!(shown(text), want, "{text}");
+        }
+    }
+
+    /// The reviewer's cases: a password holding `/`, `?` or `#`, a query token, and a URL
+    /// without a scheme; none of the secret part may be shown.
+    #[test]
+    fn passwords_with_delimiters_are_never_shown() {
+        for (text, want) in [
+            (
+                "https://user:pa/ssw0rd@hooks.example.test/x",
+                "https://(hidden)@hooks.example.test/x",
+            ),
+            (
+                "https://user:pass?w0rd@hooks.example.test/x",
+                "https://(hidden)",
+            ),
+            (
+                "https://user:pass#w0rd@hooks.example.test/x",
+                "https://(hidden)",
+            ),
+            (
+                "https://u:s3cr/etpw@v.vault.azure.net",
+                "https://(hidden)@v.vault.azure.net",
+            ),
+            (
+                "http://user:Pa55word@127.0.0.1:1/msi/token?sig=TOPSECRETSIG",
+                "http://(hidden)@127.0.0.1:1/msi/token?(hidden)",
+            ),
+            (
+                "http://127.0.0.1:1/token?code=FUNCKEYSECRET",
+                "http://127.0.0.1:1/token?(hidden)",
+            ),
+            ("http://h/x?t=tok@en.example", "http://(hidden)"),
+            ("http://h/a@b", "http://(hidden)@b"),
+            ("https://user:password", "https://(hidden)"),
+            ("https://user:pass/word", "https://(hidden)"),
+            ("http://[::1]:8080/x", "http://[::1]:8080/x"),
+            ("http://[::1]x:y/x", "http://(hidden)"),
+            ("user:pa://ss@h/x", "(hidden)@h/x"),
+            (
+                "db=https://u:p@h/secrets/db?json=/a",
+                "(hidden)@h/secrets/db?(hidden)",
+            ),
+        ] {
+            assert_eq!(shown(text), want, "{text}");
+        }
+    }
+
+    /// A URL whose every secret part (password, query, fragment) is made of upper-case
+    /// letters between any of the delimiters `/?#@:=&`, everything else lower-case.
+    fn url_with_secrets() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let secret = || {
+            proptest::collection::vec(("[A-Z]{0,6}", "[/?#@:=&%]"), 1..5).prop_map(|parts| {
+                parts
+                    .into_iter()
+                    .map(|(word, delimiter)| format!("X{word}{delimiter}"))
+                    .collect::<String>()
+                    + "Y"
+            })
+        };
+        (
+            prop_oneof![Just(""), Just("https://"), Just("http://"), Just("https:/")],
+            proptest::option::of(("[a-z]{0,5}", secret())),
+            "[a-z0-9]{1,8}(\\.[a-z0-9]{1,8}){0,3}(:[0-9]{1,5})?",
+            "(/[a-z0-9._~-]{0,8}){0,3}",
+            proptest::option::of(secret()),
+            proptest::option::of(secret()),
+        )
+            .prop_map(|(scheme, userinfo, host, path, query, fragment)| {
+                let userinfo = userinfo.map_or(String::new(), |(u, p)| format!("{u}:{p}@"));
+                let query = query.map_or(String::new(), |q| format!("?{q}"));
+                let fragment = fragment.map_or(String::new(), |f| format!("#{f}"));
+                format!("{scheme}{userinfo}{host}{path}{query}{fragment}")
+            })
+    }
+
+    proptest::proptest! {
+        /// No piece of a password, query or fragment survives `shown`, whatever delimiters
+        /// they hold: upper-case letters are only ever in those parts.
+        #[test]
+        fn shown_never_holds_a_piece_of_a_secret(text in url_with_secrets()) {
+            let out = shown(&text);
+            proptest::prop_assert!(
+                !out.bytes().any(|b| b.is_ascii_uppercase()),
+                "{text:?} is shown as {out:?}"
+            );
         }
     }
 

@@ -210,10 +210,16 @@ fn parse_action(
             }
         }
     }
+    // A name with an '@' may be a URL with a password: shown without it.
+    let quoted = if name.contains('@') {
+        crate::net::url::shown(&name)
+    } else {
+        name.clone()
+    };
     if name.contains(['?', '=', ':']) {
-        return Err(format!("{name:?} is not a secret NAME or NAME/VERSION"));
+        return Err(format!("{quoted:?} is not a secret NAME or NAME/VERSION"));
     }
-    let shown = format!("{{{{ secret {name:?} }}}} in {} ({place})", src.display());
+    let shown = format!("{{{{ secret {quoted:?} }}}} in {} ({place})", src.display());
     let mut spec = spec::parse_spec(&name, vault).map_err(|e| format!("{e} (in {shown})"))?;
     if let Some(p) = json {
         let p = crate::shape::json_pointer(&p)
@@ -356,6 +362,22 @@ mod tests {
         }
         let e = parsed("ok\n\n   {{ nope }}").unwrap_err().to_string();
         assert!(e.ends_with("at line 3, column 4"), "{e}");
+    }
+
+    #[test]
+    fn a_name_holding_a_password_is_never_quoted() {
+        for d in ["/", "?", "#", "@", ":"] {
+            for name in [
+                format!("https://u:Zz1{d}Qq2@v.vault.azure.net/secrets/a"),
+                format!("u:Zz1{d}Qq2@v"),
+                format!("Zz1{d}Qq2@v"),
+            ] {
+                let e = parsed(&format!("{{{{ secret \"{name}\" }}}}"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(!e.contains("Zz1") && !e.contains("Qq2"), "{name}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -210,7 +210,8 @@ pub fn parse_vault(text: &str, resource: Option<&str>) -> Result<Vault, Error> {
             )));
         }
         return Err(Error::Usage(format!(
-            "--vault {text:?} is neither a vault name (3-24 letters, digits and dashes) nor an https:// URL"
+            "--vault {:?} is neither a vault name (3-24 letters, digits and dashes) nor an https:// URL",
+            url::shown(text)
         )));
     }
     let url = url::parse(text)
@@ -365,6 +366,31 @@ pub fn check_loopback_vaults(vaults: &[&Vault], identity_on_loopback: bool) -> R
 /// secret identifier; an identifier naming `--vault`'s own origin gets its audience (vouched or
 /// not), any other host only what its DNS suffix implies.
 pub fn parse_spec(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
+    parse_spec_as_typed(text, default_vault).map_err(|e| match e {
+        Error::Usage(_) if holds_userinfo(text) => Error::Usage(format!(
+            "--secret {:?} is refused: it has user information ('@'), which kvfetch does not accept",
+            url::shown(text)
+        )),
+        e => e,
+    })
+}
+
+/// Whether a refused spec may hold a password, so no message may quote it or any part of it:
+/// it has an `@` and its reference (before the options' `?`) is neither a plain secret name
+/// (`NAME[/VERSION]`) nor a URL that parses (a password holding `?` starts the "options"
+/// early). An `@` in a JSON pointer after a well-formed reference is the operator's own text
+/// and stays quoted.
+fn holds_userinfo(text: &str) -> bool {
+    let head = text.split('?').next().unwrap_or_default();
+    let reference = head.split_once('=').map_or(head, |(_, r)| r).trim();
+    let plain = reference
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
+        || url::parse(reference).is_ok();
+    text.contains('@') && !plain
+}
+
+fn parse_spec_as_typed(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
     // The first `?` starts the options; an `=` before it ends the alias.
     let (head, shape) = match text.split_once('?') {
         Some((head, options)) => (head, options::parse(options, text)?),
@@ -588,6 +614,32 @@ mod tests {
         assert_eq!(edit_distance("vault.azure.com", "vault.azure.net"), 3);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("abc", "abc"), 0);
+    }
+
+    /// A spec that may hold a password is never quoted, whichever delimiter the password
+    /// holds; an `@` in a JSON pointer of a well-formed spec is quoted as typed.
+    #[test]
+    fn a_secret_spec_holding_a_password_is_never_quoted() {
+        let v = vault("https://v1.vault.azure.net").unwrap();
+        for d in ["/", "?", "#", "@", ":", "=", "&"] {
+            for text in [
+                format!("https://u:Zz1{d}Qq2@v1.vault.azure.net/secrets/db"),
+                format!("db=https://u:Zz1{d}Qq2@v1.vault.azure.net/secrets/db?optional"),
+                format!("db=u:Zz1{d}Qq2@v1.vault.azure.net/secrets/db"),
+            ] {
+                let Err(Error::Usage(msg)) = parse_spec(&text, Some(&v)) else {
+                    panic!("{text} accepted")
+                };
+                assert!(
+                    !msg.contains("Zz1") && !msg.contains("Qq2"),
+                    "{text}: {msg}"
+                );
+            }
+        }
+        let Err(Error::Usage(msg)) = parse_spec("db?json=/a@b&decode=no", Some(&v)) else {
+            panic!("decode=no accepted")
+        };
+        assert!(msg.contains("\"db?json=/a@b&decode=no\""), "{msg}");
     }
 
     #[test]

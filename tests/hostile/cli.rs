@@ -464,3 +464,173 @@ proptest::proptest! {
         assert_no_leak(&doctor, &[MARK, "Mk7d", "TWs3ZE9j"]);
     }
 }
+
+// Fix group B, finding 2: a refused URL never shows its password or token, whatever
+// delimiters they hold, for every URL-valued flag and variable.
+
+/// A refusal to provoke: the flag or variable its message must name, extra environment, and
+/// the arguments after the command.
+type RefusedCase = (String, Vec<(String, String)>, Vec<String>);
+
+/// The two halves of every secret below: neither may appear in any message.
+const HALVES: [&str; 2] = ["Zz1pw", "Qq2tk"];
+
+/// A password or token of both halves around `delimiter`.
+fn split_secret(delimiter: char) -> String {
+    format!("{}{delimiter}{}", HALVES[0], HALVES[1])
+}
+
+/// Refusals that once showed a password or token.
+fn refused_url_cases(dir: &str) -> Vec<RefusedCase> {
+    let mut cases = Vec::new();
+    let flag = |f: &str, v: String| (vec![], vec![f.to_string(), v]);
+    for d in ['/', '?', '#', '@', ':'] {
+        let pw = split_secret(d);
+        for (env, args) in [
+            flag("--notify-url", format!("http://user:{pw}@127.0.0.1:9/hook")),
+            flag("--vault", format!("https://u:{pw}@127.0.0.1:1")),
+            flag("--vault", format!("u:{pw}@127.0.0.1")),
+            flag("--resource", format!("https://u:{pw}@vault.azure.net")),
+            flag("--secret", format!("https://u:{pw}@127.0.0.1:1/secrets/db")),
+            flag("--secret", format!("db=u:{pw}@127.0.0.1/secrets/db")),
+            (
+                vec![(
+                    "AZURE_POD_IDENTITY_AUTHORITY_HOST".to_string(),
+                    format!("http://u:{pw}@127.0.0.1:1"),
+                )],
+                vec![],
+            ),
+            (
+                vec![
+                    ("IDENTITY_HEADER".into(), "h".into()),
+                    (
+                        "IDENTITY_ENDPOINT".into(),
+                        format!("http://user:{pw}@127.0.0.1:1/msi/token"),
+                    ),
+                ],
+                vec![],
+            ),
+            (
+                vec![(
+                    "MSI_ENDPOINT".into(),
+                    format!("http://127.0.0.1:1/token?code={pw}"),
+                )],
+                vec![],
+            ),
+            (
+                vec![
+                    ("AZURE_FEDERATED_TOKEN_FILE".into(), "/dev/null".into()),
+                    ("AZURE_CLIENT_ID".into(), "c".into()),
+                    ("AZURE_TENANT_ID".into(), "t".into()),
+                    (
+                        "AZURE_AUTHORITY_HOST".into(),
+                        format!("https://u:{pw}@127.0.0.1:1"),
+                    ),
+                ],
+                vec![],
+            ),
+        ] {
+            let named = args
+                .first()
+                .unwrap_or_else(|| &env.last().unwrap().0)
+                .clone();
+            cases.push((named, env, args));
+        }
+    }
+    let sig = split_secret('&');
+    cases.push((
+        "IDENTITY_ENDPOINT".into(),
+        vec![
+            (
+                "IDENTITY_ENDPOINT".into(),
+                format!("http://user:Pa55word@127.0.0.1:1/msi/token?sig={sig}"),
+            ),
+            ("IDENTITY_HEADER".into(), "h".into()),
+        ],
+        vec![],
+    ));
+    for (_, _, args) in &mut cases {
+        if !args.iter().any(|a| a == "--secret") {
+            args.extend(["--secret".into(), "api-key".into()]);
+        }
+        args.extend(["--dir".into(), dir.into()]);
+    }
+    cases
+}
+
+#[test]
+fn refused_urls_never_show_a_password_or_token() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("out").display().to_string();
+    for (named, extra, args) in refused_url_cases(&dir) {
+        let what = format!("{extra:?} {args:?}");
+        let mut env = env_for(&emu);
+        env.extend(extra);
+        let command = if args[0] == "--notify-url" {
+            "watch"
+        } else {
+            "fetch"
+        };
+        let mut argv = vec![command];
+        argv.extend(args.iter().map(String::as_str));
+        let r = run_with(&env, &argv);
+        assert_eq!(r.code, 2, "{what}: {}", r.stderr);
+        assert!(
+            HALVES
+                .iter()
+                .all(|h| !r.stderr.contains(h) && !r.stdout.contains(h)),
+            "{what}: a password or token is shown: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&named),
+            "{what}: not its refusal: {}",
+            r.stderr
+        );
+        assert_no_requests(&emu, &what);
+    }
+}
+
+// Fix group B, finding 9: a webhook token given as a flag is in argv, readable by every
+// process of the machine (/proc/PID/cmdline, `ps`): one warning at start points at the variable.
+
+/// The stderr of a `watch` started with `extra` flags and `vars`, stopped once ready.
+fn watch_stderr(emu: &Emulator, extra: &[&str], vars: &[(&str, &str)]) -> String {
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut env = env_for(emu);
+    env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut args = vec![
+        "watch",
+        "--secret",
+        "api-key",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let mut w = Background::start(&env, &args);
+    wait_for("the ready file", ms(10000), || ready.exists());
+    w.stop_and_stderr()
+}
+
+#[test]
+fn a_notify_url_flag_with_a_token_warns_that_argv_shows_it() {
+    let emu = seeded();
+    let token = "Zz1-w3bh00k-Qq2";
+    let with_query = format!("http://127.0.0.1:9/hook?token={token}");
+    let warned = |log: &str| log.matches("KVFETCH_NOTIFY_URL").count();
+
+    let log = watch_stderr(&emu, &["--notify-url", &with_query], &[]);
+    assert_eq!(warned(&log), 1, "one warning naming the variable: {log}");
+    assert!(log.contains("argv"), "{log}");
+    assert!(!log.contains(token), "the warning shows the token: {log}");
+
+    // The variable, or a flag without a query, is no reason to warn.
+    let log = watch_stderr(&emu, &[], &[("KVFETCH_NOTIFY_URL", &with_query)]);
+    assert_eq!(warned(&log), 0, "{log}");
+    let log = watch_stderr(&emu, &["--notify-url", "http://127.0.0.1:9/hook"], &[]);
+    assert_eq!(warned(&log), 0, "{log}");
+}
