@@ -511,17 +511,14 @@ impl Session {
     }
 
     /// [`Session::refresh`] with its deadline no later than `by` (when `--max-stale` runs out):
-    /// no wait, a 429 pause included, may outlast it.
+    /// no wait, a 429 pause or an identity endpoint's 410 window included, may outlast it.
     pub fn refresh_by(
         &self,
         held: Option<&Snapshot>,
         by: Option<std::time::Instant>,
     ) -> Result<Snapshot, Error> {
         self.splay_once();
-        let left = by.map_or(self.timeout, |t| {
-            t.saturating_duration_since(std::time::Instant::now())
-        });
-        let deadline = Deadline::after(self.timeout.min(left));
+        let deadline = Deadline::capped(self.timeout, by);
         let full = held.is_none() || self.full_read_due();
         let held = held.filter(|_| !full);
         let listings = self.listings(held.is_some(), &deadline)?;

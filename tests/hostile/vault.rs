@@ -417,3 +417,50 @@ fn a_list_over_the_total_cap_is_refused() {
     assert!(r.stderr.contains("more than 25000 secrets"), "{}", r.stderr);
     assert_eq!(emu.counters().kv_list_requests, 251);
 }
+
+/// Fix C3: an identity-endpoint 410 ("back within 70 s") does not hold a `watch` refresh past
+/// `--max-stale`: with tokens of 12 s (renewed after 6 s) and IMDS answering 410 from then on,
+/// the sidecar ends with exit 7 about 3 s after its last success, not after the 70 s window.
+#[test]
+fn an_identity_410_does_not_hold_a_refresh_past_max_stale() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db", "db-value-8c31");
+    emu.set_token_lifetime(Duration::from_secs(12));
+    let out = Out::new();
+    let ready = out.file("ready");
+    let mut bg = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--vault",
+            &emu.vault_url(),
+            "--secret",
+            "db",
+            "--refresh",
+            "2s",
+            "--max-stale",
+            "3s",
+            "--timeout",
+            "2s",
+            // The default: the 410 window is 70 s.
+            "--backoff-base",
+            "1s",
+            "--dir",
+            &out.dir(),
+            "--ready-file",
+            &ready,
+        ],
+    );
+    bg.wait("the first write", ms(10_000), || {
+        std::path::Path::new(&ready).exists()
+    });
+    for _ in 0..40 {
+        emu.push_imds_fault(Fault::Status(410));
+    }
+    // The token is renewed ~6 s after it was issued; then 3 s of --max-stale and a wide margin
+    // (the 410 window alone would be 70 s).
+    let code = bg.exit_within(ms(25_000));
+    let stderr = bg.stop_and_stderr();
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(!stderr.contains("db-value-8c31"));
+}
