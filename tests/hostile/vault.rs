@@ -464,3 +464,61 @@ fn an_identity_410_does_not_hold_a_refresh_past_max_stale() {
     assert_eq!(code, Some(7), "{stderr}");
     assert!(!stderr.contains("db-value-8c31"));
 }
+
+/// Fix C5: `--env-prefix` (and `--prefix` as the variables' prefix) cannot be a runtime's or
+/// tool's namespace, nor the beginning of one: `GO` + `maxprocs` would be `GOMAXPROCS`,
+/// `SPRING_` + `application-json` `SPRING_APPLICATION_JSON`, `OTEL_` + … the exporter's
+/// endpoint. Each is exit 2 before any request, nothing run; an app's own prefix works.
+#[test]
+fn an_env_prefix_cannot_be_a_runtime_namespace() {
+    let emu = Emulator::start().unwrap();
+    for (name, value) in [
+        ("maxprocs", "1"),
+        ("traceback", "crash"),
+        (
+            "application-json",
+            "{\"spring.main.sources\":\"http://127.0.0.1:1/x\"}",
+        ),
+        ("exporter-otlp-endpoint", "http://127.0.0.1:1"),
+        ("arena-max", "1"),
+        ("host", "127.0.0.1"),
+        ("libs", "/tmp/evil"),
+        ("db", "db-value-c5a1"),
+    ] {
+        emu.set_secret(name, value);
+    }
+    let vault = emu.vault_url();
+    let exec = |extra: &[&str]| {
+        let mut args = vec!["exec", "--vault", &vault, "--all"];
+        args.extend_from_slice(extra);
+        args.extend(["--", "sh", "-c", "echo ran; env"]);
+        run(&emu, &args)
+    };
+    for prefix in [
+        "GO", "GO_", "SPRING_", "OTEL_", "MALLOC_", "PG", "R_", "DENO_", "DOCKER_", "NODE",
+        "PYTHON_", "HTTP_", "JAVA_", "X_", "APP", "_",
+    ] {
+        emu.reset_counters();
+        let r = exec(&["--env-prefix", prefix]);
+        assert_eq!(r.code, 2, "--env-prefix {prefix}: {}", r.stderr);
+        assert!(r.stderr.contains("--env-prefix"), "{prefix}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{prefix}: the command ran");
+        assert_eq!(emu.counters().kv_total_requests, 0, "{prefix}");
+        assert_no_leak(&r, &["db-value-c5a1"]);
+    }
+    // `--prefix go` as the variables' prefix is `GO`: refused the same way.
+    let r = exec(&["--prefix", "go"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for prefix in ["APP_", "MYAPP_", "KV_"] {
+        let r = exec(&["--env-prefix", prefix]);
+        assert_eq!(r.code, 0, "--env-prefix {prefix}: {}", r.stderr);
+        let names = names_in(&r.stdout);
+        assert!(names.contains(&format!("{prefix}DB")), "{names:?}");
+        assert!(names.contains(&format!("{prefix}MAXPROCS")), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "GOMAXPROCS" || n == "SPRING_APPLICATION_JSON")
+        );
+    }
+}
