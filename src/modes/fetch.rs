@@ -785,6 +785,8 @@ pub fn fetch_all(
     let mut fetched = Vec::with_capacity(specs.len());
     let mut errors = Vec::new();
     let mut unstarted = 0usize;
+    // A selection may be thousands of secrets deleted between the list and their reads.
+    let mut absent = log::Capped::new();
     for s in specs {
         let slot = results[index[&key(s)]]
             .lock()
@@ -797,17 +799,24 @@ pub fn fetch_all(
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
             Err(e) if skipped(s, e) => {
-                log::warn(
-                    &format!(
-                        "an optional secret is absent; skipped (no file written, no variable set): {e}"
-                    ),
-                    &[("secret", &s.reference()), ("vault", &s.vault.url)],
-                );
+                absent.note(|| {
+                    log::warn(
+                        &format!(
+                            "an optional secret is absent; skipped (no file written, no variable set): {e}"
+                        ),
+                        &[("secret", &s.reference()), ("vault", &s.vault.url)],
+                    )
+                });
                 fetched.push(None);
             }
             Err(e) => errors.push(e.clone()),
         }
     }
+    absent.finish(
+        true,
+        "more optional secrets are absent; skipped, not named one by one",
+        &[],
+    );
     if unstarted > 0 {
         errors.push(Error::VaultUnavailable(format!(
             "{unstarted} secrets were not requested: the deadline (--timeout {}) came first; raise --timeout, or choose fewer secrets",

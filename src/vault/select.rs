@@ -423,9 +423,12 @@ pub fn choose(
 ) -> Result<Vec<SecretSpec>, Error> {
     let mut specs = explicit.to_vec();
     let mut notes = BTreeSet::new();
+    // A few new notes are named, the rest counted: a list of 10,000 disabled secrets is not
+    // 10,000 lines.
+    let mut shown = crate::base::log::Capped::new();
     let mut note = |key: String, msg: &str, fields: &[(&str, &str)]| {
         if !noted.contains(&key) {
-            crate::base::log::info(msg, fields);
+            shown.note(|| crate::base::log::info(msg, fields));
         }
         notes.insert(key);
     };
@@ -473,6 +476,11 @@ pub fn choose(
             hidden: false,
         });
     }
+    shown.finish(
+        false,
+        "more listed secrets were skipped or selected with a note (as those named above); not named one by one",
+        &[("vault", &sel.vault.url)],
+    );
     if specs.len() == explicit.len() {
         if !noted.contains("none") {
             crate::base::log::warn(
@@ -503,6 +511,7 @@ pub fn drop_uncarriable(
         return;
     }
     let mut now = BTreeSet::new();
+    let mut shown = crate::base::log::Capped::new();
     let mut i = explicit;
     while i < snap.specs.len() {
         let why = snap.values[i].as_ref().and_then(|f| {
@@ -522,21 +531,28 @@ pub fn drop_uncarriable(
         let version = snap.values[i].as_ref().map_or("", |f| f.version.as_str());
         let key = format!("value {} {version}", snap.specs[i].name);
         if !noted.contains(&key) {
-            crate::base::log::warn(
-                &format!(
-                    "skipped a listed secret: its value holds {why}; name it with --secret to make this an error, or use --dir or --env-format json"
-                ),
-                &[
-                    ("secret", &snap.specs[i].name),
-                    ("vault", &sel.vault.url),
-                    ("version", version),
-                ],
-            );
+            shown.note(|| {
+                crate::base::log::warn(
+                    &format!(
+                        "skipped a listed secret: its value holds {why}; name it with --secret to make this an error, or use --dir or --env-format json"
+                    ),
+                    &[
+                        ("secret", &snap.specs[i].name),
+                        ("vault", &sel.vault.url),
+                        ("version", version),
+                    ],
+                )
+            });
         }
         now.insert(key);
         snap.specs.remove(i);
         snap.values.remove(i);
     }
+    shown.finish(
+        true,
+        "more listed secrets were skipped for values no variable can carry; not named one by one",
+        &[("vault", &sel.vault.url)],
+    );
     *noted = now;
 }
 

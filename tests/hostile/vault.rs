@@ -522,3 +522,40 @@ fn an_env_prefix_cannot_be_a_runtime_namespace() {
         );
     }
 }
+
+/// Fix C6: a list of 10,000 entries whose ids name no valid secret, or of 10,000 disabled
+/// secrets, logs a few of them by name and one line with the count, not a line each (the
+/// reviewer saw 30,003 lines for 30,000 invalid ids); in `fetch` and in `doctor`.
+#[test]
+fn a_hostile_list_does_not_flood_the_log() {
+    use kvfetch_emulator::FloodKind;
+    let emu = Emulator::start().unwrap();
+    emu.set_list_flood(Some((100, 100)));
+    let vault = emu.vault_url();
+    for kind in [FloodKind::InvalidIds, FloodKind::Disabled] {
+        emu.set_list_flood_kind(kind);
+        let out = Out::new();
+        let dir = out.dir();
+        let fetch = ["fetch", "--vault", &vault, "--all", "--dir", &dir];
+        let doctor = ["doctor", "--vault", &vault, "--all", "--dir", &dir];
+        for args in [&fetch[..], &doctor[..]] {
+            let r = run(&emu, args);
+            let lines = r.stderr.lines().count() + r.stdout.lines().count();
+            assert!(
+                lines <= 40,
+                "{kind:?} {}: {lines} lines (exit {})\n{}",
+                args[0],
+                r.code,
+                r.stderr.lines().take(12).collect::<Vec<_>>().join("\n")
+            );
+            if args[0] == "fetch" {
+                assert_eq!(r.code, 0, "{kind:?}: {}", r.stderr);
+                assert!(
+                    r.stderr.contains("10000"),
+                    "{kind:?}: no count\n{}",
+                    r.stderr
+                );
+            }
+        }
+    }
+}
