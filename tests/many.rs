@@ -819,7 +819,7 @@ fn a_selected_name_never_lands_on_another_output() {
             &vault,
             "--all",
             "--env-prefix",
-            "X_",
+            "XY_",
             "--dir",
             dir.to_str().unwrap(),
             "--env-file",
@@ -840,7 +840,7 @@ fn a_selected_name_never_lands_on_another_output() {
     emu.delete_secret("b");
     w.wait("b to go", ms(5000), || !dir.join("b").exists());
     assert_eq!(read(&ready), "ready\n");
-    assert_eq!(read(&env_file), "X_A='a-value-5e'\n");
+    assert_eq!(read(&env_file), "XY_A='a-value-5e'\n");
     let log = w.stop_and_stderr();
     assert!(!log.contains("restored"), "{log}");
     assert!(

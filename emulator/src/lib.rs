@@ -37,7 +37,7 @@ use std::time::Duration;
 use std::{io, thread};
 
 pub use sources::ARC_API_VERSIONS;
-pub use state::{Counters, Fault, Identity, SecretInput, SecretPatch};
+pub use state::{Counters, Fault, FloodKind, Identity, SecretInput, SecretPatch};
 pub use tls::VaultCert;
 pub use vault::API_VERSIONS;
 
@@ -472,6 +472,12 @@ impl Emulator {
     /// list the vault's secrets again.
     pub fn set_list_flood(&self, flood: Option<(usize, usize)>) {
         self.world().list_flood = flood;
+    }
+
+    /// What each entry of the list `set_list_flood` generates is: valid names (the default),
+    /// ids that name no valid secret, or disabled secrets.
+    pub fn set_list_flood_kind(&self, kind: FloodKind) {
+        self.world().list_flood_kind = kind;
     }
 
     /// Soft-delete `name`.

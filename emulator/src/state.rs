@@ -202,6 +202,18 @@ pub struct Counters {
     pub user_agents: std::collections::BTreeSet<String>,
 }
 
+/// The entries of a generated list (`Emulator::set_list_flood`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FloodKind {
+    /// Valid names (`f{page}x{entry}`) without attributes.
+    #[default]
+    Plain,
+    /// Ids whose last segment is no valid secret name (`bad_name_{page}_{entry}`).
+    InvalidIds,
+    /// Valid names, each disabled (`"attributes":{"enabled":false}`).
+    Disabled,
+}
+
 #[derive(Default)]
 pub struct World {
     pub tenant_id: String,
@@ -246,6 +258,8 @@ pub struct World {
     /// A hostile list (see `Emulator::set_list_flood`): (entries a page, pages); the vault's own
     /// secrets are not listed while it is set.
     pub list_flood: Option<(usize, usize)>,
+    /// What each generated entry of a hostile list is (see `Emulator::set_list_flood_kind`).
+    pub list_flood_kind: FloodKind,
     pub kv_faults: VecDeque<Fault>,
     /// See `Emulator::echo_credentials`: the status and the position of the quoted credential.
     pub echo_credentials: Option<(u16, usize)>,

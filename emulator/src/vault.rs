@@ -295,7 +295,7 @@ fn list(
         );
     }
     if let (Some(flood), None) = (world.list_flood, name) {
-        return flood_page(req, base, api_version, flood);
+        return flood_page(req, base, api_version, flood, world.list_flood_kind);
     }
     let max: usize = match req.param("maxresults").map(|m| m.parse::<usize>()) {
         None => world.list_page_size.unwrap_or(25),
@@ -350,6 +350,7 @@ fn flood_page(
     base: &str,
     api_version: &str,
     (per_page, pages): (usize, usize),
+    kind: crate::state::FloodKind,
 ) -> Response {
     let page: usize = req
         .param("$skiptoken")
@@ -360,7 +361,15 @@ fn flood_page(
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&format!("{{\"id\":\"{base}/secrets/f{page}x{i}\"}}"));
+        body.push_str(&match kind {
+            crate::state::FloodKind::Plain => format!("{{\"id\":\"{base}/secrets/f{page}x{i}\"}}"),
+            crate::state::FloodKind::InvalidIds => {
+                format!("{{\"id\":\"{base}/secrets/bad_name_{page}_{i}\"}}")
+            }
+            crate::state::FloodKind::Disabled => format!(
+                "{{\"id\":\"{base}/secrets/f{page}x{i}\",\"attributes\":{{\"enabled\":false}}}}"
+            ),
+        });
     }
     body.push_str("],\"nextLink\":");
     if page + 1 < pages {

@@ -67,6 +67,47 @@ pub fn debug(msg: &str, fields: &[(&str, &str)]) {
     emit(2, "debug", msg, fields);
 }
 
+/// Lines about the entries of one list a server sends (ids left out, secrets skipped): the
+/// first [`Capped::NAMED`] are logged as they come, the rest only counted, and
+/// [`Capped::finish`] gives their number in one line. A hostile list of 25,000 entries so costs
+/// a few lines per pass, not 25,000.
+#[derive(Debug, Default)]
+pub struct Capped {
+    named: usize,
+    more: usize,
+}
+
+impl Capped {
+    /// Entries logged one by one before the rest are only counted.
+    pub const NAMED: usize = 5;
+
+    pub fn new() -> Capped {
+        Capped::default()
+    }
+
+    /// Run `line` (which logs one entry) while fewer than [`Capped::NAMED`] were; else count.
+    pub fn note(&mut self, line: impl FnOnce()) {
+        if self.named < Self::NAMED {
+            self.named += 1;
+            line();
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// One line (a warning when `warn`, else info) for the entries not named, if there were
+    /// any: `msg` with the fields given, `more` (not named) and `in_all` (named and not).
+    pub fn finish(&self, warn: bool, msg: &str, fields: &[(&str, &str)]) {
+        if self.more == 0 {
+            return;
+        }
+        let (more, all) = (self.more.to_string(), (self.named + self.more).to_string());
+        let mut with = fields.to_vec();
+        with.extend([("more", more.as_str()), ("in_all", all.as_str())]);
+        emit(1, if warn { "warn" } else { "info" }, msg, &with);
+    }
+}
+
 /// Lines the queue holds before new ones are dropped.
 const QUEUE: usize = 1024;
 /// How long [`flush`] waits for a stalled stderr.
@@ -265,6 +306,17 @@ fn json_line(level: &str, msg: &str, fields: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_lines_name_a_few_and_count_the_rest() {
+        let mut c = Capped::new();
+        let mut logged = 0;
+        for _ in 0..10_000 {
+            c.note(|| logged += 1);
+        }
+        assert_eq!(logged, Capped::NAMED);
+        assert_eq!((c.named, c.more), (Capped::NAMED, 10_000 - Capped::NAMED));
+    }
 
     #[test]
     fn text_lines_cannot_be_forged() {

@@ -56,19 +56,31 @@ pub fn random_unit() -> f64 {
 }
 
 /// The instant by which the whole run must be over. Shared by the parallel fetchers; only an
-/// IMDS 410 ("back within 70 s") may push it later.
+/// IMDS 410 ("back within 70 s") may push it later, and never past its hard limit (a `watch`
+/// refresh's: the moment `--max-stale` runs out).
 #[derive(Debug)]
 pub struct Deadline {
     started: Instant,
     /// Nanoseconds after `started`.
     end: AtomicU64,
+    /// Nanoseconds after `started` that [`Deadline::extend_to`] cannot pass.
+    limit: u64,
 }
 
 impl Deadline {
     pub fn after(d: Duration) -> Deadline {
+        Deadline::capped(d, None)
+    }
+
+    /// A deadline `d` from now that nothing moves past `limit` (None: no limit); `d` itself is
+    /// cut to it.
+    pub fn capped(d: Duration, limit: Option<Instant>) -> Deadline {
+        let started = Instant::now();
+        let limit = limit.map_or(u64::MAX, |t| nanos(t.saturating_duration_since(started)));
         Deadline {
-            started: Instant::now(),
-            end: AtomicU64::new(d.as_nanos().min(u64::MAX as u128) as u64),
+            started,
+            end: AtomicU64::new(nanos(d).min(limit)),
+            limit,
         }
     }
 
@@ -82,13 +94,10 @@ impl Deadline {
         self.started + Duration::from_nanos(self.end.load(Ordering::SeqCst))
     }
 
-    /// Move the deadline to `t` if that is later.
+    /// Move the deadline to `t` if that is later, but never past its hard limit.
     pub fn extend_to(&self, t: Instant) {
-        let nanos = t
-            .saturating_duration_since(self.started)
-            .as_nanos()
-            .min(u64::MAX as u128) as u64;
-        self.end.fetch_max(nanos, Ordering::SeqCst);
+        let at = nanos(t.saturating_duration_since(self.started)).min(self.limit);
+        self.end.fetch_max(at, Ordering::SeqCst);
     }
 
     /// Time left (zero once passed).
@@ -127,6 +136,10 @@ impl Deadline {
         std::thread::sleep(d);
         true
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 /// The time a last try before the deadline gets to be answered.
@@ -214,5 +227,21 @@ mod tests {
         assert!(d.remaining() > Duration::from_secs(60));
         assert_eq!(human(Duration::from_millis(1500)), "1s");
         assert_eq!(human(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn a_capped_deadline_never_moves_past_its_limit() {
+        let limit = Instant::now() + Duration::from_secs(60);
+        let d = Deadline::capped(Duration::from_secs(30), Some(limit));
+        let at = d.at();
+        d.extend_to(at + Duration::from_secs(70));
+        assert!(d.at() <= limit, "moved past the limit");
+        assert!(d.at() > at);
+        // A timeout longer than the limit is cut to it.
+        let short = Deadline::capped(Duration::from_secs(3600), Some(limit));
+        assert!(short.at() <= limit);
+        let free = Deadline::capped(Duration::from_secs(30), None);
+        free.extend_to(free.at() + Duration::from_secs(70));
+        assert!(free.at() > limit);
     }
 }

@@ -92,7 +92,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_ENV_PREFIX",
         Some("PREFIX"),
         None,
-        "variables of secrets chosen by --all/--prefix/--tag are PREFIX + the name (APP_ + db -> APP_DB); without it, --prefix P keeps P in the variable (app-db -> APP_DB), --all/--tag need it (or --allow-env NAME for each bare name)",
+        "variables of secrets chosen by --all/--prefix/--tag are PREFIX + the name (APP_ + db -> APP_DB), a prefix of the app's own ending in _ (a runtime's namespace such as GO, OTEL_, SPRING_, PG is refused); without it, --prefix P keeps P in the variable (app-db -> APP_DB), --all/--tag need it (or --allow-env NAME for each bare name)",
     ),
     flag(
         "tag",

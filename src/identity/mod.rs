@@ -580,7 +580,8 @@ impl Identity {
                 last_answer = Some(problem.clone());
             }
             if problem.starts_with("HTTP 410") {
-                // "Back within 70 s": keep trying at least that long, even past --timeout.
+                // "Back within 70 s": keep trying at least that long, even past --timeout (but
+                // never past the deadline's hard limit: a refresh's --max-stale).
                 let first = *first_410.get_or_insert_with(Instant::now);
                 deadline.extend_to(first + self.backoff.base * 70);
             }
@@ -612,9 +613,12 @@ impl Identity {
             if first_410.is_some() && !last_410_try {
                 last_410_try = true;
                 std::thread::sleep(deadline.remaining());
-                // Time for the last request itself to be answered.
+                // Time for the last request itself to be answered, unless the deadline's hard
+                // limit (--max-stale running out) leaves none.
                 deadline.extend_to(Instant::now() + Duration::from_secs(1));
-                continue;
+                if !deadline.remaining().is_zero() {
+                    continue;
+                }
             }
             let fix = match hint.filter(|_| last_answer.is_none()) {
                 Some(h) => h,

@@ -515,17 +515,14 @@ impl Session {
     }
 
     /// [`Session::refresh`] with its deadline no later than `by` (when `--max-stale` runs out):
-    /// no wait, a 429 pause included, may outlast it.
+    /// no wait, a 429 pause or an identity endpoint's 410 window included, may outlast it.
     pub fn refresh_by(
         &self,
         held: Option<&Snapshot>,
         by: Option<std::time::Instant>,
     ) -> Result<Snapshot, Error> {
         self.splay_once();
-        let left = by.map_or(self.timeout, |t| {
-            t.saturating_duration_since(std::time::Instant::now())
-        });
-        let deadline = Deadline::after(self.timeout.min(left));
+        let deadline = Deadline::capped(self.timeout, by);
         let full = held.is_none() || self.full_read_due();
         let held = held.filter(|_| !full);
         let listings = self.listings(held.is_some(), &deadline)?;
@@ -792,6 +789,8 @@ pub fn fetch_all(
     let mut fetched = Vec::with_capacity(specs.len());
     let mut errors = Vec::new();
     let mut unstarted = 0usize;
+    // A selection may be thousands of secrets deleted between the list and their reads.
+    let mut absent = log::Capped::new();
     for s in specs {
         let slot = results[index[&key(s)]]
             .lock()
@@ -804,17 +803,24 @@ pub fn fetch_all(
             Ok(f) => fetched.push(Some(f.clone())),
             // Optional is about absence only: access denied, throttling and the rest stay errors.
             Err(e) if skipped(s, e) => {
-                log::warn(
-                    &format!(
-                        "an optional secret is absent; skipped (no file written, no variable set): {e}"
-                    ),
-                    &[("secret", &s.reference()), ("vault", &s.vault.url)],
-                );
+                absent.note(|| {
+                    log::warn(
+                        &format!(
+                            "an optional secret is absent; skipped (no file written, no variable set): {e}"
+                        ),
+                        &[("secret", &s.reference()), ("vault", &s.vault.url)],
+                    )
+                });
                 fetched.push(None);
             }
             Err(e) => errors.push(e.clone()),
         }
     }
+    absent.finish(
+        true,
+        "more optional secrets are absent; skipped, not named one by one",
+        &[],
+    );
     if unstarted > 0 {
         errors.push(Error::VaultUnavailable(format!(
             "{unstarted} secrets were not requested: the deadline (--timeout {}) came first; raise --timeout, or choose fewer secrets",

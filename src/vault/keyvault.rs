@@ -266,7 +266,8 @@ impl Client {
     }
 
     /// [`Client::list`], asking `more(entries so far, pages read)` before each page after the
-    /// first whether to go on; (entries, whether the list was read to its end).
+    /// first whether to go on; (entries, whether the list was read to its end). Of the entries
+    /// left out, the first few are named and the rest counted in one line.
     pub fn list_while(
         &self,
         vault: &Vault,
@@ -274,6 +275,26 @@ impl Client {
         deadline: &Deadline,
         patient: bool,
         more: &mut dyn FnMut(&[Listed], usize) -> bool,
+    ) -> Result<(Vec<Listed>, bool), Error> {
+        let mut invalid = crate::base::log::Capped::new();
+        let listed = self.list_pages(vault, tokens, deadline, patient, more, &mut invalid);
+        invalid.finish(
+            true,
+            "the vault listed more entries whose ids name no valid secret; left out, not named one by one",
+            &[("vault", &vault.url)],
+        );
+        listed
+    }
+
+    /// The pages of [`Client::list_while`]; `invalid` counts the entries left out.
+    fn list_pages(
+        &self,
+        vault: &Vault,
+        tokens: &Tokens,
+        deadline: &Deadline,
+        patient: bool,
+        more: &mut dyn FnMut(&[Listed], usize) -> bool,
+        invalid: &mut crate::base::log::Capped,
     ) -> Result<(Vec<Listed>, bool), Error> {
         let mut url = format!("{}/secrets?api-version={}", vault.url, self.api_version);
         let (mut items, mut seen, mut links) = (Vec::new(), HashSet::new(), HashSet::new());
@@ -301,10 +322,12 @@ impl Client {
                 match item {
                     Ok(l) if seen.insert(l.name.to_ascii_lowercase()) => items.push(l),
                     Ok(_) => {}
-                    Err(id) => crate::base::log::warn(
-                        "the vault listed an entry whose id names no valid secret; left out",
-                        &[("vault", &vault.url), ("id", &id)],
-                    ),
+                    Err(id) => invalid.note(|| {
+                        crate::base::log::warn(
+                            "the vault listed an entry whose id names no valid secret; left out",
+                            &[("vault", &vault.url), ("id", &id)],
+                        )
+                    }),
                 }
             }
             let Some(link) = next else {

@@ -40,96 +40,100 @@ pub struct Selection {
     pub env_format: Option<crate::output::Format>,
 }
 
+/// The namespaces [`reserved_for_selection`] covers beyond [`spec::steers_programs`].
+const RESERVED_PREFIXES: &[&str] = &[
+    "PYTHON",
+    "NODE_",
+    "NPM_",
+    "JAVA",
+    "_JAVA",
+    "JDK_",
+    "DOTNET_",
+    "CORECLR_",
+    "COMPLUS_",
+    "RUBY",
+    "GEM_",
+    "BUNDLE_",
+    "PERL",
+    "PHP",
+    "GOFLAGS",
+    "GOPROXY",
+    "GOPATH",
+    "GOROOT",
+    "GOTOOLCHAIN",
+    "GOPRIVATE",
+    "GONOSUMDB",
+    "CARGO_",
+    "RUST",
+    "LD_",
+    "DYLD_",
+    "AZURE_",
+    "IDENTITY_",
+    "MSI_",
+    "IMDS_",
+    "KVFETCH_",
+    "KUBERNETES_",
+    "AWS_",
+    "GOOGLE_",
+    "OPENSSL",
+    "SSL",
+    "GIT_",
+    "LESS",
+    "BASH_",
+    "ZDOTDIR",
+    "XDG_",
+    "LC_",
+    "DBUS_",
+    "ERL_",
+    "ELIXIR_",
+    "LUA_",
+    "GRPC_",
+    "ASPNETCORE_",
+    "KRB5",
+];
+
+/// The variables [`reserved_for_selection`] names beyond [`spec::steers_programs`].
+const RESERVED_NAMES: &[&str] = &[
+    "HOME",
+    "SHELL",
+    "USER",
+    "LOGNAME",
+    "PAGER",
+    "EDITOR",
+    "VISUAL",
+    "BROWSER",
+    "TERM",
+    "PROMPT_COMMAND",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "HOSTNAME",
+    "PWD",
+    "OLDPWD",
+    "MAIL",
+    "SSH_AUTH_SOCK",
+    "DISPLAY",
+    "TERMINFO",
+    "INPUTRC",
+    "MANPAGER",
+    "SUDO_ASKPASS",
+    "SSH_ASKPASS",
+    "GNUPGHOME",
+    "CURL_HOME",
+    "WGETRC",
+    "NETRC",
+    "TEMP",
+    "TMP",
+];
+
 /// Variables a vault writer could use to take over the app or its platform, beyond
 /// [`spec::steers_programs`]: runtimes' hooks, shells' and tools' commands, Azure's and
 /// kvfetch's own settings. A selected secret never sets one unless `--allow-env` names it.
 pub fn reserved_for_selection(name: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "PYTHON",
-        "NODE_",
-        "NPM_",
-        "JAVA",
-        "_JAVA",
-        "JDK_",
-        "DOTNET_",
-        "CORECLR_",
-        "COMPLUS_",
-        "RUBY",
-        "GEM_",
-        "BUNDLE_",
-        "PERL",
-        "PHP",
-        "GOFLAGS",
-        "GOPROXY",
-        "GOPATH",
-        "GOROOT",
-        "GOTOOLCHAIN",
-        "GOPRIVATE",
-        "GONOSUMDB",
-        "CARGO_",
-        "RUST",
-        "LD_",
-        "DYLD_",
-        "AZURE_",
-        "IDENTITY_",
-        "MSI_",
-        "IMDS_",
-        "KVFETCH_",
-        "KUBERNETES_",
-        "AWS_",
-        "GOOGLE_",
-        "OPENSSL",
-        "SSL",
-        "GIT_",
-        "LESS",
-        "BASH_",
-        "ZDOTDIR",
-        "XDG_",
-        "LC_",
-        "DBUS_",
-        "ERL_",
-        "ELIXIR_",
-        "LUA_",
-        "GRPC_",
-        "ASPNETCORE_",
-        "KRB5",
-    ];
-    const NAMES: &[&str] = &[
-        "HOME",
-        "SHELL",
-        "USER",
-        "LOGNAME",
-        "PAGER",
-        "EDITOR",
-        "VISUAL",
-        "BROWSER",
-        "TERM",
-        "PROMPT_COMMAND",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "HOSTNAME",
-        "PWD",
-        "OLDPWD",
-        "MAIL",
-        "SSH_AUTH_SOCK",
-        "DISPLAY",
-        "TERMINFO",
-        "INPUTRC",
-        "MANPAGER",
-        "SUDO_ASKPASS",
-        "SSH_ASKPASS",
-        "GNUPGHOME",
-        "CURL_HOME",
-        "WGETRC",
-        "NETRC",
-        "TEMP",
-        "TMP",
-    ];
     let upper = name.to_ascii_uppercase();
     spec::steers_programs(name)
-        || NAMES.contains(&upper.as_str())
-        || PREFIXES.iter().any(|p| upper.starts_with(p))
+        || RESERVED_NAMES.contains(&upper.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| upper.starts_with(p))
 }
 
 /// The most secrets one selection may choose: more is an error that says so, never a run of
@@ -214,27 +218,178 @@ fn variable(sel: &Selection, out: &str) -> Result<String, String> {
     }
 }
 
-/// `--env-prefix` (or `--prefix` as a variable, `what`): a variable name's beginning, at most
-/// 64 characters, that no runtime reads as a namespace of its own (`LD_`, `PYTHON`, `JAVA`,
-/// `ERL_`, …): a vault writer completes it with any name.
+/// Namespaces of runtimes, tools and agents an app's container commonly holds, refused as (the
+/// beginning of) `--env-prefix`: every variable under them is theirs to read, now or in a later
+/// version (`GOMAXPROCS`, `SPRING_APPLICATION_JSON`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `PGHOST`,
+/// `R_LIBS`, `DOCKER_HOST`, …). Compared in upper case; a prefix starting with one is refused,
+/// and so is one that is the beginning of one.
+pub const RUNTIME_NAMESPACES: &[&str] = &[
+    // Go, the JVM and its tools, .NET
+    "GO",
+    "JAVA",
+    "JDK_",
+    "JRE_",
+    "JVM_",
+    "CATALINA_",
+    "MAVEN_",
+    "GRADLE_",
+    "SBT_",
+    "KAFKA_",
+    "SPARK_",
+    "HADOOP_",
+    "SPRING_",
+    "MANAGEMENT_",
+    "LOGGING_",
+    "DOTNET_",
+    "ASPNETCORE_",
+    "NUGET_",
+    "MSBUILD",
+    // scripting runtimes and their package managers
+    "NODE",
+    "NPM_",
+    "YARN_",
+    "PNPM_",
+    "COREPACK_",
+    "DENO_",
+    "BUN_",
+    "TS_NODE_",
+    "ELECTRON_",
+    "PUPPETEER_",
+    "PLAYWRIGHT_",
+    "PYTHON",
+    "PIP_",
+    "PIPENV_",
+    "POETRY_",
+    "UV_",
+    "CONDA",
+    "VIRTUAL_ENV",
+    "PERL",
+    "RUBY",
+    "GEM_",
+    "BUNDLE_",
+    "PHP",
+    "LUA_",
+    "ERL",
+    "ELIXIR_",
+    "MIX_",
+    "HEX_",
+    "REBAR",
+    "R_",
+    "JULIA_",
+    "CARGO_",
+    "RUST",
+    // the C library and the loader
+    "LD_",
+    "DYLD_",
+    "MALLOC_",
+    "GLIBC_",
+    "GCONV_",
+    "NSS_",
+    // clients of databases and services
+    "PG",
+    "MYSQL",
+    "ORACLE_",
+    "TNS_",
+    "ODBC",
+    "DOCKER_",
+    "BUILDKIT_",
+    "COMPOSE_",
+    "CONTAINERS_",
+    "KUBE",
+    "HELM_",
+    "TF_",
+    "ANSIBLE_",
+    "VAULT_",
+    "CONSUL_",
+    "NOMAD_",
+    "SYSTEMD_",
+    "DBUS_",
+    "SUDO_",
+    "NIX_",
+    "PKG_CONFIG",
+    // clouds and their credentials
+    "AWS_",
+    "AZURE",
+    "ARM_",
+    "MSI_",
+    "IDENTITY_",
+    "IMDS_",
+    "GOOGLE_",
+    "GCLOUD_",
+    "CLOUDSDK_",
+    "KVFETCH_",
+    // telemetry agents (where the app's traces, errors and data go)
+    "OTEL_",
+    "DD_",
+    "NEW_RELIC_",
+    "ELASTIC_APM_",
+    "SENTRY_",
+    // traffic, trust, shells and the user's environment
+    "HTTP",
+    "FTP_",
+    "SOCKS",
+    "SSL",
+    "OPENSSL",
+    "CURL_",
+    "WGET",
+    "GIT_",
+    "SSH_",
+    "GPG",
+    "GNUPG",
+    "KRB5",
+    "HOME",
+    "XDG_",
+    "LC_",
+    "LANG",
+    "TZ",
+    "TERM",
+    "BASH_",
+    "ZSH",
+    "LESS",
+];
+
+/// `--env-prefix` (or `--prefix` as a variable, `what`): a variable name's beginning of 3-64
+/// letters, digits and `_`, ending in `_` with at least 2 characters before it, that is no
+/// runtime's namespace nor the beginning of one: a vault writer completes it with any name, so
+/// no completion may be a variable something other than the app reads.
 pub fn check_env_prefix(p: &str, what: &str) -> Result<String, Error> {
     let mut chars = p.chars();
     let shaped = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && p.len() <= 64;
+        && p.len() <= 64
+        && p.ends_with('_')
+        && p.len() >= 3;
     if !shaped {
         return Err(Error::Usage(format!(
-            "{what} {p:?} cannot begin the variables of selected secrets: give --env-prefix with 1-64 letters, digits and _ (not starting with a digit), e.g. --env-prefix APP_"
+            "{what} {p:?} cannot begin the variables of selected secrets: give --env-prefix with 3-64 letters, digits and _ (not starting with a digit) that ends in _ after at least 2 characters, e.g. --env-prefix APP_ or MYAPP_"
         )));
     }
-    if reserved_for_selection(&format!("{p}X")) {
+    if runtime_namespace(p) {
         return Err(Error::Usage(format!(
-            "{what} {p:?} would put the vault's names into variables starting with {p}, which programs or runtimes read (a vault writer could steer the app): give --env-prefix with a prefix of your own, e.g. --env-prefix APP_"
+            "{what} {p:?} would put the vault's names into variables starting with {p}, a namespace programs, runtimes or tools read (a vault writer could steer the app): give --env-prefix with a prefix of your app's own, e.g. --env-prefix APP_ or MYAPP_"
         )));
     }
     Ok(p.to_string())
+}
+
+/// Whether variables starting with `p` may be read by something other than the app: `p` lies in
+/// a reserved namespace, or begins a reserved namespace or name (of [`spec::steers_programs`],
+/// [`reserved_for_selection`] or [`RUNTIME_NAMESPACES`]).
+fn runtime_namespace(p: &str) -> bool {
+    let upper = p.to_ascii_uppercase();
+    let spaces = spec::STEERING_PREFIXES
+        .iter()
+        .chain(RESERVED_PREFIXES)
+        .chain(RUNTIME_NAMESPACES);
+    let names = spec::STEERING_NAMES.iter().chain(RESERVED_NAMES);
+    let mut all = spaces.clone().chain(names);
+    reserved_for_selection(&format!("{p}X"))
+        || spaces
+            .clone()
+            .any(|n| upper.starts_with(&n.to_ascii_uppercase()))
+        || all.any(|n| n.to_ascii_uppercase().starts_with(&upper))
 }
 
 /// The output name of a listed secret, if it matches the prefix and tags.
@@ -268,9 +423,12 @@ pub fn choose(
 ) -> Result<Vec<SecretSpec>, Error> {
     let mut specs = explicit.to_vec();
     let mut notes = BTreeSet::new();
+    // A few new notes are named, the rest counted: a list of 10,000 disabled secrets is not
+    // 10,000 lines.
+    let mut shown = crate::base::log::Capped::new();
     let mut note = |key: String, msg: &str, fields: &[(&str, &str)]| {
         if !noted.contains(&key) {
-            crate::base::log::info(msg, fields);
+            shown.note(|| crate::base::log::info(msg, fields));
         }
         notes.insert(key);
     };
@@ -318,6 +476,11 @@ pub fn choose(
             hidden: false,
         });
     }
+    shown.finish(
+        false,
+        "more listed secrets were skipped or selected with a note (as those named above); not named one by one",
+        &[("vault", &sel.vault.url)],
+    );
     if specs.len() == explicit.len() {
         if !noted.contains("none") {
             crate::base::log::warn(
@@ -348,6 +511,7 @@ pub fn drop_uncarriable(
         return;
     }
     let mut now = BTreeSet::new();
+    let mut shown = crate::base::log::Capped::new();
     let mut i = explicit;
     while i < snap.specs.len() {
         let why = snap.values[i].as_ref().and_then(|f| {
@@ -367,21 +531,28 @@ pub fn drop_uncarriable(
         let version = snap.values[i].as_ref().map_or("", |f| f.version.as_str());
         let key = format!("value {} {version}", snap.specs[i].name);
         if !noted.contains(&key) {
-            crate::base::log::warn(
-                &format!(
-                    "skipped a listed secret: its value holds {why}; name it with --secret to make this an error, or use --dir or --env-format json"
-                ),
-                &[
-                    ("secret", &snap.specs[i].name),
-                    ("vault", &sel.vault.url),
-                    ("version", version),
-                ],
-            );
+            shown.note(|| {
+                crate::base::log::warn(
+                    &format!(
+                        "skipped a listed secret: its value holds {why}; name it with --secret to make this an error, or use --dir or --env-format json"
+                    ),
+                    &[
+                        ("secret", &snap.specs[i].name),
+                        ("vault", &sel.vault.url),
+                        ("version", version),
+                    ],
+                )
+            });
         }
         now.insert(key);
         snap.specs.remove(i);
         snap.values.remove(i);
     }
+    shown.finish(
+        true,
+        "more listed secrets were skipped for values no variable can carry; not named one by one",
+        &[("vault", &sel.vault.url)],
+    );
     *noted = now;
 }
 
@@ -563,6 +734,37 @@ mod tests {
         s.env = false;
         let got = choose(&s, &[], &l, 0, &mut Default::default()).unwrap();
         assert_eq!(got.len(), 2, "files only: any name is a file");
+    }
+
+    #[test]
+    fn an_env_prefix_is_no_runtimes_namespace_nor_the_beginning_of_one() {
+        let bad = [
+            "GO", "GO_", "GOLANG_", "SPRING_", "OTEL_", "MALLOC_", "PG", "PGX_", "R_", "DENO_",
+            "DOCKER_", "NODE_", "HTTP_", "NO_", "BASH_", "KUBE_", "TZ_", "LC_", "X_", "AB", "_",
+            "__", "APP", "ALL_", "SSL_", "DD_", "PS_X", "AZURE_",
+        ];
+        for p in bad {
+            assert!(check_env_prefix(p, "--env-prefix").is_err(), "{p}");
+            assert!(
+                check_env_prefix(&p.to_ascii_lowercase(), "--env-prefix").is_err(),
+                "{p}"
+            );
+        }
+        for p in [
+            "APP_", "MYAPP_", "KV_", "CFG_", "PAY_", "SVC_", "DB_", "A1_", "_A_",
+        ] {
+            assert!(check_env_prefix(p, "--env-prefix").is_ok(), "{p}");
+        }
+        // Every namespace and every name of the lists: neither it nor its beginning is a prefix.
+        for n in RUNTIME_NAMESPACES.iter().chain(RESERVED_PREFIXES) {
+            let p = format!("{}_", n.trim_end_matches('_'));
+            assert!(runtime_namespace(&p), "{p}");
+        }
+        let names = spec::STEERING_NAMES.iter().chain(RESERVED_NAMES);
+        for n in names.filter_map(|n| n.split_once('_')) {
+            let p = format!("{}_", n.0);
+            assert!(p.len() < 3 || runtime_namespace(&p), "{p}");
+        }
     }
 
     #[test]

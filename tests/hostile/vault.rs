@@ -417,3 +417,145 @@ fn a_list_over_the_total_cap_is_refused() {
     assert!(r.stderr.contains("more than 25000 secrets"), "{}", r.stderr);
     assert_eq!(emu.counters().kv_list_requests, 251);
 }
+
+/// Fix C3: an identity-endpoint 410 ("back within 70 s") does not hold a `watch` refresh past
+/// `--max-stale`: with tokens of 12 s (renewed after 6 s) and IMDS answering 410 from then on,
+/// the sidecar ends with exit 7 about 3 s after its last success, not after the 70 s window.
+#[test]
+fn an_identity_410_does_not_hold_a_refresh_past_max_stale() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db", "db-value-8c31");
+    emu.set_token_lifetime(Duration::from_secs(12));
+    let out = Out::new();
+    let ready = out.file("ready");
+    let mut bg = Background::start(
+        &env_for(&emu),
+        &[
+            "watch",
+            "--vault",
+            &emu.vault_url(),
+            "--secret",
+            "db",
+            "--refresh",
+            "2s",
+            "--max-stale",
+            "3s",
+            "--timeout",
+            "2s",
+            // The default: the 410 window is 70 s.
+            "--backoff-base",
+            "1s",
+            "--dir",
+            &out.dir(),
+            "--ready-file",
+            &ready,
+        ],
+    );
+    bg.wait("the first write", ms(10_000), || {
+        std::path::Path::new(&ready).exists()
+    });
+    for _ in 0..40 {
+        emu.push_imds_fault(Fault::Status(410));
+    }
+    // The token is renewed ~6 s after it was issued; then 3 s of --max-stale and a wide margin
+    // (the 410 window alone would be 70 s).
+    let code = bg.exit_within(ms(25_000));
+    let stderr = bg.stop_and_stderr();
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(!stderr.contains("db-value-8c31"));
+}
+
+/// Fix C5: `--env-prefix` (and `--prefix` as the variables' prefix) cannot be a runtime's or
+/// tool's namespace, nor the beginning of one: `GO` + `maxprocs` would be `GOMAXPROCS`,
+/// `SPRING_` + `application-json` `SPRING_APPLICATION_JSON`, `OTEL_` + … the exporter's
+/// endpoint. Each is exit 2 before any request, nothing run; an app's own prefix works.
+#[test]
+fn an_env_prefix_cannot_be_a_runtime_namespace() {
+    let emu = Emulator::start().unwrap();
+    for (name, value) in [
+        ("maxprocs", "1"),
+        ("traceback", "crash"),
+        (
+            "application-json",
+            "{\"spring.main.sources\":\"http://127.0.0.1:1/x\"}",
+        ),
+        ("exporter-otlp-endpoint", "http://127.0.0.1:1"),
+        ("arena-max", "1"),
+        ("host", "127.0.0.1"),
+        ("libs", "/tmp/evil"),
+        ("db", "db-value-c5a1"),
+    ] {
+        emu.set_secret(name, value);
+    }
+    let vault = emu.vault_url();
+    let exec = |extra: &[&str]| {
+        let mut args = vec!["exec", "--vault", &vault, "--all"];
+        args.extend_from_slice(extra);
+        args.extend(["--", "sh", "-c", "echo ran; env"]);
+        run(&emu, &args)
+    };
+    for prefix in [
+        "GO", "GO_", "SPRING_", "OTEL_", "MALLOC_", "PG", "R_", "DENO_", "DOCKER_", "NODE",
+        "PYTHON_", "HTTP_", "JAVA_", "X_", "APP", "_",
+    ] {
+        emu.reset_counters();
+        let r = exec(&["--env-prefix", prefix]);
+        assert_eq!(r.code, 2, "--env-prefix {prefix}: {}", r.stderr);
+        assert!(r.stderr.contains("--env-prefix"), "{prefix}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{prefix}: the command ran");
+        assert_eq!(emu.counters().kv_total_requests, 0, "{prefix}");
+        assert_no_leak(&r, &["db-value-c5a1"]);
+    }
+    // `--prefix go` as the variables' prefix is `GO`: refused the same way.
+    let r = exec(&["--prefix", "go"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for prefix in ["APP_", "MYAPP_", "KV_"] {
+        let r = exec(&["--env-prefix", prefix]);
+        assert_eq!(r.code, 0, "--env-prefix {prefix}: {}", r.stderr);
+        let names = names_in(&r.stdout);
+        assert!(names.contains(&format!("{prefix}DB")), "{names:?}");
+        assert!(names.contains(&format!("{prefix}MAXPROCS")), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "GOMAXPROCS" || n == "SPRING_APPLICATION_JSON")
+        );
+    }
+}
+
+/// Fix C6: a list of 10,000 entries whose ids name no valid secret, or of 10,000 disabled
+/// secrets, logs a few of them by name and one line with the count, not a line each (the
+/// reviewer saw 30,003 lines for 30,000 invalid ids); in `fetch` and in `doctor`.
+#[test]
+fn a_hostile_list_does_not_flood_the_log() {
+    use kvfetch_emulator::FloodKind;
+    let emu = Emulator::start().unwrap();
+    emu.set_list_flood(Some((100, 100)));
+    let vault = emu.vault_url();
+    for kind in [FloodKind::InvalidIds, FloodKind::Disabled] {
+        emu.set_list_flood_kind(kind);
+        let out = Out::new();
+        let dir = out.dir();
+        let fetch = ["fetch", "--vault", &vault, "--all", "--dir", &dir];
+        let doctor = ["doctor", "--vault", &vault, "--all", "--dir", &dir];
+        for args in [&fetch[..], &doctor[..]] {
+            let r = run(&emu, args);
+            let lines = r.stderr.lines().count() + r.stdout.lines().count();
+            assert!(
+                lines <= 40,
+                "{kind:?} {}: {lines} lines (exit {})\n{}",
+                args[0],
+                r.code,
+                r.stderr.lines().take(12).collect::<Vec<_>>().join("\n")
+            );
+            if args[0] == "fetch" {
+                assert_eq!(r.code, 0, "{kind:?}: {}", r.stderr);
+                assert!(
+                    r.stderr.contains("10000"),
+                    "{kind:?}: no count\n{}",
+                    r.stderr
+                );
+            }
+        }
+    }
+}
