@@ -446,11 +446,200 @@ mod tests {
         fs::remove_dir(&d).unwrap();
     }
 
+    /// A fresh, empty directory for one test.
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kvfetch-atomic-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn reserved_resolves_existing_and_symlinked_dirs() {
+        let d = scratch("reserved");
+        let (real, alias, other) = (d.join("real"), d.join("alias"), d.join("other"));
+        fs::create_dir(&real).unwrap();
+        fs::create_dir(&other).unwrap();
+        std::os::unix::fs::symlink(&real, &alias).unwrap();
+        assert!(reserved(&real, &real.join("..data")));
+        assert!(reserved(&alias, &real.join("..data")));
+        assert!(reserved(&real, &alias.join("..data")));
+        assert!(!reserved(&real, &other.join("..data")));
+        assert!(!reserved(&real, &real.join("data")));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn civil_from_days_counts_every_day_like_a_calendar() {
+        // Day by day from 1970 through 2401: leap years, 2000 and 2400 (leap), 2100, 2200 and
+        // 2300 (not), and the 400-year eras that start on 2000-03-01 and 2400-03-01.
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let mut days = 0;
+        for y in 1970..2402 {
+            for m in 1..=12u32 {
+                let len = match m {
+                    2 if leap(y) => 29,
+                    2 => 28,
+                    4 | 6 | 9 | 11 => 30,
+                    _ => 31,
+                };
+                for d in 1..=len {
+                    assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+                    days += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generation_names_are_the_utc_time_and_random_digits() {
+        let stamp = |t: u64| {
+            let (y, m, d) = civil_from_days((t / 86_400) as i64);
+            let s = t % 86_400;
+            format!(
+                "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            )
+        };
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let mut suffixes = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let before = now();
+            let name = generation_name();
+            let after = now();
+            assert_eq!(name.len(), 31, "{name}");
+            assert!(is_generation(&name), "{name}");
+            let (time, digits) = name.split_at(22);
+            assert!(time == stamp(before) || time == stamp(after), "{name}");
+            assert!(digits.bytes().all(|b| b.is_ascii_digit()), "{name}");
+            suffixes.insert(digits.to_string());
+        }
+        // 20 draws from 10^9: a repeat means the digits are not random.
+        assert_eq!(suffixes.len(), 20, "{suffixes:?}");
+    }
+
+    #[test]
+    fn check_refuses_what_the_flip_cannot_replace() {
+        let d = scratch("check");
+        let one = files(&[("a", "1")]);
+        assert!(check(&d, &one).is_ok());
+        fs::create_dir(d.join(DATA)).unwrap();
+        assert!(check(&d, &one).is_err(), "..data a directory");
+        fs::remove_dir(d.join(DATA)).unwrap();
+        fs::write(d.join(DATA), "x").unwrap();
+        assert!(check(&d, &one).is_err(), "..data a file");
+        fs::remove_file(d.join(DATA)).unwrap();
+        std::os::unix::fs::symlink("..anything", d.join(DATA)).unwrap();
+        assert!(check(&d, &one).is_ok(), "..data a symlink is replaced");
+        fs::create_dir(d.join("a")).unwrap();
+        assert!(
+            check(&d, &one).is_err(),
+            "a visible name that is a directory"
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn stale_sees_each_kind_of_drift() {
+        let d = scratch("stale");
+        let two = files(&[("a", "1"), ("b", "1")]);
+        assert_eq!(stale(&d, &two, OPTS), (vec!["a".into(), "b".into()], true));
+        prepare(&d, &two, OPTS).unwrap().commit().unwrap();
+        assert_eq!(stale(&d, &two, OPTS), (vec![], false));
+        // One value changed: that name only, nothing else off.
+        let changed = files(&[("a", "1"), ("b", "2")]);
+        assert_eq!(stale(&d, &changed, OPTS), (vec!["b".into()], false));
+        // One name fewer: the generation holds a file it should not.
+        assert_eq!(stale(&d, &files(&[("a", "1")]), OPTS), (vec![], true));
+        // A visible name that is a plain file, not the link through ..data.
+        fs::remove_file(d.join("a")).unwrap();
+        fs::write(d.join("a"), "1").unwrap();
+        assert_eq!(stale(&d, &two, OPTS), (vec![], true));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_a_killed_runs_leftovers_only() {
+        let d = scratch("sweep");
+        let one = files(&[("a", "1")]);
+        prepare(&d, &one, OPTS).unwrap().commit().unwrap();
+        let current = current(&d).unwrap();
+        let orphan = "..2026_01_01_00_00_00.000000001";
+        fs::create_dir(d.join(orphan)).unwrap();
+        fs::write(d.join(orphan).join("a"), "0").unwrap();
+        let data_link = format!("{TEMP_PREFIX}data-2026_01_01_00_00_00.000000001");
+        let name_link = format!("{TEMP_PREFIX}link-2026_01_01_00_00_00.000000001-a");
+        std::os::unix::fs::symlink(orphan, d.join(&data_link)).unwrap();
+        std::os::unix::fs::symlink("..data/a", d.join(&name_link)).unwrap();
+        let not_a_link = format!("{TEMP_PREFIX}data-file");
+        fs::write(d.join(&not_a_link), "").unwrap();
+        fs::write(d.join("keep"), "").unwrap();
+        assert_eq!(sweep(&d), 3);
+        let mut want = vec![current, DATA.into(), not_a_link, "a".into(), "keep".into()];
+        want.sort();
+        assert_eq!(listing(&d), want);
+        assert_eq!(sweep(&d), 0);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_name_that_cannot_be_linked_rolls_everything_back() {
+        let d = scratch("rollback");
+        // No generation before: ..data and the links just made go, nothing else.
+        fs::create_dir_all(d.join("b").join("full")).unwrap();
+        let err = prepare(&d, &files(&[("a", "1"), ("b", "1")]), OPTS)
+            .unwrap()
+            .commit();
+        assert!(err.is_err());
+        assert_eq!(listing(&d), ["b"]);
+        // A generation before: ..data points at it again, its links (made before) stay.
+        fs::write(d.join("keep"), "").unwrap();
+        prepare(&d, &files(&[("a", "1")]), OPTS)
+            .unwrap()
+            .commit()
+            .unwrap();
+        let first = current(&d).unwrap();
+        let err = prepare(&d, &files(&[("a", "2"), ("b", "2")]), OPTS)
+            .unwrap()
+            .commit();
+        assert!(err.is_err());
+        assert_eq!(current(&d), Some(first.clone()));
+        assert_eq!(fs::read_to_string(d.join("a")).unwrap(), "1");
+        assert_eq!(
+            listing(&d),
+            [first, DATA.into(), "a".into(), "b".into(), "keep".into()]
+        );
+        // Unrelated files survive a commit and --cleanup.
+        fs::remove_dir_all(d.join("b")).unwrap();
+        prepare(&d, &files(&[("c", "3")]), OPTS)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(listing(&d).len(), 4, "{:?}", listing(&d));
+        assert!(d.join("keep").exists() && !d.join("a").exists());
+        remove_all(&d);
+        assert_eq!(listing(&d), ["keep"]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn names_and_dates() {
         assert!(is_generation("..2026_12_07_10_15_00.482913047"));
         assert!(!is_generation("..data") && !is_generation("..") && !is_generation("db"));
         assert!(!is_generation("..2026_12_07_10_15_00.48/../x"));
+        // More than 20 characters after the dots, the first a digit, then digits, `_` and `.`.
+        assert!(is_generation(&format!("..{}", "1".repeat(21))));
+        assert!(!is_generation(&format!("..{}", "1".repeat(20))));
+        assert!(!is_generation("..2026") && !is_generation("..abcdefghijklmnopqrstuvw"));
+        assert!(!is_generation("..2026_12_07_10_15_00.48291304x"));
+        assert!(!is_generation("..2026-12-07-10-15-00.482913047"));
         assert!(is_generation(&generation_name()));
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_429), (2025, 12, 7));

@@ -354,6 +354,14 @@ mod tests {
             ("{{ secret \"bad_name\" }}", "did you mean \"bad-name\""),
             ("{{ \"lit\" | base64 }}", "no pipes"),
             ("{{ secret \"x\" | json \"a\" }}", "JSON pointer"),
+            ("{{ secret }}", "quoted name"),
+            ("{{ secret \"x\" | base64 | base64 }}", "each once"),
+            (
+                "{{ secret \"x\" | json \"/a\" | json \"/b\" }}",
+                "each once",
+            ),
+            ("{{ \"lit\" x }}", "text follows a closing quote"),
+            ("{{ \"a\\nb\" }}", "an escape other than"),
         ] {
             let e = parsed(text).unwrap_err();
             assert!(matches!(e, Error::Usage(_)), "{text}: {e:?}");
@@ -397,6 +405,54 @@ mod tests {
         }
         let e = parsed("{{ \"a\" }}\n{{ \"b\" }} {{ nope }}").unwrap_err();
         assert!(e.to_string().ends_with("at line 2, column 11"), "{e}");
+    }
+
+    #[test]
+    fn adjacent_actions_leave_no_empty_text_and_uses_names_each() {
+        let mut specs = vec![spec::parse_spec("first", Some(&vault())).unwrap()];
+        let text = "{{ secret \"a\" }}{{ \"x\\\"y\\\\z\" }}{{ secret \"b\" | base64 }}";
+        let parts = parse(text, Path::new("t.tpl"), Some(&vault()), &mut specs).unwrap();
+        assert_eq!(
+            parts,
+            [
+                Part::Value {
+                    spec: 1,
+                    base64: false
+                },
+                Part::Text("x\"y\\z".into()),
+                Part::Value {
+                    spec: 2,
+                    base64: true
+                },
+            ]
+        );
+        let t = Template {
+            src: "t.tpl".into(),
+            dest: "t".into(),
+            mode: None,
+            parts,
+        };
+        assert_eq!(t.uses().collect::<Vec<_>>(), [1, 2]);
+    }
+
+    #[test]
+    fn sources_up_to_one_mib_of_utf8_in_a_regular_file() {
+        let d = std::env::temp_dir().join(format!("kvfetch-template-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        let f = d.join("t.tpl");
+        let max = MAX_SOURCE as usize;
+        std::fs::write(&f, "a".repeat(max)).unwrap();
+        assert_eq!(read_source(&f).unwrap().len(), max, "exactly 1 MiB, whole");
+        std::fs::write(&f, "a".repeat(max + 1)).unwrap();
+        let e = read_source(&f).unwrap_err().to_string();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+        std::fs::write(&f, b"ok\xff").unwrap();
+        let e = read_source(&f).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+        let e = read_source(&d).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
