@@ -283,6 +283,35 @@ fn service_fabric_trusts_its_endpoint_by_thumbprint_only() {
 }
 
 #[test]
+fn service_fabric_answers_over_the_size_limit_are_refused_at_once_as_too_large() {
+    // The pinned client reads its answers itself: its size cap is a refusal that names the
+    // size (exit 3 within seconds, one request), never a wait until --timeout that says
+    // "timed out".
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    env.insert(
+        "IDENTITY_SERVER_THUMBPRINT".into(),
+        emu.service_fabric_thumbprint(),
+    );
+    env.insert("KVFETCH_TIMEOUT".into(), "30s".into());
+    emu.push_service_fabric_fault(Fault::HugeBody(3 << 20));
+    let started = std::time::Instant::now();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("larger than"), "{}", r.stderr);
+    assert!(!r.stderr.contains("timed out"), "{}", r.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(emu.counters().service_fabric_token_requests, 1);
+}
+
+#[test]
 fn arc_refuses_a_challenge_outside_its_token_directory() {
     let emu = seeded();
     let s = Scratch::new();

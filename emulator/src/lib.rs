@@ -533,6 +533,11 @@ impl Emulator {
         self.world().imds_faults.push_back(fault);
     }
 
+    /// Queue a fault for the next Service Fabric token request (its own HTTPS listener).
+    pub fn push_service_fabric_fault(&self, fault: Fault) {
+        self.world().service_fabric_faults.push_back(fault);
+    }
+
     /// Queue a fault for the next Key Vault request.
     pub fn push_kv_fault(&self, fault: Fault) {
         self.world().kv_faults.push_back(fault);
@@ -745,17 +750,26 @@ fn fabric_route(shared: &Shared, req: &Request) -> Reply {
     if req.path.trim_end_matches('/') != sources::SERVICE_FABRIC_PATH {
         return Reply::Respond(Response::text(404, "Not found"));
     }
-    let mut w = lock(shared);
-    w.counters.service_fabric_token_requests += 1;
-    w.note_agent(req);
-    if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::ServiceFabric) {
-        return Reply::Respond(r);
-    }
-    Reply::Respond(sources::service_fabric(
-        &mut w,
-        req,
-        &shared.identity_header,
-    ))
+    let (fault, token_lifetime) = {
+        let mut w = lock(shared);
+        w.counters.service_fabric_token_requests += 1;
+        w.note_agent(req);
+        if let Some(r) = echo::answer(w.echo_credentials, req, echo::Endpoint::ServiceFabric) {
+            return Reply::Respond(r);
+        }
+        (
+            w.service_fabric_faults.pop_front(),
+            w.token_lifetime.as_secs(),
+        )
+    };
+    let service = identity::ImdsFaults { token_lifetime };
+    hostile::answer(fault, &service, || {
+        Reply::Respond(sources::service_fabric(
+            &mut lock(shared),
+            req,
+            &shared.identity_header,
+        ))
+    })
 }
 
 fn vault_route(shared: &Shared, req: &Request) -> Reply {

@@ -228,6 +228,8 @@ pub struct World {
     pub access_policies: bool,
     pub tokens: HashMap<String, IssuedToken>,
     pub imds_faults: VecDeque<Fault>,
+    /// Faults for the next Service Fabric token requests.
+    pub service_fabric_faults: VecDeque<Fault>,
     /// See `Emulator::set_imds_gone`: how long 410 lasts, and the delay of answers after it.
     pub imds_gone: Option<(Duration, Duration)>,
     /// When IMDS saw its first token request.

@@ -237,14 +237,24 @@ impl Pinned {
         let until = std::time::Instant::now() + timeout;
         let mut raw = Vec::new();
         let mut buf = [0u8; 8192];
+        // The answer's head and body together: an answer larger than kvfetch reads from any
+        // endpoint is refused as such (final), however it ends.
+        let cap = (MAX_BODY + 64 * 1024) as usize;
         while !complete(&raw) {
             let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || raw.len() as u64 > MAX_BODY + 64 * 1024 {
+            if left.is_zero() {
                 return Err(fail("timed out".into(), false, false));
             }
             let _ = tls.sock.set_read_timeout(Some(left));
             match tls.read(&mut buf) {
                 Ok(0) => break,
+                Ok(n) if raw.len() + n > cap => {
+                    return Err(fail(
+                        format!("the answer is larger than {MAX_BODY} bytes"),
+                        true,
+                        false,
+                    ));
+                }
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
                 // A peer that closes without close_notify still sent a whole answer.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,

@@ -928,6 +928,29 @@ pub fn parse_bundle(body: &str) -> Option<Fetched> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn request_ids_are_random_version_4_uuids() {
+        let ids: Vec<String> = (0..64).map(|_| request_id()).collect();
+        for id in &ids {
+            let groups: Vec<usize> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c == '-' || matches!(c, '0'..='9' | 'a'..='f')),
+                "{id}"
+            );
+            assert_eq!(&id[14..15], "4", "version 4: {id}");
+            assert!(
+                matches!(&id[19..20], "8" | "9" | "a" | "b"),
+                "RFC 4122 variant: {id}"
+            );
+        }
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ids.len(), "each request its own id");
+    }
+
     fn vault(url: &str) -> Vault {
         crate::spec::parse_vault(url, None).unwrap()
     }
