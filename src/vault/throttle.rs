@@ -236,6 +236,41 @@ mod tests {
     }
 
     #[test]
+    fn waiters_of_one_pause_resume_after_it_spread_apart() {
+        // A 2 s pause spreads its waiters over the half second after it ends: none enters
+        // before the end, and they do not all enter at once (eight waiters within 100 ms of
+        // each other: about 1 in 10^5). A loaded machine can only spread them further.
+        let gates = std::sync::Arc::new(Gates::new(16));
+        let v = "https://v.test";
+        let deadline = Deadline::after(Duration::from_secs(60));
+        drop(gates.enter(v, &deadline));
+        gates.throttled(v, Duration::from_secs(2));
+        let end = Instant::now() + Duration::from_secs(2);
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let g = gates.clone();
+                std::thread::spawn(move || {
+                    let d = Deadline::after(Duration::from_secs(60));
+                    let _permit = g.enter(v, &d);
+                    Instant::now()
+                })
+            })
+            .collect();
+        let entered: Vec<Instant> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        assert!(
+            entered.iter().all(|t| *t >= end),
+            "a waiter entered before the pause ended"
+        );
+        let first = entered.iter().min().unwrap();
+        let last = entered.iter().max().unwrap();
+        assert!(
+            *last - *first > Duration::from_millis(100),
+            "all resumed within {:?}",
+            *last - *first
+        );
+    }
+
+    #[test]
     fn waiters_resume_over_a_quarter_of_the_pause_at_most_a_second() {
         assert_eq!(resume_spread(Duration::ZERO), Duration::ZERO);
         assert_eq!(
