@@ -161,3 +161,24 @@ fn the_top_level_is_a_handful_of_stages() {
     let n = std::fs::read_dir(src()).unwrap().count();
     assert!(n <= 14, "src/ holds {n} entries: group them into stages");
 }
+
+/// The packages of the lock file, by name.
+fn locked_packages() -> BTreeSet<String> {
+    let lock = std::fs::read_to_string(src().with_file_name("Cargo.lock")).unwrap();
+    lock.lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .map(|l| l.trim_end_matches('"').to_string())
+        .collect()
+}
+
+#[test]
+fn the_mozilla_roots_are_linked_once() {
+    let packages = locked_packages();
+    // kvfetch needs the roots as certificates (to add SSL_CERT_FILE's and --ca-file's to
+    // them): webpki-root-certs. ureq's `rustls` feature would add webpki-roots beside it.
+    assert!(packages.contains("webpki-root-certs"), "{packages:?}");
+    assert!(
+        !packages.contains("webpki-roots"),
+        "webpki-roots is back in Cargo.lock: a second copy of the Mozilla roots (ureq's `rustls` feature?)"
+    );
+}

@@ -159,6 +159,7 @@ pub fn identity_agent() -> Agent {
         Agent::config_builder()
             .user_agent(USER_AGENT)
             .proxy(None)
+            .tls_config(Trust::default().tls(false))
             .max_redirects(0)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(2)))
@@ -245,27 +246,51 @@ impl Trust {
         Ok(Trust { system, ca_file })
     }
 
-    /// The TLS configuration for a remote host, or (`loopback`) an emulator's address.
+    /// The TLS configuration for a remote host, or (`loopback`) an emulator's address. Always
+    /// ring's provider and an explicit root list: ureq is built without its own copy of the
+    /// Mozilla roots (`RootCerts::WebPki` would panic), so the bundled roots are linked once.
     fn tls(&self, loopback: bool) -> TlsConfig {
-        let mut tls = TlsConfig::builder();
+        let tls = TlsConfig::builder().unversioned_rustls_crypto_provider(crypto_provider());
         if loopback && !self.ca_file.is_empty() {
             // No public CA may vouch for a loopback address, so the bundled roots could never
-            // match, and ureq would hash the whole list into its pool key on every request.
+            // match there.
             return tls
                 .root_certs(RootCerts::new_with_certs(&self.ca_file))
                 .build();
         }
-        if !self.system.is_empty() || !self.ca_file.is_empty() {
-            let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-                .iter()
-                .map(|c| Certificate::from_der(c.as_ref()))
-                .collect();
-            roots.extend(self.system.iter().cloned());
-            roots.extend(self.ca_file.iter().cloned());
-            tls = tls.root_certs(RootCerts::new_with_certs(&roots));
+        if self.system.is_empty() && self.ca_file.is_empty() {
+            return tls.root_certs(bundled_roots().clone()).build();
         }
-        tls.build()
+        let RootCerts::Specific(bundled) = bundled_roots() else {
+            unreachable!("the bundled roots are a list")
+        };
+        let mut roots: Vec<Certificate<'static>> = bundled.as_ref().clone();
+        roots.extend(self.system.iter().cloned());
+        roots.extend(self.ca_file.iter().cloned());
+        tls.root_certs(RootCerts::new_with_certs(&roots)).build()
     }
+}
+
+/// ring's TLS provider, made once: ureq shares connections only between configurations that
+/// hold the same provider and the same root list (by pointer).
+fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The Mozilla roots bundled in the binary (webpki-root-certs), as one shared list.
+fn bundled_roots() -> &'static RootCerts {
+    static ROOTS: std::sync::OnceLock<RootCerts> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()))
+            .collect::<Vec<_>>()
+            .into()
+    })
 }
 
 /// A regular file of at most [`MAX_TRUST_BYTES`]. Opened without blocking, so a FIFO (or a
