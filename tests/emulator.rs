@@ -703,7 +703,11 @@ fn tls_agent(emu: &Emulator) -> ureq::Agent {
         })
         .collect();
     assert_eq!(roots.len(), 1, "the CA file holds the CA alone");
+    // kvfetch builds ureq without a default TLS provider: name ring's, as kvfetch does.
     let tls = ureq::tls::TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
         .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
         .build();
     ureq::Agent::config_builder()

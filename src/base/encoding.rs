@@ -1,98 +1,84 @@
-//! The encodings kvfetch needs and std lacks: URL percent-encoding (query values), lenient
-//! base64url decoding (reading a token's claims to name the identity in messages), and the
-//! strict decoders of `decode=` (a secret's bytes must come out exactly or not at all).
+//! The encodings kvfetch needs, on the crates the tree already links through ureq: URL
+//! percent-encoding (query values, `percent-encoding`), lenient base64url decoding (reading a
+//! token's claims to name the identity in messages) and the strict decoders of `decode=` (a
+//! secret's bytes must come out exactly or not at all), both `base64`. What is kvfetch's own is
+//! the thin glue: white space in wrapped text, and errors that say where, never what.
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use zeroize::Zeroizing;
+
+/// Everything but RFC 3986's unreserved characters is encoded.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Percent-encode everything but RFC 3986 unreserved characters.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
-/// Decode base64url (padding optional); `None` on any invalid character.
+/// Padding optional but right when present; the unused bits of the last character must be zero.
+const STRICT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_encode_padding(true)
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(false);
+const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, STRICT);
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, STRICT);
+/// A token's claims: read only to name the identity in messages, so any leftover bits pass.
+const LENIENT_URL_SAFE: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    STRICT.with_decode_allow_trailing_bits(true),
+);
+
+/// Decode base64url (padding optional); `None` when it is not base64url.
 pub fn base64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    LENIENT_URL_SAFE.decode(s).ok()
 }
 
 /// Standard base64 with padding (PEM bodies).
 pub fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().fold(0u32, |a, b| (a << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(data)
 }
 
 /// Strict base64 (`url`: the URL-safe alphabet) as `decode=` reads it: ASCII white space
-/// (line breaks of wrapped text) is skipped, padding is optional but must be right when present,
-/// and the unused bits of the last character must be zero, so one text has one meaning. The
-/// error says where, never what (the text is a secret).
+/// (line breaks of wrapped text) is skipped, padding is optional but must be complete when
+/// present, and the unused bits of the last character must be zero, so one text has one
+/// meaning. The error says where, never what (the text is a secret).
 pub fn base64_strict(text: &str, url: bool) -> Result<Vec<u8>, String> {
-    let (c62, c63) = if url { (b'-', b'_') } else { (b'+', b'/') };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits, mut chars, mut pad) = (0u32, 0u32, 0usize, 0usize);
-    for (i, c) in text.bytes().enumerate() {
-        let v = match c {
-            b' ' | b'\t' | b'\n' | b'\r' => continue,
-            b'=' => {
-                pad += 1;
-                continue;
-            }
-            _ if pad > 0 => return Err(format!("text after the '=' padding (byte {i})")),
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            _ if c == c62 => 62,
-            _ if c == c63 => 63,
-            _ => return Err(format!("a character outside the alphabet at byte {i}")),
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        chars += 1;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    if chars % 4 == 1 || (pad > 0 && (chars + pad) % 4 != 0) || pad > 2 {
+    let white = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(text.bytes().filter(|c| !white(c)).collect());
+    let pad = compact.iter().rev().take_while(|c| **c == b'=').count();
+    if pad > 0 && compact.len() % 4 != 0 {
         return Err("its length is not that of base64 text".into());
     }
-    if acc & ((1 << bits) - 1) != 0 {
-        return Err("the last character has bits set that no byte uses".into());
-    }
-    Ok(out)
+    // The byte of `text` that is the `n`th of `compact`.
+    let at = |n: usize| {
+        text.bytes()
+            .enumerate()
+            .filter(|(_, c)| !white(c))
+            .nth(n)
+            .map_or(text.len(), |(i, _)| i)
+    };
+    let engine = if url { &URL_SAFE } else { &STANDARD };
+    engine.decode(&*compact).map_err(|e| match e {
+        base64::DecodeError::InvalidByte(n, b'=') => {
+            format!("text after the '=' padding (byte {})", at(n))
+        }
+        base64::DecodeError::InvalidByte(n, _) => {
+            format!("a character outside the alphabet at byte {}", at(n))
+        }
+        base64::DecodeError::InvalidLastSymbol { .. } => {
+            "the last character has bits set that no byte uses".into()
+        }
+        base64::DecodeError::InvalidLength(_) | base64::DecodeError::InvalidPadding => {
+            "its length is not that of base64 text".into()
+        }
+    })
 }
 
 /// Hex, either case; ASCII white space skipped.
@@ -167,5 +153,46 @@ mod tests {
             assert_eq!(base64_strict(&text, false).unwrap(), data, "{text}");
         }
         assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+    }
+
+    proptest::proptest! {
+        /// Any bytes, encoded, then wrapped or spaced anywhere, decode to the same bytes; the
+        /// unpadded and URL-safe forms too.
+        #[test]
+        fn strict_base64_takes_back_what_was_encoded(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+        ) {
+            let text = base64_encode(&data);
+            let mut wrapped = text.clone();
+            for cut in cuts {
+                let at = cut.min(wrapped.len());
+                wrapped.insert(at, if cut % 2 == 0 { '\n' } else { ' ' });
+            }
+            proptest::prop_assert_eq!(&base64_strict(&wrapped, false).unwrap(), &data);
+            proptest::prop_assert_eq!(&base64_strict(text.trim_end_matches('='), false).unwrap(), &data);
+            let url = text.replace('+', "-").replace('/', "_");
+            proptest::prop_assert_eq!(&base64_strict(&url, true).unwrap(), &data);
+            proptest::prop_assert_eq!(&base64url_decode(&url).unwrap(), &data);
+        }
+
+        /// Whatever the text, a refusal names a place or a rule, never the text.
+        #[test]
+        fn strict_decoders_never_quote_the_text(text in "[A-Za-z0-9+/=_*\\- \n]{0,40}XQZ[A-Za-z0-9+/= ]{0,40}") {
+            for url in [false, true] {
+                if let Err(e) = base64_strict(&text, url) {
+                    proptest::prop_assert!(!e.contains("XQZ"), "{}", e);
+                }
+            }
+            if let Err(e) = hex_strict(&text) {
+                proptest::prop_assert!(!e.contains("XQZ"), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn percent_encoding_keeps_only_unreserved_characters() {
+        assert_eq!(percent_encode("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(percent_encode("a b/ü?&="), "a%20b%2F%C3%BC%3F%26%3D");
     }
 }

@@ -124,24 +124,14 @@ impl Reply {
     }
 }
 
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110) → Unix seconds.
+/// An HTTP date (RFC 9110: IMF-fixdate, or the obsolete RFC 850 and asctime forms) → Unix
+/// seconds, through `httpdate`.
 fn httpdate_to_unix(v: &str) -> Option<u64> {
-    humantime::parse_rfc3339(&{
-        let parts: Vec<&str> = v.split_whitespace().collect();
-        let &[_, day, month, year, time, "GMT"] = parts.as_slice() else {
-            return None;
-        };
-        let months = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        let m = months.iter().position(|x| *x == month)? + 1;
-        let (d, y): (u32, u32) = (day.parse().ok()?, year.parse().ok()?);
-        format!("{y:04}-{m:02}-{d:02}T{time}Z")
-    })
-    .ok()?
-    .duration_since(std::time::UNIX_EPOCH)
-    .ok()
-    .map(|d| d.as_secs())
+    httpdate::parse_http_date(v)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 /// What to send: a GET, or a POST of a form (workload identity, Cloud Shell).
@@ -630,6 +620,44 @@ fn classify(e: &ureq::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn retry_after(v: &str) -> Option<Duration> {
+        Reply {
+            status: 429,
+            body: String::new(),
+            retry_after: Some(v.into()),
+            retry_after_ms: None,
+            location: None,
+            www_authenticate: None,
+        }
+        .asked_delay()
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("99999999"), Some(Duration::from_secs(86_400)));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let got = retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        // Whole seconds, and the clock moves on between the two reads.
+        assert!((58..=60).contains(&got.as_secs()), "{got:?}");
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        // RFC 9110's obsolete forms are still HTTP dates.
+        assert_eq!(
+            retry_after("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after("Sun Nov  6 08:49:37 1994"),
+            Some(Duration::ZERO)
+        );
+        for bad in ["soon", "-1", "Sun, 32 Nov 1994 08:49:37 GMT", ""] {
+            assert_eq!(retry_after(bad), None, "{bad:?}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
