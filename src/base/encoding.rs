@@ -53,7 +53,7 @@ pub fn base64_strict(text: &str, url: bool) -> Result<Vec<u8>, String> {
     let white = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
     let compact: Zeroizing<Vec<u8>> = Zeroizing::new(text.bytes().filter(|c| !white(c)).collect());
     let pad = compact.iter().rev().take_while(|c| **c == b'=').count();
-    if pad > 0 && compact.len() % 4 != 0 {
+    if pad > 0 && !compact.len().is_multiple_of(4) {
         return Err("its length is not that of base64 text".into());
     }
     // The byte of `text` that is the `n`th of `compact`.
