@@ -5,8 +5,6 @@
 //! kubelet rotates it. Entra's refusals (AADSTS codes) become messages that name the fix.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -81,23 +79,11 @@ fn read_assertion(file: &Path) -> Result<String, Error> {
             file.display()
         ))
     };
-    // Non-blocking: a FIFO put there must not hang the open (it is then refused below). The
-    // path is followed: the kubelet's projected volume is made of symlinks.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(file)
-        .map_err(|e| fail(e.to_string()))?;
-    if !f.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
-        return Err(fail("it is not a regular file".into()));
-    }
-    let mut text = String::new();
-    f.take(MAX_ASSERTION + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(e.to_string()))?;
-    if text.len() as u64 > MAX_ASSERTION {
-        return Err(fail("it is larger than 64 KiB".into()));
-    }
+    // Non-blocking (a FIFO is refused), following the path: the kubelet's projected volume is
+    // made of symlinks.
+    let bytes =
+        crate::base::file::read_regular(file, MAX_ASSERTION).map_err(|e| fail(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("it is not UTF-8 text".into()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(fail("it is empty".into()));

@@ -180,25 +180,14 @@ pub fn plan_with(opts: &Options, extra: Vec<SecretSpec>, env_names: bool) -> Res
 /// `--ca-file`: a regular file of at most 1 MiB (a bundle of every public root is ~200 KB).
 /// `named` is how the user gave it (`--ca-file` or `KVFETCH_CA_FILE`).
 fn read_ca_file(p: &Path, named: &str) -> Result<Vec<u8>, Error> {
-    use std::io::Read;
-    let bad = |why: String| Error::Usage(format!("cannot read {named} {}: {why}", p.display()));
-    // Without blocking: a FIFO is refused below instead of waiting for a writer forever.
-    let file = crate::net::http::open_nonblocking(p).map_err(|e| {
+    use crate::base::file::{Unreadable, read_regular};
+    read_regular(p, 1 << 20).map_err(|e| {
         let msg = format!("cannot read {named} {}: {e}", p.display());
-        Error::from_io(&e, Error::Usage, msg)
-    })?;
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("it is not a regular file".into()));
-    }
-    let mut pem = Vec::new();
-    file.take(1 << 20 | 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| bad(e.to_string()))?;
-    if pem.len() > 1 << 20 {
-        return Err(bad("it is larger than 1 MiB".into()));
-    }
-    Ok(pem)
+        match e {
+            Unreadable::Open(io) => Error::from_io(&io, Error::Usage, msg),
+            _ => Error::Usage(msg),
+        }
+    })
 }
 
 /// The env file, the ready file and each template's DEST must not be one of the files `--dir`

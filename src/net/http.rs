@@ -283,33 +283,9 @@ fn bundled_roots() -> &'static RootCerts {
     })
 }
 
-/// A regular file of at most [`MAX_TRUST_BYTES`]. Opened without blocking, so a FIFO (or a
-/// device) put in its place is refused at once instead of holding the start up past any
-/// deadline; the type is checked on the open file, then the read is bounded.
+/// A regular file of at most [`MAX_TRUST_BYTES`] (see [`crate::base::file::read_regular`]).
 fn read_trust_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = open_nonblocking(path).map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("it is not a regular file".into());
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_TRUST_BYTES + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| e.to_string())?;
-    if pem.len() as u64 > MAX_TRUST_BYTES {
-        return Err("it is larger than 1 MiB".into());
-    }
-    Ok(pem)
-}
-
-/// `path` opened for reading with `O_NONBLOCK`: opening a FIFO does not wait for a writer.
-pub fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+    crate::base::file::read_regular(path, MAX_TRUST_BYTES).map_err(|e| e.to_string())
 }
 
 /// The certificates of every PEM file in `dir` (following the hash-named symlinks of a

@@ -84,26 +84,12 @@ pub fn load(
 }
 
 fn read_source(src: &Path) -> Result<String, Error> {
-    use std::io::Read;
+    use crate::base::file::{Unreadable, read_regular};
     let bad = |why: String| Error::Usage(format!("--template {}: {why}", src.display()));
-    use std::os::unix::fs::OpenOptionsExt;
-    // Without blocking: a FIFO put there cannot hold up the start.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(src)
-        .map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("it is not a regular file".into()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_SOURCE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| bad(e.to_string()))?;
-    if bytes.len() as u64 > MAX_SOURCE {
-        return Err(bad("it is larger than 1 MiB".into()));
-    }
+    let bytes = read_regular(src, MAX_SOURCE).map_err(|e| match e {
+        Unreadable::Open(e) => bad(format!("cannot read it: {e}")),
+        e => bad(e.to_string()),
+    })?;
     String::from_utf8(bytes).map_err(|_| bad("it is not UTF-8 text".into()))
 }
 
