@@ -374,6 +374,17 @@ while time.time() < end:
         status = st
         break
     time.sleep(0.05)
+# What kvfetch wrote between the last drain and its exit is still in the terminal's buffer:
+# read it all (then EIO, the terminal's other side being closed).
+os.set_blocking(fd, True)
+while status is not None:
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    screen.write(data); screen.flush()
 print(os.waitstatus_to_exitcode(status) if status is not None else "timeout")
 "#;
     let mut env = exec_env(emu);

@@ -3,7 +3,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -385,11 +385,20 @@ fn imds_410_is_retried_for_70_backoff_units_even_past_timeout() {
     }
     let s = Scratch::new();
     let mut env = env_for(&emu);
-    env.insert("KVFETCH_TIMEOUT".into(), "40ms".into());
-    env.insert("KVFETCH_BACKOFF_BASE".into(), "20ms".into()); // 410 window: 1.4 s
+    // The first 410 must arrive before --timeout ends (it opens the window): 1 s leaves a loaded
+    // machine room (40 ms did not). The four waits after the 410s are at least 0.8 x (200 + 400 +
+    // 800 + 1600) ms = 2.4 s, well past the timeout, inside the 410 window of 70 x 200 ms = 14 s.
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    env.insert("KVFETCH_BACKOFF_BASE".into(), "200ms".into());
+    let started = Instant::now();
     let r = fetch_sample(&env, &s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(emu.counters().imds_token_requests, 5);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// The last try at the end of the 410 window gets time to be answered: IMDS is back just before
