@@ -420,7 +420,9 @@ scenario! {
         let env = deployed_env(&d, &emu);
         let app_env = g.s.path("app-env");
         let script = format!(
-            "env > {e}.tmp; echo \"pid=$$\" >> {e}.tmp; mv {e}.tmp {e}; trap 'exit 42' TERM; while :; do sleep 0.05; done",
+            // The trap first: the test sends SIGTERM once the file is there, and a PID 1 without a
+            // handler never sees it (the kernel drops it).
+            "trap 'exit 42' TERM; env > {e}.tmp; echo \"pid=$$\" >> {e}.tmp; mv {e}.tmp {e}; while :; do sleep 0.05; done",
             e = app_env.display()
         );
         // Plain exec: the app itself becomes PID 1. Supervised (--refresh): kvfetch stays PID 1 and

@@ -773,7 +773,7 @@ fn a_command_that_can_no_longer_run_keeps_the_old_child_until_it_can() {
     std::fs::write(
         &app,
         format!(
-            "#!/bin/sh\necho \"up $A\" >> {}\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+            "#!/bin/sh\ntrap 'exit 0' TERM\necho \"up $A\" >> {}\nwhile :; do sleep 0.05; done\n",
             log.display()
         ),
     )
