@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::Options;
 use crate::error::Error;
 use crate::modes::fetch::{Session, Snapshot, default_vault, plan_with, write_outputs};
+use crate::output::memfile;
 use crate::spec::SecretSpec;
 use crate::vault::keyvault::Fetched;
 use crate::{base::log, modes::supervise, spec::reference};
@@ -50,7 +51,18 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     if crate::modes::fetch::has_outputs(opts) {
         write_outputs(opts, &session.plan, &snap)?;
     }
-    let child_env = child_env(&base, &snap.specs, &snap.values)?;
+    let (mut child_env, files) = child_env(&base, &snap.specs, &snap.values)?;
+    // Plain exec: each ?file value in a sealed memfd the command inherits (supervised exec
+    // keeps them in a private directory instead: supervise.rs).
+    let mut fds = Vec::new();
+    if opts.refresh.is_none() {
+        for (name, bytes) in &files {
+            let Some(bytes) = bytes else { continue };
+            let fd = memfile::sealed(name, bytes)?;
+            child_env.push((name.into(), memfile::fd_path(&fd).into()));
+            fds.push(fd);
+        }
+    }
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
     crate::modes::fetch::log_written(opts, &snap, true);
     log::info(
@@ -64,6 +76,9 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
         return supervise::run(opts, session, snap, base, program, argv);
     }
     check_exec_size(argv, &child_env)?;
+    for fd in &fds {
+        memfile::inherit(fd)?;
+    }
     log::flush();
     let mut command = std::process::Command::new(&program);
     command
@@ -86,18 +101,30 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     ))
 }
 
+/// The `?file` variables: each one's name and shaped value (`None`: an absent optional secret,
+/// which sets no variable).
+pub type FileVars = Vec<(String, Option<Vec<u8>>)>;
+
 /// The parent's environment with secrets added (each shaped by its spec's options) and
-/// references replaced; nothing else changes. An absent optional secret sets nothing.
+/// references replaced; nothing else changes. An absent optional secret sets nothing. The
+/// `?file` secrets are returned apart, their variables not set (every inherited entry of their
+/// names removed): the caller puts each value in a file and sets the variable to its path.
 pub fn child_env(
     base: &[(OsString, OsString)],
     specs: &[SecretSpec],
     values: &[Option<Fetched>],
-) -> Result<Vec<(OsString, OsString)>, Error> {
+) -> Result<(Vec<(OsString, OsString)>, FileVars), Error> {
     let mut env: Vec<(OsString, OsString)> = base.to_vec();
+    let mut files = FileVars::new();
     let shaped = crate::modes::fetch::shaped(specs, values)?;
     for (spec, bytes) in specs.iter().zip(shaped).filter(|(s, _)| !s.hidden) {
-        let Some(bytes) = bytes else { continue };
         let name = spec.env_name();
+        if spec.file {
+            env.retain(|(k, _)| k != OsStr::new(&name));
+            files.push((name, bytes));
+            continue;
+        }
+        let Some(bytes) = bytes else { continue };
         if bytes.contains(&0) {
             return Err(Error::Output(format!(
                 "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; use --dir",
@@ -109,7 +136,7 @@ pub fn child_env(
         env.retain(|(k, _)| k != OsStr::new(&name));
         env.push((name.into(), OsString::from_vec(bytes)));
     }
-    Ok(env)
+    Ok((env, files))
 }
 
 /// The kernel's limit on one argument or `NAME=value` string (MAX_ARG_STRLEN, 32 pages).
@@ -267,10 +294,36 @@ mod tests {
             ("OTHER".into(), "o".into()),
             ("DB".into(), "old".into()),
         ];
-        let env = child_env(&base, &[spec], &[Some(fetched)]).unwrap();
+        let (env, files) = child_env(&base, &[spec], &[Some(fetched)]).unwrap();
+        assert!(files.is_empty());
         let dbs: Vec<_> = env.iter().filter(|(k, _)| k == "DB").collect();
         assert_eq!(dbs.len(), 1);
         assert_eq!(dbs[0].1, "new");
         assert!(env.iter().any(|(k, v)| k == "OTHER" && v == "o"));
+    }
+
+    #[test]
+    fn a_file_secret_sets_no_variable_and_clears_inherited_ones() {
+        let vault = crate::spec::parse_vault("https://127.0.0.1:1", None).unwrap();
+        let file = crate::spec::parse_spec("db?file", Some(&vault)).unwrap();
+        let gone = crate::spec::parse_spec("GONE_FILE=gone?file&optional", Some(&vault)).unwrap();
+        let fetched =
+            crate::vault::keyvault::parse_bundle(r#"{"value":"a\u0000b","id":"x/1"}"#).unwrap();
+        let base: Vec<(OsString, OsString)> = vec![
+            (
+                "DB_FILE".into(),
+                "@Microsoft.KeyVault(SecretUri=https://x/secrets/db)".into(),
+            ),
+            ("GONE_FILE".into(), "old".into()),
+        ];
+        let (env, files) = child_env(&base, &[file, gone], &[Some(fetched), None]).unwrap();
+        assert!(env.is_empty(), "{env:?}");
+        assert_eq!(
+            files,
+            vec![
+                ("DB_FILE".to_string(), Some(b"a\0b".to_vec())),
+                ("GONE_FILE".to_string(), None)
+            ]
+        );
     }
 }

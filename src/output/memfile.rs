@@ -1,0 +1,228 @@
+//! Where `exec` puts a `?file` secret: a file that lives in memory only, private to the app.
+//!
+//! - [`sealed`]: for plain `exec`, a memfd (`memfd_create`) holding the value, mode 0400 and
+//!   sealed against any write, grow, shrink or further sealing. It is on no file system: it
+//!   lives as long as a process holds its descriptor, and the app reaches it as
+//!   `/proc/self/fd/N`.
+//! - [`PrivateDir`]: for supervised `exec`, a directory of kvfetch's own (mode 0700, on tmpfs or
+//!   ramfs only) holding one file per variable, each replaced atomically on rotation; it is
+//!   removed when kvfetch exits.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::output::files::{self, FileOptions};
+
+/// The mode of every file a `?file` variable names.
+pub const MODE: u32 = 0o400;
+
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the memfd can never be made executable.
+const MFD_NOEXEC_SEAL: libc::c_uint = 0x0008;
+
+/// A memfd named `kvfetch:NAME` holding `bytes`: mode 0400, sealed (no write, grow, shrink or
+/// new seal), close-on-exec until the caller hands it on.
+pub fn sealed(name: &str, bytes: &[u8]) -> Result<OwnedFd, Error> {
+    let fail = |what: &str, e: io::Error| {
+        let msg = format!("cannot create the in-memory file for {name} ({what}): {e}");
+        Error::from_io(&e, Error::Output, msg)
+    };
+    let label = CString::new(format!("kvfetch:{name}"))
+        .map_err(|_| Error::Usage(format!("the variable name {name:?} holds a NUL byte")))?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a valid C string and flags.
+    let mut raw = unsafe { libc::memfd_create(label.as_ptr(), flags | MFD_NOEXEC_SEAL) };
+    if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // A kernel before 6.3 knows no MFD_NOEXEC_SEAL; the mode below leaves no exec bit.
+        // SAFETY: as above.
+        raw = unsafe { libc::memfd_create(label.as_ptr(), flags) };
+    }
+    if raw < 0 {
+        return Err(fail("memfd_create", io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a descriptor just created and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    io::Write::write_all(&mut file, bytes).map_err(|e| fail("write", e))?;
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(file.as_raw_fd(), MODE) } != 0 {
+        return Err(fail("fchmod", io::Error::last_os_error()));
+    }
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl F_ADD_SEALS on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(fail("seal", io::Error::last_os_error()));
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Let `fd` pass through `execve` (clear its close-on-exec flag, and only its).
+pub fn inherit(fd: &OwnedFd) -> Result<(), Error> {
+    // SAFETY: fcntl F_SETFD on a descriptor we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+        let e = io::Error::last_os_error();
+        let msg = format!("cannot hand an in-memory file to the command: {e}");
+        return Err(Error::from_io(&e, Error::Output, msg));
+    }
+    Ok(())
+}
+
+/// The path by which a process holding `fd` opens it.
+pub fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// A directory of kvfetch's own on tmpfs or ramfs, removed (with what it holds) on drop.
+#[derive(Debug)]
+pub struct PrivateDir {
+    path: PathBuf,
+}
+
+impl PrivateDir {
+    /// Create `BASE/kvfetch-PID-RANDOM`, mode 0700, exclusively. `base` must be on tmpfs or
+    /// ramfs: a value written there never reaches a disk.
+    pub fn create(base: &Path) -> Result<PrivateDir, Error> {
+        match files::on_memory_fs(base) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(Error::Output(format!(
+                    "{} is not on tmpfs or ramfs, so ?file under supervised exec cannot keep its files in memory; mount a tmpfs there (Docker and Kubernetes do), or run exec without --refresh (a memfd)",
+                    base.display()
+                )));
+            }
+            None => {
+                return Err(Error::Output(format!(
+                    "{} is missing or unreadable; ?file under supervised exec keeps its files in a private directory on that tmpfs (or run exec without --refresh: a memfd)",
+                    base.display()
+                )));
+            }
+        }
+        let mut last = None;
+        for _ in 0..8 {
+            let random = (crate::base::retry::random_unit() * u32::MAX as f64) as u32;
+            let path = base.join(format!("kvfetch-{}-{random:08x}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| io::Error::other("no free name"));
+        let msg = format!(
+            "cannot create a private directory under {} for ?file: {e}",
+            base.display()
+        );
+        Err(Error::from_io(&e, Error::Output, msg))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file of variable `name`.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Make the directory hold exactly these files: each present one written (atomically: a
+    /// reader sees the old bytes or the new, never a mix), each absent one removed.
+    pub fn write(&self, items: &[(String, Option<Vec<u8>>)]) -> Result<(), Error> {
+        let opts = FileOptions {
+            mode: MODE,
+            owner: None,
+        };
+        let write: Vec<(PathBuf, Vec<u8>, FileOptions)> = items
+            .iter()
+            .filter(|(name, bytes)| {
+                bytes
+                    .as_ref()
+                    .is_some_and(|b| files::differs(&self.file(name), b, opts))
+            })
+            .filter_map(|(name, bytes)| Some((self.file(name), bytes.clone()?, opts)))
+            .collect();
+        files::write_all(&write)?;
+        for (name, _) in items.iter().filter(|(_, b)| b.is_none()) {
+            files::remove_file(&self.file(name))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            crate::base::log::warn(
+                "cannot remove the private directory of ?file",
+                &[
+                    ("path", &self.path.display().to_string()),
+                    ("error", &e.to_string()),
+                ],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_sealed_memfd_holds_the_value_read_only() {
+        let fd = sealed("X_FILE", b"s3cret\0bytes").unwrap();
+        let path = fd_path(&fd);
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text, b"s3cret\0bytes");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
+        // Sealed: even a writable descriptor (the original is one) cannot change it.
+        let mut file = std::fs::File::from(fd);
+        assert!(io::Write::write_all(&mut file, b"x").is_err());
+        assert!(file.set_len(1).is_err());
+        let link = std::fs::read_link(&path).unwrap();
+        assert!(link.to_string_lossy().starts_with("/memfd:kvfetch:X_FILE"));
+    }
+
+    #[test]
+    fn a_private_dir_is_0700_rewritten_in_place_and_removed_on_drop() {
+        let base = Path::new("/dev/shm");
+        if files::on_memory_fs(base) != Some(true) {
+            return; // nothing to test on a machine without /dev/shm
+        }
+        let dir = PrivateDir::create(base).unwrap();
+        let root = dir.path().to_path_buf();
+        assert_eq!(
+            std::fs::metadata(&root).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        dir.write(&[("A_FILE".into(), Some(b"one".to_vec()))])
+            .unwrap();
+        assert_eq!(std::fs::read(dir.file("A_FILE")).unwrap(), b"one");
+        dir.write(&[("A_FILE".into(), Some(b"two".to_vec()))])
+            .unwrap();
+        assert_eq!(std::fs::read(dir.file("A_FILE")).unwrap(), b"two");
+        let mode = std::fs::metadata(dir.file("A_FILE"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o400);
+        dir.write(&[("A_FILE".into(), None)]).unwrap();
+        assert!(!dir.file("A_FILE").exists());
+        dir.write(&[("A_FILE".into(), Some(b"three".to_vec()))])
+            .unwrap();
+        drop(dir);
+        assert!(!root.exists());
+        assert!(PrivateDir::create(Path::new("/proc")).is_err());
+    }
+}
