@@ -325,3 +325,66 @@ fn file_outside_exec_and_malformed_file_options_are_usage_errors() {
     }
     assert!(!marker.exists(), "the command never ran");
 }
+
+/// Copy `bin` and the libraries `ldd` names for it into `root`, at the same paths.
+fn copy_with_libs(bin: &Path, root: &Path) {
+    let out = std::process::Command::new("ldd").arg(bin).output().unwrap();
+    let mut files = vec![bin.to_path_buf()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        files.extend(path);
+    }
+    for f in files {
+        let dest = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}
+
+/// A `FROM scratch`-like root: kvfetch, a shell and `cat`, their libraries, `/proc`, and no
+/// `/dev` at all (so no `/dev/fd`): the path the variable holds still reads.
+#[test]
+fn the_path_works_in_a_scratch_like_root_without_dev() {
+    if !root_or_skip("chroot and mounting /proc need root") {
+        return;
+    }
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", VALUE);
+    let s = Scratch::new();
+    let root = s.path("root");
+    let which = |name: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .unwrap();
+        std::fs::canonicalize(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+    };
+    copy_with_libs(&which("cat"), &root);
+    copy_with_libs(&which("sh"), &root);
+    std::fs::copy(which("sh"), root.join("sh")).unwrap();
+    std::fs::copy(which("cat"), root.join("cat")).unwrap();
+    copy_with_libs(Path::new(BIN), &root);
+    std::fs::copy(BIN, root.join("kvfetch")).unwrap();
+    let env = exec_env(&emu);
+    let ca = PathBuf::from(&env["KVFETCH_CA_FILE"]);
+    let ca_in_root = root.join(ca.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(ca_in_root.parent().unwrap()).unwrap();
+    std::fs::copy(&ca, &ca_in_root).unwrap();
+    std::fs::create_dir_all(root.join("proc")).unwrap();
+    assert!(!root.join("dev").exists());
+    let script = format!(
+        "mount -t proc proc {r}/proc && exec chroot {r} /kvfetch exec --secret db-password?file -- /sh -c '/cat \"$DB_PASSWORD_FILE\"; echo; [ -e /dev/fd ] || echo no /dev/fd'",
+        r = root.display()
+    );
+    let out = in_private_mounts(&script, &env).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{VALUE}\nno /dev/fd\n"),
+        "{stderr}"
+    );
+}
