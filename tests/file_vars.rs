@@ -324,6 +324,18 @@ fn file_outside_exec_and_malformed_file_options_are_usage_errors() {
         assert!(r.stderr.contains(why), "{spec}: {}", r.stderr);
     }
     assert!(!marker.exists(), "the command never ran");
+    // A *_FILE variable given the value itself works, with a warning naming the fix.
+    let r = exec(
+        &exec_env(&emu),
+        &["--secret", "PW_FILE=db-password", "--", "sh", "-c", "true"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("add ?file") && r.stderr.contains("PW_FILE"),
+        "{}",
+        r.stderr
+    );
+    assert_no_leak(&r, &[VALUE]);
 }
 
 /// Copy `bin` and the libraries `ldd` names for it into `root`, at the same paths.

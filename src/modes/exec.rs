@@ -24,6 +24,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     let references = reference::scan(env.iter(), vault.as_ref())?;
     let plan = plan_with(opts, references, true)?;
     let session = Session::new(opts, env, plan)?;
+    warn_file_names_holding_values(&session.plan.specs);
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     // With `--allow-env PATH` a secret may set PATH: then no message shows it, nor a path found
     // through it. Otherwise the command is found before any request: a typo costs no fetch and
@@ -137,6 +138,20 @@ pub fn child_env(
         env.push((name.into(), OsString::from_vec(bytes)));
     }
     Ok((env, files))
+}
+
+/// A variable named `*_FILE` is, by the images' convention, a path: one set to the value itself
+/// is most likely a `?file` left out. Said once per variable, without the value.
+fn warn_file_names_holding_values(specs: &[SecretSpec]) {
+    for spec in specs.iter().filter(|s| !s.hidden && !s.file) {
+        let name = spec.env_name();
+        if name.ends_with("_FILE") {
+            log::warn(
+                "this variable's name ends in _FILE, which programs read as a path, but it gets the secret's value; add ?file to hand the value over as a file",
+                &[("variable", &name), ("secret", &spec.reference())],
+            );
+        }
+    }
 }
 
 /// The kernel's limit on one argument or `NAME=value` string (MAX_ARG_STRLEN, 32 pages).
