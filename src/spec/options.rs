@@ -67,7 +67,9 @@ pub fn parse(options: &str, text: &str) -> Result<(Shape, bool), Error> {
             ("optional", None) => shape.optional = true,
             ("file", None) => file = true,
             ("file" | "optional", Some(_)) => {
-                return Err(bad(format!("{key} takes no value (write ?{key})")));
+                return Err(bad(format!(
+                    "{option:?} is not an option: {key} takes no value (write ?{key})"
+                )));
             }
             _ => {
                 return Err(bad(format!(
