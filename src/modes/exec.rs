@@ -128,7 +128,7 @@ pub fn child_env(
         let Some(bytes) = bytes else { continue };
         if bytes.contains(&0) {
             return Err(Error::Output(format!(
-                "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; use --dir",
+                "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; hand it over as a file with ?file (or write it with --dir)",
                 spec.reference()
             )));
         }
@@ -165,7 +165,7 @@ pub fn check_exec_size(argv: &[OsString], env: &[(OsString, OsString)]) -> Resul
         .find(|(k, v)| k.len() + v.len() + 2 > MAX_ARG_STRLEN)
     {
         return Err(Error::Resource(format!(
-            "the variable {} is {} bytes, more than the kernel passes to a program (128 KiB); put it in a file with --dir",
+            "the variable {} is {} bytes, more than the kernel passes to a program (128 KiB); hand it over as a file with ?file (or write it with --dir)",
             k.to_string_lossy(),
             v.len()
         )));
@@ -181,7 +181,7 @@ pub fn check_exec_size(argv: &[OsString], env: &[(OsString, OsString)]) -> Resul
     let pointers = (argv.len() + env.len() + 2) * std::mem::size_of::<usize>();
     if strings + pointers > arg_max {
         return Err(Error::Resource(format!(
-            "the environment and arguments take {} bytes, more than the kernel's limit of {arg_max} for a new program; put large secrets in files with --dir",
+            "the environment and arguments take {} bytes, more than the kernel's limit of {arg_max} for a new program; hand large secrets over as files with ?file (or write them with --dir)",
             strings + pointers
         )));
     }
@@ -271,7 +271,7 @@ fn executable(p: &Path) -> bool {
 pub fn exec_error(command: &str, program: &Path, err: std::io::Error) -> Error {
     if err.raw_os_error() == Some(libc::E2BIG) {
         return Error::Resource(format!(
-            "{command}: the environment and arguments are larger than the kernel accepts for a new program ({err}); put large secrets in files with --dir"
+            "{command}: the environment and arguments are larger than the kernel accepts for a new program ({err}); hand large secrets over as files with ?file (or write them with --dir)"
         ));
     }
     if crate::error::local_limit(&err) || err.raw_os_error() == Some(libc::EAGAIN) {
