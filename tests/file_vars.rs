@@ -11,6 +11,14 @@ use common::*;
 
 const VALUE: &str = "pg-Secret-4711";
 
+/// Held by each test that runs a supervised `exec` with `?file`: each start sweeps the
+/// directories killed supervisors left, and one test kills a supervisor on purpose.
+static SUPERVISED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_supervisor() -> std::sync::MutexGuard<'static, ()> {
+    SUPERVISED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn exec_env(emu: &Emulator) -> HashMap<String, String> {
     let mut env = env_for(emu);
     env.insert("UNRELATED".into(), "stays".into());
@@ -174,11 +182,14 @@ fn the_file_is_owned_by_the_user_the_app_runs_as() {
 fn private_dir(path: &str) -> PathBuf {
     let p = Path::new(path.trim());
     assert!(p.starts_with("/dev/shm"), "{path}");
+    let name = p.parent().unwrap().file_name().unwrap().to_string_lossy();
+    assert!(name.starts_with("kvfetch-exec-"), "{path}");
     p.parent().unwrap().to_path_buf()
 }
 
 #[test]
 fn supervised_exec_rewrites_the_file_then_signals_and_removes_it_on_exit() {
+    let _one = one_supervisor();
     let emu = Emulator::start().unwrap();
     emu.set_secret("db-password", "v1");
     let s = Scratch::new();
@@ -219,6 +230,7 @@ fn supervised_exec_rewrites_the_file_then_signals_and_removes_it_on_exit() {
 
 #[test]
 fn supervised_exec_restarts_the_child_with_the_new_file_and_cleans_up() {
+    let _one = one_supervisor();
     let emu = Emulator::start().unwrap();
     emu.set_secret("db-password", "old");
     let s = Scratch::new();
@@ -399,4 +411,43 @@ fn the_path_works_in_a_scratch_like_root_without_dev() {
         format!("{VALUE}\nno /dev/fd\n"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_directory_a_killed_supervisor_left_goes_with_the_next_start() {
+    let _one = one_supervisor();
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", "killed");
+    let s = Scratch::new();
+    let path = s.path("path");
+    let script = |p: &Path| {
+        format!(
+            "echo \"$DB_PASSWORD_FILE\" > {}; while :; do sleep 0.05; done",
+            p.display()
+        )
+    };
+    let mut first = supervised(
+        &exec_env(&emu),
+        &["--secret", "db-password?file"],
+        &script(&path),
+    );
+    first.wait("the first child", ms(5000), || read(&path).ends_with('\n'));
+    let dir = private_dir(&read(&path));
+    first.child.kill().unwrap(); // SIGKILL: kvfetch removes nothing
+    first.child.wait().unwrap();
+    assert!(dir.exists(), "a killed kvfetch leaves its directory");
+    let path2 = s.path("path2");
+    let mut second = supervised(
+        &exec_env(&emu),
+        &["--secret", "db-password?file"],
+        &script(&path2),
+    );
+    second.wait("the second child", ms(5000), || {
+        read(&path2).ends_with('\n')
+    });
+    assert!(!dir.exists(), "the next supervised exec removed it");
+    let dir2 = private_dir(&read(&path2));
+    let stderr = second.stop_and_stderr();
+    assert!(stderr.contains("a killed kvfetch left"), "{stderr}");
+    assert!(!dir2.exists());
 }

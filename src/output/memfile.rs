@@ -6,12 +6,15 @@
 //!   `/proc/self/fd/N`.
 //! - [`PrivateDir`]: for supervised `exec`, a directory of kvfetch's own (mode 0700, on tmpfs or
 //!   ramfs only) holding one file per variable, each replaced atomically on rotation; it is
-//!   removed when kvfetch exits.
+//!   removed when kvfetch exits. kvfetch holds an `flock` on it while it lives, so a directory
+//!   left by a kvfetch that was killed (SIGKILL, the OOM killer) is known by its free lock and
+//!   removed by the next supervised `exec` of the same user on that tmpfs (a restarted
+//!   container of the same pod shares `/dev/shm`), whatever PID namespace either runs in.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -75,10 +78,71 @@ pub fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// A directory of kvfetch's own on tmpfs or ramfs, removed (with what it holds) on drop.
+/// How a private directory is named: `PREFIX<pid>-<8 hex digits>`.
+const PREFIX: &str = "kvfetch-exec-";
+
+/// The name a new private directory has until it is locked (never swept).
+const NEW_PREFIX: &str = ".kvfetch-exec-new-";
+
+/// A directory of kvfetch's own on tmpfs or ramfs, locked while it lives, removed (with what it
+/// holds) on drop.
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
+    /// The directory, opened and `flock`ed (close-on-exec: no child holds the lock).
+    _lock: std::fs::File,
+}
+
+/// Whether `name` is a private directory's: [`PREFIX`], digits, `-`, 8 hex digits.
+fn private_name(name: &str) -> bool {
+    let Some((pid, random)) = name.strip_prefix(PREFIX).and_then(|r| r.split_once('-')) else {
+        return false;
+    };
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && random.len() == 8
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Open directory `path` (never through a symlink) and take its lock without waiting.
+fn lock(path: &Path) -> io::Result<std::fs::File> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dir)
+}
+
+/// Remove the private directories under `base` that a killed kvfetch of this user left: those
+/// whose lock is free. Returns how many.
+pub fn sweep(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_str().is_some_and(private_name)
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.is_dir() && m.uid() == files::euid() && m.mode() & 0o777 == 0o700);
+        if !ours {
+            continue;
+        }
+        // A live kvfetch holds the lock; a free one means its owner is gone.
+        let Ok(_held) = lock(&path) else { continue };
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+            crate::base::log::info(
+                "removed the ?file directory a killed kvfetch left",
+                &[("path", &path.display().to_string())],
+            );
+        }
+    }
+    removed
 }
 
 impl PrivateDir {
@@ -100,12 +164,11 @@ impl PrivateDir {
                 )));
             }
         }
+        sweep(base);
         let mut last = None;
         for _ in 0..8 {
-            let random = (crate::base::retry::random_unit() * u32::MAX as f64) as u32;
-            let path = base.join(format!("kvfetch-{}-{random:08x}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(PrivateDir { path }),
+            match Self::try_create(base) {
+                Ok(dir) => return Ok(dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
                 Err(e) => {
                     last = Some(e);
@@ -119,6 +182,29 @@ impl PrivateDir {
             base.display()
         );
         Err(Error::from_io(&e, Error::Output, msg))
+    }
+
+    /// Make the directory under a name no sweep looks at, lock it, then give it its name: a
+    /// sweep never sees it unlocked.
+    fn try_create(base: &Path) -> io::Result<PrivateDir> {
+        let random = (crate::base::retry::random_unit() * u32::MAX as f64) as u32;
+        let pid = std::process::id();
+        let new = base.join(format!("{NEW_PREFIX}{pid}-{random:08x}"));
+        let path = base.join(format!("{PREFIX}{pid}-{random:08x}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&new)?;
+        let named = lock(&new).and_then(|held| {
+            // The umask may have narrowed the mode; a sweep looks for exactly 0700.
+            std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            rename_noreplace(&new, &path)?;
+            Ok(held)
+        });
+        match named {
+            Ok(held) => Ok(PrivateDir { path, _lock: held }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&new);
+                Err(e)
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -152,6 +238,28 @@ impl PrivateDir {
         }
         Ok(())
     }
+}
+
+/// Rename `from` to `to`, failing with `AlreadyExists` rather than replacing anything.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 with valid C strings, relative to the working directory (paths are
+    // absolute).
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for PrivateDir {
@@ -221,8 +329,40 @@ mod tests {
         assert!(!dir.file("A_FILE").exists());
         dir.write(&[("A_FILE".into(), Some(b"three".to_vec()))])
             .unwrap();
+        // While it lives, a sweep leaves it alone.
+        sweep(base);
+        assert!(dir.file("A_FILE").exists());
         drop(dir);
         assert!(!root.exists());
         assert!(PrivateDir::create(Path::new("/proc")).is_err());
+    }
+
+    #[test]
+    fn a_directory_a_killed_kvfetch_left_is_swept_and_only_that() {
+        let base = Path::new("/dev/shm");
+        if files::on_memory_fs(base) != Some(true) {
+            return;
+        }
+        let stale = base.join(format!("{PREFIX}{}-0badf00d", u32::MAX));
+        let other = base.join(format!("kvfetch-test-{}-x", std::process::id()));
+        for d in [&stale, &other] {
+            std::fs::DirBuilder::new().mode(0o700).create(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::fs::write(d.join("X_FILE"), "old value").unwrap();
+        }
+        let live = PrivateDir::create(base).unwrap();
+        assert!(!stale.exists(), "an unlocked private directory is removed");
+        assert!(other.exists(), "a name of another form is left alone");
+        sweep(base);
+        assert!(live.path().exists());
+        std::fs::remove_dir_all(&other).unwrap();
+        assert!(private_name("kvfetch-exec-1-0123abcd"));
+        for name in [
+            "kvfetch-exec-1-0123abc",
+            "kvfetch-exec--0123abcd",
+            "kvfetch-1-0123abcd",
+        ] {
+            assert!(!private_name(name), "{name}");
+        }
     }
 }
