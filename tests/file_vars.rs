@@ -451,3 +451,68 @@ fn the_directory_a_killed_supervisor_left_goes_with_the_next_start() {
     assert!(stderr.contains("a killed kvfetch left"), "{stderr}");
     assert!(!dir2.exists());
 }
+
+#[test]
+fn supervised_exec_with_on_change_none_only_rewrites_the_file() {
+    let _one = one_supervisor();
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", "v1");
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo signalled >> {l}.signals' USR1 USR2 HUP; while :; do cat \"$DB_PASSWORD_FILE\" > {l}.new && mv {l}.new {l}; sleep 0.05; done",
+        l = log.display()
+    );
+    let mut sup = supervised(
+        &exec_env(&emu),
+        &["--secret", "db-password?file", "--on-change", "none"],
+        &script,
+    );
+    sup.wait("the first read", ms(5000), || read(&log) == "v1");
+    emu.set_secret("db-password", "v2");
+    sup.wait("the rewritten file", ms(5000), || read(&log) == "v2");
+    let stderr = sup.stop_and_stderr();
+    assert!(!stderr.contains("restarting the child"), "{stderr}");
+    assert_eq!(read(&s.path("log.signals")), "", "never signalled");
+}
+
+#[test]
+fn supervised_exec_refuses_a_dev_shm_that_is_not_in_memory() {
+    if !root_or_skip("bind-mounting over /dev/shm needs root") {
+        return;
+    }
+    let disk = Scratch::under(&std::env::temp_dir());
+    if std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&disk.0)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs")
+    {
+        skip("the temp directory is on tmpfs too");
+        return;
+    }
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", VALUE);
+    let marker = disk.path("started");
+    let script = format!(
+        "mount --bind {d} /dev/shm && exec {bin} exec --refresh 100ms --secret db-password?file -- sh -c 'touch {m}'",
+        d = disk.0.display(),
+        bin = BIN,
+        m = marker.display()
+    );
+    let out = in_private_mounts(&script, &exec_env(&emu))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("/dev/shm is not on tmpfs or ramfs"),
+        "{stderr}"
+    );
+    assert!(!marker.exists(), "the command never ran");
+    assert_eq!(
+        emu.counters().kv_total_requests,
+        0,
+        "refused before any request"
+    );
+}

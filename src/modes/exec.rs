@@ -40,6 +40,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     if !secret_path {
         find_program(&argv[0], path_of(&base), false)?;
     }
+    // Supervised, ?file values live in a private directory on tmpfs: made (or refused) before
+    // any request.
+    let files_dir = match opts.refresh {
+        Some(_) => supervise::private_dir(&session.plan.specs)?,
+        None => None,
+    };
     let snap = if session.plan.specs.is_empty() && session.plan.selection.is_none() {
         log::warn(
             "nothing to resolve: no --secret and no @Microsoft.KeyVault(...) reference in the environment",
@@ -74,7 +80,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
         ],
     );
     if opts.refresh.is_some() {
-        return supervise::run(opts, session, snap, base, program, argv);
+        return supervise::run(opts, session, snap, base, program, argv, files_dir);
     }
     check_exec_size(argv, &child_env)?;
     for fd in &fds {

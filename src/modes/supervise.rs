@@ -104,7 +104,16 @@ struct Supervisor<'a> {
     files_stale: bool,
 }
 
-/// Supervise `argv` until it exits; returns its exit code.
+/// The private directory for the `?file` variables among `specs`, if there are any.
+pub fn private_dir(specs: &[crate::spec::SecretSpec]) -> Result<Option<PrivateDir>, Error> {
+    match specs.iter().any(|s| s.file) {
+        true => PrivateDir::create(Path::new(PRIVATE_BASE)).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// Supervise `argv` until it exits; returns its exit code. `files` holds the `?file`
+/// variables' files (see [`private_dir`]).
 pub fn run(
     opts: &Options,
     session: Session,
@@ -112,11 +121,8 @@ pub fn run(
     base_env: Env,
     program: PathBuf,
     argv: &[OsString],
+    files: Option<PrivateDir>,
 ) -> Result<u8, Error> {
-    let files = match session.plan.specs.iter().any(|s| s.file) {
-        true => Some(PrivateDir::create(Path::new(PRIVATE_BASE))?),
-        false => None,
-    };
     // SAFETY: plain prctl call with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let (tx, rx) = mpsc::channel();
