@@ -306,6 +306,7 @@ fn file_outside_exec_and_malformed_file_options_are_usage_errors() {
             envf.to_str().unwrap(),
         ],
         vec!["watch", "--secret", "db-password?file", "--dir", d],
+        vec!["doctor", "--secret", "db-password?file", "--dir", d],
     ] {
         let r = run(&emu, &args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);

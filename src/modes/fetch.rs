@@ -57,13 +57,20 @@ pub fn plan(opts: &Options) -> Result<Plan, Error> {
         ));
     }
     let plan = plan_with(opts, Vec::new(), false)?;
-    if let Some(spec) = plan.specs.iter().find(|s| s.file) {
-        return Err(Error::Usage(format!(
+    check_no_file(&plan)?;
+    Ok(plan)
+}
+
+/// `?file` is `exec`'s: fetch and watch (and the doctor, which checks what fetch would do)
+/// refuse it.
+pub fn check_no_file(plan: &Plan) -> Result<(), Error> {
+    match plan.specs.iter().find(|s| s.file) {
+        Some(spec) => Err(Error::Usage(format!(
             "--secret {:?}: ?file hands the value to the command `kvfetch exec` starts, as a file named by a variable; fetch and watch write files with --dir already: drop ?file",
             spec.text
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(plan)
 }
 
 /// Whether the options choose secrets from the vault's list.
