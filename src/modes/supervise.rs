@@ -15,7 +15,6 @@
 //!   SIGTERM should kvfetch die (`PR_SET_PDEATHSIG`).
 //! - When kvfetch ends, no process of any generation survives it: its group and every orphan
 //!   left with kvfetch get SIGTERM, then SIGKILL after `--grace`.
-//!
 //! - `?file` variables name files in a private directory of kvfetch's own on tmpfs
 //!   ([`PRIVATE_BASE`], mode 0700, files 0400): a rotation replaces each file atomically before
 //!   the child is signalled (`--on-change signal:SIG` or `none`), or before the new generation

@@ -223,14 +223,12 @@ impl PrivateDir {
             mode: MODE,
             owner: None,
         };
+        // Only what differs is replaced: an unchanged file keeps its inode.
         let write: Vec<(PathBuf, Vec<u8>, FileOptions)> = items
             .iter()
-            .filter(|(name, bytes)| {
-                bytes
-                    .as_ref()
-                    .is_some_and(|b| files::differs(&self.file(name), b, opts))
-            })
-            .filter_map(|(name, bytes)| Some((self.file(name), bytes.clone()?, opts)))
+            .filter_map(|(name, bytes)| Some((self.file(name), bytes.as_ref()?)))
+            .filter(|(path, bytes)| files::differs(path, bytes, opts))
+            .map(|(path, bytes)| (path, bytes.clone(), opts))
             .collect();
         files::write_all(&write)?;
         for (name, _) in items.iter().filter(|(_, b)| b.is_none()) {
