@@ -517,3 +517,38 @@ fn supervised_exec_refuses_a_dev_shm_that_is_not_in_memory() {
         "refused before any request"
     );
 }
+
+#[test]
+fn a_file_that_cannot_be_rewritten_holds_the_signal_back_until_it_can() {
+    let _one = one_supervisor();
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("db-password", "v1");
+    let s = Scratch::new();
+    let (log, path) = (s.path("log"), s.path("path"));
+    let script = format!(
+        "echo \"$DB_PASSWORD_FILE\" > {p}; cat \"$DB_PASSWORD_FILE\" >> {l}; trap 'echo >> {l}; cat \"$DB_PASSWORD_FILE\" >> {l}' USR2; while :; do sleep 0.05; done",
+        p = path.display(),
+        l = log.display()
+    );
+    let mut sup = supervised(
+        &exec_env(&emu),
+        &["--secret", "db-password?file", "--on-change", "signal:USR2"],
+        &script,
+    );
+    sup.wait("the first child", ms(5000), || read(&log) == "v1");
+    // A directory where the file was: the rewrite fails (as on a full tmpfs).
+    let file = PathBuf::from(read(&path).trim());
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    emu.set_secret("db-password", "v2");
+    sup.wait("the failed rewrite", ms(5000), || {
+        sup.stderr().contains("cannot be rewritten")
+    });
+    assert_eq!(read(&log), "v1", "no signal while the file is old");
+    std::fs::remove_dir(&file).unwrap();
+    sup.wait("the signal after the retried rewrite", ms(5000), || {
+        read(&log) == "v1\nv2"
+    });
+    let stderr = sup.stop_and_stderr();
+    assert!(!stderr.contains("v2\n"), "{stderr}");
+}
