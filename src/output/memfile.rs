@@ -126,6 +126,24 @@ pub fn sweep(base: &Path) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
+        // A new directory is renamed within microseconds of its making: one still under its
+        // first name a minute on was left by a kvfetch killed in between (and holds nothing).
+        let unnamed = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(NEW_PREFIX))
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                m.is_dir()
+                    && m.uid() == files::euid()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(60))
+            });
+        if unnamed {
+            removed += usize::from(std::fs::remove_dir(&path).is_ok());
+            continue;
+        }
         let ours = entry.file_name().to_str().is_some_and(private_name)
             && std::fs::symlink_metadata(&path)
                 .is_ok_and(|m| m.is_dir() && m.uid() == files::euid() && m.mode() & 0o777 == 0o700);
@@ -348,8 +366,21 @@ mod tests {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
             std::fs::write(d.join("X_FILE"), "old value").unwrap();
         }
+        let unnamed_old = base.join(format!("{NEW_PREFIX}{}-0badf00d", u32::MAX));
+        let unnamed_new = base.join(format!("{NEW_PREFIX}{}-0badf00e", u32::MAX));
+        for d in [&unnamed_old, &unnamed_new] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(&unnamed_old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
         let live = PrivateDir::create(base).unwrap();
         assert!(!stale.exists(), "an unlocked private directory is removed");
+        assert!(!unnamed_old.exists(), "an old unnamed one too");
+        assert!(unnamed_new.exists(), "a new one may be about to be named");
+        std::fs::remove_dir(&unnamed_new).unwrap();
         assert!(other.exists(), "a name of another form is left alone");
         sweep(base);
         assert!(live.path().exists());
