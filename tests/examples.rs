@@ -130,6 +130,7 @@ fn run_deployment(path: &PathBuf) {
         ("api-key", "Ex2-api-value"),
         ("tls-cert", "Ex3-cert-value"),
         ("smtp-password", "Ex4-smtp-value"),
+        ("db-user", "Ex5-user-value"),
     ];
     for (name, value) in values {
         emu.set_secret(name, value);
@@ -168,7 +169,9 @@ fn run_deployment(path: &PathBuf) {
     }
     if let Some(dd) = argv.iter().position(|a| a == "--") {
         argv.truncate(dd + 1);
-        argv.push("/usr/bin/env".into());
+        // The environment, then NAME:CONTENT for each variable that names a file.
+        let script = r#"env; env | grep -o '^[A-Za-z0-9_]*_FILE=' | tr -d = | while read v; do printf '%s:%s\n' "$v" "$(cat "$(printenv "$v")")"; done"#;
+        argv.extend(["/bin/sh", "-c", script].map(String::from));
     }
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut cmd = as_user(d.uid, &[], &args, &env);
@@ -195,15 +198,24 @@ fn run_deployment(path: &PathBuf) {
             let stdout = String::from_utf8_lossy(&out.stdout);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(0), "{what}: {stderr}");
-            for (var, value) in [
-                ("DB_PASSWORD", "Ex1-db-value"),
-                ("API_KEY", "Ex2-api-value"),
-                ("SMTP_PASSWORD", "Ex4-smtp-value"),
-            ] {
-                assert!(
-                    stdout.lines().any(|l| l == format!("{var}={value}")),
-                    "{what}: {var}"
-                );
+            let expected = exec_expectations(&argv, &d.env);
+            assert!(!expected.is_empty(), "{what}: no variable checked");
+            for (var, name, file) in expected {
+                let value = values.iter().find(|(n, _)| *n == name).unwrap().1;
+                let line = match file {
+                    // The variable names a file in memory holding the value; no variable holds it.
+                    true => format!("{var}:{value}"),
+                    false => format!("{var}={value}"),
+                };
+                assert!(stdout.lines().any(|l| l == line), "{what}: {var}: {stdout}");
+                if file {
+                    assert!(!stdout.contains(&format!("={value}")), "{what}: {var}");
+                    let path = format!("{var}=/proc/self/fd/");
+                    assert!(
+                        stdout.lines().any(|l| l.starts_with(&path)),
+                        "{what}: {var}"
+                    );
+                }
             }
             return;
         }
@@ -230,6 +242,44 @@ fn run_deployment(path: &PathBuf) {
         checked += 1;
     }
     assert!(checked >= 1, "{what}: no file checked");
+}
+
+/// What an exec example sets: (variable, secret name, whether the variable names a file), from
+/// its `--secret`s and the Key Vault references in its environment.
+fn exec_expectations(
+    argv: &[String],
+    env: &std::collections::HashMap<String, String>,
+) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    for spec in argv
+        .windows(2)
+        .filter(|w| w[0] == "--secret")
+        .map(|w| &w[1])
+    {
+        let (head, options) = spec.split_once('?').unwrap_or((spec, ""));
+        let file = options.split('&').any(|o| o == "file");
+        let (var, name) = match head.split_once('=') {
+            Some((alias, name)) => (alias.to_string(), name),
+            None => {
+                let var = head.to_ascii_uppercase().replace('-', "_");
+                (if file { format!("{var}_FILE") } else { var }, head)
+            }
+        };
+        out.push((var, name.to_string(), file));
+    }
+    for (var, value) in env
+        .iter()
+        .filter(|(_, v)| v.starts_with("@Microsoft.KeyVault("))
+    {
+        let name = value
+            .split(['=', '/', ';', ')'])
+            .rev()
+            .find(|p| !p.is_empty())
+            .unwrap()
+            .to_string();
+        out.push((var.clone(), name, var.ends_with("_FILE")));
+    }
+    out
 }
 
 #[test]

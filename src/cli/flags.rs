@@ -56,7 +56,7 @@ pub const FLAGS: &[Flag] = &[
         "KVFETCH_SECRETS",
         Some("SPEC"),
         None,
-        "[ALIAS=]NAME[/VERSION][?OPTIONS] or [ALIAS=]https://HOST/secrets/NAME[/VERSION][?OPTIONS]; OPTIONS: format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex, optional, joined by &; repeatable (env: separated by commas, spaces or newlines)",
+        "[ALIAS=]NAME[/VERSION][?OPTIONS] or [ALIAS=]https://HOST/secrets/NAME[/VERSION][?OPTIONS]; OPTIONS: format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex, optional, file (exec: the variable names an in-memory file holding the value; NAME?file sets NAME_FILE), joined by &; repeatable (env: separated by commas, spaces or newlines)",
     ),
     flag(
         "all",

@@ -167,9 +167,9 @@ pub const EXAMPLES: &[Example] = &[
     },
     Example {
         command: "exec",
-        about: "two fields of one JSON secret as two variables",
+        about: "an image that reads *_FILE variables: the value in an in-memory file, in no variable",
         env: &[],
-        args: "exec --vault contoso-kv --secret 'DB_USER=db?json=/user' --secret 'DB_PASS=db?json=/password' -- /app/server",
+        args: "exec --vault contoso-kv --secret 'POSTGRES_PASSWORD_FILE=db-password?file' -- docker-entrypoint.sh postgres",
     },
 ];
 
@@ -215,7 +215,10 @@ fn intro(command: Option<&str>) -> &'static str {
             "Usage:\n  kvfetch exec [fetch options] [--refresh DURATION [exec options]] -- COMMAND [ARGS...]\n\n\
              `exec` resolves --secret specs and inherited @Microsoft.KeyVault(...) references into the\n\
              environment, then becomes COMMAND (execve). With --refresh it stays the parent instead:\n\
-             it forwards signals, reaps zombies, refreshes, and restarts or signals the child on change.\n"
+             it forwards signals, reaps zombies, refreshes, and restarts or signals the child on change.\n\
+             A ?file secret (or a reference in a *_FILE variable) sets its variable to the path of a\n\
+             file in memory that holds the value (mode 0400): a memfd, or with --refresh a private\n\
+             tmpfs directory under /dev/shm rewritten on rotation and removed on exit.\n"
         }
         _ => {
             "Usage:\n  kvfetch fetch --vault NAME|URL (--secret SPEC... | --all | --prefix P | --tag K=V...)\n\

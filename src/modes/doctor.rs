@@ -222,6 +222,7 @@ fn check_values(r: &mut Report, opts: &Options, plan: &fetch::Plan, mut snap: fe
 /// Run the doctor; returns its exit code (usage errors are returned as errors, as for fetch).
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
     let plan = fetch::plan_with(opts, Vec::new(), false)?;
+    fetch::check_no_file(&plan)?;
     let vault = fetch::default_vault(opts)?;
     let mut r = Report {
         json: opts.log.format == Format::Json,

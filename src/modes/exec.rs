@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::Options;
 use crate::error::Error;
 use crate::modes::fetch::{Session, Snapshot, default_vault, plan_with, write_outputs};
+use crate::output::memfile;
 use crate::spec::SecretSpec;
 use crate::vault::keyvault::Fetched;
 use crate::{base::log, modes::supervise, spec::reference};
@@ -23,6 +24,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     let references = reference::scan(env.iter(), vault.as_ref())?;
     let plan = plan_with(opts, references, true)?;
     let session = Session::new(opts, env, plan)?;
+    warn_file_names_holding_values(&session.plan.specs);
     let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     // With `--allow-env PATH` a secret may set PATH: then no message shows it, nor a path found
     // through it. Otherwise the command is found before any request: a typo costs no fetch and
@@ -38,6 +40,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     if !secret_path {
         find_program(&argv[0], path_of(&base), false)?;
     }
+    // Supervised, ?file values live in a private directory on tmpfs: made (or refused) before
+    // any request.
+    let files_dir = match opts.refresh {
+        Some(_) => supervise::private_dir(&session.plan.specs)?,
+        None => None,
+    };
     let snap = if session.plan.specs.is_empty() && session.plan.selection.is_none() {
         log::warn(
             "nothing to resolve: no --secret and no @Microsoft.KeyVault(...) reference in the environment",
@@ -50,7 +58,18 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     if crate::modes::fetch::has_outputs(opts) {
         write_outputs(opts, &session.plan, &snap)?;
     }
-    let child_env = child_env(&base, &snap.specs, &snap.values)?;
+    let (mut child_env, files) = child_env(&base, &snap.specs, &snap.values)?;
+    // Plain exec: each ?file value in a sealed memfd the command inherits (supervised exec
+    // keeps them in a private directory instead: supervise.rs).
+    let mut fds = Vec::new();
+    if opts.refresh.is_none() {
+        for (name, bytes) in &files {
+            let Some(bytes) = bytes else { continue };
+            let fd = memfile::sealed(name, bytes)?;
+            child_env.push((name.into(), memfile::fd_path(&fd).into()));
+            fds.push(fd);
+        }
+    }
     let program = find_program(&argv[0], path_of(&child_env), secret_path)?;
     crate::modes::fetch::log_written(opts, &snap, true);
     log::info(
@@ -61,9 +80,12 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
         ],
     );
     if opts.refresh.is_some() {
-        return supervise::run(opts, session, snap, base, program, argv);
+        return supervise::run(opts, session, snap, base, program, argv, files_dir);
     }
     check_exec_size(argv, &child_env)?;
+    for fd in &fds {
+        memfile::inherit(fd)?;
+    }
     log::flush();
     let mut command = std::process::Command::new(&program);
     command
@@ -86,21 +108,33 @@ pub fn run(opts: &Options, env: &HashMap<String, String>, argv: &[OsString]) -> 
     ))
 }
 
+/// The `?file` variables: each one's name and shaped value (`None`: an absent optional secret,
+/// which sets no variable).
+pub type FileVars = Vec<(String, Option<Vec<u8>>)>;
+
 /// The parent's environment with secrets added (each shaped by its spec's options) and
-/// references replaced; nothing else changes. An absent optional secret sets nothing.
+/// references replaced; nothing else changes. An absent optional secret sets nothing. The
+/// `?file` secrets are returned apart, their variables not set (every inherited entry of their
+/// names removed): the caller puts each value in a file and sets the variable to its path.
 pub fn child_env(
     base: &[(OsString, OsString)],
     specs: &[SecretSpec],
     values: &[Option<Fetched>],
-) -> Result<Vec<(OsString, OsString)>, Error> {
+) -> Result<(Vec<(OsString, OsString)>, FileVars), Error> {
     let mut env: Vec<(OsString, OsString)> = base.to_vec();
+    let mut files = FileVars::new();
     let shaped = crate::modes::fetch::shaped(specs, values)?;
     for (spec, bytes) in specs.iter().zip(shaped).filter(|(s, _)| !s.hidden) {
-        let Some(bytes) = bytes else { continue };
         let name = spec.env_name();
+        if spec.file {
+            env.retain(|(k, _)| k != OsStr::new(&name));
+            files.push((name, bytes));
+            continue;
+        }
+        let Some(bytes) = bytes else { continue };
         if bytes.contains(&0) {
             return Err(Error::Output(format!(
-                "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; use --dir",
+                "the value of {name} ({}) contains a NUL byte, which no environment variable can hold; hand it over as a file with ?file (or write it with --dir)",
                 spec.reference()
             )));
         }
@@ -109,7 +143,21 @@ pub fn child_env(
         env.retain(|(k, _)| k != OsStr::new(&name));
         env.push((name.into(), OsString::from_vec(bytes)));
     }
-    Ok(env)
+    Ok((env, files))
+}
+
+/// A variable named `*_FILE` is, by the images' convention, a path: one set to the value itself
+/// is most likely a `?file` left out. Said once per variable, without the value.
+fn warn_file_names_holding_values(specs: &[SecretSpec]) {
+    for spec in specs.iter().filter(|s| !s.hidden && !s.file) {
+        let name = spec.env_name();
+        if name.ends_with("_FILE") {
+            log::warn(
+                "this variable's name ends in _FILE, which programs read as a path, but it gets the secret's value; add ?file to hand the value over as a file",
+                &[("variable", &name), ("secret", &spec.reference())],
+            );
+        }
+    }
 }
 
 /// The kernel's limit on one argument or `NAME=value` string (MAX_ARG_STRLEN, 32 pages).
@@ -123,7 +171,7 @@ pub fn check_exec_size(argv: &[OsString], env: &[(OsString, OsString)]) -> Resul
         .find(|(k, v)| k.len() + v.len() + 2 > MAX_ARG_STRLEN)
     {
         return Err(Error::Resource(format!(
-            "the variable {} is {} bytes, more than the kernel passes to a program (128 KiB); put it in a file with --dir",
+            "the variable {} is {} bytes, more than the kernel passes to a program (128 KiB); hand it over as a file with ?file (or write it with --dir)",
             k.to_string_lossy(),
             v.len()
         )));
@@ -139,7 +187,7 @@ pub fn check_exec_size(argv: &[OsString], env: &[(OsString, OsString)]) -> Resul
     let pointers = (argv.len() + env.len() + 2) * std::mem::size_of::<usize>();
     if strings + pointers > arg_max {
         return Err(Error::Resource(format!(
-            "the environment and arguments take {} bytes, more than the kernel's limit of {arg_max} for a new program; put large secrets in files with --dir",
+            "the environment and arguments take {} bytes, more than the kernel's limit of {arg_max} for a new program; hand large secrets over as files with ?file (or write them with --dir)",
             strings + pointers
         )));
     }
@@ -229,7 +277,7 @@ fn executable(p: &Path) -> bool {
 pub fn exec_error(command: &str, program: &Path, err: std::io::Error) -> Error {
     if err.raw_os_error() == Some(libc::E2BIG) {
         return Error::Resource(format!(
-            "{command}: the environment and arguments are larger than the kernel accepts for a new program ({err}); put large secrets in files with --dir"
+            "{command}: the environment and arguments are larger than the kernel accepts for a new program ({err}); hand large secrets over as files with ?file (or write them with --dir)"
         ));
     }
     if crate::error::local_limit(&err) || err.raw_os_error() == Some(libc::EAGAIN) {
@@ -267,10 +315,36 @@ mod tests {
             ("OTHER".into(), "o".into()),
             ("DB".into(), "old".into()),
         ];
-        let env = child_env(&base, &[spec], &[Some(fetched)]).unwrap();
+        let (env, files) = child_env(&base, &[spec], &[Some(fetched)]).unwrap();
+        assert!(files.is_empty());
         let dbs: Vec<_> = env.iter().filter(|(k, _)| k == "DB").collect();
         assert_eq!(dbs.len(), 1);
         assert_eq!(dbs[0].1, "new");
         assert!(env.iter().any(|(k, v)| k == "OTHER" && v == "o"));
+    }
+
+    #[test]
+    fn a_file_secret_sets_no_variable_and_clears_inherited_ones() {
+        let vault = crate::spec::parse_vault("https://127.0.0.1:1", None).unwrap();
+        let file = crate::spec::parse_spec("db?file", Some(&vault)).unwrap();
+        let gone = crate::spec::parse_spec("GONE_FILE=gone?file&optional", Some(&vault)).unwrap();
+        let fetched =
+            crate::vault::keyvault::parse_bundle(r#"{"value":"a\u0000b","id":"x/1"}"#).unwrap();
+        let base: Vec<(OsString, OsString)> = vec![
+            (
+                "DB_FILE".into(),
+                "@Microsoft.KeyVault(SecretUri=https://x/secrets/db)".into(),
+            ),
+            ("GONE_FILE".into(), "old".into()),
+        ];
+        let (env, files) = child_env(&base, &[file, gone], &[Some(fetched), None]).unwrap();
+        assert!(env.is_empty(), "{env:?}");
+        assert_eq!(
+            files,
+            vec![
+                ("DB_FILE".to_string(), Some(b"a\0b".to_vec())),
+                ("GONE_FILE".to_string(), None)
+            ]
+        );
     }
 }

@@ -56,7 +56,21 @@ pub fn plan(opts: &Options) -> Result<Plan, Error> {
             "no secrets: give --secret NAME (repeatable) or KVFETCH_SECRETS, or choose from the vault with --all, --prefix or --tag".into(),
         ));
     }
-    plan_with(opts, Vec::new(), false)
+    let plan = plan_with(opts, Vec::new(), false)?;
+    check_no_file(&plan)?;
+    Ok(plan)
+}
+
+/// `?file` is `exec`'s: fetch and watch (and the doctor, which checks what fetch would do)
+/// refuse it.
+pub fn check_no_file(plan: &Plan) -> Result<(), Error> {
+    match plan.specs.iter().find(|s| s.file) {
+        Some(spec) => Err(Error::Usage(format!(
+            "--secret {:?}: ?file hands the value to the command `kvfetch exec` starts, as a file named by a variable; fetch and watch write files with --dir already: drop ?file",
+            spec.text
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Whether the options choose secrets from the vault's list.
@@ -201,7 +215,7 @@ fn check_env_file_apart(
         .dir
         .iter()
         .flat_map(|d| {
-            let shown = specs.iter().filter(|s| !s.hidden);
+            let shown = specs.iter().filter(|s| s.in_outputs());
             shown.map(move |s| d.join(s.file_name()))
         })
         .collect();
@@ -301,7 +315,7 @@ pub fn check_outputs_with(
     let ready_dir = opts.ready_file.as_deref().map(parent_dir);
     if let Some(dir) = &opts.dir {
         output::files::check_writable_dir(dir, "--dir", true)?;
-        for spec in plan.specs.iter().filter(|s| !s.hidden) {
+        for spec in plan.specs.iter().filter(|s| s.in_outputs()) {
             check_file_name(spec.file_name(), &spec.text)?;
             if opts.dir_layout == output::Layout::Atomic && spec.file_name().starts_with("..") {
                 return Err(Error::Usage(format!(
@@ -879,7 +893,13 @@ fn report(errors: Vec<Error>) -> Result<(), Error> {
 /// value here, before anything is written.
 fn output_items(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<Items, Error> {
     let shaped = shaped(&snap.specs, &snap.values)?;
-    let shown = || snap.specs.iter().zip(&shaped).filter(|(s, _)| !s.hidden);
+    // A ?file secret is exec's to hand over: neither --dir nor the env file holds it.
+    let shown = || {
+        snap.specs
+            .iter()
+            .zip(&shaped)
+            .filter(|(s, _)| s.in_outputs())
+    };
     let mut items = Items::default();
     if let Some(dir) = &opts.dir {
         for (spec, bytes) in shown() {
@@ -965,7 +985,7 @@ pub fn log_written(opts: &Options, snap: &Snapshot, variables: bool) {
             ("vault", spec.vault.url.clone()),
             ("version", f.version.clone()),
         ];
-        if let Some(dir) = &opts.dir {
+        if let Some(dir) = opts.dir.as_ref().filter(|_| spec.in_outputs()) {
             fields.push(("file", dir.join(spec.file_name()).display().to_string()));
         }
         if variables {

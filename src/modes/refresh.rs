@@ -261,7 +261,7 @@ impl Refresher {
             let file_changed = self.opts.dir.as_ref().is_some_and(|d| {
                 changes
                     .iter()
-                    .any(|c| !c.spec.hidden && d.join(c.spec.file_name()) == p)
+                    .any(|c| c.spec.in_outputs() && d.join(c.spec.file_name()) == p)
             });
             let template = crate::modes::fetch::template_dests(&self.session.plan).any(|t| t == p)
                 && !changes.is_empty();
@@ -328,10 +328,11 @@ struct Change<'a> {
 }
 
 /// The key a secret is matched by across snapshots: its outputs and what it reads.
-fn key(s: &SecretSpec) -> (String, bool, String, String, Option<String>) {
+fn key(s: &SecretSpec) -> (String, bool, bool, String, String, Option<String>) {
     (
         s.file_name().to_string(),
         s.hidden,
+        s.file,
         s.vault.url.clone(),
         s.name.to_ascii_lowercase(),
         s.version.clone(),

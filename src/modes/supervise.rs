@@ -15,6 +15,10 @@
 //!   SIGTERM should kvfetch die (`PR_SET_PDEATHSIG`).
 //! - When kvfetch ends, no process of any generation survives it: its group and every orphan
 //!   left with kvfetch get SIGTERM, then SIGKILL after `--grace`.
+//! - `?file` variables name files in a private directory of kvfetch's own on tmpfs
+//!   ([`PRIVATE_BASE`], mode 0700, files 0400): a rotation replaces each file atomically before
+//!   the child is signalled (`--on-change signal:SIG` or `none`), or before the new generation
+//!   starts (`restart`); the directory is removed when kvfetch exits.
 //!
 //! The child gets the terminal when kvfetch holds it: a Ctrl-C then reaches the child once,
 //! from the terminal, and not again through kvfetch.
@@ -31,6 +35,7 @@ use crate::modes::exec::{check_exec_size, child_env, exec_error};
 use crate::modes::fetch::{Session, Snapshot};
 use crate::modes::health::HEARTBEAT;
 use crate::modes::refresh::{Event, Outcome, Refresher};
+use crate::output::memfile::PrivateDir;
 use crate::{base::log, base::signals, modes::health};
 
 const FORWARDED: [i32; 7] = [
@@ -42,6 +47,10 @@ const FORWARDED: [i32; 7] = [
     libc::SIGUSR2,
     libc::SIGWINCH,
 ];
+
+/// Where supervised exec makes the private directory of `?file` variables: tmpfs in Docker and
+/// Kubernetes, as on most Linux systems.
+pub const PRIVATE_BASE: &str = "/dev/shm";
 
 /// Restarts for changed secrets are at least this far apart (changes in between are coalesced).
 pub const RESTART_MIN_GAP: Duration = Duration::from_secs(10);
@@ -86,9 +95,24 @@ struct Supervisor<'a> {
     last_restart: Option<Instant>,
     /// kvfetch started in the terminal's foreground: every child (restarts too) gets the terminal.
     tty: bool,
+    /// The files of `?file` variables (when there are any); removed when the supervisor is
+    /// dropped, after [`Supervisor::finish`].
+    files: Option<PrivateDir>,
+    /// The files could not be rewritten after a change: tried again after every refresh, and
+    /// the change acted on (the signal sent) once they are.
+    files_stale: bool,
 }
 
-/// Supervise `argv` until it exits; returns its exit code.
+/// The private directory for the `?file` variables among `specs`, if there are any.
+pub fn private_dir(specs: &[crate::spec::SecretSpec]) -> Result<Option<PrivateDir>, Error> {
+    match specs.iter().any(|s| s.file) {
+        true => PrivateDir::create(Path::new(PRIVATE_BASE)).map(Some),
+        false => Ok(None),
+    }
+}
+
+/// Supervise `argv` until it exits; returns its exit code. `files` holds the `?file`
+/// variables' files (see [`private_dir`]).
 pub fn run(
     opts: &Options,
     session: Session,
@@ -96,6 +120,7 @@ pub fn run(
     base_env: Env,
     program: PathBuf,
     argv: &[OsString],
+    files: Option<PrivateDir>,
 ) -> Result<u8, Error> {
     // SAFETY: plain prctl call with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -119,6 +144,8 @@ pub fn run(
         blocked: false,
         last_restart: None,
         tty: holds_terminal(),
+        files,
+        files_stale: false,
     };
     let env = sup.env_for(&refresher)?;
     sup.pid = sup.spawn(env)?;
@@ -180,16 +207,41 @@ impl Supervisor<'_> {
         self.argv[0].to_string_lossy().into_owned()
     }
 
-    /// The child's environment from the current secrets, checked against what `execve` takes.
+    /// The child's environment from the current secrets, checked against what `execve` takes;
+    /// once it is, the files of `?file` variables are brought up to date.
     fn env_for(&self, refresher: &Refresher) -> Result<Env, Error> {
-        Self::env_of(self.argv, &self.base_env, refresher)
+        Self::env_of(self.argv, &self.base_env, self.files.as_ref(), refresher)
     }
 
-    fn env_of(argv: &[OsString], base_env: &Env, refresher: &Refresher) -> Result<Env, Error> {
+    fn env_of(
+        argv: &[OsString],
+        base_env: &Env,
+        files: Option<&PrivateDir>,
+        refresher: &Refresher,
+    ) -> Result<Env, Error> {
         let snap = refresher.current.clone().unwrap_or_default();
-        let env = child_env(base_env, &snap.specs, &snap.values)?;
+        let (mut env, vars) = child_env(base_env, &snap.specs, &snap.values)?;
+        if let Some(dir) = files {
+            for (name, _) in vars.iter().filter(|(_, bytes)| bytes.is_some()) {
+                env.push((name.into(), dir.file(name).into()));
+            }
+        }
         check_exec_size(argv, &env)?;
+        if let Some(dir) = files {
+            dir.write(&vars)?;
+        }
         Ok(env)
+    }
+
+    /// Bring the files of `?file` variables up to date (for a child that is signalled, or
+    /// left to notice, rather than restarted).
+    fn write_files(&self, refresher: &Refresher) -> Result<(), Error> {
+        let Some(dir) = &self.files else {
+            return Ok(());
+        };
+        let snap = refresher.current.clone().unwrap_or_default();
+        let (_, vars) = child_env(&self.base_env, &snap.specs, &snap.values)?;
+        dir.write(&vars)
     }
 
     /// The program can still be started: checked before the old generation is stopped.
@@ -330,6 +382,11 @@ impl Supervisor<'_> {
     }
 
     fn changed(&mut self, names: &[String], refresher: &Refresher) -> Result<Option<u8>, Error> {
+        // A restart rewrites the files with the new generation's environment; a child that is
+        // signalled (or left alone) finds them rewritten first.
+        if self.opts.on_change != OnChange::Restart && !self.files_written(refresher) {
+            return self.progress();
+        }
         match self.opts.on_change {
             OnChange::Restart if self.phase == Phase::Running => {
                 self.restart_pending = true;
@@ -340,7 +397,7 @@ impl Supervisor<'_> {
                 // A change during a restart: the new generation starts with it.
                 if let (Phase::Restarting { env, .. }, Ok(new)) = (
                     &mut self.phase,
-                    Self::env_of(self.argv, &self.base_env, refresher),
+                    Self::env_of(self.argv, &self.base_env, self.files.as_ref(), refresher),
                 ) {
                     *env = new;
                 }
@@ -357,8 +414,32 @@ impl Supervisor<'_> {
         self.progress()
     }
 
+    /// Rewrite the files of `?file` variables after a change; on failure, say so and try again
+    /// after the next refresh.
+    fn files_written(&mut self, refresher: &Refresher) -> bool {
+        match self.write_files(refresher) {
+            Ok(()) => {
+                self.files_stale = false;
+                true
+            }
+            Err(e) => {
+                self.files_stale = true;
+                log::error(
+                    &format!(
+                        "secrets changed but the files of ?file variables cannot be rewritten, so they keep the old values and the child is not signalled; retrying after the next refresh: {e}"
+                    ),
+                    &[("kind", e.kind())],
+                );
+                false
+            }
+        }
+    }
+
     /// After a refresh: a restart refused for its environment is tried again (once per fetch).
     fn retry_blocked(&mut self, refresher: &Refresher) -> Result<Option<u8>, Error> {
+        if self.files_stale && self.files_written(refresher) {
+            return self.changed(&[], refresher);
+        }
         if self.restart_pending && self.blocked {
             self.blocked = false;
             self.maybe_restart(refresher)?;

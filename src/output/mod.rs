@@ -2,13 +2,15 @@
 //!
 //! Everything is staged first (temp files in the target's own directory, created with their final
 //! mode and owner, fsynced) and only then renamed into place, so a failure part-way leaves every
-//! output as it was and no temp file behind. `atomic` holds the `..data` layout.
+//! output as it was and no temp file behind. `atomic` holds the `..data` layout; `memfile` the
+//! in-memory files `exec` hands a `?file` secret over in.
 //!
 //! May use: `error`, `base`.
 
 pub mod atomic;
 pub mod envfile;
 pub mod files;
+pub mod memfile;
 
 pub use envfile::Format;
 

@@ -71,6 +71,9 @@ pub struct SecretSpec {
     pub env_alias: Option<String>,
     /// Fetched for a template only: no file, no variable of its own.
     pub hidden: bool,
+    /// `?file` (or an App Service reference in a `*_FILE` variable): `exec` hands the value
+    /// over as a file, the variable holding its path; `--dir` and the env file leave it out.
+    pub file: bool,
 }
 
 impl SecretSpec {
@@ -82,12 +85,26 @@ impl SecretSpec {
             .unwrap_or(&self.name)
     }
 
-    /// The environment variable name.
+    /// The environment variable name. A `?file` spec without an alias names the variable as
+    /// images that read files expect: `db-password?file` → `DB_PASSWORD_FILE`.
     pub fn env_name(&self) -> String {
-        self.alias
-            .clone()
-            .or_else(|| self.env_alias.clone())
-            .unwrap_or_else(|| env_name_for(self.output_name.as_deref().unwrap_or(&self.name)))
+        let name = self.alias.clone().or_else(|| self.env_alias.clone());
+        match name {
+            Some(name) => name,
+            None => {
+                let name = env_name_for(self.output_name.as_deref().unwrap_or(&self.name));
+                if self.file && !name.ends_with("_FILE") {
+                    format!("{name}_FILE")
+                } else {
+                    name
+                }
+            }
+        }
+    }
+
+    /// Whether `--dir` and the env file carry this spec: not a template's own, not `?file`.
+    pub fn in_outputs(&self) -> bool {
+        !self.hidden && !self.file
     }
 
     /// `name` or `name/version`, for messages.
@@ -395,9 +412,9 @@ fn holds_userinfo(text: &str) -> bool {
 
 fn parse_spec_as_typed(text: &str, default_vault: Option<&Vault>) -> Result<SecretSpec, Error> {
     // The first `?` starts the options; an `=` before it ends the alias.
-    let (head, shape) = match text.split_once('?') {
+    let (head, (shape, file)) = match text.split_once('?') {
         Some((head, options)) => (head, options::parse(options, text)?),
-        None => (text, Shape::default()),
+        None => (text, (Shape::default(), false)),
     };
     let (alias, reference) = match head.split_once('=') {
         Some((a, r)) => (Some(a.trim().to_string()), r.trim()),
@@ -439,6 +456,7 @@ fn parse_spec_as_typed(text: &str, default_vault: Option<&Vault>) -> Result<Secr
         output_name: None,
         env_alias: None,
         hidden: false,
+        file,
     })
 }
 
@@ -508,7 +526,7 @@ pub fn check_names(
     let mut seen_files = std::collections::HashMap::new();
     let mut seen_env = std::collections::HashMap::new();
     for spec in specs.iter().filter(|s| !s.hidden) {
-        if files {
+        if files && spec.in_outputs() {
             let f = spec.file_name();
             if !valid_file_name(f) {
                 return Err(Error::Usage(format!(
@@ -718,6 +736,14 @@ mod tests {
             (s.vault.url.as_str(), s.name.as_str(), s.version),
             ("https://other.vault.azure.net", "x", None)
         );
+        let s = parse_spec("db-password?file&json=/pw", Some(&v)).unwrap();
+        assert!(s.file && !s.in_outputs());
+        assert_eq!(s.env_name(), "DB_PASSWORD_FILE");
+        assert_eq!(
+            parse_spec("db-file?file", Some(&v)).unwrap().env_name(),
+            "DB_FILE"
+        );
+        assert_eq!(parse_spec("PW=db?file", Some(&v)).unwrap().env_name(), "PW");
         assert!(parse_spec("bad_name", Some(&v)).is_err());
         assert!(parse_spec("a/b/c", Some(&v)).is_err());
         assert!(parse_spec("x", None).is_err());
@@ -805,6 +831,10 @@ mod tests {
         let allowed = check_names(&specs(&["path"]), false, true, &["PATH".into()]);
         assert!(allowed.is_ok());
         assert!(check(&[".kvfetch-tmp-1=x"], true, false).is_err());
+        // A ?file spec writes no file under --dir: it takes no file name there.
+        assert!(check(&["a?file", "a"], true, true).is_ok());
+        assert!(check(&["..=x?file"], true, false).is_ok());
+        assert!(check(&["A_FILE=x", "a?file"], false, true).is_err());
         assert_eq!(split_list("a, b\nc,,d"), vec!["a", "b", "c", "d"]);
     }
 }

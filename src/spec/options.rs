@@ -1,6 +1,6 @@
 //! A spec's options, the text after its `?` (`NAME?format=key&optional`): parsed with the
 //! spec, so a wrong option is a usage error before any request. What they make of a value is
-//! `shape`'s work.
+//! `shape`'s work; `file` says how `exec` hands the value over (a file, not a variable).
 
 use crate::error::Error;
 
@@ -37,10 +37,13 @@ pub enum Decode {
     Hex,
 }
 
-/// Parse the options after `?`: `format=`, `json=`, `decode=`, `optional`, joined by `&`.
-pub fn parse(options: &str, text: &str) -> Result<Shape, Error> {
+/// Parse the options after `?`: `format=`, `json=`, `decode=`, `optional`, `file`, joined by
+/// `&`. Returns the shape and whether `file` was given (`exec` hands the shaped value over as a
+/// file whose path is the variable).
+pub fn parse(options: &str, text: &str) -> Result<(Shape, bool), Error> {
     let bad = |why: String| Error::Usage(format!("--secret {text:?}: {why}"));
     let mut shape = Shape::default();
+    let mut file = false;
     let mut seen: Vec<&str> = Vec::new();
     for option in options.split('&') {
         let (key, value) = match option.split_once('=') {
@@ -62,9 +65,15 @@ pub fn parse(options: &str, text: &str) -> Result<Shape, Error> {
                 bad(format!("decode={v:?} is not one of base64, base64url, hex"))
             })?),
             ("optional", None) => shape.optional = true,
+            ("file", None) => file = true,
+            ("file" | "optional", Some(_)) => {
+                return Err(bad(format!(
+                    "{option:?} is not an option: {key} takes no value (write ?{key})"
+                )));
+            }
             _ => {
                 return Err(bad(format!(
-                    "{option:?} is not an option; the options are format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex and optional, joined by '&'"
+                    "{option:?} is not an option; the options are format=pem|key|cert|chain|pfx, json=/POINTER, decode=base64|base64url|hex, optional and file, joined by '&'"
                 )));
             }
         }
@@ -74,7 +83,7 @@ pub fn parse(options: &str, text: &str) -> Result<Shape, Error> {
             "format= reads a certificate secret as Key Vault stores it, so it does not combine with json= or decode=".into(),
         ));
     }
-    Ok(shape)
+    Ok((shape, file))
 }
 
 fn cert_format(v: &str) -> Option<CertFormat> {
@@ -109,4 +118,28 @@ pub fn json_pointer(v: &str) -> Result<String, &'static str> {
         }
     }
     Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_combines_with_the_shaping_options_and_takes_no_value() {
+        let (shape, file) = parse("json=/pw&file&optional", "x").unwrap();
+        assert!(file && shape.optional);
+        assert_eq!(shape.json.as_deref(), Some("/pw"));
+        assert!(parse("format=key&file", "x").is_ok_and(|(s, f)| f && s.format.is_some()));
+        assert!(parse("decode=base64", "x").is_ok_and(|(_, f)| !f));
+        for bad in ["file=yes", "file&file", "optional=1", "files"] {
+            let Err(Error::Usage(msg)) = parse(bad, "x") else {
+                panic!("{bad} accepted")
+            };
+            assert!(msg.contains("--secret \"x\""), "{bad}: {msg}");
+        }
+        let Err(Error::Usage(msg)) = parse("file=/run/x", "x") else {
+            panic!("a value for file accepted")
+        };
+        assert!(msg.contains("file takes no value"), "{msg}");
+    }
 }

@@ -2,7 +2,9 @@
 //! `@Microsoft.KeyVault(SecretUri=https://HOST/secrets/NAME[/VERSION][/])` or
 //! `@Microsoft.KeyVault(VaultName=V;SecretName=N[;SecretVersion=X])` (keys case-insensitive,
 //! surrounding white space tolerated) is replaced by the secret's value. The same host rules as
-//! `fetch` apply to every referenced vault.
+//! `fetch` apply to every referenced vault. A variable whose name ends in `_FILE` (the images'
+//! convention for a variable that names a file) gets a file holding the value instead, as
+//! `?file` does for `--secret`.
 //!
 //! Fail closed: a value that merely looks like a reference (`@Microsoft.KeyVault (…)`, quoted,
 //! unknown or repeated keys) is refused rather than handed to the app as a literal string.
@@ -84,7 +86,9 @@ pub fn parse(var: &str, value: &str, default_vault: Option<&Vault>) -> Result<Se
             ));
         }
     };
-    spec::parse_spec(&format!("{var}={reference}"), default_vault)
+    let mut spec = spec::parse_spec(&format!("{var}={reference}"), default_vault)?;
+    spec.file = var.ends_with("_FILE");
+    Ok(spec)
 }
 
 /// `https://V.<suffix>`: the DNS suffix of `--vault` when given (a loopback `--vault`, an
@@ -162,6 +166,16 @@ mod tests {
             (s.vault.url.as_str(), s.vault.resource.as_str()),
             ("https://kv1.vault.azure.cn", "https://vault.azure.cn")
         );
+    }
+
+    #[test]
+    fn a_reference_in_a_file_variable_is_delivered_as_a_file() {
+        let uri = "@Microsoft.KeyVault(SecretUri=https://v1.vault.azure.net/secrets/db)";
+        let s = parse("DB_PASSWORD_FILE", uri, None).unwrap();
+        assert!(s.file && s.env_name() == "DB_PASSWORD_FILE");
+        for var in ["DB_PASSWORD", "PROFILE", "DB_FILE_X", "db_password_file"] {
+            assert!(!parse(var, uri, None).unwrap().file, "{var}");
+        }
     }
 
     #[test]

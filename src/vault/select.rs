@@ -474,6 +474,7 @@ pub fn choose(
             },
             output_name: (out != l.name).then_some(out),
             hidden: false,
+            file: false,
         });
     }
     shown.finish(

@@ -1,0 +1,397 @@
+//! Where `exec` puts a `?file` secret: a file that lives in memory only, private to the app.
+//!
+//! - [`sealed`]: for plain `exec`, a memfd (`memfd_create`) holding the value, mode 0400 and
+//!   sealed against any write, grow, shrink or further sealing. It is on no file system: it
+//!   lives as long as a process holds its descriptor, and the app reaches it as
+//!   `/proc/self/fd/N`.
+//! - [`PrivateDir`]: for supervised `exec`, a directory of kvfetch's own (mode 0700, on tmpfs or
+//!   ramfs only) holding one file per variable, each replaced atomically on rotation; it is
+//!   removed when kvfetch exits. kvfetch holds an `flock` on it while it lives, so a directory
+//!   left by a kvfetch that was killed (SIGKILL, the OOM killer) is known by its free lock and
+//!   removed by the next supervised `exec` of the same user on that tmpfs (a restarted
+//!   container of the same pod shares `/dev/shm`), whatever PID namespace either runs in.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::output::files::{self, FileOptions};
+
+/// The mode of every file a `?file` variable names.
+pub const MODE: u32 = 0o400;
+
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the memfd can never be made executable.
+const MFD_NOEXEC_SEAL: libc::c_uint = 0x0008;
+
+/// A memfd named `kvfetch:NAME` holding `bytes`: mode 0400, sealed (no write, grow, shrink or
+/// new seal), close-on-exec until the caller hands it on.
+pub fn sealed(name: &str, bytes: &[u8]) -> Result<OwnedFd, Error> {
+    let fail = |what: &str, e: io::Error| {
+        let msg = format!("cannot create the in-memory file for {name} ({what}): {e}");
+        Error::from_io(&e, Error::Output, msg)
+    };
+    let label = CString::new(format!("kvfetch:{name}"))
+        .map_err(|_| Error::Usage(format!("the variable name {name:?} holds a NUL byte")))?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create with a valid C string and flags.
+    let mut raw = unsafe { libc::memfd_create(label.as_ptr(), flags | MFD_NOEXEC_SEAL) };
+    if raw < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // A kernel before 6.3 knows no MFD_NOEXEC_SEAL; the mode below leaves no exec bit.
+        // SAFETY: as above.
+        raw = unsafe { libc::memfd_create(label.as_ptr(), flags) };
+    }
+    if raw < 0 {
+        return Err(fail("memfd_create", io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a descriptor just created and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    io::Write::write_all(&mut file, bytes).map_err(|e| fail("write", e))?;
+    // SAFETY: fchmod on a descriptor we own.
+    if unsafe { libc::fchmod(file.as_raw_fd(), MODE) } != 0 {
+        return Err(fail("fchmod", io::Error::last_os_error()));
+    }
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl F_ADD_SEALS on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(fail("seal", io::Error::last_os_error()));
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Let `fd` pass through `execve` (clear its close-on-exec flag, and only its).
+pub fn inherit(fd: &OwnedFd) -> Result<(), Error> {
+    // SAFETY: fcntl F_SETFD on a descriptor we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+        let e = io::Error::last_os_error();
+        let msg = format!("cannot hand an in-memory file to the command: {e}");
+        return Err(Error::from_io(&e, Error::Output, msg));
+    }
+    Ok(())
+}
+
+/// The path by which a process holding `fd` opens it.
+pub fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// How a private directory is named: `PREFIX<pid>-<8 hex digits>`.
+const PREFIX: &str = "kvfetch-exec-";
+
+/// The name a new private directory has until it is locked (never swept).
+const NEW_PREFIX: &str = ".kvfetch-exec-new-";
+
+/// A directory of kvfetch's own on tmpfs or ramfs, locked while it lives, removed (with what it
+/// holds) on drop.
+#[derive(Debug)]
+pub struct PrivateDir {
+    path: PathBuf,
+    /// The directory, opened and `flock`ed (close-on-exec: no child holds the lock).
+    _lock: std::fs::File,
+}
+
+/// Whether `name` is a private directory's: [`PREFIX`], digits, `-`, 8 hex digits.
+fn private_name(name: &str) -> bool {
+    let Some((pid, random)) = name.strip_prefix(PREFIX).and_then(|r| r.split_once('-')) else {
+        return false;
+    };
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && random.len() == 8
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Open directory `path` (never through a symlink) and take its lock without waiting.
+fn lock(path: &Path) -> io::Result<std::fs::File> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dir)
+}
+
+/// Remove the private directories under `base` that a killed kvfetch of this user left: those
+/// whose lock is free. Returns how many.
+pub fn sweep(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // A new directory is renamed within microseconds of its making: one still under its
+        // first name a minute on was left by a kvfetch killed in between (and holds nothing).
+        let unnamed = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(NEW_PREFIX))
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                m.is_dir()
+                    && m.uid() == files::euid()
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(60))
+            });
+        if unnamed {
+            removed += usize::from(std::fs::remove_dir(&path).is_ok());
+            continue;
+        }
+        let ours = entry.file_name().to_str().is_some_and(private_name)
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.is_dir() && m.uid() == files::euid() && m.mode() & 0o777 == 0o700);
+        if !ours {
+            continue;
+        }
+        // A live kvfetch holds the lock; a free one means its owner is gone.
+        let Ok(_held) = lock(&path) else { continue };
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+            crate::base::log::info(
+                "removed the ?file directory a killed kvfetch left",
+                &[("path", &path.display().to_string())],
+            );
+        }
+    }
+    removed
+}
+
+impl PrivateDir {
+    /// Create `BASE/kvfetch-PID-RANDOM`, mode 0700, exclusively. `base` must be on tmpfs or
+    /// ramfs: a value written there never reaches a disk.
+    pub fn create(base: &Path) -> Result<PrivateDir, Error> {
+        match files::on_memory_fs(base) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(Error::Output(format!(
+                    "{} is not on tmpfs or ramfs, so ?file under supervised exec cannot keep its files in memory; mount a tmpfs there (Docker and Kubernetes do), or run exec without --refresh (a memfd)",
+                    base.display()
+                )));
+            }
+            None => {
+                return Err(Error::Output(format!(
+                    "{} is missing or unreadable; ?file under supervised exec keeps its files in a private directory on that tmpfs (or run exec without --refresh: a memfd)",
+                    base.display()
+                )));
+            }
+        }
+        sweep(base);
+        let mut last = None;
+        for _ in 0..8 {
+            match Self::try_create(base) {
+                Ok(dir) => return Ok(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| io::Error::other("no free name"));
+        let msg = format!(
+            "cannot create a private directory under {} for ?file: {e}",
+            base.display()
+        );
+        Err(Error::from_io(&e, Error::Output, msg))
+    }
+
+    /// Make the directory under a name no sweep looks at, lock it, then give it its name: a
+    /// sweep never sees it unlocked.
+    fn try_create(base: &Path) -> io::Result<PrivateDir> {
+        let random = (crate::base::retry::random_unit() * u32::MAX as f64) as u32;
+        let pid = std::process::id();
+        let new = base.join(format!("{NEW_PREFIX}{pid}-{random:08x}"));
+        let path = base.join(format!("{PREFIX}{pid}-{random:08x}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&new)?;
+        let named = lock(&new).and_then(|held| {
+            // The umask may have narrowed the mode; a sweep looks for exactly 0700.
+            std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            rename_noreplace(&new, &path)?;
+            Ok(held)
+        });
+        match named {
+            Ok(held) => Ok(PrivateDir { path, _lock: held }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&new);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file of variable `name`.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Make the directory hold exactly these files: each present one written (atomically: a
+    /// reader sees the old bytes or the new, never a mix), each absent one removed.
+    pub fn write(&self, items: &[(String, Option<Vec<u8>>)]) -> Result<(), Error> {
+        let opts = FileOptions {
+            mode: MODE,
+            owner: None,
+        };
+        // Only what differs is replaced: an unchanged file keeps its inode.
+        let write: Vec<(PathBuf, Vec<u8>, FileOptions)> = items
+            .iter()
+            .filter_map(|(name, bytes)| Some((self.file(name), bytes.as_ref()?)))
+            .filter(|(path, bytes)| files::differs(path, bytes, opts))
+            .map(|(path, bytes)| (path, bytes.clone(), opts))
+            .collect();
+        files::write_all(&write)?;
+        for (name, _) in items.iter().filter(|(_, b)| b.is_none()) {
+            files::remove_file(&self.file(name))?;
+        }
+        Ok(())
+    }
+}
+
+/// Rename `from` to `to`, failing with `AlreadyExists` rather than replacing anything.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 with valid C strings, relative to the working directory (paths are
+    // absolute).
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            crate::base::log::warn(
+                "cannot remove the private directory of ?file",
+                &[
+                    ("path", &self.path.display().to_string()),
+                    ("error", &e.to_string()),
+                ],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_sealed_memfd_holds_the_value_read_only() {
+        let fd = sealed("X_FILE", b"s3cret\0bytes").unwrap();
+        let path = fd_path(&fd);
+        let mut text = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text, b"s3cret\0bytes");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o400);
+        // Sealed: even a writable descriptor (the original is one) cannot change it.
+        let mut file = std::fs::File::from(fd);
+        assert!(io::Write::write_all(&mut file, b"x").is_err());
+        assert!(file.set_len(1).is_err());
+        let link = std::fs::read_link(&path).unwrap();
+        assert!(link.to_string_lossy().starts_with("/memfd:kvfetch:X_FILE"));
+    }
+
+    #[test]
+    fn a_private_dir_is_0700_rewritten_in_place_and_removed_on_drop() {
+        let base = Path::new("/dev/shm");
+        if files::on_memory_fs(base) != Some(true) {
+            return; // nothing to test on a machine without /dev/shm
+        }
+        let dir = PrivateDir::create(base).unwrap();
+        let root = dir.path().to_path_buf();
+        assert_eq!(
+            std::fs::metadata(&root).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        dir.write(&[("A_FILE".into(), Some(b"one".to_vec()))])
+            .unwrap();
+        assert_eq!(std::fs::read(dir.file("A_FILE")).unwrap(), b"one");
+        dir.write(&[("A_FILE".into(), Some(b"two".to_vec()))])
+            .unwrap();
+        assert_eq!(std::fs::read(dir.file("A_FILE")).unwrap(), b"two");
+        let mode = std::fs::metadata(dir.file("A_FILE"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o400);
+        dir.write(&[("A_FILE".into(), None)]).unwrap();
+        assert!(!dir.file("A_FILE").exists());
+        dir.write(&[("A_FILE".into(), Some(b"three".to_vec()))])
+            .unwrap();
+        // While it lives, a sweep leaves it alone.
+        sweep(base);
+        assert!(dir.file("A_FILE").exists());
+        drop(dir);
+        assert!(!root.exists());
+        assert!(PrivateDir::create(Path::new("/proc")).is_err());
+    }
+
+    #[test]
+    fn a_directory_a_killed_kvfetch_left_is_swept_and_only_that() {
+        let base = Path::new("/dev/shm");
+        if files::on_memory_fs(base) != Some(true) {
+            return;
+        }
+        let stale = base.join(format!("{PREFIX}{}-0badf00d", u32::MAX));
+        let other = base.join(format!("kvfetch-test-{}-x", std::process::id()));
+        for d in [&stale, &other] {
+            std::fs::DirBuilder::new().mode(0o700).create(d).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::fs::write(d.join("X_FILE"), "old value").unwrap();
+        }
+        let unnamed_old = base.join(format!("{NEW_PREFIX}{}-0badf00d", u32::MAX));
+        let unnamed_new = base.join(format!("{NEW_PREFIX}{}-0badf00e", u32::MAX));
+        for d in [&unnamed_old, &unnamed_new] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::open(&unnamed_old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let live = PrivateDir::create(base).unwrap();
+        assert!(!stale.exists(), "an unlocked private directory is removed");
+        assert!(!unnamed_old.exists(), "an old unnamed one too");
+        assert!(unnamed_new.exists(), "a new one may be about to be named");
+        std::fs::remove_dir(&unnamed_new).unwrap();
+        assert!(other.exists(), "a name of another form is left alone");
+        sweep(base);
+        assert!(live.path().exists());
+        std::fs::remove_dir_all(&other).unwrap();
+        assert!(private_name("kvfetch-exec-1-0123abcd"));
+        for name in [
+            "kvfetch-exec-1-0123abc",
+            "kvfetch-exec--0123abcd",
+            "kvfetch-1-0123abcd",
+        ] {
+            assert!(!private_name(name), "{name}");
+        }
+    }
+}
