@@ -12,7 +12,7 @@
 //! a value or the token.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +27,13 @@ use crate::output::files::FileOptions;
 /// `--serve ADDR`, `--serve-token-file FILE`, `--serve-allow-remote`, as the command line
 /// parsed them.
 pub use crate::cli::ServeConfig as Config;
+
+mod request;
+mod token;
+
+use request::*;
+pub use token::check_token_file;
+use token::*;
 
 /// The most of one request's head (request line and headers) read into memory.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -119,103 +126,6 @@ pub fn start(
     Ok(endpoint)
 }
 
-/// The token file must not be another output: a secret written over it would replace the token
-/// (and hand its value to whoever reads the token file).
-pub fn check_token_file(
-    config: &Config,
-    opts: &crate::cli::Options,
-    plan: &crate::modes::fetch::Plan,
-) -> Result<(), Error> {
-    let t = &config.token_file;
-    let dir_files = opts.dir.iter().flat_map(|d| {
-        plan.specs
-            .iter()
-            .filter(|s| !s.hidden)
-            .map(move |s| d.join(s.file_name()))
-    });
-    let mut others = dir_files
-        .chain(opts.env_file.clone())
-        .chain(opts.ready_file.clone())
-        .chain(crate::modes::fetch::template_dests(plan).map(|p| p.to_path_buf()));
-    match others.find(|p| p == t) {
-        Some(p) => Err(Error::Usage(format!(
-            "--serve-token-file {} is also an output of this kvfetch; give the token its own file",
-            p.display()
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// The token in `--serve-token-file`; a new random one written there when the file does not
-/// exist. What the file holds is never shown, not even when it is refused.
-fn load_token(config: &Config, files: FileOptions) -> Result<Vec<u8>, Error> {
-    let path = &config.token_file;
-    match std::fs::read(path) {
-        Ok(bytes) => usable_token(&bytes).ok_or_else(|| {
-            Error::Usage(format!(
-                "--serve-token-file {} holds no usable token: it must be one line of 16 to 1024 visible ASCII characters (remove the file to have kvfetch create one)",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let token = new_token()?;
-            crate::output::files::write_all(&[(path.clone(), token.clone(), files)])?;
-            log::info(
-                "created the --serve token file",
-                &[("path", &path.display().to_string())],
-            );
-            Ok(token)
-        }
-        Err(e) => {
-            let msg = format!("cannot read --serve-token-file {}: {e}", path.display());
-            Err(Error::from_io(&e, Error::Usage, msg))
-        }
-    }
-}
-
-/// The token a file holds: its text without trailing white space, 16 to 1024 visible ASCII
-/// characters (a header value can carry exactly those).
-fn usable_token(bytes: &[u8]) -> Option<Vec<u8>> {
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    let token = &bytes[..end];
-    let visible = token.iter().all(|b| (0x21..=0x7e).contains(b));
-    (visible && (16..=1024).contains(&token.len())).then(|| token.to_vec())
-}
-
-/// 32 bytes from the system's random source, as 64 hex characters.
-fn new_token() -> Result<Vec<u8>, Error> {
-    use ring::rand::SecureRandom;
-    let mut raw = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| Error::Resource("no random bytes for the --serve token".into()))?;
-    Ok(raw
-        .iter()
-        .flat_map(|b| format!("{b:02x}").into_bytes())
-        .collect())
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Whether `given` is the token, in time that depends on neither (both are hashed first, so
-/// not even the length shows).
-fn token_matches(ep: &Endpoint, given: &[u8]) -> bool {
-    let d = digest(given);
-    let diff = d
-        .iter()
-        .zip(&ep.token)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    std::hint::black_box(diff) == 0
-}
-
 fn accept_loop(listener: &TcpListener, ep: &Arc<Endpoint>) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else {
@@ -289,184 +199,6 @@ fn serve_connection(mut conn: TcpStream, ep: &Endpoint) {
     }
 }
 
-/// Read until `buf` holds a whole request head; returns its length (through the blank line).
-/// `Ok(None)`: the peer closed or idled out between requests. `Err`: the answer that refuses it.
-/// The head is due within [`HEADER_TIME`] of `started`, or of its first byte.
-fn read_head(
-    conn: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    started: Option<Instant>,
-    timeout: &mut Option<Duration>,
-) -> Result<Option<usize>, Response> {
-    let mut started = started.or((!buf.is_empty()).then(Instant::now));
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(n) = head_end(buf) {
-            return Ok(Some(n));
-        }
-        if buf.len() >= MAX_REQUEST {
-            return Err(Response::text(431, "request head too large\n"));
-        }
-        let wait = match started {
-            None => IDLE_TIME,
-            Some(t) => match HEADER_TIME.checked_sub(t.elapsed()) {
-                Some(left) if !left.is_zero() => left,
-                _ => return Err(Response::text(408, "request head too slow\n")),
-            },
-        };
-        if *timeout != Some(wait) {
-            let _ = conn.set_read_timeout(Some(wait));
-            *timeout = Some(wait);
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) => return Ok(None),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                started.get_or_insert_with(Instant::now);
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) if started.is_none() => return Ok(None),
-            Err(_) => return Err(Response::text(408, "request head too slow\n")),
-        }
-    }
-}
-
-/// Where the head ends: after the first blank line (`\r\n\r\n`, or a bare `\n\n`).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// What a request said that matters here.
-#[derive(Debug, Default)]
-struct Request {
-    method: String,
-    target: String,
-    head: bool,
-    keep_alive: bool,
-    tokens: Vec<Vec<u8>>,
-    forwarded: bool,
-    has_body: bool,
-    if_none_match: Option<String>,
-}
-
-impl Request {
-    fn parse(raw: &[u8]) -> Result<Request, Response> {
-        let bad = || Response::text(400, "bad request\n");
-        let text = std::str::from_utf8(raw).map_err(|_| bad())?;
-        let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-        let mut parts = lines.next().ok_or_else(bad)?.split(' ');
-        let (Some(method), Some(target), Some(version), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        let http11 = match version {
-            "HTTP/1.1" => true,
-            "HTTP/1.0" => false,
-            _ => return Err(bad()),
-        };
-        let mut req = Request {
-            method: method.to_string(),
-            target: target.to_string(),
-            head: method == "HEAD",
-            keep_alive: http11,
-            ..Request::default()
-        };
-        for line in lines.take_while(|l| !l.is_empty()) {
-            let (name, value) = line.split_once(':').ok_or_else(bad)?;
-            if name.is_empty() || name.contains([' ', '\t']) {
-                return Err(bad());
-            }
-            req.header(&name.to_ascii_lowercase(), value.trim_matches([' ', '\t']));
-        }
-        Ok(req)
-    }
-
-    fn header(&mut self, name: &str, value: &str) {
-        match name {
-            TOKEN_HEADER => self.tokens.push(value.as_bytes().to_vec()),
-            "x-forwarded-for" | "forwarded" | "x-forwarded-host" | "x-real-ip" => {
-                self.forwarded = true;
-            }
-            "content-length" => self.has_body |= value != "0",
-            "transfer-encoding" => self.has_body = true,
-            "connection" => {
-                let v = value.to_ascii_lowercase();
-                if v.split(',').any(|t| t.trim() == "close") {
-                    self.keep_alive = false;
-                } else if v.split(',').any(|t| t.trim() == "keep-alive") {
-                    self.keep_alive = true;
-                }
-            }
-            "if-none-match" => self.if_none_match = Some(value.to_string()),
-            _ => {}
-        }
-    }
-}
-
-/// One answer: status, headers beyond the fixed ones, body.
-#[derive(Debug)]
-struct Response {
-    code: u16,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(code: u16, body: &str) -> Response {
-        Response {
-            code,
-            headers: vec![("Content-Type", "text/plain; charset=utf-8".into())],
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
-    /// The bytes on the wire; `head` leaves the body out (its length stays).
-    fn bytes(&self, head: bool, close: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(256 + self.body.len());
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
-            self.code,
-            reason(self.code),
-            self.body.len()
-        );
-        for (name, value) in &self.headers {
-            let _ = write!(out, "{name}: {value}\r\n");
-        }
-        out.extend_from_slice(if close {
-            b"Connection: close\r\n\r\n"
-        } else {
-            b"\r\n"
-        });
-        if !head && self.code != 304 {
-            out.extend_from_slice(&self.body);
-        }
-        out
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        408 => "Request Timeout",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    }
-}
-
 /// The answer to one well-formed request. The checks run in this order: proxy headers, body,
 /// method, token, path, readiness, name.
 fn respond(ep: &Endpoint, req: &Request) -> Response {
@@ -524,36 +256,6 @@ fn not_serving(status: &Status, loaded: bool) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// `/v1/secrets/NAME[?format=raw|json]` → (NAME decoded, Some(json?)); `Some(None)` for
-/// another query; `None` for another path.
-fn route(target: &str) -> Option<(String, Option<bool>)> {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let name = percent_decode(path.strip_prefix("/v1/secrets/")?)?;
-    if name.is_empty() || name.contains('/') {
-        return None;
-    }
-    let json = match query {
-        "" | "format=raw" => Some(false),
-        "format=json" => Some(true),
-        _ => None,
-    };
-    Some((name, json))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn value_response(e: &Entry, json: bool, if_none_match: Option<&str>) -> Response {
