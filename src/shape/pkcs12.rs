@@ -443,8 +443,8 @@ where
         .map(<[u8]>::len)
 }
 
-/// The PKCS#12 key derivation (RFC 7292, appendix B.2): `n` bytes for purpose `id` (1: key,
-/// 2: IV, 3: MAC key) from the BMPString password `bmp` and `salt`.
+/// The PKCS#12 key derivation (RFC 7292, appendix B.2), by the `pkcs12` crate: `n` bytes for
+/// purpose `id` (1: key, 2: IV, 3: MAC key) from the BMPString password `bmp` and `salt`.
 fn kdf(
     hash: &'static digest::Algorithm,
     bmp: &[u8],
@@ -453,42 +453,23 @@ fn kdf(
     iterations: u32,
     n: usize,
 ) -> Zeroizing<Vec<u8>> {
-    let (u, v) = (hash.output_len(), hash.block_len());
-    let fill = |s: &[u8]| -> Vec<u8> {
-        if s.is_empty() {
-            return Vec::new();
-        }
-        let len = v * s.len().div_ceil(v);
-        s.iter().cycle().take(len).copied().collect()
+    use pkcs12::kdf::{Pkcs12KeyType, derive_key};
+    let id = match id {
+        1 => Pkcs12KeyType::EncryptionKey,
+        2 => Pkcs12KeyType::Iv,
+        _ => Pkcs12KeyType::Mac,
     };
-    let mut i = Zeroizing::new(Vec::with_capacity(2 * v + salt.len() + bmp.len()));
-    i.extend(fill(salt));
-    i.extend(fill(bmp));
-    let d = vec![id; v];
-    let mut out = Zeroizing::new(Vec::with_capacity(n + u));
-    while out.len() < n {
-        let mut ctx = digest::Context::new(hash);
-        ctx.update(&d);
-        ctx.update(&i);
-        let mut a = ctx.finish();
-        for _ in 1..iterations {
-            a = digest::digest(hash, a.as_ref());
-        }
-        let a = a.as_ref();
-        let b: Zeroizing<Vec<u8>> = Zeroizing::new(a.iter().cycle().take(v).copied().collect());
-        // Each v-byte block of I becomes (I_j + B + 1) mod 2^(8v).
-        for block in i.chunks_mut(v) {
-            let mut carry = 1u16;
-            for (x, y) in block.iter_mut().zip(b.iter()).rev() {
-                let sum = u16::from(*x) + u16::from(*y) + carry;
-                *x = sum as u8;
-                carry = sum >> 8;
-            }
-        }
-        out.extend_from_slice(a);
-    }
-    out.truncate(n);
-    out
+    // Bounded by MAX_ITERATIONS before any derivation.
+    let rounds = i32::try_from(iterations).unwrap_or(i32::MAX);
+    Zeroizing::new(if *hash == digest::SHA256 {
+        derive_key::<sha2::Sha256>(bmp, salt, id, rounds, n)
+    } else if *hash == digest::SHA384 {
+        derive_key::<sha2::Sha384>(bmp, salt, id, rounds, n)
+    } else if *hash == digest::SHA512 {
+        derive_key::<sha2::Sha512>(bmp, salt, id, rounds, n)
+    } else {
+        derive_key::<sha1::Sha1>(bmp, salt, id, rounds, n)
+    })
 }
 
 #[cfg(test)]
