@@ -128,8 +128,9 @@ pub fn pkcs12(data: &[u8]) {
 }
 
 /// The DER reading on its own: every TLV through the PKCS#12 walk's cursor, nested as deep as
-/// the input goes, each one also read by `der` and `x509-cert` as the types kvfetch reads
-/// (an INTEGER, a time, a certificate, the key formats).
+/// the input goes, each one also read by `der`, `x509-cert`, `pkcs8`, `pkcs1`, `sec1` and
+/// `pkcs5` as the types kvfetch reads (an INTEGER, a time, the key formats, PBES2 parameters;
+/// certificates: the `certificate` target).
 pub fn der(data: &[u8]) {
     walk(crate::shape::der::Reader::new(data), 0);
 }
@@ -140,7 +141,6 @@ fn walk(mut r: crate::shape::der::Reader, depth: usize) {
         let _ = x509_cert::time::Time::from_der(whole);
         let _ = u32::from_der(whole);
         if tag == 0x30 {
-            let _ = x509_cert::Certificate::from_der(whole);
             let _ = pkcs8::PrivateKeyInfo::from_der(whole);
             let _ = pkcs1::RsaPrivateKey::from_der(whole);
             let _ = sec1::EcPrivateKey::from_der(whole);

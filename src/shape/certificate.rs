@@ -19,12 +19,12 @@ use zeroize::Zeroizing;
 use crate::base::encoding;
 use crate::error::Error;
 use crate::shape::CertFormat;
-use der::asn1::AnyRef;
+use der::asn1::{AnyRef, BitStringRef, ContextSpecific, IntRef, OctetStringRef};
 use der::oid::{AssociatedOid, ObjectIdentifier};
-use der::{Decode, Encode};
+use der::{Decode, Encode, TagNumber, Tagged};
 use pkcs8::AlgorithmIdentifierRef;
-use x509_cert::Certificate;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
+use x509_cert::spki::SubjectPublicKeyInfoRef;
 
 use crate::spec::SecretSpec;
 use crate::vault::keyvault::Fetched;
@@ -337,10 +337,41 @@ impl Cert {
     }
 }
 
-/// An X.509 certificate's DER, read by `x509-cert`: the fields [`Cert`] keeps. A key
-/// identifier extension that does not decode is taken as absent.
+/// Certificate { tbsCertificate, signatureAlgorithm, signature }, read by `der` with
+/// `x509-cert`'s types for its parts, except the names: those are kept as their encoding, as
+/// they are compared. (`x509-cert`'s `Name` sorts each SET as it reads it, with an insertion
+/// sort: a certificate whose name is one SET of 26,000 attributes took minutes.)
+#[derive(der::Sequence)]
+struct CertificateView<'a> {
+    tbs_certificate: TbsView<'a>,
+    signature_algorithm: AlgorithmIdentifierRef<'a>,
+    signature: BitStringRef<'a>,
+}
+
+/// RFC 5280's TBSCertificate, as `x509-cert` declares it, with the names left encoded.
+#[derive(der::Sequence)]
+struct TbsView<'a> {
+    #[asn1(context_specific = "0", default = "Default::default")]
+    version: x509_cert::Version,
+    serial_number: IntRef<'a>,
+    signature: AlgorithmIdentifierRef<'a>,
+    issuer: AnyRef<'a>,
+    validity: x509_cert::time::Validity,
+    subject: AnyRef<'a>,
+    subject_public_key_info: SubjectPublicKeyInfoRef<'a>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    issuer_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+    subject_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+    extensions: Option<x509_cert::ext::Extensions>,
+}
+
+/// An X.509 certificate's DER: the fields [`Cert`] keeps. A key identifier extension that
+/// does not decode is taken as absent.
 fn parse_cert(der_bytes: &[u8]) -> Option<Cert> {
-    let tbs = Certificate::from_der(der_bytes).ok()?.tbs_certificate;
+    let tbs = CertificateView::from_der(der_bytes).ok()?.tbs_certificate;
+    let name = |n: AnyRef| (n.tag() == der::Tag::Sequence).then(|| n.value().to_vec());
     let extension = |oid: ObjectIdentifier| {
         let mut all = tbs.extensions.iter().flatten();
         all.find(|e| e.extn_id == oid)
@@ -349,19 +380,27 @@ fn parse_cert(der_bytes: &[u8]) -> Option<Cert> {
     let key_id = extension(SubjectKeyIdentifier::OID)
         .and_then(|v| SubjectKeyIdentifier::from_der(v).ok())
         .map(|k| k.0.into_bytes());
-    let authority_key_id = extension(AuthorityKeyIdentifier::OID)
-        .and_then(|v| AuthorityKeyIdentifier::from_der(v).ok())
-        .and_then(|a| a.key_identifier)
-        .map(|k| k.into_bytes());
+    let authority_key_id = extension(AuthorityKeyIdentifier::OID).and_then(authority_key_id);
     let spki = &tbs.subject_public_key_info;
     Some(Cert {
-        issuer: tbs.issuer.to_der().ok()?,
-        subject: tbs.subject.to_der().ok()?,
+        issuer: name(tbs.issuer)?,
+        subject: name(tbs.subject)?,
         public_key: spki.subject_public_key.as_bytes()?.to_vec(),
         not_after: i64::try_from(tbs.validity.not_after.to_unix_duration().as_secs()).ok()?,
         key_id,
         authority_key_id,
     })
+}
+
+/// AuthorityKeyIdentifier { keyIdentifier [0] IMPLICIT OCTET STRING OPTIONAL, … }: its
+/// keyIdentifier only (the issuer names after it are not read, for the reason above).
+fn authority_key_id(value: &[u8]) -> Option<Vec<u8>> {
+    let aki = AnyRef::from_der(value)
+        .ok()
+        .filter(|a| a.tag() == der::Tag::Sequence)?;
+    let mut reader = der::SliceReader::new(aki.value()).ok()?;
+    let id = ContextSpecific::<OctetStringRef>::decode_implicit(&mut reader, TagNumber::N0);
+    Some(id.ok()??.value.as_bytes().to_vec())
 }
 
 fn pfx_bytes(f: &Fetched) -> Result<Zeroizing<Vec<u8>>, Refusal> {

@@ -34,9 +34,14 @@ fn name(n: u32) -> Vec<u8> {
     tlv(0x30, &tlv(0x31, &tlv(0x30, &attribute)))
 }
 
-/// The smallest certificate `x509-cert` reads: serial, algorithm, issuer, validity, subject, a
+/// The smallest certificate kvfetch reads: serial, algorithm, issuer, validity, subject, a
 /// public key and an empty signature (the chain is ordered by names, never verified).
 fn tiny_certificate(subject: u32, issuer: u32) -> Vec<u8> {
+    certificate(&name(subject), &name(issuer), subject as u8)
+}
+
+/// A certificate of these encoded names, with a one-byte public key.
+fn certificate(subject: &[u8], issuer: &[u8], key: u8) -> Vec<u8> {
     let algorithm = tlv(
         0x30,
         &tlv(
@@ -46,13 +51,13 @@ fn tiny_certificate(subject: u32, issuer: u32) -> Vec<u8> {
     );
     let mut tbs = tlv(0x02, &[1]);
     tbs.extend(&algorithm);
-    tbs.extend(name(issuer));
+    tbs.extend(issuer);
     let mut validity = tlv(0x17, b"200101000000Z");
     validity.extend(tlv(0x17, b"491231235959Z"));
     tbs.extend(tlv(0x30, &validity));
-    tbs.extend(name(subject));
+    tbs.extend(subject);
     let mut spki = algorithm.clone();
-    spki.extend(tlv(0x03, &[0, subject as u8]));
+    spki.extend(tlv(0x03, &[0, key]));
     tbs.extend(tlv(0x30, &spki));
     let mut cert = tlv(0x30, &tbs);
     cert.extend(&algorithm);
@@ -158,4 +163,41 @@ fn a_chain_of_as_many_certificates_as_the_cap_is_ordered_within_the_timeout() {
     let got: String = chain.lines().filter(|l| !l.starts_with("-----")).collect();
     assert_eq!(got.len(), want.len(), "all 256 certificates written");
     assert!(got == want, "ordered leaf → root");
+}
+
+/// An X.509 Name of one RDN: a SET of `n` distinct attributes, stored in descending order (a
+/// DER reader that sorts a SET on reading, as `der`'s `SetOfVec` does with an insertion sort,
+/// does n²/2 comparisons on it).
+fn name_of_one_huge_set(n: u32) -> Vec<u8> {
+    let mut set = Vec::new();
+    for i in (0..n).rev() {
+        let mut attribute = tlv(0x06, &[0x55, 0x04, 0x03]);
+        attribute.extend(tlv(0x02, &[0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8]));
+        set.extend(tlv(0x30, &attribute));
+    }
+    tlv(0x30, &tlv(0x31, &set))
+}
+
+#[test]
+fn a_certificate_whose_names_are_one_huge_set_is_read_within_the_timeout() {
+    let emu = Emulator::start().unwrap();
+    let name = name_of_one_huge_set(26_000);
+    let der = certificate(&name, &name, 7);
+    let value = pem_of(std::iter::once(der.clone()));
+    assert!(value.len() < 960_000, "under the body cap: {}", value.len());
+    store_pem(&emu, "c", value);
+    let s = Scratch::new();
+    let dir = s.path("tls");
+    let (r, took) = fetch_chain(&emu, &dir);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        took < Duration::from_secs(13),
+        "within the timeout (10 s) and a margin: {took:?}"
+    );
+    let chain = read(&dir.join("tls.crt"));
+    let got: String = chain.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        got == kvfetch::base::encoding::base64_encode(&der),
+        "the certificate as stored"
+    );
 }
