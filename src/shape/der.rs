@@ -145,5 +145,10 @@ mod tests {
             None,
             "over 32 bits"
         );
+        assert_eq!(
+            Reader::new(&tlv(INTEGER, &[0, 1])).small_int(),
+            None,
+            "not minimal"
+        );
     }
 }
