@@ -491,6 +491,71 @@ mod tests {
         assert_eq!(hex(&kdf(sha1, &bmp, &salt, 2, 1, 8)), "79993DFE048D3B76");
     }
 
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        assert!(content.len() < 0x80);
+        [&[tag, content.len() as u8][..], content].concat()
+    }
+
+    /// PBES2 parameters: PBKDF2 (salt, `iterations`, HMAC `prf`, NULL) and `cipher` with a
+    /// 16-byte IV.
+    fn pbes2_params(kdf: &[u8], iterations: u8, prf: &[u8], cipher: &[u8]) -> Vec<u8> {
+        let prf = tlv(0x30, &[tlv(0x06, prf), vec![0x05, 0x00]].concat());
+        let pbkdf2 = [tlv(0x04, &[7; 8]), tlv(0x02, &[iterations]), prf].concat();
+        let kdf = tlv(0x30, &[tlv(0x06, kdf), tlv(0x30, &pbkdf2)].concat());
+        let scheme = tlv(0x30, &[tlv(0x06, cipher), tlv(0x04, &[1; 16])].concat());
+        tlv(0x30, &[kdf, scheme].concat())
+    }
+
+    #[test]
+    fn pbes2_parameters_read_by_pkcs5_keep_their_refusals() {
+        const PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
+        const HMAC_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x09];
+        const HMAC_SHA224: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x08];
+        const HMAC_UNKNOWN: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x0c];
+        const AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
+        const AES128_GCM: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06];
+        const KDF_UNKNOWN: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x63];
+        let refusal = |params: Vec<u8>| {
+            let mut work = Work(MAX_WORK);
+            match pbes2(&params, &[0; 16], &mut work) {
+                Some(Err(e)) => e,
+                Some(Ok(_)) => "decrypted".into(),
+                None => "did not decrypt".into(),
+            }
+        };
+        let says = |params, what: &str| {
+            let e = refusal(params);
+            assert!(e.contains(what), "{what}: {e}");
+        };
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_SHA256, AES256_CBC),
+            "did not decrypt",
+        );
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_SHA224, AES256_CBC),
+            "PBKDF2 hash kvfetch does not know",
+        );
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_UNKNOWN, AES256_CBC),
+            "PBKDF2 hash kvfetch does not know",
+        );
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_SHA256, AES128_GCM),
+            "a cipher kvfetch does not read",
+        );
+        says(
+            pbes2_params(KDF_UNKNOWN, 1, HMAC_SHA256, AES256_CBC),
+            "malformed (PBES2 parameters)",
+        );
+        says(
+            pbes2_params(PBKDF2, 0, HMAC_SHA256, AES256_CBC),
+            "malformed",
+        );
+        let mut truncated = pbes2_params(PBKDF2, 1, HMAC_SHA256, AES256_CBC);
+        truncated.pop();
+        says(truncated, "malformed (PBES2 parameters)");
+    }
+
     #[test]
     fn not_a_pfx_ber_and_huge_iteration_counts_are_refused_by_name() {
         assert!(open(b"").unwrap_err().contains("not a PFX"));
