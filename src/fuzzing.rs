@@ -127,14 +127,25 @@ pub fn pkcs12(data: &[u8]) {
     }
 }
 
-/// The DER reader on its own: every TLV, nested as deep as the input goes, and times.
+/// The DER reading on its own: every TLV through the PKCS#12 walk's cursor, nested as deep as
+/// the input goes, each one also read by `der`, `x509-cert`, `pkcs8`, `pkcs1`, `sec1` and
+/// `pkcs5` as the types kvfetch reads (an INTEGER, a time, the key formats, PBES2 parameters;
+/// certificates: the `certificate` target).
 pub fn der(data: &[u8]) {
     walk(crate::shape::der::Reader::new(data), 0);
 }
 
 fn walk(mut r: crate::shape::der::Reader, depth: usize) {
-    while let Some((tag, content, _)) = r.next_tlv() {
-        let _ = crate::shape::der::time(tag, content);
+    use der::Decode;
+    while let Some((tag, content, whole)) = r.next_tlv() {
+        let _ = x509_cert::time::Time::from_der(whole);
+        let _ = u32::from_der(whole);
+        if tag == 0x30 {
+            let _ = pkcs8::PrivateKeyInfo::from_der(whole);
+            let _ = pkcs1::RsaPrivateKey::from_der(whole);
+            let _ = sec1::EcPrivateKey::from_der(whole);
+            let _ = pkcs5::pbes2::Parameters::from_der(whole);
+        }
         let mut copy = crate::shape::der::Reader::new(content);
         let _ = copy.small_int();
         if tag & 0x20 != 0 && depth < 64 {

@@ -19,7 +19,13 @@ use zeroize::Zeroizing;
 use crate::base::encoding;
 use crate::error::Error;
 use crate::shape::CertFormat;
-use crate::shape::der::{self, Reader, read_tlv, tlv};
+use der::asn1::{AnyRef, BitStringRef, ContextSpecific, IntRef, OctetStringRef};
+use der::oid::{AssociatedOid, ObjectIdentifier};
+use der::{Decode, Encode, TagNumber, Tagged};
+use pkcs8::AlgorithmIdentifierRef;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
+use x509_cert::spki::SubjectPublicKeyInfoRef;
+
 use crate::spec::SecretSpec;
 use crate::vault::keyvault::Fetched;
 
@@ -228,10 +234,10 @@ fn order(spec: &SecretSpec, (key, certs): Parts) -> Result<Bundle, Refusal> {
 /// The certificates by subject name, to find an issuer without scanning them all.
 type BySubject<'c> = HashMap<&'c [u8], Vec<usize>>;
 
-fn by_subject<'c>(certs: &[Cert<'c>]) -> BySubject<'c> {
+fn by_subject(certs: &[Cert]) -> BySubject<'_> {
     let mut map: BySubject = HashMap::new();
     for (i, c) in certs.iter().enumerate() {
-        map.entry(c.subject).or_default().push(i);
+        map.entry(c.subject.as_slice()).or_default().push(i);
     }
     map
 }
@@ -247,7 +253,9 @@ fn chain_from(certs: &[Cert], by_subject: &BySubject, leaf: usize) -> Vec<usize>
     let mut last = leaf;
     while certs[last].subject != certs[last].issuer {
         let cert = &certs[last];
-        let candidates = by_subject.get(cert.issuer).map_or(&[][..], Vec::as_slice);
+        let candidates = by_subject
+            .get(cert.issuer.as_slice())
+            .map_or(&[][..], Vec::as_slice);
         let next = latest(certs, candidates, |i, c| !used[i] && cert.issued_by(c));
         let Some(next) = next else { break };
         used[next] = true;
@@ -271,12 +279,15 @@ fn leaf_index(
         let public = public_key_of(key).ok_or(
             "its private key does not carry a public key kvfetch can read (an EC key written without its public point, or a type other than RSA and EC), so its certificate cannot be told apart",
         )?;
-        return latest(certs, &all, |_, c| c.public_key == public.as_slice())
+        return latest(certs, &all, |_, c| c.public_key == public)
             .ok_or("its private key matches none of its certificates");
     }
     let mut issues_another = vec![false; certs.len()];
     for (j, cert) in certs.iter().enumerate() {
-        for &i in by_subject.get(cert.issuer).map_or(&[][..], Vec::as_slice) {
+        for &i in by_subject
+            .get(cert.issuer.as_slice())
+            .map_or(&[][..], Vec::as_slice)
+        {
             if i != j && cert.issued_by(&certs[i]) {
                 issues_another[i] = true;
             }
@@ -302,79 +313,94 @@ fn latest(certs: &[Cert], among: &[usize], pick: impl Fn(usize, &Cert) -> bool) 
         })
 }
 
-/// The fields of an X.509 certificate kvfetch needs: names (compared as encoded), the
+/// The fields of an X.509 certificate kvfetch needs: names (compared as DER), the
 /// subjectPublicKey bits, and notAfter.
-struct Cert<'a> {
-    issuer: &'a [u8],
-    subject: &'a [u8],
-    public_key: &'a [u8],
+struct Cert {
+    issuer: Vec<u8>,
+    subject: Vec<u8>,
+    public_key: Vec<u8>,
     not_after: i64,
     /// The subjectKeyIdentifier and the authorityKeyIdentifier's keyIdentifier, where present.
-    key_id: Option<&'a [u8]>,
-    authority_key_id: Option<&'a [u8]>,
+    key_id: Option<Vec<u8>>,
+    authority_key_id: Option<Vec<u8>>,
 }
 
-impl Cert<'_> {
+impl Cert {
     /// Whether `issuer` issued this certificate: its subject is this one's issuer and, where
     /// both certificates name key identifiers, they agree.
     fn issued_by(&self, issuer: &Cert) -> bool {
         self.issuer == issuer.subject
-            && match (self.authority_key_id, issuer.key_id) {
+            && match (&self.authority_key_id, &issuer.key_id) {
                 (Some(a), Some(k)) => a == k,
                 _ => true,
             }
     }
 }
 
-const SUBJECT_KEY_ID: &[u8] = &[0x55, 0x1d, 0x0e];
-const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
+/// Certificate { tbsCertificate, signatureAlgorithm, signature }, read by `der` with
+/// `x509-cert`'s types for its parts, except the names: those are kept as their encoding, as
+/// they are compared. (`x509-cert`'s `Name` sorts each SET as it reads it, with an insertion
+/// sort: a certificate whose name is one SET of 26,000 attributes took minutes.)
+#[derive(der::Sequence)]
+struct CertificateView<'a> {
+    tbs_certificate: TbsView<'a>,
+    signature_algorithm: AlgorithmIdentifierRef<'a>,
+    signature: BitStringRef<'a>,
+}
 
-/// Certificate { tbsCertificate { [0] version?, serial, signature, issuer, validity, subject,
-/// subjectPublicKeyInfo, … }, signatureAlgorithm, signature }.
-fn parse_cert(der_bytes: &[u8]) -> Option<Cert<'_>> {
-    let mut cert = Reader::new(der_bytes).sequence()?;
-    let mut tbs = cert.sequence()?;
-    tbs.optional(der::CONTEXT_0);
-    tbs.expect(der::INTEGER)?;
-    tbs.sequence()?;
-    let (_, _, issuer) = tbs.next_tlv().filter(|t| t.0 == der::SEQUENCE)?;
-    let mut validity = tbs.sequence()?;
-    validity.next_tlv()?;
-    let (tag, not_after, _) = validity.next_tlv()?;
-    let (_, _, subject) = tbs.next_tlv().filter(|t| t.0 == der::SEQUENCE)?;
-    let mut spki = tbs.sequence()?;
-    spki.sequence()?;
-    let bits = spki.expect(der::BIT_STRING)?;
-    let (unused, public_key) = bits.split_first()?;
-    (*unused == 0).then_some(())?;
-    let (mut key_id, mut authority_key_id) = (None, None);
-    while let Some((tag, content, _)) = tbs.next_tlv() {
-        if tag != 0xa3 {
-            continue; // issuerUniqueID, subjectUniqueID
-        }
-        let mut extensions = Reader::new(content).sequence()?;
-        while !extensions.is_empty() {
-            let mut ext = extensions.sequence()?;
-            let oid = ext.expect(der::OID)?;
-            ext.optional(0x01); // critical
-            let value = ext.expect(der::OCTET_STRING)?;
-            if oid == SUBJECT_KEY_ID {
-                key_id = Reader::new(value).expect(der::OCTET_STRING);
-            } else if oid == AUTHORITY_KEY_ID {
-                authority_key_id = Reader::new(value)
-                    .sequence()
-                    .and_then(|mut aki| aki.optional(der::CONTEXT_0_PRIMITIVE));
-            }
-        }
-    }
+/// RFC 5280's TBSCertificate, as `x509-cert` declares it, with the names left encoded.
+#[derive(der::Sequence)]
+struct TbsView<'a> {
+    #[asn1(context_specific = "0", default = "Default::default")]
+    version: x509_cert::Version,
+    serial_number: IntRef<'a>,
+    signature: AlgorithmIdentifierRef<'a>,
+    issuer: AnyRef<'a>,
+    validity: x509_cert::time::Validity,
+    subject: AnyRef<'a>,
+    subject_public_key_info: SubjectPublicKeyInfoRef<'a>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    issuer_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+    subject_unique_id: Option<BitStringRef<'a>>,
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+    extensions: Option<x509_cert::ext::Extensions>,
+}
+
+/// An X.509 certificate's DER: the fields [`Cert`] keeps. A key identifier extension that
+/// does not decode is taken as absent.
+fn parse_cert(der_bytes: &[u8]) -> Option<Cert> {
+    let tbs = CertificateView::from_der(der_bytes).ok()?.tbs_certificate;
+    let name = |n: AnyRef| (n.tag() == der::Tag::Sequence).then(|| n.value().to_vec());
+    let extension = |oid: ObjectIdentifier| {
+        let mut all = tbs.extensions.iter().flatten();
+        all.find(|e| e.extn_id == oid)
+            .map(|e| e.extn_value.as_bytes())
+    };
+    let key_id = extension(SubjectKeyIdentifier::OID)
+        .and_then(|v| SubjectKeyIdentifier::from_der(v).ok())
+        .map(|k| k.0.into_bytes());
+    let authority_key_id = extension(AuthorityKeyIdentifier::OID).and_then(authority_key_id);
+    let spki = &tbs.subject_public_key_info;
     Some(Cert {
-        issuer,
-        subject,
-        public_key,
-        not_after: der::time(tag, not_after)?,
+        issuer: name(tbs.issuer)?,
+        subject: name(tbs.subject)?,
+        public_key: spki.subject_public_key.as_bytes()?.to_vec(),
+        not_after: i64::try_from(tbs.validity.not_after.to_unix_duration().as_secs()).ok()?,
         key_id,
         authority_key_id,
     })
+}
+
+/// AuthorityKeyIdentifier { keyIdentifier [0] IMPLICIT OCTET STRING OPTIONAL, … }: its
+/// keyIdentifier only (the issuer names after it are not read, for the reason above).
+fn authority_key_id(value: &[u8]) -> Option<Vec<u8>> {
+    let aki = AnyRef::from_der(value)
+        .ok()
+        .filter(|a| a.tag() == der::Tag::Sequence)?;
+    let mut reader = der::SliceReader::new(aki.value()).ok()?;
+    let id = ContextSpecific::<OctetStringRef>::decode_implicit(&mut reader, TagNumber::N0);
+    Some(id.ok()??.value.as_bytes().to_vec())
 }
 
 fn pfx_bytes(f: &Fetched) -> Result<Zeroizing<Vec<u8>>, Refusal> {
@@ -403,13 +429,10 @@ fn parse_pem(text: &str) -> Result<Parts, Refusal> {
                 continue;
             }
             "PRIVATE KEY" => der,
-            "RSA PRIVATE KEY" => pkcs8_wrap(&RSA_ALGORITHM, &der),
+            "RSA PRIVATE KEY" => pkcs8_wrap(RSA_ALGORITHM, AnyRef::NULL, &der)?,
             "EC PRIVATE KEY" => {
-                let curve =
-                    sec1_curve(&der).ok_or_else(|| broken("its EC PRIVATE KEY names no curve"))?;
-                let mut alg = EC_ALGORITHM.to_vec();
-                alg.extend_from_slice(&curve);
-                pkcs8_wrap(&tlv(0x30, &alg), &without_parameters(&der))
+                let (curve, key) = sec1_to_pkcs8_parts(&der)?;
+                pkcs8_wrap(EC_ALGORITHM, AnyRef::from(&curve), &key)?
             }
             "ENCRYPTED PRIVATE KEY" => {
                 return Err(broken(
@@ -523,104 +546,83 @@ fn broken(spec: &SecretSpec, why: &str) -> Error {
     ))
 }
 
-// --- A little DER: enough to find a private key's public half and to wrap old key formats.
+// --- Private keys: their public half, and old key formats wrapped as PKCS#8 (RustCrypto's
+// `pkcs8`, `pkcs1` and `sec1` read and write them; kvfetch only sizes the buffers).
 
-/// AlgorithmIdentifier of rsaEncryption (with its NULL parameters).
-const RSA_ALGORITHM: [u8; 15] = [
-    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-];
-/// The OID of id-ecPublicKey (the curve follows it in the AlgorithmIdentifier).
-const EC_ALGORITHM: [u8; 9] = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// rsaEncryption (its AlgorithmIdentifier carries NULL parameters).
+const RSA_ALGORITHM: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// id-ecPublicKey (the curve is its AlgorithmIdentifier's parameters).
+const EC_ALGORITHM: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 
-/// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }.
-fn pkcs8_wrap(algorithm: &[u8], key: &[u8]) -> Zeroizing<Vec<u8>> {
-    let octets = der::header(0x04, key.len());
-    let body_len = 3 + algorithm.len() + octets.len() + key.len();
-    let outer = der::header(0x30, body_len);
-    let mut out = Zeroizing::new(Vec::with_capacity(outer.len() + body_len));
-    for part in [&outer[..], &[0x02, 0x01, 0x00], algorithm, &octets, key] {
-        out.extend_from_slice(part);
-    }
-    out
+/// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }, written into a
+/// wiped buffer sized before it is filled.
+fn pkcs8_wrap(
+    oid: ObjectIdentifier,
+    parameters: AnyRef,
+    key: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+    let info = pkcs8::PrivateKeyInfo {
+        algorithm: AlgorithmIdentifierRef {
+            oid,
+            parameters: Some(parameters),
+        },
+        private_key: key,
+        public_key: None,
+    };
+    encode_wiped(&info)
 }
 
-/// The curve OID TLV in a SEC1 ECPrivateKey's `[0]` parameters.
-fn sec1_curve(sec1: &[u8]) -> Option<Vec<u8>> {
-    let (_, mut body, _) = read_tlv(sec1).filter(|t| t.0 == 0x30)?;
-    while let Some((tag, content, rest)) = read_tlv(body) {
-        if tag == 0xa0 {
-            let (t, oid, _) = read_tlv(content).filter(|t| t.0 == 0x06)?;
-            return Some(tlv(t, oid));
-        }
-        body = rest;
-    }
-    None
+/// `value`'s DER in a [`Zeroizing`] buffer of exactly its length.
+fn encode_wiped(value: &impl Encode) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+    let unwritable = || Refusal::Broken("its private key cannot be written as PKCS#8".into());
+    let len = value
+        .encoded_len()
+        .ok()
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(unwritable)?;
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    value.encode_to_slice(&mut out).map_err(|_| unwritable())?;
+    Ok(out)
 }
 
-/// A SEC1 ECPrivateKey without its `[0]` curve parameters, which PKCS#8 carries in the
-/// AlgorithmIdentifier instead (as OpenSSL writes it).
-fn without_parameters(sec1: &[u8]) -> Zeroizing<Vec<u8>> {
-    let Some((_, body, _)) = read_tlv(sec1) else {
-        return Zeroizing::new(sec1.to_vec());
+/// A SEC1 ECPrivateKey's curve and the key without its `[0]` curve parameters, which PKCS#8
+/// carries in the AlgorithmIdentifier instead (as OpenSSL writes it).
+fn sec1_to_pkcs8_parts(sec1: &[u8]) -> Result<(ObjectIdentifier, Zeroizing<Vec<u8>>), Refusal> {
+    let broken = |why: &str| Refusal::Broken(why.to_string());
+    let key = sec1::EcPrivateKey::from_der(sec1)
+        .map_err(|_| broken("its EC PRIVATE KEY is not SEC1 DER kvfetch can read"))?;
+    let Some(sec1::EcParameters::NamedCurve(curve)) = key.parameters else {
+        return Err(broken("its EC PRIVATE KEY names no curve"));
     };
-    let kept = || {
-        let mut rest = body;
-        std::iter::from_fn(move || {
-            let (tag, _, next) = read_tlv(rest)?;
-            let whole = &rest[..rest.len() - next.len()];
-            rest = next;
-            Some((tag, whole))
-        })
-        .filter(|(tag, _)| *tag != 0xa0)
-        .map(|(_, whole)| whole)
+    let without = sec1::EcPrivateKey {
+        parameters: None,
+        ..key
     };
-    let len = kept().map(<[u8]>::len).sum();
-    let outer = der::header(0x30, len);
-    let mut out = Zeroizing::new(Vec::with_capacity(outer.len() + len));
-    out.extend_from_slice(&outer);
-    kept().for_each(|whole| out.extend_from_slice(whole));
-    out
+    Ok((curve, encode_wiped(&without)?))
 }
 
 /// The public key, as a certificate's subjectPublicKey holds it, of a PKCS#8 private key: an
 /// RSA key's `RSAPublicKey { modulus, publicExponent }`, or the point an EC key carries.
 fn public_key_of(pkcs8: &[u8]) -> Option<Vec<u8>> {
-    let (_, info, _) = read_tlv(pkcs8).filter(|t| t.0 == 0x30)?;
-    let (_, _version, rest) = read_tlv(info).filter(|t| t.0 == 0x02)?;
-    let (_, algorithm, rest) = read_tlv(rest).filter(|t| t.0 == 0x30)?;
-    let (_, key, _) = read_tlv(rest).filter(|t| t.0 == 0x04)?;
-    let (_, oid, _) = read_tlv(algorithm).filter(|t| t.0 == 0x06)?;
-    let (_, fields, _) = read_tlv(key).filter(|t| t.0 == 0x30)?;
-    if oid == &RSA_ALGORITHM[4..13] {
-        // RSAPrivateKey { version, modulus, publicExponent, … }
-        let (_, _, rest) = read_tlv(fields)?;
-        let (_, modulus, rest) = read_tlv(rest).filter(|t| t.0 == 0x02)?;
-        let (_, exponent, _) = read_tlv(rest).filter(|t| t.0 == 0x02)?;
-        let mut body = tlv(0x02, modulus);
-        body.extend(tlv(0x02, exponent));
-        return Some(tlv(0x30, &body));
+    let info = pkcs8::PrivateKeyInfo::from_der(pkcs8).ok()?;
+    match info.algorithm.oid {
+        RSA_ALGORITHM => pkcs1::RsaPrivateKey::from_der(info.private_key)
+            .ok()?
+            .public_key()
+            .to_der()
+            .ok(),
+        EC_ALGORITHM => sec1::EcPrivateKey::from_der(info.private_key)
+            .ok()?
+            .public_key
+            .map(<[u8]>::to_vec),
+        _ => None,
     }
-    if oid == &EC_ALGORITHM[2..] {
-        // ECPrivateKey { version, privateKey, [0] parameters OPTIONAL, [1] publicKey OPTIONAL }
-        let mut rest = fields;
-        while let Some((tag, content, next)) = read_tlv(rest) {
-            if tag == 0xa1 {
-                let (_, bits, _) = read_tlv(content).filter(|t| t.0 == 0x03)?;
-                // A BIT STRING's first byte counts its unused bits (0 for a point).
-                return bits
-                    .split_first()
-                    .filter(|(u, _)| **u == 0)
-                    .map(|(_, p)| p.to_vec());
-            }
-            rest = next;
-        }
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::der::read_tlv;
 
     #[test]
     fn pem_blocks_are_read_strictly() {

@@ -1,7 +1,9 @@
-//! Just enough DER to read certificate secrets: a reader of definite-length TLVs and a writer
-//! of the few structures kvfetch builds (PKCS#8 around an old key format). A PKCS#12 or X.509
-//! crate would do this too, but with a parser and an OID registry that cost the static binary
-//! more than its size budget allows (see the README's dependency list).
+//! A cursor over DER TLVs for the PKCS#12 walk (`pkcs12.rs`): the tags, lengths and INTEGERs
+//! are read by RustCrypto's `der`; this is only the shape the walk reads them in. No crate
+//! offers the PKCS#12 structures without copying a bag's plaintext key outside a wiped buffer
+//! (`pkcs12` 0.1 keeps each bag value in a `Vec`), so the walk itself stays kvfetch's.
+
+use ::der::{Decode, Header, Reader as _, SliceReader};
 
 /// A cursor over a sequence of TLVs.
 #[derive(Clone, Copy)]
@@ -50,103 +52,55 @@ impl<'a> Reader<'a> {
         self.expect(SEQUENCE).map(Reader)
     }
 
-    /// A small non-negative INTEGER.
+    /// A non-negative INTEGER that fits 32 bits.
     pub fn small_int(&mut self) -> Option<u32> {
-        let bytes = self.expect(INTEGER)?;
-        if bytes.is_empty() || bytes.len() > 5 || bytes[0] & 0x80 != 0 {
-            return None;
-        }
-        let n = bytes.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
-        u32::try_from(n).ok()
+        let (tag, _, whole) = self.next_tlv()?;
+        (tag == INTEGER).then_some(())?;
+        u32::from_der(whole).ok()
     }
 }
 
 pub const INTEGER: u8 = 0x02;
-pub const BIT_STRING: u8 = 0x03;
 pub const OCTET_STRING: u8 = 0x04;
 pub const OID: u8 = 0x06;
 pub const SEQUENCE: u8 = 0x30;
-pub const SET: u8 = 0x31;
-pub const UTC_TIME: u8 = 0x17;
-pub const GENERALIZED_TIME: u8 = 0x18;
 /// `[0]` constructed (EXPLICIT, or IMPLICIT of a constructed type).
 pub const CONTEXT_0: u8 = 0xa0;
 /// `[0]` primitive (IMPLICIT OCTET STRING).
 pub const CONTEXT_0_PRIMITIVE: u8 = 0x80;
-pub const CONTEXT_1: u8 = 0xa1;
 
-/// One definite-length TLV: `(tag, content, rest)`. Indefinite lengths (BER) and lengths
-/// over 4 bytes are refused.
+/// One TLV as `der` reads it: `(tag, content, rest)`. Indefinite lengths (BER), lengths that
+/// are not minimal, and lengths past the input are refused, so nothing is allocated for them.
 pub fn read_tlv(data: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = data.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |a, b| (a << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// Encode one TLV.
-pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = header(tag, content.len());
-    out.extend_from_slice(content);
-    out
-}
-
-/// The tag and length of a TLV of `len` content bytes, so a writer of key material can size
-/// its buffer before filling it.
-pub fn header(tag: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![tag];
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out
-}
-
-/// A UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as
-/// Unix seconds.
-pub fn time(tag: u8, content: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(content).ok()?.strip_suffix('Z')?;
-    if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (year, rest) = match (tag, text.len()) {
-        (UTC_TIME, 12) => {
-            let yy: i64 = text[..2].parse().ok()?;
-            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
-        }
-        (GENERALIZED_TIME, 14) => (text[..4].parse().ok()?, &text[4..]),
-        _ => return None,
-    };
-    let field = |i: usize| rest[i..i + 2].parse::<i64>().ok();
-    let (month, day, h, m, s) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = crate::identity::token::days_from_civil(year, month, day);
-    Some(days * 86400 + h * 3600 + m * 60 + s)
+    let mut reader = SliceReader::new(data).ok()?;
+    let header = Header::decode(&mut reader).ok()?;
+    let content = reader.read_slice(header.length).ok()?;
+    let used = usize::try_from(reader.position()).ok()?;
+    Some((u8::from(header.tag), content, &data[used..]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encode one TLV (tests only: kvfetch writes DER through `der`'s types).
+    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
 
     #[test]
     fn lengths_round_trip_and_bad_ones_are_refused() {
@@ -165,6 +119,10 @@ mod tests {
             read_tlv(&[0x04, 0x85, 1, 1, 1, 1, 1]).is_none(),
             "over 4 length bytes"
         );
+        assert!(
+            read_tlv(&[0x04, 0x81, 0x05, 1, 2, 3, 4, 5]).is_none(),
+            "not minimal"
+        );
         assert!(read_tlv(&[0x04]).is_none());
     }
 
@@ -182,18 +140,15 @@ mod tests {
             None,
             "negative"
         );
-    }
-
-    #[test]
-    fn times_of_both_kinds() {
-        assert_eq!(time(UTC_TIME, b"700101000000Z"), Some(0));
-        assert_eq!(time(UTC_TIME, b"491231235959Z"), Some(2_524_607_999));
         assert_eq!(
-            time(GENERALIZED_TIME, b"21261106054300Z"),
-            Some(4_949_617_380)
+            Reader::new(&tlv(INTEGER, &[1, 0, 0, 0, 0])).small_int(),
+            None,
+            "over 32 bits"
         );
-        assert_eq!(time(UTC_TIME, b"701301000000Z"), None, "month 13");
-        assert_eq!(time(UTC_TIME, b"700101000000"), None, "no Z");
-        assert_eq!(time(GENERALIZED_TIME, b"700101000000Z"), None, "too short");
+        assert_eq!(
+            Reader::new(&tlv(INTEGER, &[0, 1])).small_int(),
+            None,
+            "not minimal"
+        );
     }
 }

@@ -50,15 +50,6 @@ const PBE_SHA1_3DES: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0
 const PBE_SHA1_RC2_128: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x05];
 const PBE_SHA1_RC2_40: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x06];
 const PBES2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d];
-const PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
-const HMAC_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x07];
-const HMAC_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x09];
-const HMAC_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x0a];
-const HMAC_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x0b];
-const AES128_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02];
-const AES192_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x16];
-const AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
-const DES_EDE3_CBC: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x03, 0x07];
 const SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
 const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
 const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
@@ -328,13 +319,15 @@ fn decrypt(
     let oid = alg
         .expect(der::OID)
         .ok_or_else(|| malformed("encryption algorithm"))?;
-    let mut params = alg
-        .sequence()
+    let (_, params, whole) = alg
+        .next_tlv()
+        .filter(|t| t.0 == der::SEQUENCE)
         .ok_or_else(|| malformed("encryption parameters"))?;
     let failed = || "its PFX does not decrypt with the empty password Key Vault uses".to_string();
     if oid == PBES2 {
-        return pbes2(&mut params, data, work).ok_or_else(failed)?;
+        return pbes2(whole, data, work).ok_or_else(failed)?;
     }
+    let mut params = Reader::new(params);
     let salt = params
         .expect(der::OCTET_STRING)
         .ok_or_else(|| malformed("salt"))?;
@@ -369,67 +362,73 @@ fn decrypt(
     Ok(buf)
 }
 
-/// PBES2 { keyDerivationFunc PBKDF2 {salt, iterations, keyLength?, prf?}, encryptionScheme }.
-/// `None`: the decryption failed (wrong key); `Some(Err)`: the parameters are not readable.
-fn pbes2(params: &mut Reader, data: &[u8], work: &mut Work) -> Option<Result<Zeroizing<Vec<u8>>>> {
-    let parsed = (|| {
-        let mut kdf_alg = params.sequence()?;
-        if kdf_alg.expect(der::OID)? != PBKDF2 {
-            return None;
-        }
-        let mut kdf = kdf_alg.sequence()?;
-        let salt = kdf.expect(der::OCTET_STRING)?;
-        let iterations = kdf.small_int()?;
-        if kdf.peek_tag() == Some(der::INTEGER) {
-            kdf.small_int()?; // keyLength: implied by the cipher
-        }
-        let prf = match kdf.sequence() {
-            Some(mut prf) => prf.expect(der::OID)?,
-            None => HMAC_SHA1,
-        };
-        let mut scheme = params.sequence()?;
-        let cipher = scheme.expect(der::OID)?;
-        let iv = scheme.expect(der::OCTET_STRING)?;
-        Some((salt, iterations, prf, cipher, iv))
-    })();
-    let Some((salt, iterations, prf, cipher, iv)) = parsed else {
-        return Some(Err(malformed("PBES2 parameters")));
+/// The cipher refusal, for a PBES2 cipher `pkcs5` does not know and one kvfetch does not read.
+const UNKNOWN_CIPHER: &str =
+    "its PFX is encrypted with a cipher kvfetch does not read; re-export it with AES-256 or 3DES";
+
+/// PBES2 { keyDerivationFunc PBKDF2 {salt, iterations, keyLength?, prf?}, encryptionScheme },
+/// `params` its whole DER, read by `pkcs5`. `None`: the decryption failed (wrong key);
+/// `Some(Err)`: the parameters are not readable.
+fn pbes2(params: &[u8], data: &[u8], work: &mut Work) -> Option<Result<Zeroizing<Vec<u8>>>> {
+    use pkcs5::der::Decode;
+    use pkcs5::pbes2::{EncryptionScheme, Kdf, Parameters, Pbkdf2Prf};
+    let parsed = match Parameters::from_der(params) {
+        Ok(parsed) => parsed,
+        Err(e) => return Some(Err(pbes2_refusal(e))),
+    };
+    let Kdf::Pbkdf2(kdf) = parsed.kdf else {
+        return Some(Err(malformed("PBES2 parameters"))); // scrypt: not written for a PFX
     };
     // Two hashes per iteration per output block, and AES-256 takes two SHA-1 blocks.
-    if let Err(e) = work.spend(iterations, 4) {
+    if let Err(e) = work.spend(kdf.iteration_count, 4) {
         return Some(Err(e));
     }
-    let prf = match prf {
-        HMAC_SHA1 => pbkdf2::PBKDF2_HMAC_SHA1,
-        HMAC_SHA256 => pbkdf2::PBKDF2_HMAC_SHA256,
-        HMAC_SHA384 => pbkdf2::PBKDF2_HMAC_SHA384,
-        HMAC_SHA512 => pbkdf2::PBKDF2_HMAC_SHA512,
-        _ => {
-            return Some(Err(
-                "its PFX uses a PBKDF2 hash kvfetch does not know".into()
-            ));
-        }
+    let prf = match kdf.prf {
+        Pbkdf2Prf::HmacWithSha1 => pbkdf2::PBKDF2_HMAC_SHA1,
+        Pbkdf2Prf::HmacWithSha256 => pbkdf2::PBKDF2_HMAC_SHA256,
+        Pbkdf2Prf::HmacWithSha384 => pbkdf2::PBKDF2_HMAC_SHA384,
+        Pbkdf2Prf::HmacWithSha512 => pbkdf2::PBKDF2_HMAC_SHA512,
+        _ => return Some(Err(UNKNOWN_HASH.into())),
     };
-    let key_len = match cipher {
-        AES128_CBC => 16,
-        AES192_CBC => 24,
-        AES256_CBC => 32,
-        DES_EDE3_CBC => 24,
-        _ => return Some(Err("its PFX is encrypted with a cipher kvfetch does not read; re-export it with AES-256 or 3DES".into())),
+    let (key_len, iv): (usize, &[u8]) = match parsed.encryption {
+        EncryptionScheme::Aes128Cbc { iv } => (16, iv),
+        EncryptionScheme::Aes192Cbc { iv } => (24, iv),
+        EncryptionScheme::Aes256Cbc { iv } => (32, iv),
+        EncryptionScheme::DesEde3Cbc { iv } => (24, iv),
+        _ => return Some(Err(UNKNOWN_CIPHER.into())),
     };
-    let iterations = std::num::NonZeroU32::new(iterations)?;
+    let iterations = std::num::NonZeroU32::new(kdf.iteration_count)?;
     let mut key = Zeroizing::new(vec![0u8; key_len]);
     // PBES2 takes the password as its UTF-8 bytes: the empty password is no bytes at all.
-    pbkdf2::derive(prf, iterations, salt, b"", &mut key);
+    pbkdf2::derive(prf, iterations, kdf.salt, b"", &mut key);
     let mut buf = Zeroizing::new(data.to_vec());
-    let plain = match cipher {
-        AES128_CBC => cbc_decrypt::<aes::Aes128>(&key, iv, &mut buf),
-        AES192_CBC => cbc_decrypt::<aes::Aes192>(&key, iv, &mut buf),
-        AES256_CBC => cbc_decrypt::<aes::Aes256>(&key, iv, &mut buf),
+    let plain = match parsed.encryption {
+        EncryptionScheme::Aes128Cbc { .. } => cbc_decrypt::<aes::Aes128>(&key, iv, &mut buf),
+        EncryptionScheme::Aes192Cbc { .. } => cbc_decrypt::<aes::Aes192>(&key, iv, &mut buf),
+        EncryptionScheme::Aes256Cbc { .. } => cbc_decrypt::<aes::Aes256>(&key, iv, &mut buf),
         _ => cbc_decrypt::<des::TdesEde3>(&key, iv, &mut buf),
     };
     buf.truncate(plain?);
     Some(Ok(buf))
+}
+
+const UNKNOWN_HASH: &str = "its PFX uses a PBKDF2 hash kvfetch does not know";
+
+/// Why `pkcs5` refused PBES2 parameters, as kvfetch words it: an unknown HMAC (RSA DSI's
+/// digest arc, 1.2.840.113549.2), an unknown cipher, or parameters that are not readable.
+fn pbes2_refusal(e: pkcs5::der::Error) -> String {
+    const DIGEST_ARC: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02];
+    const PKCS5_ARC: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05];
+    match e.kind() {
+        pkcs5::der::ErrorKind::OidUnknown { oid } if oid.as_bytes().starts_with(DIGEST_ARC) => {
+            UNKNOWN_HASH.into()
+        }
+        // An unknown key derivation (not PBKDF2 or scrypt) is unreadable parameters.
+        pkcs5::der::ErrorKind::OidUnknown { oid } if !oid.as_bytes().starts_with(PKCS5_ARC) => {
+            UNKNOWN_CIPHER.into()
+        }
+        _ => malformed("PBES2 parameters"),
+    }
 }
 
 /// Decrypt `buf` in place; the plaintext's length.
@@ -444,8 +443,8 @@ where
         .map(<[u8]>::len)
 }
 
-/// The PKCS#12 key derivation (RFC 7292, appendix B.2): `n` bytes for purpose `id` (1: key,
-/// 2: IV, 3: MAC key) from the BMPString password `bmp` and `salt`.
+/// The PKCS#12 key derivation (RFC 7292, appendix B.2), by the `pkcs12` crate: `n` bytes for
+/// purpose `id` (1: key, 2: IV, 3: MAC key) from the BMPString password `bmp` and `salt`.
 fn kdf(
     hash: &'static digest::Algorithm,
     bmp: &[u8],
@@ -454,42 +453,23 @@ fn kdf(
     iterations: u32,
     n: usize,
 ) -> Zeroizing<Vec<u8>> {
-    let (u, v) = (hash.output_len(), hash.block_len());
-    let fill = |s: &[u8]| -> Vec<u8> {
-        if s.is_empty() {
-            return Vec::new();
-        }
-        let len = v * s.len().div_ceil(v);
-        s.iter().cycle().take(len).copied().collect()
+    use pkcs12::kdf::{Pkcs12KeyType, derive_key};
+    let id = match id {
+        1 => Pkcs12KeyType::EncryptionKey,
+        2 => Pkcs12KeyType::Iv,
+        _ => Pkcs12KeyType::Mac,
     };
-    let mut i = Zeroizing::new(Vec::with_capacity(2 * v + salt.len() + bmp.len()));
-    i.extend(fill(salt));
-    i.extend(fill(bmp));
-    let d = vec![id; v];
-    let mut out = Zeroizing::new(Vec::with_capacity(n + u));
-    while out.len() < n {
-        let mut ctx = digest::Context::new(hash);
-        ctx.update(&d);
-        ctx.update(&i);
-        let mut a = ctx.finish();
-        for _ in 1..iterations {
-            a = digest::digest(hash, a.as_ref());
-        }
-        let a = a.as_ref();
-        let b: Zeroizing<Vec<u8>> = Zeroizing::new(a.iter().cycle().take(v).copied().collect());
-        // Each v-byte block of I becomes (I_j + B + 1) mod 2^(8v).
-        for block in i.chunks_mut(v) {
-            let mut carry = 1u16;
-            for (x, y) in block.iter_mut().zip(b.iter()).rev() {
-                let sum = u16::from(*x) + u16::from(*y) + carry;
-                *x = sum as u8;
-                carry = sum >> 8;
-            }
-        }
-        out.extend_from_slice(a);
-    }
-    out.truncate(n);
-    out
+    // Bounded by MAX_ITERATIONS before any derivation.
+    let rounds = i32::try_from(iterations).unwrap_or(i32::MAX);
+    Zeroizing::new(if *hash == digest::SHA256 {
+        derive_key::<sha2::Sha256>(bmp, salt, id, rounds, n)
+    } else if *hash == digest::SHA384 {
+        derive_key::<sha2::Sha384>(bmp, salt, id, rounds, n)
+    } else if *hash == digest::SHA512 {
+        derive_key::<sha2::Sha512>(bmp, salt, id, rounds, n)
+    } else {
+        derive_key::<sha1::Sha1>(bmp, salt, id, rounds, n)
+    })
 }
 
 #[cfg(test)]
@@ -511,6 +491,71 @@ mod tests {
         assert_eq!(hex(&kdf(sha1, &bmp, &salt, 2, 1, 8)), "79993DFE048D3B76");
     }
 
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        assert!(content.len() < 0x80);
+        [&[tag, content.len() as u8][..], content].concat()
+    }
+
+    /// PBES2 parameters: PBKDF2 (salt, `iterations`, HMAC `prf`, NULL) and `cipher` with a
+    /// 16-byte IV.
+    fn pbes2_params(kdf: &[u8], iterations: u8, prf: &[u8], cipher: &[u8]) -> Vec<u8> {
+        let prf = tlv(0x30, &[tlv(0x06, prf), vec![0x05, 0x00]].concat());
+        let pbkdf2 = [tlv(0x04, &[7; 8]), tlv(0x02, &[iterations]), prf].concat();
+        let kdf = tlv(0x30, &[tlv(0x06, kdf), tlv(0x30, &pbkdf2)].concat());
+        let scheme = tlv(0x30, &[tlv(0x06, cipher), tlv(0x04, &[1; 16])].concat());
+        tlv(0x30, &[kdf, scheme].concat())
+    }
+
+    #[test]
+    fn pbes2_parameters_read_by_pkcs5_keep_their_refusals() {
+        const PBKDF2: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0c];
+        const HMAC_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x09];
+        const HMAC_SHA224: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x08];
+        const HMAC_UNKNOWN: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x02, 0x0c];
+        const AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
+        const AES128_GCM: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x06];
+        const KDF_UNKNOWN: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x63];
+        let refusal = |params: Vec<u8>| {
+            let mut work = Work(MAX_WORK);
+            match pbes2(&params, &[0; 16], &mut work) {
+                Some(Err(e)) => e,
+                Some(Ok(_)) => "decrypted".into(),
+                None => "did not decrypt".into(),
+            }
+        };
+        let says = |params, what: &str| {
+            let e = refusal(params);
+            assert!(e.contains(what), "{what}: {e}");
+        };
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_SHA256, AES256_CBC),
+            "did not decrypt",
+        );
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_SHA224, AES256_CBC),
+            "PBKDF2 hash kvfetch does not know",
+        );
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_UNKNOWN, AES256_CBC),
+            "PBKDF2 hash kvfetch does not know",
+        );
+        says(
+            pbes2_params(PBKDF2, 1, HMAC_SHA256, AES128_GCM),
+            "a cipher kvfetch does not read",
+        );
+        says(
+            pbes2_params(KDF_UNKNOWN, 1, HMAC_SHA256, AES256_CBC),
+            "malformed (PBES2 parameters)",
+        );
+        says(
+            pbes2_params(PBKDF2, 0, HMAC_SHA256, AES256_CBC),
+            "malformed",
+        );
+        let mut truncated = pbes2_params(PBKDF2, 1, HMAC_SHA256, AES256_CBC);
+        truncated.pop();
+        says(truncated, "malformed (PBES2 parameters)");
+    }
+
     #[test]
     fn not_a_pfx_ber_and_huge_iteration_counts_are_refused_by_name() {
         assert!(open(b"").unwrap_err().contains("not a PFX"));
@@ -519,7 +564,7 @@ mod tests {
                 .unwrap_err()
                 .contains("BER-encoded")
         );
-        let v2 = der::tlv(der::SEQUENCE, &der::tlv(der::INTEGER, &[2]));
+        let v2 = [0x30, 0x03, 0x02, 0x01, 0x02];
         assert!(open(&v2).unwrap_err().contains("not version 3"));
         let mut w = Work(MAX_WORK);
         assert!(w.spend(0, 1).is_err() && w.spend(MAX_ITERATIONS + 1, 1).is_err());
