@@ -465,7 +465,8 @@ fn a_stalled_stderr_never_stops_refreshes_or_shutdown() {
     let mut env = env_for(&emu);
     env.insert("KVFETCH_SECRETS".into(), names.join(","));
     // stderr is a pipe nobody reads (past the listener's address): -v logs every secret of
-    // every refresh until it fills.
+    // every refresh until it fills. Every refresh reads each secret (--full-read-every), so
+    // each logs nine lines, not the one of a refresh by list.
     let child = Command::new(bin())
         .args([
             "watch",
@@ -473,6 +474,8 @@ fn a_stalled_stderr_never_stops_refreshes_or_shutdown() {
             "--dir",
             &dir,
             "--refresh",
+            "10ms",
+            "--full-read-every",
             "10ms",
             "--health-listen",
             "127.0.0.1:0",
@@ -485,8 +488,8 @@ fn a_stalled_stderr_never_stops_refreshes_or_shutdown() {
     let mut w = Background::undrained(child);
     let addr = w.health_addr();
     wait_ready(&addr);
-    // The pipe (64 KiB) and the queue (1,024 lines) filled in 31 s beside builds; a busier machine
-    // took longer than 40 s. The waits are bounds, not what the test measures.
+    // The pipe (64 KiB) and the queue (1,024 lines): they took up to 40 s to fill on a loaded
+    // machine when each refresh logged one line. The waits are bounds, not what it measures.
     wait_for("dropped log lines", ms(120_000), || {
         metric(&addr, "kvfetch_log_lines_dropped_total") > 0.0
     });
