@@ -226,3 +226,66 @@ fn denial_missing_secret_and_usage_fail_as_before() {
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+#[test]
+fn watch_starts_ready_but_stale_through_an_outage_then_replaces_the_outputs() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (out, env_file) = first_fetch(&emu, &s);
+    emu.set_secret("db-password", "stale-ok-second-value");
+    emu.set_kv_rate_limit(Some(0));
+    let ready_file = s.path("ready").display().to_string();
+    let mut args = vec!["watch"];
+    args.extend(&fetch_args(&s, &out, &env_file)[1..]);
+    args.extend([
+        "--refresh",
+        "200ms",
+        "--health-listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        &ready_file,
+    ]);
+    let mut w = Background::start(&env_short(&emu), &args);
+    let addr = w.health_addr();
+    wait_ready(&addr);
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!(code, 200);
+    assert!(body.contains("stale"), "{body}");
+    assert_eq!(metric(&addr, "kvfetch_serving_stale"), 1.0);
+    assert_eq!(metric(&addr, "kvfetch_stale_starts_total"), 1.0);
+    assert_eq!(read(&s.path("out/db-password")), "stale-ok-first-value");
+    assert_eq!(read(&s.path("ready")), "ready (stale)\n");
+    // The vault answers again: the outputs are replaced, and kvfetch is no longer stale.
+    emu.set_kv_rate_limit(None);
+    wait_for("the fresh value", ms(30_000), || {
+        read(&s.path("out/db-password")) == "stale-ok-second-value"
+    });
+    wait_for("not stale", ms(10_000), || {
+        metric(&addr, "kvfetch_serving_stale") == 0.0
+    });
+    assert_eq!(http_get(&addr, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(read(&s.path("ready")), "ready\n");
+    let stderr = w.stop_and_stderr();
+    assert!(stderr.contains("KEEPING STALE SECRETS"), "{stderr}");
+    assert!(!stderr.contains("stale-ok-second-value") && !stderr.contains("stale-ok-first-value"));
+    // The manifest now vouches for the fresh outputs: an outage keeps them.
+    let mut down = env_short(&emu);
+    down.insert("KVFETCH_VAULT".into(), dead_vault());
+    let r = run_with(&down, &fetch_args(&s, &out, &env_file));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn watch_without_a_matching_manifest_fails_its_first_fetch_as_before() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (out, env_file) = first_fetch(&emu, &s);
+    std::fs::remove_file(s.path("out").join(MANIFEST)).unwrap();
+    let mut down = env_short(&emu);
+    down.insert("KVFETCH_VAULT".into(), dead_vault());
+    let mut args = vec!["watch"];
+    args.extend(&fetch_args(&s, &out, &env_file)[1..]);
+    let mut w = Background::start(&down, &args);
+    assert_eq!(w.exit_within(ms(30_000)), Some(7));
+    assert!(w.stderr().contains("no manifest"), "{}", w.stderr());
+}
