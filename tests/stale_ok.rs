@@ -289,3 +289,34 @@ fn watch_without_a_matching_manifest_fails_its_first_fetch_as_before() {
     assert_eq!(w.exit_within(ms(30_000)), Some(7));
     assert!(w.stderr().contains("no manifest"), "{}", w.stderr());
 }
+
+#[test]
+fn a_denial_beside_an_outage_is_never_covered() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (out, env_file) = first_fetch(&emu, &s);
+    // One secret's vault is unreachable, the other vault refuses: the denial decides (exit 4),
+    // whatever the order of the secrets.
+    emu.deny("api-key", true);
+    let far = format!("{}/secrets/db-password", dead_vault());
+    for order in [[&far[..], "api-key"], ["api-key", &far[..]]] {
+        let r = run_with(
+            &env_short(&emu),
+            &[
+                "fetch",
+                "--secret",
+                order[0],
+                "--secret",
+                order[1],
+                "--dir",
+                &out,
+                "--env-file",
+                &env_file,
+                "--stale-ok",
+                "1h",
+            ],
+        );
+        assert_eq!(r.code, 4, "{order:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("KEEPING STALE"), "{}", r.stderr);
+    }
+}
