@@ -320,3 +320,52 @@ fn a_denial_beside_an_outage_is_never_covered() {
         assert!(!r.stderr.contains("KEEPING STALE"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn the_atomic_layout_a_selection_and_templates_are_kept_too() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let out = s.path("out").display().to_string();
+    let tpl = s.path("conf.tpl");
+    std::fs::write(&tpl, "password={{ secret \"db-password\" }}\n").unwrap();
+    let template = format!("{}:{}", tpl.display(), s.path("conf.ini").display());
+    let args = [
+        "fetch",
+        "--all",
+        "--dir",
+        &out,
+        "--dir-layout",
+        "atomic",
+        "--template",
+        &template,
+        "--stale-ok",
+        "1h",
+    ];
+    let r = run_with(&env_short(&emu), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let manifest = read(&s.path("out").join(MANIFEST));
+    assert!(manifest.contains("..data/api-key"), "{manifest}");
+    emu.set_kv_rate_limit(Some(0));
+    let r = run_with(&env_short(&emu), &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("KEEPING STALE SECRETS"), "{}", r.stderr);
+    assert_eq!(read(&s.path("out/db-password")), "stale-ok-first-value");
+    // A visible name pointed elsewhere is not what kvfetch wrote.
+    let link = s.path("out/api-key");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("..data/db-password", &link).unwrap();
+    let r = run_with(&env_short(&emu), &args);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("symlink target"), "{}", r.stderr);
+    // The template's output changed: refused.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("..data/api-key", &link).unwrap();
+    std::fs::write(s.path("conf.ini"), "password=guess\n").unwrap();
+    let r = run_with(&env_short(&emu), &args);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("conf.ini is not what kvfetch wrote"),
+        "{}",
+        r.stderr
+    );
+}
