@@ -369,3 +369,30 @@ fn the_atomic_layout_a_selection_and_templates_are_kept_too() {
         r.stderr
     );
 }
+
+#[test]
+fn the_doctor_says_whether_the_outputs_would_be_kept() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (out, env_file) = first_fetch(&emu, &s);
+    let mut args = vec!["doctor"];
+    args.extend(&fetch_args(&s, &out, &env_file)[1..]);
+    let r = run_with(&env_short(&emu), &args);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("ok    stale-ok through an outage, the outputs on disk would be kept"),
+        "{}",
+        r.stdout
+    );
+    std::fs::remove_file(s.path("app.env")).unwrap();
+    let r = run_with(&env_short(&emu), &args);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("warn  stale-ok through an outage, the outputs on disk would not be kept")
+            && r.stdout.contains("app.env: it is missing"),
+        "{}",
+        r.stdout
+    );
+}

@@ -24,7 +24,7 @@ pub use plan::{
     plan_with, selects, sweep_outputs, template_dests,
 };
 pub use session::{Session, check_values, fetch_all, skipped};
-pub use stale::{check_stale_ok, keep_stale, manifest_path, record_manifest};
+pub use stale::{check_stale_ok, keep_stale, manifest_path, record_manifest, stale_verdict};
 use write::*;
 pub use write::{log_written, remove_gone, shaped, sync_outputs, write_outputs};
 

@@ -65,25 +65,13 @@ pub fn record_manifest(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(
 /// manifest vouches for them (`Ok`, with how old they are), else `outage` as it was, with the
 /// reason they were not kept.
 pub fn keep_stale(opts: &Options, plan: &Plan, outage: Error) -> Result<manifest::Kept, Error> {
-    let (Some(max_age), Some(at)) = (opts.stale_ok, manifest_path(opts)) else {
+    let Some(max_age) = opts.stale_ok else {
         return Err(outage);
     };
     if !outage.outage() {
         return Err(outage);
     }
-    let required = required_outputs(opts, plan);
-    let dir = opts.dir.clone();
-    let templates: Vec<PathBuf> = template_dests(plan).map(Path::to_path_buf).collect();
-    let allowed = |p: &Path| {
-        required.iter().any(|r| r == p)
-            || templates.iter().any(|t| t == p)
-            || opts.env_file.as_deref() == Some(p)
-            // A selection's files: any name directly in --dir but the manifest's own.
-            || dir.as_deref().is_some_and(|d| {
-                p.parent() == Some(d) && p.file_name().is_some_and(|n| n != manifest::NAME)
-            })
-    };
-    match manifest::check(&at, &required, &allowed, max_age, manifest::now()) {
+    match stale_verdict(opts, plan) {
         Ok(kept) => {
             log::warn(
                 "KEEPING STALE SECRETS: Key Vault or the identity endpoint is unreachable; the outputs an earlier kvfetch wrote are kept as they are (--stale-ok); they may be out of date until the vault answers again",
@@ -104,6 +92,27 @@ pub fn keep_stale(opts: &Options, plan: &Plan, outage: Error) -> Result<manifest
             format!("{t}; --stale-ok could not keep the outputs written before: {why}")
         })),
     }
+}
+
+/// Whether `--stale-ok` would keep the outputs on disk now (the doctor asks too): `Ok` with
+/// their age when the manifest vouches for them, else the reason.
+pub fn stale_verdict(opts: &Options, plan: &Plan) -> Result<manifest::Kept, String> {
+    let (Some(max_age), Some(at)) = (opts.stale_ok, manifest_path(opts)) else {
+        return Err("--stale-ok needs --dir or --env-file".into());
+    };
+    let required = required_outputs(opts, plan);
+    let dir = opts.dir.clone();
+    let templates: Vec<PathBuf> = template_dests(plan).map(Path::to_path_buf).collect();
+    let allowed = |p: &Path| {
+        required.iter().any(|r| r == p)
+            || templates.iter().any(|t| t == p)
+            || opts.env_file.as_deref() == Some(p)
+            // A selection's files: any name directly in --dir but the manifest's own.
+            || dir.as_deref().is_some_and(|d| {
+                p.parent() == Some(d) && p.file_name().is_some_and(|n| n != manifest::NAME)
+            })
+    };
+    manifest::check(&at, &required, &allowed, max_age, manifest::now())
 }
 
 /// The outputs the plan writes whatever the vault says: each named secret's file in `--dir`
