@@ -196,7 +196,7 @@ impl Refresher {
         self.note_expiries(&snap);
         let Some(old) = self.current.take() else {
             write_outputs(&self.opts, &self.session.plan, &snap)?;
-            record_manifest(&self.opts, &self.session.plan, &snap)?;
+            record_manifest(&self.opts, &self.session.plan, &snap);
             let variables = self.opts.env_file.is_some();
             crate::modes::fetch::log_written(&self.opts, &snap, variables);
             self.current = Some(snap);
@@ -213,7 +213,7 @@ impl Refresher {
         };
         self.lock().outputs_damaged = false;
         // The manifest vouches for the outputs as now checked current (--stale-ok).
-        record_manifest(&self.opts, &self.session.plan, &snap)?;
+        record_manifest(&self.opts, &self.session.plan, &snap);
         self.log_restored(&snap, &written, &changes);
         if changes.is_empty() {
             self.current = Some(snap);

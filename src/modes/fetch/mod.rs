@@ -38,7 +38,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
         Err(e) => return keep_stale(opts, &session.plan, e).map(drop),
     };
     write_outputs(opts, &session.plan, &snap)?;
-    record_manifest(opts, &session.plan, &snap)?;
+    record_manifest(opts, &session.plan, &snap);
     log_written(opts, &snap, opts.env_file.is_some());
     let (written, skipped) = written_counts(&snap);
     let mut fields = vec![("count", written.to_string())];

@@ -52,13 +52,22 @@ pub fn manifest_path(opts: &Options) -> Option<PathBuf> {
 }
 
 /// After a successful write (or a refresh that found everything current): with `--stale-ok`,
-/// record every output of `snap` in the manifest, as written now.
-pub fn record_manifest(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(), Error> {
+/// record every output of `snap` in the manifest, as written now. A manifest that cannot be
+/// written fails nothing (the outputs are good): it is a warning, and a later start through an
+/// outage refuses the outputs the old manifest does not describe.
+pub fn record_manifest(opts: &Options, plan: &Plan, snap: &Snapshot) {
     let (Some(_), Some(at)) = (opts.stale_ok, manifest_path(opts)) else {
-        return Ok(());
+        return;
     };
-    let items = output_items(opts, plan, snap)?;
-    manifest::record(&at, &items.paths(opts.dir.as_deref()), manifest::now())
+    let recorded = output_items(opts, plan, snap).and_then(|items| {
+        manifest::record(&at, &items.paths(opts.dir.as_deref()), manifest::now())
+    });
+    if let Err(e) = recorded {
+        log::warn(
+            &format!("{e}; a start through an outage will not keep these outputs (--stale-ok)"),
+            &[],
+        );
+    }
 }
 
 /// `outage` ended the fetch: keep the outputs on disk if `--stale-ok` allows it and the
