@@ -172,3 +172,27 @@ pub const EXIT_CODES: &str = "  0  success
      kvfetch cannot use (larger than 1 MiB, not UTF-8); not retried
   9  a local resource limit: no thread or file descriptor to be had, or an environment too large
      for the kernel to start COMMAND with";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_vault_or_identity_endpoint_is_an_outage() {
+        assert!(Error::VaultUnavailable("gave up on secret a".into()).outage());
+        assert!(Error::NoToken(format!("{GAVE_UP_ON_IDENTITY}IMDS at http://…")).outage());
+        for e in [
+            Error::NoToken("no managed identity found: …".into()),
+            Error::NoToken("the identity endpoint … refused a token".into()),
+            Error::AccessDenied("gave up on".into()),
+            Error::NotFound("x".into()),
+            Error::Absent("x".into()),
+            Error::Usage("x".into()),
+            Error::Output("x".into()),
+            Error::Protocol("x".into()),
+            Error::Resource("x".into()),
+        ] {
+            assert!(!e.outage(), "{e:?}");
+        }
+    }
+}
