@@ -71,6 +71,10 @@ impl Error {
     }
 }
 
+/// How the identity endpoint's "kept failing until the deadline" message starts: the one
+/// [`Error::NoToken`] that is an outage (see [`Error::outage`]).
+pub const GAVE_UP_ON_IDENTITY: &str = "gave up on ";
+
 /// Process exit codes, stable across releases.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -102,6 +106,20 @@ impl Error {
             Error::Other(_) => exit::OTHER,
             Error::CommandNotFound(_) => exit::COMMAND_NOT_FOUND,
             Error::NotExecutable(_) => exit::NOT_EXECUTABLE,
+        }
+    }
+
+    /// Whether this is an outage: Key Vault or the identity endpoint stayed unreachable, throttled
+    /// or failing until the deadline (exit 7, or exit 3 when kvfetch gave up waiting on the
+    /// identity endpoint). Never a denial, a missing secret, a refused identity, a usage or an
+    /// output error. `--stale-ok` may keep what kvfetch wrote before through an outage only.
+    pub fn outage(&self) -> bool {
+        match self {
+            Error::VaultUnavailable(_) => true,
+            // Only the identity endpoint's "gave up on SOURCE at ENDPOINT after …" (see
+            // identity::ask): no identity found, a refused or unusable answer are not outages.
+            Error::NoToken(t) => t.starts_with(GAVE_UP_ON_IDENTITY),
+            _ => false,
         }
     }
 
@@ -154,3 +172,27 @@ pub const EXIT_CODES: &str = "  0  success
      kvfetch cannot use (larger than 1 MiB, not UTF-8); not retried
   9  a local resource limit: no thread or file descriptor to be had, or an environment too large
      for the kernel to start COMMAND with";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_vault_or_identity_endpoint_is_an_outage() {
+        assert!(Error::VaultUnavailable("gave up on secret a".into()).outage());
+        assert!(Error::NoToken(format!("{GAVE_UP_ON_IDENTITY}IMDS at http://…")).outage());
+        for e in [
+            Error::NoToken("no managed identity found: …".into()),
+            Error::NoToken("the identity endpoint … refused a token".into()),
+            Error::AccessDenied("gave up on".into()),
+            Error::NotFound("x".into()),
+            Error::Absent("x".into()),
+            Error::Usage("x".into()),
+            Error::Output("x".into()),
+            Error::Protocol("x".into()),
+            Error::Resource("x".into()),
+        ] {
+            assert!(!e.outage(), "{e:?}");
+        }
+    }
+}

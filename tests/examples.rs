@@ -242,6 +242,37 @@ fn run_deployment(path: &PathBuf) {
         checked += 1;
     }
     assert!(checked >= 1, "{what}: no file checked");
+    if argv.iter().any(|a| a == "--stale-ok") {
+        stale_restart(&what, &emu, d.uid, &argv, &env, &s);
+    }
+}
+
+/// A `--stale-ok` example run again while the vault throttles every request (an outage): it
+/// keeps the files it wrote and exits 0 (with a short `--timeout`, so the test is quick).
+fn stale_restart(
+    what: &str,
+    emu: &Emulator,
+    uid: u32,
+    argv: &[String],
+    env: &std::collections::HashMap<String, String>,
+    s: &Scratch,
+) {
+    let mut argv = argv.to_vec();
+    if let Some(i) = argv.iter().position(|a| a == "--timeout") {
+        argv[i + 1] = "1s".into();
+    }
+    emu.set_kv_rate_limit(Some(0));
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = as_user(uid, &[], &args, env).output().unwrap();
+    emu.set_kv_rate_limit(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: stale restart: {stderr}"
+    );
+    assert!(stderr.contains("KEEPING STALE SECRETS"), "{what}: {stderr}");
+    assert_eq!(read(&s.path("vol0/db-password")), "Ex1-db-value", "{what}");
 }
 
 /// What an exec example sets: (variable, secret name, whether the variable names a file), from

@@ -294,6 +294,16 @@ pub const FLAGS: &[Flag] = &[
     ),
     only(
         flag(
+            "stale-ok",
+            "KVFETCH_STALE_OK",
+            Some("DURATION"),
+            None,
+            "when Key Vault or the identity endpoint stays unreachable (exit 7 or 3), keep the outputs this kvfetch wrote at most DURATION ago (1s to 365d; checked against its manifest) and exit 0 / become ready marked stale; needs --dir or --env-file",
+        ),
+        FETCH | WATCH,
+    ),
+    only(
+        flag(
             "full-read-every",
             "KVFETCH_FULL_READ_EVERY",
             Some("DURATION"),

@@ -50,7 +50,13 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ),
     (
         "Retry",
-        &["timeout", "backoff-base", "access-retry", "start-splay"],
+        &[
+            "timeout",
+            "backoff-base",
+            "access-retry",
+            "start-splay",
+            "stale-ok",
+        ],
     ),
     ("Logging", &["log-format", "quiet", "verbose"]),
     (

@@ -113,6 +113,8 @@ pub struct Options {
     /// `--refresh`, when given or defaulted (exec: only when given).
     pub refresh: Option<Duration>,
     pub max_stale: Option<Duration>,
+    /// `--stale-ok`: through an outage, keep the outputs written at most this long ago.
+    pub stale_ok: Option<Duration>,
     pub ready_file: Option<PathBuf>,
     pub health_listen: Option<String>,
     /// `watch --serve`: the secrets endpoint (None for every other command).
@@ -297,6 +299,7 @@ pub fn parse(args: &[String], env: &HashMap<String, String>) -> Result<Options, 
             max_stale: get("max-stale")
                 .map(|d| duration_flag("max-stale", &d))
                 .transpose()?,
+            stale_ok: stale_ok(&command, get("stale-ok"))?,
             ready_file: get("ready-file")
                 .map(|f| path_flag("ready-file", &f, true))
                 .transpose()?,

@@ -87,9 +87,10 @@ pub(super) fn scan(
                     && f.modes & c.mode() == 0
                 {
                     return Err(usage(format!(
-                        "--{} does not apply to `kvfetch {}`",
+                        "--{} does not apply to `kvfetch {}`{}",
                         f.long,
-                        command_name(c)
+                        command_name(c),
+                        why_not(f.long)
                     )));
                 }
                 i += next;
@@ -113,9 +114,10 @@ pub(super) fn scan(
             .find(|f| given.contains_key(f.long) && f.modes & c.mode() == 0)
     {
         return Err(usage(format!(
-            "--{} does not apply to `kvfetch {}`",
+            "--{} does not apply to `kvfetch {}`{}",
             f.long,
-            command_name(c)
+            command_name(c),
+            why_not(f.long)
         )));
     }
     match command {
@@ -127,6 +129,16 @@ pub(super) fn scan(
             "exec needs a command: kvfetch exec [options] -- COMMAND [ARGS...]",
         )),
         Some(c) => Ok((c, given)),
+    }
+}
+
+/// Why a flag is not a command's, when that is worth saying.
+fn why_not(long: &str) -> &'static str {
+    match long {
+        "stale-ok" => {
+            ": exec hands secrets to the command in memory and keeps no outputs on disk to fall back on; run `kvfetch fetch --stale-ok` in an init step (or watch) instead"
+        }
+        _ => "",
     }
 }
 

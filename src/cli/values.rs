@@ -38,6 +38,20 @@ pub(super) fn supervised_only(
     }
 }
 
+/// `--stale-ok`: fetch and watch only. `exec` keeps no outputs on disk to fall back on, so its
+/// variable (shared with an init step) is ignored there; the flag is refused by the scan.
+pub(super) fn stale_ok(
+    command: &Command,
+    value: Option<String>,
+) -> Result<Option<Duration>, Error> {
+    match command {
+        Command::Fetch | Command::Watch | Command::Doctor => {
+            value.map(|v| duration_flag("stale-ok", &v)).transpose()
+        }
+        _ => Ok(None),
+    }
+}
+
 /// `--refresh`: defaulted for `watch`; for `exec` only when given (it turns on supervision).
 pub(super) fn refresh(
     command: &Command,
@@ -289,6 +303,7 @@ pub const DURATION_RANGES: &[(&str, Duration, Duration)] = &[
     ("access-retry", Duration::ZERO, hours(1)),
     ("refresh", ms(10), hours(24 * 30)),
     ("max-stale", ms(10), hours(24 * 365)),
+    ("stale-ok", Duration::from_secs(1), hours(24 * 365)),
     ("grace", Duration::ZERO, hours(1)),
     ("start-splay", Duration::ZERO, hours(1)),
     ("full-read-every", ms(10), hours(24 * 30)),

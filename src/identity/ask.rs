@@ -262,7 +262,8 @@ impl Identity {
                 None => "check that a managed identity is assigned to this container group / VM, or raise --timeout if the endpoint starts slowly".into(),
             };
             return Err(Error::NoToken(format!(
-                "gave up on {} at {} after {} ({}; last: {problem}{}) asking for {}; {fix}",
+                "{}{} at {} after {} ({}; last: {problem}{}) asking for {}; {fix}",
+                crate::error::GAVE_UP_ON_IDENTITY,
                 self.source.name(),
                 self.source.endpoint(),
                 human(started.elapsed()),

@@ -238,6 +238,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
         );
     }
     check_outputs(&mut r, opts, &plan);
+    check_stale_ok(&mut r, opts, &plan);
     let choice = match identity::choose(env, opts.identity_source, opts.selector.as_ref()) {
         Ok(c) => c,
         Err(e) => {
@@ -349,6 +350,34 @@ fn check_outputs(r: &mut Report, opts: &Options, plan: &fetch::Plan) {
                 &[],
             );
         }
+    }
+}
+
+/// `--stale-ok`: whether the outputs on disk would be kept through an outage now (a warning
+/// when not: `fetch` succeeds while the vault answers).
+fn check_stale_ok(r: &mut Report, opts: &Options, plan: &fetch::Plan) {
+    let Some(max) = opts.stale_ok else { return };
+    if let Err(e) = fetch::check_stale_ok(opts, plan) {
+        r.fail("stale-ok", &e);
+        return;
+    }
+    match fetch::stale_verdict(opts, plan) {
+        Ok(kept) => r.line(
+            Status::Ok,
+            "stale-ok",
+            &format!(
+                "through an outage, the outputs on disk would be kept: written {} ago (--stale-ok {})",
+                human(kept.age),
+                human(max)
+            ),
+            &[("files", kept.files.to_string())],
+        ),
+        Err(why) => r.line(
+            Status::Warn,
+            "stale-ok",
+            &format!("through an outage, the outputs on disk would not be kept: {why}"),
+            &[],
+        ),
     }
 }
 

@@ -31,6 +31,10 @@ pub struct Status {
     pub outputs_damaged: bool,
     /// Supervised exec: restarts refused because the new environment could not be built.
     pub restarts_refused: u64,
+    /// `--stale-ok`: serving the outputs an earlier kvfetch wrote, through an outage.
+    pub serving_stale: bool,
+    /// Starts that served stale outputs (`--stale-ok`).
+    pub stale_starts: u64,
 }
 
 /// The main loops of `watch` and supervised `exec` pass at least this often.
@@ -113,6 +117,18 @@ impl Status {
             "counter",
             "Supervised exec: restarts refused because the new environment could not be built.",
             vec![(String::new(), self.restarts_refused.to_string())],
+        );
+        family(
+            "kvfetch_serving_stale",
+            "gauge",
+            "1 while serving outputs written before a vault or identity outage (--stale-ok).",
+            vec![(String::new(), u8::from(self.serving_stale).to_string())],
+        );
+        family(
+            "kvfetch_stale_starts_total",
+            "counter",
+            "Starts that kept the outputs written before, through an outage (--stale-ok).",
+            vec![(String::new(), self.stale_starts.to_string())],
         );
         family(
             "kvfetch_log_lines_dropped_total",
@@ -330,6 +346,10 @@ fn answer(path: &str, status: &Status) -> (u16, String) {
         "/healthz" => (
             503,
             "not alive: the main loop has not passed for over 10 s\n".into(),
+        ),
+        "/readyz" if status.ready() && status.serving_stale => (
+            200,
+            "ready (stale): serving the outputs written before a vault or identity outage (--stale-ok); they are replaced when the vault answers\n".into(),
         ),
         "/readyz" if status.ready() => (200, "ready\n".into()),
         "/readyz" if !status.first_write_done => {

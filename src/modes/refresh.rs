@@ -13,7 +13,9 @@ use crate::base::log;
 use crate::base::retry::{Backoff, human, jitter};
 use crate::cli::Options;
 use crate::error::Error;
-use crate::modes::fetch::{Session, Snapshot, sync_outputs, write_outputs};
+use crate::modes::fetch::{
+    Session, Snapshot, keep_stale, record_manifest, sync_outputs, write_outputs,
+};
 use crate::modes::health::Status;
 use crate::spec::SecretSpec;
 use crate::vault::keyvault::Fetched;
@@ -34,6 +36,9 @@ pub enum Outcome {
     Unchanged,
     /// The refresh failed; the last good outputs stay.
     Failed,
+    /// `--stale-ok`: the first fetch met an outage; the outputs an earlier kvfetch wrote are
+    /// kept (checked) and served, marked stale, until a fetch succeeds (that one is `First`).
+    Stale,
 }
 
 pub struct Refresher {
@@ -125,11 +130,45 @@ impl Refresher {
                 s.refreshes += 1;
                 s.last_success = Some(Instant::now());
                 s.first_write_done = true;
+                if std::mem::take(&mut s.serving_stale) {
+                    log::info(
+                        "the vault answers again: the stale outputs were replaced with fresh ones",
+                        &[],
+                    );
+                }
                 Ok(o)
             }
-            Err(e) if first => Err(e),
+            // Serving stale outputs: a failure is a failed refresh, retried with backoff.
+            Err(e) if first && self.lock().serving_stale => self.failed(e),
+            Err(e) if first => self.stale_start(e),
             Err(e) => self.failed(e),
         }
+    }
+
+    /// The first fetch failed with `e`: with `--stale-ok` and an outage, keep and serve the
+    /// outputs an earlier kvfetch wrote (as its manifest vouches for them), ready but marked
+    /// stale, and retry; otherwise `e` ends the mode.
+    fn stale_start(&mut self, e: Error) -> Result<Outcome, Error> {
+        let kept = keep_stale(&self.opts, &self.session.plan, e.clone())?;
+        let backoff = Backoff {
+            base: self.opts.backoff_base,
+            cap_factor: u32::MAX,
+        };
+        let delay = backoff.delay(self.failures_in_row).min(self.refresh());
+        self.failures_in_row += 1;
+        self.next_due = Instant::now() + delay;
+        let mut s = self.lock();
+        *s.failures.entry(e.kind()).or_default() += 1;
+        s.serving_stale = true;
+        s.stale_starts += 1;
+        s.first_write_done = true;
+        // The data is as old as the outputs: --max-stale and the age metric count from there.
+        s.last_success = Some(
+            Instant::now()
+                .checked_sub(kept.age)
+                .unwrap_or_else(Instant::now),
+        );
+        Ok(Outcome::Stale)
     }
 
     /// When `--max-stale` runs out (after the first write): no refresh may wait past it.
@@ -157,6 +196,7 @@ impl Refresher {
         self.note_expiries(&snap);
         let Some(old) = self.current.take() else {
             write_outputs(&self.opts, &self.session.plan, &snap)?;
+            record_manifest(&self.opts, &self.session.plan, &snap);
             let variables = self.opts.env_file.is_some();
             crate::modes::fetch::log_written(&self.opts, &snap, variables);
             self.current = Some(snap);
@@ -172,6 +212,8 @@ impl Refresher {
             }
         };
         self.lock().outputs_damaged = false;
+        // The manifest vouches for the outputs as now checked current (--stale-ok).
+        record_manifest(&self.opts, &self.session.plan, &snap);
         self.log_restored(&snap, &written, &changes);
         if changes.is_empty() {
             self.current = Some(snap);

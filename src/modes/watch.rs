@@ -81,6 +81,7 @@ pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<u8, Error> {
                     serve_current(&refresher);
                     ready(opts, &refresher)?;
                 }
+                Ok(Outcome::Stale) => ready_stale(opts)?,
                 Ok(Outcome::Changed(names)) => {
                     serve_current(&refresher);
                     notifier.notify(names);
@@ -130,6 +131,19 @@ fn ready(opts: &Options, refresher: &Refresher) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--stale-ok` through an outage: ready, marked stale (the warning was logged); the ready
+/// file says so.
+fn ready_stale(opts: &Options) -> Result<(), Error> {
+    if let Some(path) = &opts.ready_file {
+        let files = crate::output::FileOptions {
+            mode: opts.file_mode,
+            owner: opts.owner,
+        };
+        crate::output::files::write_all(&[(path.clone(), b"ready (stale)\n".to_vec(), files)])?;
+    }
+    Ok(())
+}
+
 fn remove_ready_file(opts: &Options) {
     if let Some(path) = &opts.ready_file {
         let _ = std::fs::remove_file(path);
@@ -141,6 +155,9 @@ fn stop(opts: &Options, refresher: &Refresher) {
     remove_ready_file(opts);
     if !opts.cleanup {
         return;
+    }
+    if let Some(manifest) = crate::modes::fetch::manifest_path(opts) {
+        let _ = std::fs::remove_file(manifest);
     }
     if let Some(dir) = &opts.dir {
         if opts.dir_layout == crate::output::Layout::Atomic {

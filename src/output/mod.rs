@@ -10,6 +10,7 @@
 pub mod atomic;
 pub mod envfile;
 pub mod files;
+pub mod manifest;
 pub mod memfile;
 
 pub use envfile::Format;

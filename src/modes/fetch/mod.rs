@@ -16,6 +16,7 @@ pub use crate::vault::snapshot::Snapshot;
 
 mod plan;
 mod session;
+mod stale;
 mod write;
 
 pub use plan::{
@@ -23,6 +24,7 @@ pub use plan::{
     plan_with, selects, sweep_outputs, template_dests,
 };
 pub use session::{Session, check_values, fetch_all, skipped};
+pub use stale::{check_stale_ok, keep_stale, manifest_path, record_manifest, stale_verdict};
 use write::*;
 pub use write::{log_written, remove_gone, shaped, sync_outputs, write_outputs};
 
@@ -30,8 +32,13 @@ pub use write::{log_written, remove_gone, shaped, sync_outputs, write_outputs};
 pub fn run(opts: &Options, env: &HashMap<String, String>) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let session = Session::new(opts, env, plan(opts)?)?;
-    let snap = session.fetch()?;
+    let snap = match session.fetch() {
+        Ok(snap) => snap,
+        // --stale-ok: through an outage, the outputs written before (checked) are kept.
+        Err(e) => return keep_stale(opts, &session.plan, e).map(drop),
+    };
     write_outputs(opts, &session.plan, &snap)?;
+    record_manifest(opts, &session.plan, &snap);
     log_written(opts, &snap, opts.env_file.is_some());
     let (written, skipped) = written_counts(&snap);
     let mut fields = vec![("count", written.to_string())];

@@ -48,6 +48,7 @@ pub fn plan(opts: &Options) -> Result<Plan, Error> {
     }
     let plan = plan_with(opts, Vec::new(), false)?;
     check_no_file(&plan)?;
+    super::check_stale_ok(opts, &plan)?;
     Ok(plan)
 }
 

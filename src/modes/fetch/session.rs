@@ -399,11 +399,15 @@ pub fn check_values(opts: &Options, plan: &Plan, snap: &Snapshot) -> Result<(), 
 /// How many failures one summary names before it only counts the rest.
 pub(super) const NAMED_FAILURES: usize = 3;
 
-/// The first failure is the error (its exit code wins). A few more are each logged on a line
+/// The first failure is the error (its exit code wins), a definite one before an outage. A few more are each logged on a line
 /// of their own; beyond [`NAMED_FAILURES`] in all, one line names the first few, cut, and counts
 /// the rest, so that however many secrets fail (a deadline over a large selection), the log
 /// stays short.
-pub(super) fn report(errors: Vec<Error>) -> Result<(), Error> {
+pub(super) fn report(mut errors: Vec<Error>) -> Result<(), Error> {
+    // A definite failure (a denial, a missing secret) comes before an outage (a vault or an
+    // identity endpoint that stayed unreachable): it does not pass with time, and `--stale-ok`
+    // must never keep outputs through it. Stable: otherwise in spec order.
+    errors.sort_by_key(Error::outage);
     let mut errors = errors.into_iter();
     let Some(first) = errors.next() else {
         return Ok(());

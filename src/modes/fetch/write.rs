@@ -67,6 +67,17 @@ pub(super) struct Items {
     absent: Vec<PathBuf>,
 }
 
+impl Items {
+    /// Every path these items put on disk (an atomic `--dir`'s files by their visible names).
+    pub(super) fn paths(&self, dir: Option<&std::path::Path>) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.write.iter().map(|(p, _, _)| p.clone()).collect();
+        if let Some(dir) = dir {
+            paths.extend(self.generation.iter().map(|(n, _)| dir.join(n)));
+        }
+        paths
+    }
+}
+
 /// Each spec's bytes (its options applied); `None` for an absent optional secret.
 pub fn shaped(
     specs: &[SecretSpec],

@@ -1,0 +1,349 @@
+//! `--stale-ok`'s manifest: what kvfetch wrote and when, so that a later run, facing a vault or
+//! identity outage, keeps only outputs that are exactly what kvfetch itself wrote.
+//!
+//! `.kvfetch-manifest.json` lies beside the outputs (in `--dir`, else beside the env file), mode
+//! 0600, written like every output (temp file, fsync, rename). It holds, per output: its path,
+//! the SHA-256 of its bytes, its mode, uid and gid, and the target of a symlink (the atomic
+//! layout's names); plus the time of the write (UTC seconds). Never a value: a digest of a
+//! high-entropy secret tells nothing of it, and the file is readable by its owner only.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::files::{self, FileOptions};
+use crate::error::Error;
+
+/// The manifest's file name (reserved: no output may take it).
+pub const NAME: &str = ".kvfetch-manifest.json";
+
+/// The largest manifest read (a few hundred bytes per output).
+const MAX_MANIFEST: u64 = 1 << 20;
+
+/// The largest output read to check it (a secret is at most 1 MiB; an env file or a template
+/// holds several).
+const MAX_OUTPUT: u64 = 64 << 20;
+
+/// How far in the future a manifest's time may be (clock steps) before it is refused.
+const FUTURE_SLACK: u64 = 300;
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Manifest {
+    version: u32,
+    /// When the outputs were written (Unix seconds, UTC).
+    written: u64,
+    files: Vec<Entry>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct Entry {
+    path: PathBuf,
+    /// A symlink's target (the atomic layout's visible names), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<PathBuf>,
+    sha256: String,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Where the manifest of these outputs lives: in `dir`, else beside `env_file`.
+pub fn path(dir: Option<&Path>, env_file: Option<&Path>) -> Option<PathBuf> {
+    match (dir, env_file) {
+        (Some(d), _) => Some(d.join(NAME)),
+        (None, Some(f)) => {
+            let parent = f.parent().filter(|p| !p.as_os_str().is_empty());
+            Some(parent.unwrap_or(Path::new(".")).join(NAME))
+        }
+        (None, None) => None,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Record `outputs` as they are on disk now, written at `written`, in the manifest at `at`.
+pub fn record(at: &Path, outputs: &[PathBuf], written: u64) -> Result<(), Error> {
+    let files = outputs
+        .iter()
+        .map(|p| {
+            inspect(p).map_err(|why| {
+                Error::Output(format!(
+                    "cannot record {} in the --stale-ok manifest {}: {why}",
+                    p.display(),
+                    at.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest = Manifest {
+        version: 1,
+        written,
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| {
+        Error::Output(format!(
+            "cannot write the --stale-ok manifest {}: {e}",
+            at.display()
+        ))
+    })?;
+    let private = FileOptions {
+        mode: 0o600,
+        owner: None,
+    };
+    files::write_all(&[(at.to_path_buf(), json, private)])
+}
+
+/// What [`check`] found: the outputs are kvfetch's, written `age` ago.
+#[derive(Debug)]
+pub struct Kept {
+    pub age: Duration,
+    pub files: usize,
+}
+
+/// Check that the manifest at `at` vouches for the outputs on disk: it is this user's and
+/// private, at most `max_age` old, names every path in `required` (and nothing `allowed` does
+/// not accept), and every file it names is exactly as written (bytes, mode, owner, symlink
+/// target). `Err` is the reason, for a message.
+pub fn check(
+    at: &Path,
+    required: &[PathBuf],
+    allowed: &dyn Fn(&Path) -> bool,
+    max_age: Duration,
+    now: u64,
+) -> Result<Kept, String> {
+    let shown = at.display();
+    let meta = std::fs::symlink_metadata(at).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("no manifest {shown}: no earlier kvfetch with --stale-ok wrote these outputs")
+        }
+        _ => format!("cannot read the manifest {shown}: {e}"),
+    })?;
+    if !meta.is_file() {
+        return Err(format!("the manifest {shown} is not a regular file"));
+    }
+    if meta.uid() != files::euid() || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the manifest {shown} is not this user's private file (owner {}, mode {:04o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    let bytes = crate::base::file::read_regular(at, MAX_MANIFEST)
+        .map_err(|e| format!("cannot read the manifest {shown}: {e}"))?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|_| format!("the manifest {shown} is not one kvfetch wrote (not its JSON)"))?;
+    if m.version != 1 {
+        return Err(format!(
+            "the manifest {shown} has version {}, which this kvfetch does not know",
+            m.version
+        ));
+    }
+    if m.written > now.saturating_add(FUTURE_SLACK) {
+        return Err(format!(
+            "the manifest {shown} says it was written {}s in the future; refusing it",
+            m.written - now
+        ));
+    }
+    let age = Duration::from_secs(now.saturating_sub(m.written));
+    if age > max_age {
+        return Err(format!(
+            "the outputs were written {} ago, more than --stale-ok {}",
+            crate::base::retry::human(age),
+            crate::base::retry::human(max_age)
+        ));
+    }
+    if let Some(missing) = required
+        .iter()
+        .find(|r| !m.files.iter().any(|e| &e.path == *r))
+    {
+        return Err(format!(
+            "{} is not among the outputs the manifest lists (the flags changed since?)",
+            missing.display()
+        ));
+    }
+    for e in &m.files {
+        if !allowed(&e.path) {
+            return Err(format!(
+                "the manifest lists {}, which these flags do not write",
+                e.path.display()
+            ));
+        }
+        let now_there = inspect(&e.path).map_err(|why| format!("{}: {why}", e.path.display()))?;
+        if let Some(what) = difference(e, &now_there) {
+            return Err(format!(
+                "{} is not what kvfetch wrote: its {what} changed",
+                e.path.display()
+            ));
+        }
+    }
+    Ok(Kept {
+        age,
+        files: m.files.len(),
+    })
+}
+
+/// What differs between a recorded entry and the file now, if anything.
+fn difference(was: &Entry, now: &Entry) -> Option<&'static str> {
+    if was.link != now.link {
+        Some("symlink target")
+    } else if was.sha256 != now.sha256 {
+        Some("content")
+    } else if was.mode != now.mode {
+        Some("mode")
+    } else if was.uid != now.uid || was.gid != now.gid {
+        Some("owner")
+    } else {
+        None
+    }
+}
+
+/// An output as it is on disk: a regular file (or a symlink to one, whose target is noted),
+/// read without blocking and with a bound, judged by `fstat` of what was opened.
+fn inspect(path: &Path) -> Result<Entry, String> {
+    let lmeta = std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "it is missing".to_string(),
+        _ => e.to_string(),
+    })?;
+    let link = if lmeta.file_type().is_symlink() {
+        Some(std::fs::read_link(path).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let file = crate::base::file::open_nonblocking(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_OUTPUT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_OUTPUT {
+        return Err("it is larger than any output kvfetch writes".into());
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Entry {
+        path: path.to_path_buf(),
+        link,
+        sha256,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("kvfetch-manifest-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn vouches_for_what_it_recorded_and_holds_no_value() {
+        let dir = scratch("ok");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        write(&a, b"first-value");
+        write(&b, b"second-value");
+        let at = dir.join(NAME);
+        record(&at, &[a.clone(), b.clone()], now()).unwrap();
+        let text = std::fs::read_to_string(&at).unwrap();
+        assert!(!text.contains("first-value") && !text.contains("second-value"));
+        assert_eq!(
+            std::fs::metadata(&at).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let kept = check(&at, std::slice::from_ref(&a), &|_| true, HOUR, now()).unwrap();
+        assert_eq!(kept.files, 2);
+        // Too old, from the future, a path the flags no longer write, one not listed.
+        let later = now() + 2 * 3600;
+        assert!(
+            check(&at, &[], &|_| true, HOUR, later)
+                .unwrap_err()
+                .contains("ago")
+        );
+        assert!(
+            check(&at, &[], &|_| true, HOUR, now() - 3600)
+                .unwrap_err()
+                .contains("future")
+        );
+        assert!(
+            check(&at, &[], &|p| p != b, HOUR, now())
+                .unwrap_err()
+                .contains("do not write")
+        );
+        let c = dir.join("c");
+        assert!(
+            check(&at, &[c], &|_| true, HOUR, now())
+                .unwrap_err()
+                .contains("not among")
+        );
+    }
+
+    #[test]
+    fn refuses_outputs_changed_in_any_way() {
+        let dir = scratch("changed");
+        let a = dir.join("a");
+        let at = dir.join(NAME);
+        let reset = || {
+            let _ = std::fs::remove_file(&a);
+            write(&a, b"value");
+            record(&at, std::slice::from_ref(&a), now()).unwrap();
+        };
+        let refused = |what: &str| {
+            let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+            assert!(e.contains(what) && e.contains("/a"), "{what}: {e}");
+        };
+        reset();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&a, b"other").unwrap();
+        refused("content");
+        reset();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o440)).unwrap();
+        refused("mode");
+        reset();
+        std::fs::remove_file(&a).unwrap();
+        refused("missing");
+        reset();
+        std::fs::remove_file(&a).unwrap();
+        std::os::unix::fs::symlink(dir.join(NAME), &a).unwrap();
+        refused("symlink");
+        // A manifest others may write is not trusted.
+        reset();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o622)).unwrap();
+        assert!(
+            check(&at, &[], &|_| true, HOUR, now())
+                .unwrap_err()
+                .contains("private")
+        );
+        std::fs::remove_file(&at).unwrap();
+        assert!(
+            check(&at, &[], &|_| true, HOUR, now())
+                .unwrap_err()
+                .contains("no manifest")
+        );
+    }
+}
