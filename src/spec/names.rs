@@ -1,7 +1,6 @@
 //! Names: what a secret, a version, a variable and a file may be called, and the variables that
 //! steer programs (a loader, a runtime, a shell), which no secret may set unasked.
 
-
 /// `db-password` → `DB_PASSWORD`.
 pub fn env_name_for(name: &str) -> String {
     name.to_ascii_uppercase().replace('-', "_")
