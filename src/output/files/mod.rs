@@ -20,12 +20,12 @@ use std::time::Duration;
 use crate::error::Error;
 
 mod ground;
+#[cfg(test)]
+use ground::*;
 pub use ground::{
     can_chown, check_target, check_writable_dir, differs, dir_mode, ensure_dir, euid, exposure,
     on_memory_fs, remove_file, same_path, sweep_stale_temps,
 };
-#[cfg(test)]
-use ground::*;
 
 /// How every temp file kvfetch writes is named at the start.
 pub const TEMP_PREFIX: &str = ".kvfetch-tmp-";
