@@ -195,9 +195,10 @@ fn supervised_exec_rewrites_the_file_then_signals_and_removes_it_on_exit() {
     let s = Scratch::new();
     let (log, path) = (s.path("log"), s.path("path"));
     let script = format!(
-        "echo \"$DB_PASSWORD_FILE\" > {p}; stat -c '%a' \"$DB_PASSWORD_FILE\" \"$(dirname \"$DB_PASSWORD_FILE\")\" >> {p}; \
+        "trap 'echo >> {l}; cat \"$DB_PASSWORD_FILE\" >> {l}' USR2; \
+         echo \"$DB_PASSWORD_FILE\" > {p}; stat -c '%a' \"$DB_PASSWORD_FILE\" \"$(dirname \"$DB_PASSWORD_FILE\")\" >> {p}; \
          tr '\\0' '\\n' < /proc/$$/environ >> {p}; \
-         cat \"$DB_PASSWORD_FILE\" >> {l}; trap 'echo >> {l}; cat \"$DB_PASSWORD_FILE\" >> {l}' USR2; \
+         cat \"$DB_PASSWORD_FILE\" >> {l}; \
          while :; do sleep 0.05; done",
         p = path.display(),
         l = log.display()
@@ -526,7 +527,7 @@ fn a_file_that_cannot_be_rewritten_holds_the_signal_back_until_it_can() {
     let s = Scratch::new();
     let (log, path) = (s.path("log"), s.path("path"));
     let script = format!(
-        "echo \"$DB_PASSWORD_FILE\" > {p}; cat \"$DB_PASSWORD_FILE\" >> {l}; trap 'echo >> {l}; cat \"$DB_PASSWORD_FILE\" >> {l}' USR2; while :; do sleep 0.05; done",
+        "trap 'echo >> {l}; cat \"$DB_PASSWORD_FILE\" >> {l}' USR2; echo \"$DB_PASSWORD_FILE\" > {p}; cat \"$DB_PASSWORD_FILE\" >> {l}; while :; do sleep 0.05; done",
         p = path.display(),
         l = log.display()
     );
