@@ -752,6 +752,47 @@ fn a_vault_writer_cannot_steer_the_app_through_a_selection() {
     );
 }
 
+/// Found in review: images read `X_FILE` as the path of a file holding X, so a listed secret
+/// named `app-db-password-file` would let a vault writer point the app at any file it can read
+/// (a service account token) and have it used as the password.
+#[test]
+fn a_vault_writer_cannot_point_a_file_variable_at_a_path() {
+    let emu = Emulator::start().unwrap();
+    let token = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    emu.set_secret("app-db-password-file", token);
+    emu.set_secret("app-plain", "plain-value-3e");
+    let vault = emu.vault_url();
+    let script = "echo \"F=$APP_DB_PASSWORD_FILE P=$APP_PLAIN\"";
+    let args = |allow: &[&'static str]| {
+        let mut a = vec![
+            "exec",
+            "--vault",
+            &vault,
+            "--prefix",
+            "app-",
+            "--env-prefix",
+            "APP_",
+        ];
+        a.extend_from_slice(allow);
+        a.extend(["--", "sh", "-c", script]);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let a = args(&[]);
+    let r = run(&emu, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "F= P=plain-value-3e\n");
+    assert!(
+        r.stderr.contains("APP_DB_PASSWORD_FILE") && r.stderr.contains("--allow-env"),
+        "{}",
+        r.stderr
+    );
+    // The operator may still allow it by name.
+    let a = args(&["--allow-env", "APP_DB_PASSWORD_FILE"]);
+    let r = run(&emu, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, format!("F={token} P=plain-value-3e\n"));
+}
+
 #[test]
 fn a_value_that_cannot_be_a_variable_skips_that_secret_only() {
     let emu = Emulator::start().unwrap();

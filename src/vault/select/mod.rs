@@ -94,6 +94,14 @@ fn skip_reason(
             "it would set {env}, which a vault writer could use to steer the app or its platform (allow it with --allow-env {env})"
         ));
     }
+    // Images read `X_FILE` as the path of a file holding X: a value there is a path of the
+    // vault writer's choosing (a service account token, a federated token), which the app would
+    // then read and use as the secret.
+    if sel.env && env.ends_with("_FILE") && !sel.allow_env.iter().any(|a| a == &env) {
+        return Some(format!(
+            "it would set {env}, which apps read as the path of a file: a vault writer could make the app read any file it can (allow it with --allow-env {env}, or name the secret with ?file)"
+        ));
+    }
     if let Some(dir) = &sel.dir {
         let path = dir.join(out);
         if sel
