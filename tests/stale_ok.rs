@@ -275,6 +275,45 @@ fn watch_starts_ready_but_stale_through_an_outage_then_replaces_the_outputs() {
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
+/// Found in review: once serving stale, a denial (a revocation made during the outage) was taken
+/// for one more failed refresh, and the stale outputs were served on with no end.
+#[test]
+fn watch_serving_stale_ends_on_a_denial_and_when_the_outputs_grow_too_old() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (out, env_file) = first_fetch(&emu, &s);
+    emu.set_kv_rate_limit(Some(0));
+    let mut args = vec!["watch"];
+    args.extend(&fetch_args(&s, &out, &env_file)[1..]);
+    args.extend(["--refresh", "200ms", "--health-listen", "127.0.0.1:0"]);
+    let mut w = Background::start(&env_short(&emu), &args);
+    let addr = w.health_addr();
+    wait_ready(&addr);
+    assert_eq!(metric(&addr, "kvfetch_serving_stale"), 1.0);
+    emu.set_kv_rate_limit(None);
+    emu.deny("db-password", true);
+    assert_eq!(w.exit_within(ms(30_000)), Some(4), "{}", w.stderr());
+    emu.deny("db-password", false);
+
+    // Outputs a few seconds old, kept for at most 3 s: the outage outlasts that, and watch ends
+    // with the outage's own exit code instead of serving them on.
+    emu.set_kv_rate_limit(Some(0));
+    let mut args = vec!["watch"];
+    args.extend(&fetch_args(&s, &out, &env_file)[1..]);
+    let at = args.iter().position(|a| *a == "1h").unwrap();
+    args[at] = "3s";
+    args.extend(["--refresh", "200ms"]);
+    // Rewrite the outputs and the manifest now, so they are fresh enough to be kept at first.
+    emu.set_kv_rate_limit(None);
+    first_fetch(&emu, &s);
+    emu.set_kv_rate_limit(Some(0));
+    let mut w = Background::start(&env_short(&emu), &args);
+    assert_eq!(w.exit_within(ms(30_000)), Some(7), "{}", w.stderr());
+    w.wait("the reason", ms(10_000), || {
+        w.stderr().contains("older than --stale-ok")
+    });
+}
+
 #[test]
 fn watch_without_a_matching_manifest_fails_its_first_fetch_as_before() {
     let emu = seeded();

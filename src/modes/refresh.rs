@@ -49,6 +49,8 @@ pub struct Refresher {
     in_flight: bool,
     failures_in_row: u32,
     next_due: Instant,
+    /// Serving stale outputs: when they become older than `--stale-ok` allows.
+    stale_until: Option<Instant>,
     pub status: Arc<Mutex<Status>>,
 }
 
@@ -66,6 +68,7 @@ impl Refresher {
             in_flight: false,
             failures_in_row: 0,
             next_due: Instant::now(),
+            stale_until: None,
             status: Arc::new(Mutex::new(status)),
         }
     }
@@ -138,8 +141,21 @@ impl Refresher {
                 }
                 Ok(o)
             }
-            // Serving stale outputs: a failure is a failed refresh, retried with backoff.
-            Err(e) if first && self.lock().serving_stale => self.failed(e),
+            // Serving stale outputs: an outage is a failed refresh, retried with backoff, until
+            // the outputs are older than --stale-ok allows; anything else (a denial, a missing
+            // secret) ends the mode as it would end a first fetch: stale outputs never cover it.
+            Err(e) if first && self.lock().serving_stale => {
+                if !e.outage() {
+                    return Err(e);
+                }
+                if self.stale_until.is_some_and(|t| Instant::now() >= t) {
+                    let age = self.opts.stale_ok.map(human).unwrap_or_default();
+                    return Err(e.map_text(|t| {
+                        format!("{t}; the outputs kept through the outage are now older than --stale-ok {age}")
+                    }));
+                }
+                self.failed(e)
+            }
             Err(e) if first => self.stale_start(e),
             Err(e) => self.failed(e),
         }
@@ -150,6 +166,8 @@ impl Refresher {
     /// stale, and retry; otherwise `e` ends the mode.
     fn stale_start(&mut self, e: Error) -> Result<Outcome, Error> {
         let kept = keep_stale(&self.opts, &self.session.plan, e.clone())?;
+        let allowed = self.opts.stale_ok.unwrap_or_default();
+        self.stale_until = Some(Instant::now() + allowed.saturating_sub(kept.age));
         let backoff = Backoff {
             base: self.opts.backoff_base,
             cap_factor: u32::MAX,
