@@ -993,6 +993,10 @@ mod tests {
         // A link too long to keep is refused, not followed.
         let long = format!("/secrets?$skiptoken={}", "a".repeat(MAX_NEXT_LINK));
         assert!(next_url(&v, &long, "7.5").is_err());
+        // One of exactly 8 KiB is followed.
+        let at = format!("/secrets?$skiptoken={}", "a".repeat(MAX_NEXT_LINK - 20));
+        assert_eq!(at.len(), MAX_NEXT_LINK);
+        assert!(next_url(&v, &at, "7.5").is_ok());
         // A loopback vault with a port: the port must match.
         let l = vault("http://127.0.0.1:8080");
         assert!(next_url(&l, "http://127.0.0.1:8080/secrets?a=1", "7.5").is_ok());
@@ -1051,7 +1055,24 @@ mod tests {
         );
         assert!(parse_page(r#"{"value":[],"nextLink":1}"#).is_err());
         assert!(parse_page(r#"{"nextLink":null}"#).is_err());
-        assert!(parse_page("<html>").is_err());
+        assert_eq!(
+            parse_page("<html>").unwrap_err(),
+            "is not a Key Vault secret list"
+        );
+        // A tag whose key or value is longer than Key Vault allows is left out; at the limits,
+        // kept.
+        let tags = format!(
+            r#"{{"value":[{{"id":"/secrets/t","tags":{{"{}":"v","k":"{}","{}":"{}"}}}}]}}"#,
+            "k".repeat(MAX_TAG_KEY + 1),
+            "v".repeat(MAX_TAG_VALUE + 1),
+            "a".repeat(MAX_TAG_KEY),
+            "b".repeat(MAX_TAG_VALUE)
+        );
+        let t = parse_page(&tags).unwrap().0.remove(0).unwrap();
+        assert_eq!(
+            t.tags,
+            BTreeMap::from([("a".repeat(MAX_TAG_KEY), "b".repeat(MAX_TAG_VALUE))])
+        );
         // A page of more entries than Key Vault sends is refused as it is read.
         let many = format!(r#"{{"value":[{}{{}}]}}"#, "{},".repeat(MAX_PAGE_ENTRIES));
         let e = parse_page(&many).unwrap_err();

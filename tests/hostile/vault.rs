@@ -418,6 +418,68 @@ fn a_list_over_the_total_cap_is_refused() {
     assert_eq!(emu.counters().kv_list_requests, 251);
 }
 
+/// Defect 1: the list is capped by what it keeps too (names, content types and tags): 32 MiB
+/// exactly is read (4,096 entries of 8 KiB, each within Key Vault's limits on content types and
+/// tags), one entry more ends the list with exit 8 that says so.
+#[test]
+fn a_list_over_the_byte_cap_is_refused_and_one_at_it_is_read() {
+    const ENTRY: usize = 8 << 10;
+    let emu = Emulator::start().unwrap();
+    // An entry of exactly 8 KiB kept: name + content type = 256, 10 tags of 512 + 256, and one
+    // of 100 + 156.
+    let entry = |name: &str| {
+        let mut tags: std::collections::BTreeMap<String, String> = (0..10)
+            .map(|j| (format!("{j:0>512}"), "v".repeat(256)))
+            .collect();
+        tags.insert("t".repeat(100), "u".repeat(156));
+        SecretInput {
+            value: format!("{name}-value-5e07"),
+            content_type: Some("c".repeat(256 - name.len())),
+            tags,
+            ..Default::default()
+        }
+    };
+    emu.set_secret_with("app-db", entry("app-db"));
+    for i in 1..4096 {
+        let name = format!("big-{i:04}");
+        emu.set_secret_with(&name, entry(&name));
+    }
+    let fetch = |out: &Out| {
+        run(
+            &emu,
+            &[
+                "fetch",
+                "--vault",
+                &emu.vault_url(),
+                "--prefix",
+                "app-",
+                // 34 MB of JSON read by a debug build on a loaded machine: minutes, not seconds.
+                "--timeout",
+                "600s",
+                "--dir",
+                &out.dir(),
+            ],
+        )
+    };
+    let out = Out::new();
+    let r = fetch(&out);
+    assert_eq!(
+        r.code, 0,
+        "4096 x {ENTRY} bytes is the cap, not past it: {}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(std::path::Path::new(&out.dir()).join("db")).unwrap(),
+        "app-db-value-5e07"
+    );
+    emu.set_secret("big-4096", "big-4096-value-5e07");
+    let out = Out::new();
+    let r = fetch(&out);
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("32 MiB of names"), "{}", r.stderr);
+    assert_no_leak(&r, &["-value-5e07"]);
+}
+
 /// Fix C3: an identity-endpoint 410 ("back within 70 s") does not hold a `watch` refresh past
 /// `--max-stale`: with tokens of 12 s (renewed after 6 s) and IMDS answering 410 from then on,
 /// the sidecar ends with exit 7 about 3 s after its last success, not after the 70 s window.
