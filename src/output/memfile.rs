@@ -182,6 +182,7 @@ impl PrivateDir {
                 )));
             }
         }
+        check_base(base)?;
         sweep(base);
         let mut last = None;
         for _ in 0..8 {
@@ -211,8 +212,15 @@ impl PrivateDir {
         let path = base.join(format!("{PREFIX}{pid}-{random:08x}"));
         std::fs::DirBuilder::new().mode(0o700).create(&new)?;
         let named = lock(&new).and_then(|held| {
-            // The umask may have narrowed the mode; a sweep looks for exactly 0700.
-            std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            // The umask may have narrowed the mode; a sweep looks for exactly 0700. Set on the
+            // directory opened and locked, never through its path (which could be swapped).
+            if held.metadata()?.uid() != files::euid() {
+                return Err(io::Error::other("the new directory is not this user's"));
+            }
+            // SAFETY: fchmod on a descriptor we own.
+            if unsafe { libc::fchmod(held.as_raw_fd(), 0o700) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
             rename_noreplace(&new, &path)?;
             Ok(held)
         });
@@ -254,6 +262,34 @@ impl PrivateDir {
         }
         Ok(())
     }
+}
+
+/// Whether `base` may hold the private directory: it must belong to root or this user, and
+/// not be writable by group or others unless it has the sticky bit. Otherwise another user
+/// could rename kvfetch's directory away (a rename in a writable parent needs no permission on
+/// the directory itself) and put their own in its place, so that the app reads their values:
+/// a Kubernetes `emptyDir` with `medium: Memory` mounted at `/dev/shm` is mode 0777 without the
+/// sticky bit.
+fn check_base(base: &Path) -> Result<(), Error> {
+    let shown = base.display();
+    let meta = std::fs::metadata(base).map_err(|e| {
+        let msg =
+            format!("cannot check {shown}, where ?file under supervised exec keeps its files: {e}");
+        Error::from_io(&e, Error::Output, msg)
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 && meta.uid() != files::euid() {
+        return Err(Error::Output(format!(
+            "{shown} belongs to uid {}, not to root or this user: it could swap the private directory of ?file under supervised exec for its own; use a {shown} of root's or this user's (mode 1777 or not writable by others), or run exec without --refresh (a memfd)",
+            meta.uid()
+        )));
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::Output(format!(
+            "{shown} is writable by group or others without the sticky bit (mode {mode:04o}): another user could swap the private directory of ?file under supervised exec for their own; mount {shown} with the sticky bit (chmod 1777, e.g. in an init container) or not writable by others, or run exec without --refresh (a memfd)"
+        )));
+    }
+    Ok(())
 }
 
 /// Rename `from` to `to`, failing with `AlreadyExists` rather than replacing anything.
@@ -351,6 +387,33 @@ mod tests {
         drop(dir);
         assert!(!root.exists());
         assert!(PrivateDir::create(Path::new("/proc")).is_err());
+    }
+
+    #[test]
+    fn a_base_others_may_write_without_the_sticky_bit_is_refused() {
+        let base =
+            std::env::temp_dir().join(format!("kvfetch-memfile-{}-base", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let set = |mode: u32| {
+            std::fs::set_permissions(&base, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for mode in [0o777, 0o775, 0o757] {
+            set(mode);
+            let e = check_base(&base).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::OUTPUT, "{mode:o}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&base.display().to_string()) && msg.contains("sticky"),
+                "{mode:o}: {msg}"
+            );
+        }
+        for mode in [0o1777, 0o755, 0o700] {
+            set(mode);
+            assert!(check_base(&base).is_ok(), "{mode:o}");
+        }
+        set(0o700);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
