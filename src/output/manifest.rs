@@ -27,6 +27,13 @@ const MAX_MANIFEST: u64 = 1 << 20;
 /// holds several).
 const MAX_OUTPUT: u64 = 64 << 20;
 
+/// The most outputs a manifest may list (kvfetch writes one per secret in `--dir`, the env
+/// file and the templates).
+const MAX_ENTRIES: usize = 1024;
+
+/// The most bytes read across all the outputs a manifest lists, whatever their number.
+const MAX_TOTAL: u64 = 256 << 20;
+
 /// How far in the future a manifest's time may be (clock steps) before it is refused.
 const FUTURE_SLACK: u64 = 300;
 
@@ -121,12 +128,18 @@ pub fn check(
     now: u64,
 ) -> Result<Kept, String> {
     let shown = at.display();
-    let meta = std::fs::symlink_metadata(at).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
+    // Opened never through a symlink, then judged by `fstat` of what was opened and read from
+    // that descriptor: no swap between a check and the read.
+    let file = open_nofollow(at).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => {
             format!("no manifest {shown}: no earlier kvfetch with --stale-ok wrote these outputs")
         }
+        Some(libc::ELOOP) => format!("the manifest {shown} is not a regular file (a symlink)"),
         _ => format!("cannot read the manifest {shown}: {e}"),
     })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the manifest {shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!("the manifest {shown} is not a regular file"));
     }
@@ -137,7 +150,7 @@ pub fn check(
             meta.mode() & 0o7777
         ));
     }
-    let bytes = crate::base::file::read_regular(at, MAX_MANIFEST)
+    let bytes = read_bounded(file, MAX_MANIFEST)
         .map_err(|e| format!("cannot read the manifest {shown}: {e}"))?;
     let m: Manifest = serde_json::from_slice(&bytes)
         .map_err(|_| format!("the manifest {shown} is not one kvfetch wrote (not its JSON)"))?;
@@ -170,6 +183,20 @@ pub fn check(
             missing.display()
         ));
     }
+    if m.files.len() > MAX_ENTRIES {
+        return Err(format!(
+            "the manifest {shown} lists {} files, more outputs than kvfetch writes (at most {MAX_ENTRIES})",
+            m.files.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = m.files.iter().find(|e| !seen.insert(&e.path)) {
+        return Err(format!(
+            "the manifest {shown} lists {} twice; it is not one kvfetch wrote",
+            twice.path.display()
+        ));
+    }
+    let mut total: u64 = 0;
     for e in &m.files {
         if !allowed(&e.path) {
             return Err(format!(
@@ -177,7 +204,15 @@ pub fn check(
                 e.path.display()
             ));
         }
-        let now_there = inspect(&e.path).map_err(|why| format!("{}: {why}", e.path.display()))?;
+        let (now_there, size) =
+            inspect_sized(&e.path).map_err(|why| format!("{}: {why}", e.path.display()))?;
+        total = total.saturating_add(size);
+        if total > MAX_TOTAL {
+            return Err(format!(
+                "the outputs the manifest {shown} lists hold more than {} MiB in all; refusing to read more",
+                MAX_TOTAL >> 20
+            ));
+        }
         if let Some(what) = difference(e, &now_there) {
             return Err(format!(
                 "{} is not what kvfetch wrote: its {what} changed",
@@ -206,40 +241,83 @@ fn difference(was: &Entry, now: &Entry) -> Option<&'static str> {
     }
 }
 
-/// An output as it is on disk: a regular file (or a symlink to one, whose target is noted),
-/// read without blocking and with a bound, judged by `fstat` of what was opened.
+/// Open `path` for reading: never through a symlink (`O_NOFOLLOW`), never blocking on a FIFO
+/// (`O_NONBLOCK`), close-on-exec.
+fn open_nofollow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// At most `max` bytes of `file`, or an error if it holds more.
+fn read_bounded(file: std::fs::File, max: u64) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("it is larger than {} MiB", max >> 20));
+    }
+    Ok(bytes)
+}
+
+/// An output as it is on disk (see [`inspect_sized`]).
 fn inspect(path: &Path) -> Result<Entry, String> {
-    let lmeta = std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
+    inspect_sized(path).map(|(entry, _)| entry)
+}
+
+/// An output as it is on disk, and how many bytes it holds: a regular file (or a symlink to
+/// one, whose target is noted), read without blocking and with a bound, judged by `fstat` of
+/// what was opened. A regular file is opened with `O_NOFOLLOW` and must be the very inode
+/// `lstat` saw; a symlink's target is read, the file opened through it, and both the link (read
+/// again) and the inode (`stat`) must be unchanged afterwards.
+fn inspect_sized(path: &Path) -> Result<(Entry, u64), String> {
+    let missing = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => "it is missing".to_string(),
         _ => e.to_string(),
-    })?;
-    let link = if lmeta.file_type().is_symlink() {
-        Some(std::fs::read_link(path).map_err(|e| e.to_string())?)
-    } else {
-        None
     };
-    let file = crate::base::file::open_nonblocking(path).map_err(|e| e.to_string())?;
+    let lmeta = std::fs::symlink_metadata(path).map_err(missing)?;
+    let changed = || "it changed while it was read".to_string();
+    let (file, link) = if lmeta.file_type().is_symlink() {
+        let link = std::fs::read_link(path).map_err(|e| e.to_string())?;
+        let file = crate::base::file::open_nonblocking(path).map_err(missing)?;
+        let meta = std::fs::metadata(path).map_err(missing)?;
+        let fmeta = file.metadata().map_err(|e| e.to_string())?;
+        let again = std::fs::read_link(path).map_err(|_| changed())?;
+        if again != link || meta.dev() != fmeta.dev() || meta.ino() != fmeta.ino() {
+            return Err(changed());
+        }
+        (file, Some(link))
+    } else {
+        let file = open_nofollow(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => changed(),
+            _ => missing(e),
+        })?;
+        let fmeta = file.metadata().map_err(|e| e.to_string())?;
+        if fmeta.dev() != lmeta.dev() || fmeta.ino() != lmeta.ino() {
+            return Err(changed());
+        }
+        (file, None)
+    };
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("it is not a regular file".into());
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_OUTPUT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_OUTPUT {
-        return Err("it is larger than any output kvfetch writes".into());
-    }
+    let bytes = read_bounded(file, MAX_OUTPUT)
+        .map_err(|_| "it is larger than any output kvfetch writes".to_string())?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
     let sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Entry {
+    let entry = Entry {
         path: path.to_path_buf(),
         link,
         sha256,
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
         gid: meta.gid(),
-    })
+    };
+    Ok((entry, bytes.len() as u64))
 }
 
 #[cfg(test)]
@@ -345,5 +423,37 @@ mod tests {
                 .unwrap_err()
                 .contains("no manifest")
         );
+    }
+
+    #[test]
+    fn refuses_a_manifest_reached_through_a_symlink_or_listing_a_path_twice() {
+        let dir = scratch("nofollow");
+        let a = dir.join("a");
+        write(&a, b"value");
+        let real = dir.join("real.json");
+        record(&real, std::slice::from_ref(&a), now()).unwrap();
+        assert!(check(&real, &[], &|_| true, HOUR, now()).is_ok());
+        // A symlink to a valid manifest of ours is not opened (O_NOFOLLOW).
+        let at = dir.join(NAME);
+        std::os::unix::fs::symlink(&real, &at).unwrap();
+        let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&at).unwrap();
+        // The same output listed twice.
+        record(&at, &[a.clone(), a.clone()], now()).unwrap();
+        let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        // Entries beyond the cap.
+        std::fs::remove_file(&at).unwrap();
+        let many: Vec<PathBuf> = (0..=MAX_ENTRIES)
+            .map(|i| {
+                let p = dir.join(format!("f{i}"));
+                write(&p, b"");
+                p
+            })
+            .collect();
+        record(&at, &many, now()).unwrap();
+        let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+        assert!(e.contains("more outputs"), "{e}");
     }
 }

@@ -18,7 +18,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::output::files::{self, FileOptions};
+use crate::output::files;
 
 /// The mode of every file a `?file` variable names.
 pub const MODE: u32 = 0o400;
@@ -89,8 +89,9 @@ const NEW_PREFIX: &str = ".kvfetch-exec-new-";
 #[derive(Debug)]
 pub struct PrivateDir {
     path: PathBuf,
-    /// The directory, opened and `flock`ed (close-on-exec: no child holds the lock).
-    _lock: std::fs::File,
+    /// The directory, opened and `flock`ed (close-on-exec: no child holds the lock); every file
+    /// is written, replaced and removed relative to it (`openat`, `renameat`, `unlinkat`).
+    dir: std::fs::File,
 }
 
 /// Whether `name` is a private directory's: [`PREFIX`], digits, `-`, 8 hex digits.
@@ -182,6 +183,7 @@ impl PrivateDir {
                 )));
             }
         }
+        check_base(base)?;
         sweep(base);
         let mut last = None;
         for _ in 0..8 {
@@ -211,13 +213,20 @@ impl PrivateDir {
         let path = base.join(format!("{PREFIX}{pid}-{random:08x}"));
         std::fs::DirBuilder::new().mode(0o700).create(&new)?;
         let named = lock(&new).and_then(|held| {
-            // The umask may have narrowed the mode; a sweep looks for exactly 0700.
-            std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            // The umask may have narrowed the mode; a sweep looks for exactly 0700. Set on the
+            // directory opened and locked, never through its path (which could be swapped).
+            if held.metadata()?.uid() != files::euid() {
+                return Err(io::Error::other("the new directory is not this user's"));
+            }
+            // SAFETY: fchmod on a descriptor we own.
+            if unsafe { libc::fchmod(held.as_raw_fd(), 0o700) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
             rename_noreplace(&new, &path)?;
             Ok(held)
         });
         match named {
-            Ok(held) => Ok(PrivateDir { path, _lock: held }),
+            Ok(held) => Ok(PrivateDir { path, dir: held }),
             Err(e) => {
                 let _ = std::fs::remove_dir(&new);
                 Err(e)
@@ -235,25 +244,188 @@ impl PrivateDir {
     }
 
     /// Make the directory hold exactly these files: each present one written (atomically: a
-    /// reader sees the old bytes or the new, never a mix), each absent one removed.
+    /// reader sees the old bytes or the new, never a mix), each absent one removed. Every file
+    /// is reached through the locked directory's descriptor, never through its path: one
+    /// renamed away and replaced gets no value written into the replacement.
     pub fn write(&self, items: &[(String, Option<Vec<u8>>)]) -> Result<(), Error> {
-        let opts = FileOptions {
-            mode: MODE,
-            owner: None,
+        let fail = |name: &str, what: &str, e: io::Error| {
+            let msg = format!(
+                "cannot {what} the ?file {} in {}: {e}",
+                name,
+                self.path.display()
+            );
+            Error::from_io(&e, Error::Output, msg)
         };
-        // Only what differs is replaced: an unchanged file keeps its inode.
-        let write: Vec<(PathBuf, Vec<u8>, FileOptions)> = items
-            .iter()
-            .filter_map(|(name, bytes)| Some((self.file(name), bytes.as_ref()?)))
-            .filter(|(path, bytes)| files::differs(path, bytes, opts))
-            .map(|(path, bytes)| (path, bytes.clone(), opts))
-            .collect();
-        files::write_all(&write)?;
-        for (name, _) in items.iter().filter(|(_, b)| b.is_none()) {
-            files::remove_file(&self.file(name))?;
+        let mut names = Vec::with_capacity(items.len());
+        for (name, _) in items {
+            names.push(entry_name(name)?);
+        }
+        // A signal arriving now waits for the renames to finish.
+        let _writing = crate::base::signals::writing();
+        // Only what differs is replaced: an unchanged file keeps its inode. All are staged
+        // first; a failure leaves no temp file and the old files as they were.
+        let mut staged: Vec<(&str, CString, CString)> = Vec::new();
+        let discard = |staged: &[(&str, CString, CString)]| {
+            for (_, temp, _) in staged {
+                // SAFETY: unlinkat relative to our directory descriptor, valid C string.
+                unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
+            }
+        };
+        for ((name, bytes), c_name) in items.iter().zip(&names) {
+            let Some(bytes) = bytes else { continue };
+            if !self.differs(c_name, bytes) {
+                continue;
+            }
+            let temp = entry_name(&format!(".{name}.kvfetch-new"))?;
+            if let Err(e) = self.stage(&temp, bytes) {
+                discard(&staged);
+                return Err(fail(name, "write", e));
+            }
+            staged.push((name, temp, c_name.clone()));
+        }
+        for (i, (name, temp, target)) in staged.iter().enumerate() {
+            let fd = self.dir.as_raw_fd();
+            // SAFETY: renameat within our directory descriptor, valid C strings.
+            if unsafe { libc::renameat(fd, temp.as_ptr(), fd, target.as_ptr()) } != 0 {
+                let e = io::Error::last_os_error();
+                discard(&staged[i..]);
+                return Err(fail(name, "replace", e));
+            }
+        }
+        for ((name, bytes), c_name) in items.iter().zip(&names) {
+            if bytes.is_some() {
+                continue;
+            }
+            // SAFETY: unlinkat relative to our directory descriptor, valid C string.
+            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), c_name.as_ptr(), 0) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    return Err(fail(name, "remove", e));
+                }
+            }
         }
         Ok(())
     }
+
+    /// Open `name` in the directory: `flags` plus never through a symlink, never blocking,
+    /// close-on-exec.
+    fn open_at(&self, name: &CString, flags: libc::c_int) -> io::Result<std::fs::File> {
+        let flags = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        // SAFETY: openat relative to our directory descriptor, valid C string.
+        let raw = unsafe { libc::openat(self.dir.as_raw_fd(), name.as_ptr(), flags, MODE) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` was just opened and is owned by nobody else.
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    /// A new file `temp` holding `bytes`, mode [`MODE`].
+    fn stage(&self, temp: &CString, bytes: &[u8]) -> io::Result<()> {
+        // A temp file a failed write left behind is ours to replace.
+        // SAFETY: unlinkat relative to our directory descriptor, valid C string.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
+        let mut file = self.open_at(temp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)?;
+        // The umask may have narrowed the mode; set it exactly before any byte is written.
+        // SAFETY: fchmod on a descriptor we own.
+        if unsafe { libc::fchmod(file.as_raw_fd(), MODE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        io::Write::write_all(&mut file, bytes)
+    }
+
+    /// Whether the file `name` is not exactly `bytes`, a regular file of mode [`MODE`].
+    fn differs(&self, name: &CString, bytes: &[u8]) -> bool {
+        use std::io::Read;
+        let Ok(file) = self.open_at(name, libc::O_RDONLY) else {
+            return true;
+        };
+        let Ok(meta) = file.metadata() else {
+            return true;
+        };
+        if !meta.is_file() || meta.mode() & 0o7777 != MODE || meta.len() != bytes.len() as u64 {
+            return true;
+        }
+        let mut on_disk = Vec::with_capacity(bytes.len() + 1);
+        let read = file.take(bytes.len() as u64 + 1).read_to_end(&mut on_disk);
+        read.is_err() || on_disk != bytes
+    }
+
+    /// Remove every entry of the directory, through its descriptor.
+    fn empty(&self) -> io::Result<()> {
+        // SAFETY: dup of a descriptor we own; fdopendir takes the copy, closedir closes it;
+        // readdir's entries are read before the next call.
+        unsafe {
+            let copy = libc::fcntl(self.dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0);
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let stream = libc::fdopendir(copy);
+            if stream.is_null() {
+                let e = io::Error::last_os_error();
+                libc::close(copy);
+                return Err(e);
+            }
+            let mut names = Vec::new();
+            loop {
+                let entry = libc::readdir(stream);
+                if entry.is_null() {
+                    break;
+                }
+                let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr());
+                if name.to_bytes() != b"." && name.to_bytes() != b".." {
+                    names.push(name.to_owned());
+                }
+            }
+            libc::closedir(stream);
+            let mut result = Ok(());
+            for name in names {
+                if libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) != 0 {
+                    result = Err(io::Error::last_os_error());
+                }
+            }
+            result
+        }
+    }
+}
+
+/// `name` as a C string naming an entry of the directory itself: no `/`, NUL, `.` or `..`.
+fn entry_name(name: &str) -> Result<CString, Error> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Error::Usage(format!(
+            "{name:?} cannot name a file of ?file (a / or a dot name)"
+        )));
+    }
+    CString::new(name)
+        .map_err(|_| Error::Usage(format!("the variable name {name:?} holds a NUL byte")))
+}
+
+/// Whether `base` may hold the private directory: it must belong to root or this user, and
+/// not be writable by group or others unless it has the sticky bit. Otherwise another user
+/// could rename kvfetch's directory away (a rename in a writable parent needs no permission on
+/// the directory itself) and put their own in its place, so that the app reads their values:
+/// a Kubernetes `emptyDir` with `medium: Memory` mounted at `/dev/shm` is mode 0777 without the
+/// sticky bit.
+fn check_base(base: &Path) -> Result<(), Error> {
+    let shown = base.display();
+    let meta = std::fs::metadata(base).map_err(|e| {
+        let msg =
+            format!("cannot check {shown}, where ?file under supervised exec keeps its files: {e}");
+        Error::from_io(&e, Error::Output, msg)
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 && meta.uid() != files::euid() {
+        return Err(Error::Output(format!(
+            "{shown} belongs to uid {}, not to root or this user: it could swap the private directory of ?file under supervised exec for its own; use a {shown} of root's or this user's (mode 1777 or not writable by others), or run exec without --refresh (a memfd)",
+            meta.uid()
+        )));
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::Output(format!(
+            "{shown} is writable by group or others without the sticky bit (mode {mode:04o}): another user could swap the private directory of ?file under supervised exec for their own; mount {shown} with the sticky bit (chmod 1777, e.g. in an init container) or not writable by others, or run exec without --refresh (a memfd)"
+        )));
+    }
+    Ok(())
 }
 
 /// Rename `from` to `to`, failing with `AlreadyExists` rather than replacing anything.
@@ -279,8 +451,10 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 impl Drop for PrivateDir {
+    /// Empty the locked directory through its descriptor, then remove it by its path only if
+    /// that path still names it (same device and inode).
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+        let warn = |e: &dyn std::fmt::Display| {
             crate::base::log::warn(
                 "cannot remove the private directory of ?file",
                 &[
@@ -288,6 +462,19 @@ impl Drop for PrivateDir {
                     ("error", &e.to_string()),
                 ],
             );
+        };
+        if let Err(e) = self.empty() {
+            warn(&e);
+        }
+        let ours = self.dir.metadata().ok();
+        let there = std::fs::symlink_metadata(&self.path).ok();
+        match (ours, there) {
+            (Some(a), Some(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {
+                if let Err(e) = std::fs::remove_dir(&self.path) {
+                    warn(&e);
+                }
+            }
+            _ => warn(&"its path no longer names it (renamed away?); left in place"),
         }
     }
 }
@@ -351,6 +538,64 @@ mod tests {
         drop(dir);
         assert!(!root.exists());
         assert!(PrivateDir::create(Path::new("/proc")).is_err());
+    }
+
+    #[test]
+    fn files_go_into_the_locked_directory_even_if_its_name_is_taken_over() {
+        let base = Path::new("/dev/shm");
+        if files::on_memory_fs(base) != Some(true) {
+            return;
+        }
+        let dir = PrivateDir::create(base).unwrap();
+        dir.write(&[("B_FILE".into(), Some(b"one".to_vec()))])
+            .unwrap();
+        // Someone renames the directory away and puts one of theirs in its place.
+        let moved = base.join(format!("kvfetch-test-{}-moved", std::process::id()));
+        std::fs::rename(dir.path(), &moved).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        dir.write(&[
+            ("B_FILE".into(), Some(b"two".to_vec())),
+            ("C_FILE".into(), Some(b"three".to_vec())),
+        ])
+        .unwrap();
+        assert_eq!(std::fs::read(moved.join("B_FILE")).unwrap(), b"two");
+        assert_eq!(std::fs::read(moved.join("C_FILE")).unwrap(), b"three");
+        assert!(!dir.file("B_FILE").exists() && !dir.file("C_FILE").exists());
+        dir.write(&[("B_FILE".into(), None)]).unwrap();
+        assert!(!moved.join("B_FILE").exists());
+        // A name that would leave the directory is refused.
+        assert!(dir.write(&[("../X".into(), Some(b"x".to_vec()))]).is_err());
+        let impostor = dir.path().to_path_buf();
+        drop(dir);
+        let _ = std::fs::remove_dir_all(&impostor);
+        let _ = std::fs::remove_dir_all(&moved);
+    }
+
+    #[test]
+    fn a_base_others_may_write_without_the_sticky_bit_is_refused() {
+        let base =
+            std::env::temp_dir().join(format!("kvfetch-memfile-{}-base", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let set = |mode: u32| {
+            std::fs::set_permissions(&base, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for mode in [0o777, 0o775, 0o757] {
+            set(mode);
+            let e = check_base(&base).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::OUTPUT, "{mode:o}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&base.display().to_string()) && msg.contains("sticky"),
+                "{mode:o}: {msg}"
+            );
+        }
+        for mode in [0o1777, 0o755, 0o700] {
+            set(mode);
+            assert!(check_base(&base).is_ok(), "{mode:o}");
+        }
+        set(0o700);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
