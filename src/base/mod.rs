@@ -11,3 +11,4 @@ pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod signals;
+pub mod stamps;

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::base::stamps::days_from_civil;
 use crate::error::Error;
 
 /// An access token. Its `Debug` never shows the token itself.
@@ -249,16 +250,6 @@ fn parse_date(s: &str) -> Option<u64> {
     };
     let days = days_from_civil(y, mo, d);
     u64::try_from(days * 86400 + hour * 3600 + min * 60 + sec - offset).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The claims of a JWT-shaped token (no signature check: only for naming the identity).

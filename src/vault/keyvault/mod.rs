@@ -22,6 +22,7 @@ mod fetched;
 mod list;
 mod messages;
 
+use crate::base::stamps::request_id;
 pub use fetched::{Derived, Fetched, parse_bundle};
 pub(crate) use list::parse_page;
 #[cfg(test)]
@@ -346,28 +347,6 @@ impl Client {
             ))),
         }
     }
-}
-
-/// A random (version 4) UUID for `x-ms-client-request-id`.
-fn request_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
-        // No randomness to be had: an id that is at least unique within this process.
-        let n = crate::base::retry::random_unit().to_bits();
-        b[..8].copy_from_slice(&n.to_le_bytes());
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 /// A page's entries (`Err(id)` for one naming no valid secret) and its `nextLink`.
