@@ -24,6 +24,15 @@ fn env_short(emu: &Emulator) -> HashMap<String, String> {
     env
 }
 
+/// The vault at the same address drops every connection from now on: an outage (the flags,
+/// and so what they ask for, stay the same).
+fn vault_down(emu: &Emulator) -> HashMap<String, String> {
+    for _ in 0..3000 {
+        emu.push_kv_fault(Fault::Drop);
+    }
+    env_short(emu)
+}
+
 /// A loopback address nothing listens on: a vault that cannot be reached.
 fn dead_vault() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -69,8 +78,7 @@ fn vault_unreachable_keeps_what_kvfetch_wrote_and_exits_0() {
     let emu = seeded();
     let s = Scratch::new();
     let (out, env_file) = first_fetch(&emu, &s);
-    let mut down = env_short(&emu);
-    down.insert("KVFETCH_VAULT".into(), dead_vault());
+    let down = vault_down(&emu);
     let r = run_with(&down, &fetch_args(&s, &out, &env_file));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("KEEPING STALE SECRETS"), "{}", r.stderr);
@@ -108,13 +116,36 @@ fn identity_endpoint_unreachable_keeps_them_too() {
     assert!(r.stderr.contains("KEEPING STALE SECRETS"), "{}", r.stderr);
 }
 
+/// Found in review: the manifest said what files were written, not for which flags, so a version
+/// pinned to revoke a leaked value (or another vault) during an outage still kept the old files.
+#[test]
+fn outputs_written_for_other_flags_are_not_kept() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let (out, env_file) = first_fetch(&emu, &s);
+    let down = vault_down(&emu);
+    let mut args = fetch_args(&s, &out, &env_file);
+    let at = args.iter().position(|a| *a == "db-password").unwrap();
+    args[at] = "db-password/0123456789abcdef0123456789abcdef";
+    let r = run_with(&down, &args);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("written for other flags"), "{}", r.stderr);
+    let mut args = fetch_args(&s, &out, &env_file);
+    args.extend(["--env-format", "json"]);
+    let r = run_with(&down, &args);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("written for other flags"), "{}", r.stderr);
+    // The same flags: kept.
+    let r = run_with(&down, &fetch_args(&s, &out, &env_file));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 #[test]
 fn outputs_changed_by_hand_or_too_old_are_refused_with_exit_7() {
     let emu = seeded();
     let s = Scratch::new();
     let (out, env_file) = first_fetch(&emu, &s);
-    let mut down = env_short(&emu);
-    down.insert("KVFETCH_VAULT".into(), dead_vault());
+    let down = vault_down(&emu);
     // Changed by hand (same mode, other bytes).
     let file = s.path("out/api-key");
     let original = std::fs::read(&file).unwrap();
@@ -269,8 +300,7 @@ fn watch_starts_ready_but_stale_through_an_outage_then_replaces_the_outputs() {
     assert!(stderr.contains("KEEPING STALE SECRETS"), "{stderr}");
     assert!(!stderr.contains("stale-ok-second-value") && !stderr.contains("stale-ok-first-value"));
     // The manifest now vouches for the fresh outputs: an outage keeps them.
-    let mut down = env_short(&emu);
-    down.insert("KVFETCH_VAULT".into(), dead_vault());
+    let down = vault_down(&emu);
     let r = run_with(&down, &fetch_args(&s, &out, &env_file));
     assert_eq!(r.code, 0, "{}", r.stderr);
 }

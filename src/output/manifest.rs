@@ -42,6 +42,10 @@ struct Manifest {
     version: u32,
     /// When the outputs were written (Unix seconds, UTC).
     written: u64,
+    /// A digest of what the flags asked for (each secret's vault, name, version and options,
+    /// the selection, the formats): outputs written for other flags are not kept.
+    #[serde(default)]
+    asked: String,
     files: Vec<Entry>,
 }
 
@@ -78,7 +82,7 @@ pub fn now() -> u64 {
 }
 
 /// Record `outputs` as they are on disk now, written at `written`, in the manifest at `at`.
-pub fn record(at: &Path, outputs: &[PathBuf], written: u64) -> Result<(), Error> {
+pub fn record(at: &Path, outputs: &[PathBuf], written: u64, asked: &str) -> Result<(), Error> {
     let files = outputs
         .iter()
         .map(|p| {
@@ -94,6 +98,7 @@ pub fn record(at: &Path, outputs: &[PathBuf], written: u64) -> Result<(), Error>
     let manifest = Manifest {
         version: 1,
         written,
+        asked: asked.to_string(),
         files,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| {
@@ -126,6 +131,7 @@ pub fn check(
     allowed: &dyn Fn(&Path) -> bool,
     max_age: Duration,
     now: u64,
+    asked: &str,
 ) -> Result<Kept, String> {
     let shown = at.display();
     // Opened never through a symlink, then judged by `fstat` of what was opened and read from
@@ -158,6 +164,11 @@ pub fn check(
         return Err(format!(
             "the manifest {shown} has version {}, which this kvfetch does not know",
             m.version
+        ));
+    }
+    if m.asked != asked {
+        return Err(format!(
+            "the outputs in {shown} were written for other flags: a vault, a secret's name or version, an option, the selection or a format changed since; kvfetch keeps only what it wrote for the same flags"
         ));
     }
     if m.written > now.saturating_add(FUTURE_SLACK) {
@@ -347,35 +358,43 @@ mod tests {
         write(&a, b"first-value");
         write(&b, b"second-value");
         let at = dir.join(NAME);
-        record(&at, &[a.clone(), b.clone()], now()).unwrap();
+        record(&at, &[a.clone(), b.clone()], now(), "asked").unwrap();
         let text = std::fs::read_to_string(&at).unwrap();
         assert!(!text.contains("first-value") && !text.contains("second-value"));
         assert_eq!(
             std::fs::metadata(&at).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let kept = check(&at, std::slice::from_ref(&a), &|_| true, HOUR, now()).unwrap();
+        let kept = check(
+            &at,
+            std::slice::from_ref(&a),
+            &|_| true,
+            HOUR,
+            now(),
+            "asked",
+        )
+        .unwrap();
         assert_eq!(kept.files, 2);
         // Too old, from the future, a path the flags no longer write, one not listed.
         let later = now() + 2 * 3600;
         assert!(
-            check(&at, &[], &|_| true, HOUR, later)
+            check(&at, &[], &|_| true, HOUR, later, "asked")
                 .unwrap_err()
                 .contains("ago")
         );
         assert!(
-            check(&at, &[], &|_| true, HOUR, now() - 3600)
+            check(&at, &[], &|_| true, HOUR, now() - 3600, "asked")
                 .unwrap_err()
                 .contains("future")
         );
         assert!(
-            check(&at, &[], &|p| p != b, HOUR, now())
+            check(&at, &[], &|p| p != b, HOUR, now(), "asked")
                 .unwrap_err()
                 .contains("do not write")
         );
         let c = dir.join("c");
         assert!(
-            check(&at, &[c], &|_| true, HOUR, now())
+            check(&at, &[c], &|_| true, HOUR, now(), "asked")
                 .unwrap_err()
                 .contains("not among")
         );
@@ -389,10 +408,10 @@ mod tests {
         let reset = || {
             let _ = std::fs::remove_file(&a);
             write(&a, b"value");
-            record(&at, std::slice::from_ref(&a), now()).unwrap();
+            record(&at, std::slice::from_ref(&a), now(), "asked").unwrap();
         };
         let refused = |what: &str| {
-            let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+            let e = check(&at, &[], &|_| true, HOUR, now(), "asked").unwrap_err();
             assert!(e.contains(what) && e.contains("/a"), "{what}: {e}");
         };
         reset();
@@ -413,13 +432,13 @@ mod tests {
         reset();
         std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o622)).unwrap();
         assert!(
-            check(&at, &[], &|_| true, HOUR, now())
+            check(&at, &[], &|_| true, HOUR, now(), "asked")
                 .unwrap_err()
                 .contains("private")
         );
         std::fs::remove_file(&at).unwrap();
         assert!(
-            check(&at, &[], &|_| true, HOUR, now())
+            check(&at, &[], &|_| true, HOUR, now(), "asked")
                 .unwrap_err()
                 .contains("no manifest")
         );
@@ -431,17 +450,17 @@ mod tests {
         let a = dir.join("a");
         write(&a, b"value");
         let real = dir.join("real.json");
-        record(&real, std::slice::from_ref(&a), now()).unwrap();
-        assert!(check(&real, &[], &|_| true, HOUR, now()).is_ok());
+        record(&real, std::slice::from_ref(&a), now(), "asked").unwrap();
+        assert!(check(&real, &[], &|_| true, HOUR, now(), "asked").is_ok());
         // A symlink to a valid manifest of ours is not opened (O_NOFOLLOW).
         let at = dir.join(NAME);
         std::os::unix::fs::symlink(&real, &at).unwrap();
-        let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+        let e = check(&at, &[], &|_| true, HOUR, now(), "asked").unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
         std::fs::remove_file(&at).unwrap();
         // The same output listed twice.
-        record(&at, &[a.clone(), a.clone()], now()).unwrap();
-        let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+        record(&at, &[a.clone(), a.clone()], now(), "asked").unwrap();
+        let e = check(&at, &[], &|_| true, HOUR, now(), "asked").unwrap_err();
         assert!(e.contains("twice"), "{e}");
         // Entries beyond the cap.
         std::fs::remove_file(&at).unwrap();
@@ -452,8 +471,8 @@ mod tests {
                 p
             })
             .collect();
-        record(&at, &many, now()).unwrap();
-        let e = check(&at, &[], &|_| true, HOUR, now()).unwrap_err();
+        record(&at, &many, now(), "asked").unwrap();
+        let e = check(&at, &[], &|_| true, HOUR, now(), "asked").unwrap_err();
         assert!(e.contains("more outputs"), "{e}");
     }
 }

@@ -60,7 +60,12 @@ pub fn record_manifest(opts: &Options, plan: &Plan, snap: &Snapshot) {
         return;
     };
     let recorded = output_items(opts, plan, snap).and_then(|items| {
-        manifest::record(&at, &items.paths(opts.dir.as_deref()), manifest::now())
+        manifest::record(
+            &at,
+            &items.paths(opts.dir.as_deref()),
+            manifest::now(),
+            &asked(opts, plan),
+        )
     });
     if let Err(e) = recorded {
         log::warn(
@@ -121,7 +126,42 @@ pub fn stale_verdict(opts: &Options, plan: &Plan) -> Result<manifest::Kept, Stri
                 p.parent() == Some(d) && p.file_name().is_some_and(|n| n != manifest::NAME)
             })
     };
-    manifest::check(&at, &required, &allowed, max_age, manifest::now())
+    manifest::check(
+        &at,
+        &required,
+        &allowed,
+        max_age,
+        manifest::now(),
+        &asked(opts, plan),
+    )
+}
+
+/// A digest of what the flags ask for: each secret (vault, name, version, the spec as written,
+/// with its alias and options), the selection and the formats outputs take. Outputs written for
+/// other flags (another vault, a version pinned to revoke a leaked one) are never kept.
+fn asked(opts: &Options, plan: &Plan) -> String {
+    let mut text = String::new();
+    for s in &plan.specs {
+        text.push_str(&format!(
+            "secret {}|{}|{:?}|{}|{}\n",
+            s.vault.url, s.name, s.version, s.text, s.hidden
+        ));
+    }
+    text.push_str(&format!(
+        "select {:?}|{}|{:?}|{:?}|{:?}|{}\n",
+        opts.vault, opts.all, opts.prefix, opts.env_prefix, opts.tags, opts.skip_managed
+    ));
+    text.push_str(&format!(
+        "outputs {:?}|{:?}|{:o}|{:?}|{:?}|{:?}\n",
+        opts.dir_layout,
+        opts.env_format,
+        opts.file_mode,
+        opts.owner,
+        opts.templates,
+        opts.allow_env
+    ));
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The outputs the plan writes whatever the vault says: each named secret's file in `--dir`
