@@ -118,9 +118,11 @@ fn pinned_versions_are_never_read_again_until_a_full_read() {
     settle(&w, &addr, &emu);
     refreshes(&w, &addr, 3.0);
     assert_eq!(emu.counters().kv_requests.get("pinned"), None);
-    // The full read comes within --full-read-every.
+    // The full read comes within --full-read-every; its GETs run in parallel, so wait for both
+    // (reading the counters between the two answers saw one of them only).
     w.wait("a full read", ms(10_000), || {
-        emu.counters().kv_requests.contains_key("pinned")
+        let c = emu.counters();
+        c.kv_requests.contains_key("pinned") && c.kv_requests.contains_key("s0")
     });
     let c = emu.counters();
     assert_eq!(
