@@ -339,8 +339,11 @@ fn watch_serving_stale_ends_on_a_denial_and_when_the_outputs_grow_too_old() {
     emu.set_kv_rate_limit(Some(0));
     let mut w = Background::start(&env_short(&emu), &args);
     assert_eq!(w.exit_within(ms(30_000)), Some(7), "{}", w.stderr());
+    // Ended by the age limit, while serving; or at once when a loaded machine took longer than
+    // 3 s to start it, and the first fetch already found the outputs too old.
     w.wait("the reason", ms(10_000), || {
-        w.stderr().contains("older than --stale-ok")
+        let e = w.stderr();
+        e.contains("older than --stale-ok") || e.contains("more than --stale-ok 3s")
     });
 }
 

@@ -81,6 +81,11 @@ pub fn base64_strict(text: &str, url: bool) -> Result<Vec<u8>, String> {
     })
 }
 
+/// Lower-case hex of `bytes` (digests, request ids).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Hex, either case; ASCII white space skipped.
 pub fn hex_strict(text: &str) -> Result<Vec<u8>, String> {
     let mut digits = Vec::with_capacity(text.len());

@@ -319,7 +319,7 @@ fn inspect_sized(path: &Path) -> Result<(Entry, u64), String> {
     let bytes = read_bounded(file, MAX_OUTPUT)
         .map_err(|_| "it is larger than any output kvfetch writes".to_string())?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    let sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = crate::base::encoding::hex(digest.as_ref());
     let entry = Entry {
         path: path.to_path_buf(),
         link,

@@ -161,7 +161,7 @@ fn asked(opts: &Options, plan: &Plan) -> String {
         opts.allow_env
     ));
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::base::encoding::hex(digest.as_ref())
 }
 
 /// The outputs the plan writes whatever the vault says: each named secret's file in `--dir`
