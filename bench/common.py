@@ -17,13 +17,12 @@ def start_emulator(emulator, work, names, value="value of {name}"):
             break
         time.sleep(0.05)
     env = dict(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/root"))
-    control_url = None
     for line in open(exports):
+        # Only the active block: `export K='V'` lines (the other sources' blocks are comments).
         if line.startswith("export "):
             k, v = line[len("export "):].strip().split("=", 1)
-            env[k] = v
-        if line.startswith("# control API: "):
-            control_url = line.split(": ", 1)[1].strip()
+            env[k] = v[1:-1] if v[:1] == v[-1:] == "'" else v
+    control_url = env.pop("CONTROL")
     return emu, env, control_url
 
 

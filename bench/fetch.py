@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark `kvfetch fetch` against the seed's curl recipe and the official Azure SDK for Python.
+"""Benchmark `kvfetch fetch` against a bare hand-written client, the seed's curl recipe and the
+official Azure SDK for Python.
 
-All three clients fetch the same N secrets from the project's emulator (loopback only) and write
+All four clients fetch the same N secrets from the project's emulator (loopback only) and write
 one file per secret into a tmpfs directory. Runs alternate between clients; the script prints the
 median wall time, CPU time (user + system, children included) and peak RSS of each, and the ratios.
 
-Usage: bench/fetch.py [--runs R] [--sizes 1,10,100] [--delays 0,10]   (see bench/README section in
+Usage: bench/fetch.py [--runs R] [--sizes 1,10,100] [--delays 0,10] [--clients kvfetch,bare,...]   (see bench/README section in
 the project README; run via `bench/run`, which builds and installs what it needs).
 """
 import argparse
@@ -49,7 +50,10 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sizes", default="1,10,100")
     ap.add_argument("--delays", default="0,10")
+    ap.add_argument("--clients", default="kvfetch,bare,curl+jq,python-sdk",
+                    help="which clients to run (kvfetch and bare always run)")
     ap.add_argument("--kvfetch", required=True)
+    ap.add_argument("--bare", required=True)
     ap.add_argument("--emulator", required=True)
     ap.add_argument("--python", required=True)
     args = ap.parse_args()
@@ -59,7 +63,7 @@ def main():
     emu, env, control_url = start_emulator(args.emulator, work, names, "value of {name}: 0123456789abcdef0123456789abcdef")
     try:
         print(f"# {os.cpu_count()} cores; kvfetch {os.path.getsize(args.kvfetch)} bytes; {args.runs} runs each, alternating; medians")
-        print(f"{'delay':>6} {'N':>4} {'client':<11} {'wall ms':>9} {'cpu ms':>8} {'rss MB':>7}")
+        print(f"{'delay':>6} {'N':>4} {'client':<11} {'wall ms':>9} {'cpu ms':>8} {'rss MiB':>7}")
         for delay in [int(d) for d in args.delays.split(",")]:
             control(control_url, "PUT", "/kv-delay", str(delay).encode())
             for n in [int(s) for s in args.sizes.split(",")]:
@@ -74,9 +78,12 @@ def run_size(args, env, work, names, delay):
     env = dict(env, SECRETS=" ".join(names))
     clients = {
         "kvfetch": [args.kvfetch, "fetch", "-q"],
+        "bare": [args.bare],
         "curl+jq": ["bash", "-c", CURL_RECIPE],
         "python-sdk": [args.python, "-c", PYTHON_SDK],
     }
+    wanted = set(args.clients.split(",")) | {"kvfetch", "bare"}
+    clients = {c: a for c, a in clients.items() if c in wanted}
     results = {c: [] for c in clients}
     for _ in range(args.runs):
         for client, argv in clients.items():
@@ -90,7 +97,14 @@ def run_size(args, env, work, names, delay):
     for client, (wall, cpu, rss) in med.items():
         print(f"{delay:>4}ms {len(names):>4} {client:<11} {wall*1000:>9.1f} {cpu*1000:>8.1f} {rss:>7.1f}")
     k = med["kvfetch"]
+    b = med["bare"]
+    verdict = "met" if k[0] / b[0] <= 1.2 else "NOT MET"
+    print(f"{'':>6} {'':>4} {'vs bare':<11} wall {k[0]/b[0]:.2f}x, cpu {k[1]/max(b[1],1e-4):.2f}x, rss {k[2]/b[2]:.2f}x of the bare client (target: wall at most 1.2x): {verdict}")
+    peak = max(x[2] for x in results["kvfetch"])
+    print(f"{'':>6} {'':>4} {'rss':<11} kvfetch's highest peak RSS of {len(results['kvfetch'])} runs: {peak:.2f} MiB (budget: at most 6 MiB): {'met' if peak <= 6.0 else 'NOT MET'}")
     for other in ("curl+jq", "python-sdk"):
+        if other not in med:
+            continue
         o = med[other]
         print(f"{'':>6} {'':>4} {'ratio':<11} wall {o[0]/k[0]:.0f}x, cpu {o[1]/max(k[1],1e-4):.0f}x, rss {o[2]/k[2]:.1f}x faster/leaner than {other}")
 

@@ -472,6 +472,42 @@ fn key_vault_throttling_and_failures_are_retried() {
     assert_eq!(emu.counters().imds_token_requests, 1);
 }
 
+/// Every connection to a vault shares one TLS configuration, built once: a connection opened
+/// after the first resumes its TLS session instead of verifying the certificate chain again.
+/// (ureq's own connector built a configuration per connection for every request bounded by a
+/// deadline, so each handshake was full and the whole root store was parsed again.)
+#[test]
+fn later_connections_to_a_vault_resume_the_first_tls_session() {
+    let emu = seeded();
+    emu.set_secret("second", "second value");
+    // The first answer carries the session ticket; then each connection is dropped once.
+    emu.push_kv_fault(Fault::Delay(Duration::ZERO));
+    emu.push_kv_fault(Fault::Drop);
+    emu.push_kv_fault(Fault::Drop);
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "SampleSecret",
+            "--secret",
+            "second",
+            "--dir",
+            &dir_arg(&s),
+            "--concurrency",
+            "1",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let c = emu.counters();
+    assert_eq!(c.kv_total_requests, 4, "two answered, two dropped");
+    assert_eq!(
+        c.kv_full_tls_handshakes, 1,
+        "three connections, one full handshake, two resumed"
+    );
+}
+
 #[test]
 fn key_vault_that_stays_down_exits_7_at_timeout() {
     let emu = seeded();

@@ -238,7 +238,11 @@ impl Emulator {
             http::serve(listener, tls::plain(), plain_handler, stop, open)
         });
         let (stop, open) = (shared.stop.clone(), shared.open.clone());
-        let wrap = tls::wrap(tls.server.clone());
+        let s = shared.clone();
+        let wrap = tls::wrap_counting(
+            tls.server.clone(),
+            Arc::new(move || lock(&s).counters.kv_full_tls_handshakes += 1),
+        );
         thread::spawn(move || http::serve(secure, wrap, vault_handler, stop, open));
         let s = shared.clone();
         let fabric_handler: http::Handler = Arc::new(move |r: &Request| fabric_route(&s, r));

@@ -202,6 +202,51 @@ pub fn wrap(config: Arc<rustls::ServerConfig>) -> Wrap {
     })
 }
 
+/// A connection wrapper that speaks TLS with the leaf and calls `on_full` once for each full
+/// handshake (not for a resumed session): tests count the certificate chains a client verified.
+pub fn wrap_counting(
+    config: Arc<rustls::ServerConfig>,
+    on_full: Arc<dyn Fn() + Send + Sync>,
+) -> Wrap {
+    Arc::new(move |tcp: TcpStream| {
+        let conn = rustls::ServerConnection::new(config.clone()).map_err(err)?;
+        Ok(Box::new(Counted {
+            inner: rustls::StreamOwned::new(conn, tcp),
+            on_full: Some(on_full.clone()),
+        }) as Box<dyn Stream>)
+    })
+}
+
+/// A TLS stream that reports a full handshake once its first bytes are read (the handshake is
+/// over by then).
+struct Counted {
+    inner: rustls::StreamOwned<rustls::ServerConnection, TcpStream>,
+    on_full: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0
+            && let Some(on_full) = self.on_full.take()
+            && self.inner.conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed)
+        {
+            on_full();
+        }
+        Ok(n)
+    }
+}
+
+impl io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A connection wrapper for plain HTTP.
 pub fn plain() -> Wrap {
     Arc::new(|tcp: TcpStream| Ok(Box::new(tcp) as Box<dyn Stream>))

@@ -83,7 +83,13 @@ pub fn base64_strict(text: &str, url: bool) -> Result<Vec<u8>, String> {
 
 /// Lower-case hex of `bytes` (digests, request ids).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// Hex, either case; ASCII white space skipped.
@@ -143,6 +149,7 @@ mod tests {
         let e = base64_strict("s3cr*t", false).unwrap_err();
         assert!(!e.contains("s3cr"), "{e}");
         assert_eq!(hex_strict("00ff Aa\n10").unwrap(), [0, 0xff, 0xaa, 0x10]);
+        assert_eq!(hex(&[0, 0x0f, 0xa0, 0xff]), "000fa0ff");
         assert!(hex_strict("abc").is_err());
         assert!(hex_strict("0g").is_err());
         for data in [
@@ -179,6 +186,15 @@ mod tests {
             let url = text.replace('+', "-").replace('/', "_");
             proptest::prop_assert_eq!(&base64_strict(&url, true).unwrap(), &data);
             proptest::prop_assert_eq!(&base64url_decode(&url).unwrap(), &data);
+        }
+
+        /// Hex is two lower-case digits per byte, and reads back to the same bytes.
+        #[test]
+        fn hex_takes_back_what_it_wrote(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let text = hex(&data);
+            proptest::prop_assert_eq!(text.len(), data.len() * 2);
+            proptest::prop_assert!(text.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+            proptest::prop_assert_eq!(hex_strict(&text).unwrap(), data);
         }
 
         /// Whatever the text, a refusal names a place or a rule, never the text.

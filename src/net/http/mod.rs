@@ -16,6 +16,7 @@ use ureq::unversioned::transport::NextTimeout;
 
 use crate::error::{Error, local_limit};
 
+mod tls;
 mod trust;
 pub use trust::Trust;
 
@@ -77,12 +78,15 @@ fn lookup(name: String, within: Duration) -> Result<Vec<SocketAddr>, ureq::Error
     result.map_err(|_| ureq::Error::HostNotFound)
 }
 
+/// An agent with `config`: ureq's CONNECT-proxy and TCP connectors, then [`tls::TlsConnector`]
+/// in place of ureq's own (one rustls configuration per agent, built once).
 fn agent(config: ureq::config::Config) -> Agent {
-    Agent::with_parts(
-        config,
-        ureq::unversioned::transport::DefaultConnector::default(),
-        Resolve,
-    )
+    use ureq::unversioned::transport::{ConnectProxyConnector, Connector, TcpConnector};
+    let connector =
+        ().chain(ConnectProxyConnector::default())
+            .chain(TcpConnector::default())
+            .chain(tls::TlsConnector::new(config.tls_config()));
+    Agent::with_parts(config, connector, Resolve)
 }
 
 /// A response reduced to what kvfetch reads.

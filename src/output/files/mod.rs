@@ -77,7 +77,8 @@ impl Staged {
                 self.target.display()
             ))
         };
-        if fs::symlink_metadata(&self.target).is_ok() {
+        let existed = fs::symlink_metadata(&self.target).is_ok();
+        if existed {
             match exchange(&self.temp, &self.target) {
                 Ok(()) => {
                     return Ok(Moved::Exchanged {
@@ -91,9 +92,9 @@ impl Staged {
                 Err(_) => {} // the file system cannot exchange: keep a hard link instead
             }
         }
-        let backup = match fs::symlink_metadata(&self.target) {
-            Ok(_) => Some(self.keep_old().map_err(fail)?),
-            Err(_) => None,
+        let backup = match existed {
+            true => Some(self.keep_old().map_err(fail)?),
+            false => None,
         };
         if let Err(e) = fs::rename(&self.temp, &self.target) {
             if let Some(b) = &backup {
@@ -148,8 +149,8 @@ impl Moved {
         }
     }
 
-    /// Drop the old file for good and sync the directory.
-    fn finish(self) {
+    /// Drop the old file for good; the directory to sync.
+    fn finish(self) -> PathBuf {
         let (old, target) = match self {
             Moved::Exchanged { temp, target } => (Some(temp), target),
             Moved::Replaced { backup, target } => (backup, target),
@@ -157,7 +158,7 @@ impl Moved {
         if let Some(old) = old {
             let _ = fs::remove_file(old);
         }
-        let _ = File::open(dir_of(&target)).and_then(|d| d.sync_all());
+        dir_of(&target).to_path_buf()
     }
 }
 
@@ -190,9 +191,10 @@ fn dir_of(target: &Path) -> &Path {
 }
 
 fn temp_path(dir: &Path) -> PathBuf {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     dir.join(format!(
         "{TEMP_PREFIX}{}-{:08x}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         (crate::base::retry::random_unit() * u32::MAX as f64) as u32
     ))
 }
@@ -220,12 +222,33 @@ pub(crate) fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Re
         .mode(opts.mode)
         .open(temp)?;
     // The umask may have narrowed the mode; set it exactly before any byte is written.
-    file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
+    if !umask_keeps(opts.mode) {
+        file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
+    }
     if let Some((uid, gid)) = opts.owner {
         std::os::unix::fs::fchown(&file, Some(uid), gid)?;
     }
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// True when this process's umask clears no bit of `mode`, so a file created with `mode` has it
+/// exactly. The umask is read once from `/proc/self/status` (kvfetch never changes it); where
+/// it cannot be read, false (the mode is then set on every file).
+fn umask_keeps(mode: u32) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status =
+            crate::base::file::read_regular(Path::new("/proc/self/status"), 64 * 1024).ok()?;
+        umask_in(&String::from_utf8_lossy(&status))
+    });
+    umask.is_some_and(|u| u & mode == 0)
+}
+
+/// The `Umask:` field of a `/proc/PID/status` text (octal), if there is one.
+fn umask_in(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// Write every `(target, bytes)` pair, or none: check every target, stage all, then move them
@@ -245,16 +268,7 @@ pub fn write_all_then(
     for (target, _, _) in items {
         check_target(target)?;
     }
-    let mut staged = Vec::with_capacity(items.len());
-    for (target, bytes, opts) in items {
-        match stage(target, bytes, *opts) {
-            Ok(s) => staged.push(s),
-            Err(e) => {
-                staged.into_iter().for_each(Staged::discard);
-                return Err(e);
-            }
-        }
-    }
+    let staged = stage_all(items)?;
     let mut moved = Vec::with_capacity(staged.len());
     let mut rest = staged.into_iter();
     for s in rest.by_ref() {
@@ -283,8 +297,28 @@ pub fn write_all_then(
         }
         return Err(e);
     }
-    moved.into_iter().for_each(Moved::finish);
+    let dirs: std::collections::HashSet<PathBuf> = moved.into_iter().map(Moved::finish).collect();
+    // One sync per directory, after every move into it.
+    for dir in dirs {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
     Ok(())
+}
+
+/// Stage every item (in order), or none: on a failure every temp file already written is
+/// removed.
+fn stage_all(items: &[(PathBuf, Vec<u8>, FileOptions)]) -> Result<Vec<Staged>, Error> {
+    let mut staged = Vec::with_capacity(items.len());
+    for (target, bytes, opts) in items {
+        match stage(target, bytes, *opts) {
+            Ok(s) => staged.push(s),
+            Err(e) => {
+                staged.into_iter().for_each(Staged::discard);
+                return Err(e);
+            }
+        }
+    }
+    Ok(staged)
 }
 
 #[cfg(test)]
@@ -534,6 +568,22 @@ mod tests {
                 ))
             );
             assert_eq!(exposure(&dir, Some(4321)), None, "--owner's");
+        }
+    }
+
+    #[test]
+    fn the_umask_is_read_from_proc_status() {
+        assert_eq!(umask_in("Name:\tx\nUmask:\t0027\nState:\tR\n"), Some(0o027));
+        assert_eq!(umask_in("Name:\tx\n"), None);
+        assert_eq!(umask_in("Umask:\t09\n"), None);
+        let here = fs::read_to_string("/proc/self/status").unwrap();
+        let umask = umask_in(&here).expect("Linux since 4.7 says");
+        for mode in [0o400, 0o440, 0o600, 0o644, 0o777] {
+            assert_eq!(
+                umask_keeps(mode),
+                umask & mode == 0,
+                "{mode:o} under {umask:o}"
+            );
         }
     }
 

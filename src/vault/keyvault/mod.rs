@@ -285,12 +285,15 @@ impl Client {
         refreshed: bool,
         first_403: &mut Option<Instant>,
     ) -> Result<Next, Error> {
-        let (code, inner, message) = error_parts(&reply.body);
         let status = reply.status;
+        if status == 200 {
+            // The body holds the value: it is parsed once, by the caller, and never as an error.
+            return Ok(Next::Done(reply.body));
+        }
+        let (code, inner, message) = error_parts(&reply.body);
         let what = subject.what();
         let vault = subject.vault();
         match status {
-            200 => Ok(Next::Done(reply.body)),
             401 if !refreshed => Ok(Next::RefreshToken),
             401 => Err(Error::AccessDenied(format!(
                 "Key Vault rejected the managed identity's token ({}) for {what} even after a fresh token: {message}; check that the vault is in the identity's tenant and cloud (token audience {})",
