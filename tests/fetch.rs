@@ -508,6 +508,46 @@ fn later_connections_to_a_vault_resume_the_first_tls_session() {
     );
 }
 
+/// A "vault" that accepts the connection and never says a word of TLS: the handshake is bounded
+/// by the run's deadline like every other step (kvfetch's own TLS connector hands it what is
+/// left of the connection's timeout), so the run ends with exit 7 at `--timeout`, not never.
+#[test]
+fn a_vault_that_never_answers_the_tls_handshake_is_given_up_at_the_deadline() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn); // open, and silent
+        }
+    });
+    let mut env = env_for(&emu);
+    env.insert("KVFETCH_VAULT".into(), format!("https://{addr}"));
+    env.insert("KVFETCH_TIMEOUT".into(), "1s".into());
+    let started = Instant::now();
+    // `timeout` ends a run that would hang, so the test fails instead of waiting forever.
+    let o = std::process::Command::new("timeout")
+        .args([
+            "60",
+            &bin(),
+            "fetch",
+            "--secret",
+            "SampleSecret",
+            "--dir",
+            &dir_arg(&s),
+        ])
+        .env_clear()
+        .envs(&env)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(7), "{stderr}");
+    assert!(started.elapsed() < ms(20_000), "{:?}", started.elapsed());
+    assert!(!s.path("out/SampleSecret").exists());
+}
+
 #[test]
 fn key_vault_that_stays_down_exits_7_at_timeout() {
     let emu = seeded();

@@ -3,8 +3,9 @@
 //! ureq's own TLS connector caches its rustls configuration only for requests made with the
 //! agent's configuration. kvfetch bounds every request by what is left of the run's deadline,
 //! which makes each a request-level configuration, and for those ureq builds a new rustls
-//! configuration per connection: the whole root store parsed again (the ~150 bundled Mozilla
-//! roots for a remote vault) and no TLS session resumption between the pooled connections.
+//! configuration per connection: the whole root store parsed again (the 118 bundled Mozilla
+//! roots for a remote vault, with SSL_CERT_FILE's, SSL_CERT_DIR's and --ca-file's) and no TLS
+//! session resumption between the pooled connections.
 //! This connector takes ureq's place in the chain and builds the configuration once, from the
 //! same [`TlsConfig`] (provider and roots), on the first HTTPS connection.
 
@@ -48,16 +49,25 @@ impl TlsConnector {
 }
 
 /// The rustls configuration `tls` describes: its provider, its root list, every TLS version
-/// the provider offers, no client certificate.
+/// the provider offers, no client certificate. What kvfetch never sets (other root sources, a
+/// client certificate, no SNI, no verification) is refused rather than dropped in silence.
 fn client_config(tls: &TlsConfig) -> Result<ClientConfig, ureq::Error> {
     let provider = tls
         .unversioned_rustls_crypto_provider()
         .clone()
         .ok_or(ureq::Error::Tls("no TLS provider configured"))?;
-    let mut roots = RootCertStore::empty();
-    if let RootCerts::Specific(certs) = tls.root_certs() {
-        roots.add_parsable_certificates(certs.iter().map(|c| c.der().to_vec().into()));
+    let RootCerts::Specific(certs) = tls.root_certs() else {
+        return Err(ureq::Error::Tls(
+            "kvfetch's TLS takes an explicit root list only",
+        ));
+    };
+    if tls.client_cert().is_some() || !tls.use_sni() || tls.disable_verification() {
+        return Err(ureq::Error::Tls(
+            "kvfetch's TLS carries no client certificate and always sends SNI and verifies",
+        ));
     }
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(certs.iter().map(|c| c.der().to_vec().into()));
     Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::ALL_VERSIONS)?
         .with_root_certificates(roots)
@@ -151,5 +161,34 @@ impl Transport for TlsTransport {
 
     fn is_tls(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Option<Arc<rustls::crypto::CryptoProvider>> {
+        Some(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    #[test]
+    fn what_kvfetch_never_sets_is_refused_not_dropped() {
+        let ok = || {
+            TlsConfig::builder()
+                .unversioned_rustls_crypto_provider(provider().unwrap())
+                .root_certs(RootCerts::new_with_certs(&[]))
+        };
+        assert!(client_config(&ok().build()).is_ok());
+        for bad in [
+            ok().root_certs(RootCerts::PlatformVerifier).build(),
+            ok().use_sni(false).build(),
+            ok().disable_verification(true).build(),
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&[]))
+                .build(),
+        ] {
+            assert!(client_config(&bad).is_err());
+        }
     }
 }

@@ -221,34 +221,14 @@ pub(crate) fn write_temp(temp: &Path, bytes: &[u8], opts: FileOptions) -> io::Re
         .custom_flags(libc::O_NOFOLLOW)
         .mode(opts.mode)
         .open(temp)?;
-    // The umask may have narrowed the mode; set it exactly before any byte is written.
-    if !umask_keeps(opts.mode) {
-        file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
-    }
+    // The umask, a default ACL or a mount's fmask may have changed the mode; set it exactly
+    // before any byte is written (on a file system that cannot hold it, this fails: refused).
+    file.set_permissions(fs::Permissions::from_mode(opts.mode))?;
     if let Some((uid, gid)) = opts.owner {
         std::os::unix::fs::fchown(&file, Some(uid), gid)?;
     }
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// True when this process's umask clears no bit of `mode`, so a file created with `mode` has it
-/// exactly. The umask is read once from `/proc/self/status` (kvfetch never changes it); where
-/// it cannot be read, false (the mode is then set on every file).
-fn umask_keeps(mode: u32) -> bool {
-    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    let umask = UMASK.get_or_init(|| {
-        let status =
-            crate::base::file::read_regular(Path::new("/proc/self/status"), 64 * 1024).ok()?;
-        umask_in(&String::from_utf8_lossy(&status))
-    });
-    umask.is_some_and(|u| u & mode == 0)
-}
-
-/// The `Umask:` field of a `/proc/PID/status` text (octal), if there is one.
-fn umask_in(status: &str) -> Option<u32> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// Write every `(target, bytes)` pair, or none: check every target, stage all, then move them
@@ -571,20 +551,44 @@ mod tests {
         }
     }
 
+    /// The mode is set exactly, whatever narrowed it at creation: a default POSIX ACL on the
+    /// directory replaces the umask (found in review: with the umask alone deciding whether to
+    /// set the mode, 0444 became 0440 here, and a vfat `fmask` would widen 0400).
     #[test]
-    fn the_umask_is_read_from_proc_status() {
-        assert_eq!(umask_in("Name:\tx\nUmask:\t0027\nState:\tR\n"), Some(0o027));
-        assert_eq!(umask_in("Name:\tx\n"), None);
-        assert_eq!(umask_in("Umask:\t09\n"), None);
-        let here = fs::read_to_string("/proc/self/status").unwrap();
-        let umask = umask_in(&here).expect("Linux since 4.7 says");
-        for mode in [0o400, 0o440, 0o600, 0o644, 0o777] {
-            assert_eq!(
-                umask_keeps(mode),
-                umask & mode == 0,
-                "{mode:o} under {umask:o}"
-            );
+    fn a_default_acl_on_the_directory_does_not_narrow_the_mode() {
+        let d = Dir::new("acl");
+        // system.posix_acl_default: version 2, then (tag, perm, id) entries: user::rwx,
+        // group::r-x, other::---.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(u32::MAX.to_le_bytes());
         }
+        let path = CString::new(d.0.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path, a valid attribute name, and a buffer of the length given.
+        let rc = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                c"system.posix_acl_default".as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return skip("no POSIX ACLs on the temp directory's file system");
+        }
+        let f = d.0.join("secret");
+        let opts = FileOptions {
+            mode: 0o444,
+            owner: None,
+        };
+        write_temp(&f, b"v", opts).unwrap();
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o444
+        );
     }
 
     #[test]
