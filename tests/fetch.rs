@@ -503,6 +503,10 @@ fn later_connections_to_a_vault_resume_the_first_tls_session() {
     let c = emu.counters();
     assert_eq!(c.kv_total_requests, 4, "two answered, two dropped");
     assert_eq!(
+        c.kv_connections, 3,
+        "the first kept alive for the second request"
+    );
+    assert_eq!(
         c.kv_full_tls_handshakes, 1,
         "three connections, one full handshake, two resumed"
     );

@@ -143,6 +143,7 @@ fn counters(world: &World) -> Response {
             "service_fabric_token_requests": c.service_fabric_token_requests,
             "kv_requests": c.kv_requests,
             "kv_total_requests": c.kv_total_requests,
+            "kv_connections": c.kv_connections,
             "kv_full_tls_handshakes": c.kv_full_tls_handshakes,
             "kv_unauthenticated": c.kv_unauthenticated,
             "kv_max_concurrent": c.kv_max_concurrent,

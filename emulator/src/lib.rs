@@ -238,9 +238,10 @@ impl Emulator {
             http::serve(listener, tls::plain(), plain_handler, stop, open)
         });
         let (stop, open) = (shared.stop.clone(), shared.open.clone());
-        let s = shared.clone();
+        let (s, c) = (shared.clone(), shared.clone());
         let wrap = tls::wrap_counting(
             tls.server.clone(),
+            Arc::new(move || lock(&c).counters.kv_connections += 1),
             Arc::new(move || lock(&s).counters.kv_full_tls_handshakes += 1),
         );
         thread::spawn(move || http::serve(secure, wrap, vault_handler, stop, open));

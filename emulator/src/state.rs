@@ -187,8 +187,10 @@ pub struct Counters {
     pub kv_requests: BTreeMap<String, u64>,
     /// All Key Vault requests.
     pub kv_total_requests: u64,
-    /// Full TLS handshakes on the vault's port (resumed sessions not counted): each is one
-    /// certificate chain a client verified.
+    /// Connections accepted on the vault's port.
+    pub kv_connections: u64,
+    /// Full TLS handshakes on the vault's port (resumed sessions not counted), counted when the
+    /// client's first bytes after the handshake arrive.
     pub kv_full_tls_handshakes: u64,
     /// Key Vault requests for a page of the secret list (`GET /secrets`).
     pub kv_list_requests: u64,

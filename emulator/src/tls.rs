@@ -202,13 +202,16 @@ pub fn wrap(config: Arc<rustls::ServerConfig>) -> Wrap {
     })
 }
 
-/// A connection wrapper that speaks TLS with the leaf and calls `on_full` once for each full
-/// handshake (not for a resumed session): tests count the certificate chains a client verified.
+/// A connection wrapper that speaks TLS with the leaf, calls `on_connection` for each connection
+/// accepted and `on_full` once for each full handshake (not for a resumed session) when the
+/// client's first bytes arrive: tests count connections and the certificate chains verified.
 pub fn wrap_counting(
     config: Arc<rustls::ServerConfig>,
+    on_connection: Arc<dyn Fn() + Send + Sync>,
     on_full: Arc<dyn Fn() + Send + Sync>,
 ) -> Wrap {
     Arc::new(move |tcp: TcpStream| {
+        on_connection();
         let conn = rustls::ServerConnection::new(config.clone()).map_err(err)?;
         Ok(Box::new(Counted {
             inner: rustls::StreamOwned::new(conn, tcp),
