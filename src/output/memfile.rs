@@ -604,16 +604,21 @@ mod tests {
         if files::on_memory_fs(base) != Some(true) {
             return;
         }
-        let stale = base.join(format!("{PREFIX}{}-0badf00d", u32::MAX));
-        let other = base.join(format!("kvfetch-test-{}-x", std::process::id()));
+        // Names of a process that cannot exist (PID u32::MAX), told apart by this process's id:
+        // two test processes at once, or one a killed run left behind, never meet.
+        let me = std::process::id();
+        let stale = base.join(format!("{PREFIX}{}-{me:08x}", u32::MAX));
+        let other = base.join(format!("kvfetch-test-{me}-x"));
         for d in [&stale, &other] {
+            let _ = std::fs::remove_dir_all(d);
             std::fs::DirBuilder::new().mode(0o700).create(d).unwrap();
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
             std::fs::write(d.join("X_FILE"), "old value").unwrap();
         }
-        let unnamed_old = base.join(format!("{NEW_PREFIX}{}-0badf00d", u32::MAX));
-        let unnamed_new = base.join(format!("{NEW_PREFIX}{}-0badf00e", u32::MAX));
+        let unnamed_old = base.join(format!("{NEW_PREFIX}{}-{me:08x}", u32::MAX));
+        let unnamed_new = base.join(format!("{NEW_PREFIX}{}-{:08x}", u32::MAX, !me));
         for d in [&unnamed_old, &unnamed_new] {
+            let _ = std::fs::remove_dir_all(d);
             std::fs::create_dir(d).unwrap();
         }
         let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
