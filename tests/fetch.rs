@@ -552,6 +552,50 @@ fn a_vault_that_never_answers_the_tls_handshake_is_given_up_at_the_deadline() {
     assert!(!s.path("out/SampleSecret").exists());
 }
 
+/// A vault that ends the connection cleanly (TLS `close_notify`) instead of answering: the end
+/// of stream is seen at once and the request is sent again, not waited on until the deadline.
+#[test]
+fn a_vault_that_closes_cleanly_instead_of_answering_is_asked_again_at_once() {
+    let emu = seeded();
+    emu.push_kv_fault(Fault::CloseCleanly);
+    let s = Scratch::new();
+    let started = Instant::now();
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        started.elapsed() < ms(10_000),
+        "the clean close was waited on: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(emu.counters().kv_requests["samplesecret"], 2);
+    assert_eq!(
+        read(&s.path("out/SampleSecret")),
+        "Hello Container Instances!"
+    );
+}
+
+/// An answer that arrives a byte at a time is read to its end: each read that brings bytes is
+/// progress, even before a whole status line has come.
+#[test]
+fn an_answer_that_arrives_a_byte_at_a_time_is_read_whole() {
+    let emu = seeded();
+    emu.push_kv_fault(Fault::Drip(Duration::from_micros(200)));
+    let s = Scratch::new();
+    let r = run(
+        &emu,
+        &["fetch", "--secret", "SampleSecret", "--dir", &dir_arg(&s)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(emu.counters().kv_requests["samplesecret"], 1, "no retry");
+    assert_eq!(
+        read(&s.path("out/SampleSecret")),
+        "Hello Container Instances!"
+    );
+}
+
 #[test]
 fn key_vault_that_stays_down_exits_7_at_timeout() {
     let emu = seeded();

@@ -43,6 +43,11 @@ pub fn answer(
     };
     match fault {
         Fault::Drop => Reply::Drop,
+        Fault::CloseCleanly => Reply::CloseCleanly,
+        Fault::AnswerThenClose => match normal() {
+            Reply::Respond(response) => Reply::RespondThenClose(response),
+            other => other,
+        },
         Fault::Delay(d) => {
             http::pause(d);
             normal()

@@ -62,6 +62,10 @@ pub enum Reply {
     Respond(Response),
     /// Close the connection without answering (a dropped connection fault).
     Drop,
+    /// Close the connection without answering, cleanly (TLS `close_notify` first).
+    CloseCleanly,
+    /// Answer, then close the connection cleanly (TLS `close_notify` first).
+    RespondThenClose(Response),
     /// `response`'s status and headers with `Content-Length: len`, then its body widened to `len`
     /// bytes by [`FILL`] bytes inserted at byte `at` of it (a `len` below the body's own length
     /// sends the body as it is). The filler is generated as it is written.
@@ -120,8 +124,25 @@ pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 pub type Wrap = Arc<dyn Fn(TcpStream) -> io::Result<Box<dyn Stream>> + Send + Sync>;
 
 /// A byte stream the server can serve on (plain TCP or TLS).
-pub trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+pub trait Stream: Read + Write + Send {
+    /// End the connection as its protocol should before it is dropped (TLS: `close_notify`).
+    fn close_cleanly(&mut self) {}
+}
+
+impl Stream for TcpStream {}
+
+impl Stream for Box<dyn Stream> {
+    fn close_cleanly(&mut self) {
+        (**self).close_cleanly();
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn close_cleanly(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+    }
+}
 
 /// Counts a connection in `open` for as long as its thread lives.
 struct OpenGuard(Arc<AtomicUsize>);
@@ -184,6 +205,15 @@ fn serve_connection(
         let out = reader.get_mut();
         match handler(&request) {
             Reply::Drop => return Ok(()),
+            Reply::CloseCleanly => {
+                out.close_cleanly();
+                return Ok(());
+            }
+            Reply::RespondThenClose(response) => {
+                write_response(out, &response, head)?;
+                out.close_cleanly();
+                return Ok(());
+            }
             Reply::Respond(response) => write_response(out, &response, head)?,
             Reply::Padded { response, at, len } => {
                 write_padded(out, &response, at, len, head, stop)?

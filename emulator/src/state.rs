@@ -43,6 +43,12 @@ pub enum Fault {
     StatusRetryAfter(u16, u64),
     /// Close the connection without answering.
     Drop,
+    /// Close the connection without answering, as TLS should: `close_notify`, then FIN (a
+    /// client reading for the answer sees a clean end of stream, not an error).
+    CloseCleanly,
+    /// Answer normally, then close the connection with `close_notify` (a kept-alive connection
+    /// the server ended while it sat idle in the client's pool).
+    AnswerThenClose,
     /// Wait this long, then answer normally.
     Delay(Duration),
     /// Answer 200 with `Content-Length: N` and exactly N body bytes: the success shape with its

@@ -240,6 +240,12 @@ impl io::Read for Counted {
     }
 }
 
+impl Stream for Counted {
+    fn close_cleanly(&mut self) {
+        self.inner.close_cleanly();
+    }
+}
+
 impl io::Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.inner.write(buf)
