@@ -331,6 +331,21 @@ pub fn wipe(s: &mut String) {
 mod tests {
     use super::*;
 
+    /// A list keeps strings up to its byte bound exactly, and not one byte past it (tests
+    /// written from two missed mutants of the bound's `>`).
+    #[test]
+    fn a_list_keeps_up_to_its_byte_bound_exactly() {
+        let mut list = List::new(10, 8);
+        assert!(list.keep("abcd"));
+        assert!(list.keep("efgh"), "8 bytes of 8 fit");
+        assert!(list.keep("abcd"), "a string already kept costs nothing");
+        assert!(!list.keep("i"), "9 bytes of 8 do not");
+        assert_eq!(list.bytes, 8);
+        let mut few = List::new(1, 100);
+        assert!(few.keep("a"));
+        assert!(!few.keep("b"), "one string of one");
+    }
+
     #[test]
     fn registered_strings_are_replaced_before_the_cut() {
         let header = "RdX-header-0123456789abcdef0123456789abcdef0123456789abcdef012345";
