@@ -331,6 +331,31 @@ pub fn wipe(s: &mut String) {
 mod tests {
     use super::*;
 
+    /// Only a run of at least 20 token characters holding a `.` is a token (tests written from
+    /// a missed mutant: `&&` → `||` took any long run, or any dotted one, for a token).
+    #[test]
+    fn a_token_is_long_and_dotted() {
+        assert_eq!(
+            redact_tokens("x eyJhbGciOiJIUzI1NiJ9xyz y"),
+            "x eyJhbGciOiJIUzI1NiJ9xyz y"
+        );
+        assert_eq!(redact_tokens("x eyJ.a y"), "x eyJ.a y");
+        assert_eq!(redact_tokens("x eyJhbGciOiJIUzI1NiJ9.e30 y"), "x <token> y");
+    }
+
+    /// A cut text's tail is replaced only when it is the beginning of a registered string, not
+    /// when it merely starts like one (a missed mutant: `&&` → `||` replaced both).
+    #[test]
+    fn a_tail_is_replaced_only_when_it_begins_a_registered_string() {
+        value("zq9-tail-probe-value");
+        let begins = format!("the message: zq9-tail-p{}", "x".repeat(50));
+        let shown = redact_prefix(&begins, "the message: zq9-tail-p".chars().count());
+        assert!(!shown.contains("zq9-"), "{shown}");
+        let differs = format!("the message: zq9-other{}", "x".repeat(50));
+        let shown = redact_prefix(&differs, "the message: zq9-other".chars().count());
+        assert_eq!(shown, "the message: zq9-other");
+    }
+
     /// A list keeps strings up to its byte bound exactly, and not one byte past it (tests
     /// written from two missed mutants of the bound's `>`).
     #[test]
