@@ -87,8 +87,63 @@ fn one_certificate_request_gives_nginx_its_key_and_ordered_chain() {
         }
         let key_body = &key[0].1[..40];
         assert_no_leak(&r, &[key_body]);
+        assert!(
+            !r.stderr.contains("outside the leaf's chain"),
+            "{file:?}: every certificate is in the chain: {}",
+            r.stderr
+        );
         openssl_agrees(&dir);
     }
+}
+
+#[test]
+fn certificates_outside_the_leafs_chain_are_left_out_and_counted() {
+    let emu = Emulator::start().unwrap();
+    // The leaf's chain (3) beside an unrelated certificate and another leaf of the same
+    // intermediate: 2 left out.
+    let value = [
+        fixture("mixed.pem"),
+        fixture("other.pem"),
+        fixture("leaf-ec.pem"),
+    ]
+    .concat();
+    emu.set_secret_with(
+        "mycert",
+        SecretInput {
+            value,
+            content_type: Some("application/x-pem-file".into()),
+            ..Default::default()
+        },
+    );
+    let s = Scratch::new();
+    let dir = s.path("tls");
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--secret",
+            "tls.crt=mycert?format=chain",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let chain: Vec<_> = ["leaf-rsa.pem", "inter.pem", "root.pem"]
+        .iter()
+        .flat_map(|f| blocks(&fixture(f)))
+        .collect();
+    assert_eq!(blocks(&read(&dir.join("tls.crt"))), chain);
+    let warned: Vec<_> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("outside the leaf's chain"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", r.stderr);
+    assert!(
+        warned[0].contains("left_out=2") && warned[0].contains("mycert"),
+        "{}",
+        warned[0]
+    );
 }
 
 /// Where OpenSSL is installed: the key belongs to the leaf and the chain verifies. Says so in

@@ -1119,4 +1119,80 @@ mod tests {
             b.not_after
         );
     }
+    #[test]
+    fn only_a_pfx_or_pem_content_type_is_a_certificate() {
+        for ct in [
+            PKCS12,
+            PEM,
+            "Application/X-PEM-File; charset=utf-8",
+            " application/x-pkcs12 ",
+        ] {
+            assert!(is_certificate(&secret("x", Some(ct))), "{ct}");
+        }
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("application/x-pkcs12x"),
+            Some(""),
+        ] {
+            assert!(!is_certificate(&secret("x", ct)), "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn an_encrypted_pem_key_is_refused_as_encrypted() {
+        let text = [
+            pem_block("ENCRYPTED PRIVATE KEY", &[7; 64]).as_str(),
+            fixture!("leaf-rsa.pem"),
+        ]
+        .concat();
+        let e = out("c?format=key", &secret(&text, Some(PEM))).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, Error::NotFound(_)), "{m}");
+        assert!(
+            m.contains("its private key is encrypted; store it unencrypted"),
+            "{m}"
+        );
+    }
+
+    /// A certificate of the chain walk's fields only, expiring at `not_after`.
+    fn expiring(not_after: i64) -> Cert {
+        Cert {
+            issuer: b"i".to_vec(),
+            subject: b"s".to_vec(),
+            public_key: b"k".to_vec(),
+            not_after,
+            key_id: None,
+            authority_key_id: None,
+        }
+    }
+
+    #[test]
+    fn latest_takes_the_last_to_expire_and_the_first_on_a_tie() {
+        let certs: Vec<Cert> = [10, 30, 20, 30, 5].into_iter().map(expiring).collect();
+        let all: Vec<usize> = (0..certs.len()).collect();
+        assert_eq!(
+            latest(&certs, &all, |_, _| true),
+            Some(1),
+            "30 first seen at 1"
+        );
+        assert_eq!(
+            latest(&certs, &[0, 2, 4], |_, _| true),
+            Some(2),
+            "20 in the middle"
+        );
+        assert_eq!(latest(&certs, &[4, 0], |_, _| true), Some(0), "10 after 5");
+        assert_eq!(
+            latest(&certs, &[3, 1], |_, _| true),
+            Some(3),
+            "a tie: the first"
+        );
+        assert_eq!(
+            latest(&certs, &all, |i, _| i != 1 && i != 3),
+            Some(2),
+            "picked only"
+        );
+        assert_eq!(latest(&certs, &all, |_, _| false), None);
+        assert_eq!(latest(&certs, &[], |_, _| true), None);
+    }
 }
