@@ -461,3 +461,40 @@ fn a_failed_token_renewal_keeps_the_still_valid_token() {
             .contains("token renewal failed; the current token is still valid")
     );
 }
+
+/// A kept-alive connection the vault closed while idle is not reused: the next refresh opens a
+/// new one at once, with no failed request and no retry.
+#[test]
+fn a_connection_the_vault_closed_while_idle_is_not_reused() {
+    let emu = Emulator::start().unwrap();
+    emu.set_secret("one", "v");
+    // The first answer comes whole (no `Connection: close`), then the vault closes.
+    emu.push_kv_fault(Fault::AnswerThenClose);
+    let s = Scratch::new();
+    let (dir, ready) = (s.path("out"), s.path("ready"));
+    let mut w = watch(
+        &emu,
+        &[
+            "-v",
+            "--secret",
+            "one",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--refresh",
+            "500ms",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    );
+    wait_for("the ready file", ms(5000), || ready.exists());
+    let gets = |emu: &Emulator| emu.counters().kv_requests.get("one").copied().unwrap_or(0);
+    wait_for("two refreshes after the close", ms(10_000), || {
+        gets(&emu) >= 3
+    });
+    let log = w.stop_and_stderr();
+    assert!(
+        !log.contains("retrying") && !log.contains("warn"),
+        "a closed connection was reused: {log}"
+    );
+    assert_eq!(read(&dir.join("one")), "v");
+}
