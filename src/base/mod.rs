@@ -1,5 +1,5 @@
 //! The ground floor: what every stage uses and that knows nothing of vaults, identities or
-//! outputs — log lines and the one redactor, progress while waiting, signals as events, encodings, bounded reads of named files,
+//! outputs — log lines and the one redactor, progress while waiting, signals as events, encodings, bounded reads of named files, how alike two words are,
 //! the retry clock and the run's deadline.
 //!
 //! May use: `error`.
@@ -11,4 +11,5 @@ pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod signals;
+pub mod similar;
 pub mod stamps;

@@ -187,38 +187,12 @@ pub(super) fn flag_value(
 /// "unknown option --secrte", with the flag that was probably meant (as ripgrep does).
 pub(super) fn unknown_option(name: &str) -> String {
     let typed = name.trim_start_matches('-');
-    let best = FLAGS
-        .iter()
-        .map(|f| (edit_distance(typed, f.long), f.long))
-        .min();
-    match best {
-        Some((d, long)) if d <= 2.max(typed.len() / 4) && d < typed.len() => {
-            format!("unknown option {name}: did you mean --{long}?")
-        }
-        _ => format!("unknown option {name}"),
+    // Two edits, or one in four of a long name; never all of it.
+    let within = 2.max(typed.len() / 4).min(typed.len().saturating_sub(1));
+    match crate::base::similar::closest(typed, FLAGS.iter().map(|f| f.long), within) {
+        Some(long) => format!("unknown option {name}: did you mean --{long}?"),
+        None => format!("unknown option {name}"),
     }
-}
-
-/// Levenshtein distance, with a swap of two neighbours counted as one edit.
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    d[0] = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 pub(super) fn lookup(name: &str) -> Option<&'static Flag> {

@@ -149,31 +149,9 @@ pub(super) fn typo_of_cloud(host: &str) -> Option<String> {
     };
     // "keyvault" for "vault" (the product's name) is the other one.
     let rest = rest.strip_prefix("key").unwrap_or(&rest).to_string();
-    CLOUDS
-        .iter()
-        .map(|(suffix, _)| &suffix[1..])
-        .map(|suffix| (edit_distance(&rest, suffix), suffix))
-        .filter(|(d, _)| *d <= 2)
-        // On a tie the first cloud (the public one) wins: `min_by_key` keeps the first.
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, suffix)| format!("{name}.{suffix}"))
-}
-
-/// Levenshtein distance (both texts are short host names).
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let next = (prev + cost).min(row[j] + 1).min(row[j + 1] + 1);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
+    // On a tie the first cloud (the public one) wins.
+    let suffixes = CLOUDS.iter().map(|(suffix, _)| &suffix[1..]);
+    crate::base::similar::closest(&rest, suffixes, 2).map(|suffix| format!("{name}.{suffix}"))
 }
 
 /// `--resource`: an `https://` URL as the token audience (kept verbatim but for a trailing `/`).
