@@ -19,9 +19,11 @@ use zeroize::Zeroizing;
 use crate::base::encoding;
 use crate::error::Error;
 use crate::shape::CertFormat;
+use crate::shape::keys;
+use crate::shape::pem::{pem_blocks, pem_len, push_pem};
 use der::asn1::{AnyRef, BitStringRef, ContextSpecific, IntRef, OctetStringRef};
 use der::oid::{AssociatedOid, ObjectIdentifier};
-use der::{Decode, Encode, TagNumber, Tagged};
+use der::{Decode, TagNumber, Tagged};
 use pkcs8::AlgorithmIdentifierRef;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, SubjectKeyIdentifier};
 use x509_cert::spki::SubjectPublicKeyInfoRef;
@@ -276,7 +278,7 @@ fn leaf_index(
 ) -> Result<usize, &'static str> {
     let all: Vec<usize> = (0..certs.len()).collect();
     if let Some(key) = key {
-        let public = public_key_of(key).ok_or(
+        let public = keys::public_key_of(key).ok_or(
             "its private key does not carry a public key kvfetch can read (an EC key written without its public point, or a type other than RSA and EC), so its certificate cannot be told apart",
         )?;
         return latest(certs, &all, |_, c| c.public_key == public)
@@ -429,10 +431,12 @@ fn parse_pem(text: &str) -> Result<Parts, Refusal> {
                 continue;
             }
             "PRIVATE KEY" => der,
-            "RSA PRIVATE KEY" => pkcs8_wrap(RSA_ALGORITHM, AnyRef::NULL, &der)?,
+            "RSA PRIVATE KEY" => {
+                keys::pkcs8_wrap(keys::RSA_ALGORITHM, AnyRef::NULL, &der).map_err(broken)?
+            }
             "EC PRIVATE KEY" => {
-                let (curve, key) = sec1_to_pkcs8_parts(&der)?;
-                pkcs8_wrap(EC_ALGORITHM, AnyRef::from(&curve), &key)?
+                let (curve, key) = keys::sec1_to_pkcs8_parts(&der).map_err(broken)?;
+                keys::pkcs8_wrap(keys::EC_ALGORITHM, AnyRef::from(&curve), &key).map_err(broken)?
             }
             "ENCRYPTED PRIVATE KEY" => {
                 return Err(broken(
@@ -446,85 +450,6 @@ fn parse_pem(text: &str) -> Result<Parts, Refusal> {
         }
     }
     Ok((key, certs))
-}
-
-/// The PEM blocks a certificate secret may hold. Labels are matched against these and never
-/// echoed from the value: text there could be key material.
-const PEM_LABELS: [&str; 5] = [
-    "CERTIFICATE",
-    "PRIVATE KEY",
-    "RSA PRIVATE KEY",
-    "EC PRIVATE KEY",
-    "ENCRYPTED PRIVATE KEY",
-];
-
-/// A PEM block's label and its DER, wiped when dropped (it may be a key).
-type Block = (String, Zeroizing<Vec<u8>>);
-
-/// `(label, DER)` of each `-----BEGIN …-----` block; every label is one of [`PEM_LABELS`].
-fn pem_blocks(text: &str) -> Result<Vec<Block>, String> {
-    let mut blocks = Vec::new();
-    let mut rest = text;
-    let mut certificates = 0;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let after = &rest[start + 11..];
-        let line = after.split(['\n', '\r']).next().unwrap_or_default();
-        let label = line
-            .strip_suffix("-----")
-            .and_then(|l| PEM_LABELS.into_iter().find(|k| *k == l))
-            .ok_or(
-                "a PEM block that is not a CERTIFICATE or an unencrypted PRIVATE KEY (PKCS#8, RSA or EC), or a malformed BEGIN line",
-            )?;
-        // A key and the certificates; more is refused before the rest is decoded.
-        certificates += usize::from(label == "CERTIFICATE");
-        if certificates > MAX_CERTIFICATES || blocks.len() > MAX_CERTIFICATES {
-            return Err(format!(
-                "it holds more than {MAX_CERTIFICATES} certificates (Key Vault keeps a value of at most 25 KB, about 200); store the leaf and its chain only"
-            ));
-        }
-        let body = &after[line.len()..];
-        let end = format!("-----END {label}-----");
-        let (b64, tail) = body
-            .split_once(&end)
-            .ok_or_else(|| format!("a {label} block has no END line"))?;
-        let der = encoding::base64_strict(b64, false)
-            .map(Zeroizing::new)
-            .map_err(|why| format!("a {label} block is not base64 ({why})"))?;
-        blocks.push((label.to_string(), der));
-        rest = tail;
-    }
-    if blocks.is_empty() {
-        return Err("it holds no PEM block".into());
-    }
-    Ok(blocks)
-}
-
-/// The length of the PEM block [`push_pem`] writes for `len` bytes of DER.
-fn pem_len(label: &str, len: usize) -> usize {
-    let b64 = len.div_ceil(3) * 4;
-    2 * label.len() + 32 + b64 + b64.div_ceil(64)
-}
-
-/// Append `der` as a PEM block, 64 characters a line. The base64 of each line is wiped.
-fn push_pem(out: &mut String, label: &str, der: &[u8]) {
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    for line in der.chunks(48) {
-        out.push_str(&Zeroizing::new(encoding::base64_encode(line)));
-        out.push('\n');
-    }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
-}
-
-#[cfg(test)]
-fn pem_block(label: &str, der: &[u8]) -> String {
-    let mut out = String::with_capacity(pem_len(label, der.len()));
-    push_pem(&mut out, label, der);
-    assert_eq!(out.len(), pem_len(label, der.len()));
-    out
 }
 
 fn not_a(spec: &SecretSpec, f: &Fetched, why: &str) -> Error {
@@ -546,114 +471,11 @@ fn broken(spec: &SecretSpec, why: &str) -> Error {
     ))
 }
 
-// --- Private keys: their public half, and old key formats wrapped as PKCS#8 (RustCrypto's
-// `pkcs8`, `pkcs1` and `sec1` read and write them; kvfetch only sizes the buffers).
-
-/// rsaEncryption (its AlgorithmIdentifier carries NULL parameters).
-const RSA_ALGORITHM: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-/// id-ecPublicKey (the curve is its AlgorithmIdentifier's parameters).
-const EC_ALGORITHM: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-
-/// PKCS#8 PrivateKeyInfo { version 0, algorithm, privateKey OCTET STRING }, written into a
-/// wiped buffer sized before it is filled.
-fn pkcs8_wrap(
-    oid: ObjectIdentifier,
-    parameters: AnyRef,
-    key: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, Refusal> {
-    let info = pkcs8::PrivateKeyInfo {
-        algorithm: AlgorithmIdentifierRef {
-            oid,
-            parameters: Some(parameters),
-        },
-        private_key: key,
-        public_key: None,
-    };
-    encode_wiped(&info)
-}
-
-/// `value`'s DER in a [`Zeroizing`] buffer of exactly its length.
-fn encode_wiped(value: &impl Encode) -> Result<Zeroizing<Vec<u8>>, Refusal> {
-    let unwritable = || Refusal::Broken("its private key cannot be written as PKCS#8".into());
-    let len = value
-        .encoded_len()
-        .ok()
-        .and_then(|l| usize::try_from(l).ok())
-        .ok_or_else(unwritable)?;
-    let mut out = Zeroizing::new(vec![0u8; len]);
-    value.encode_to_slice(&mut out).map_err(|_| unwritable())?;
-    Ok(out)
-}
-
-/// A SEC1 ECPrivateKey's curve and the key without its `[0]` curve parameters, which PKCS#8
-/// carries in the AlgorithmIdentifier instead (as OpenSSL writes it).
-fn sec1_to_pkcs8_parts(sec1: &[u8]) -> Result<(ObjectIdentifier, Zeroizing<Vec<u8>>), Refusal> {
-    let broken = |why: &str| Refusal::Broken(why.to_string());
-    let key = sec1::EcPrivateKey::from_der(sec1)
-        .map_err(|_| broken("its EC PRIVATE KEY is not SEC1 DER kvfetch can read"))?;
-    let Some(sec1::EcParameters::NamedCurve(curve)) = key.parameters else {
-        return Err(broken("its EC PRIVATE KEY names no curve"));
-    };
-    let without = sec1::EcPrivateKey {
-        parameters: None,
-        ..key
-    };
-    Ok((curve, encode_wiped(&without)?))
-}
-
-/// The public key, as a certificate's subjectPublicKey holds it, of a PKCS#8 private key: an
-/// RSA key's `RSAPublicKey { modulus, publicExponent }`, or the point an EC key carries.
-fn public_key_of(pkcs8: &[u8]) -> Option<Vec<u8>> {
-    let info = pkcs8::PrivateKeyInfo::from_der(pkcs8).ok()?;
-    match info.algorithm.oid {
-        RSA_ALGORITHM => pkcs1::RsaPrivateKey::from_der(info.private_key)
-            .ok()?
-            .public_key()
-            .to_der()
-            .ok(),
-        EC_ALGORITHM => sec1::EcPrivateKey::from_der(info.private_key)
-            .ok()?
-            .public_key
-            .map(<[u8]>::to_vec),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::shape::der::read_tlv;
-
-    #[test]
-    fn pem_blocks_are_read_strictly() {
-        let text = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
-        assert_eq!(
-            blocks(text),
-            vec![("CERTIFICATE".to_string(), vec![0, 1, 2])]
-        );
-        assert!(
-            pem_blocks("-----BEGIN CERTIFICATE-----\nAAEC\n").is_err(),
-            "no END line"
-        );
-        assert!(
-            pem_blocks("-----BEGIN CERTIFICATE-----\nAA*C\n-----END CERTIFICATE-----").is_err()
-        );
-        assert!(pem_blocks("no pem here").is_err());
-        // A label is never taken from the value: a broken header cannot carry key text out.
-        let key = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQ";
-        for text in [
-            format!("-----BEGIN PRIVATE KEY----\n{key}\n-----END PRIVATE KEY-----\n"),
-            format!("-----BEGIN {key}-----\nAAEC\n-----END {key}-----\n"),
-            format!("-----BEGIN PRIVATE KEY-----\n{key}\n"),
-        ] {
-            let e = pem_blocks(&text).unwrap_err();
-            assert!(!e.contains(&key[..12]), "{e}");
-        }
-        assert_eq!(
-            blocks(&pem_block("PRIVATE KEY", &[9; 100])),
-            vec![("PRIVATE KEY".to_string(), vec![9; 100])]
-        );
-    }
+    use crate::shape::pem::{blocks, pem_block};
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -677,12 +499,6 @@ mod tests {
         let s = spec(text);
         let format = s.shape.format.unwrap();
         extract(&s, f, format).map(|b| String::from_utf8(b).unwrap())
-    }
-
-    /// The (label, DER) blocks of PEM text, to compare by content and not by line wrapping.
-    fn blocks(text: &str) -> Vec<(String, Vec<u8>)> {
-        let blocks = pem_blocks(text).unwrap().into_iter();
-        blocks.map(|(l, d)| (l, d.to_vec())).collect()
     }
 
     #[test]
@@ -862,21 +678,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not one chain"), "{e}");
-    }
-
-    #[test]
-    fn certificates_past_the_cap_are_refused_before_they_are_decoded() {
-        let block = "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
-        let key = "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n";
-        let at_cap = block.repeat(MAX_CERTIFICATES);
-        assert_eq!(pem_blocks(&[key, &at_cap].concat()).unwrap().len(), 257);
-        for over in [
-            block.repeat(MAX_CERTIFICATES + 1),
-            key.repeat(MAX_CERTIFICATES + 2),
-        ] {
-            let e = pem_blocks(&over).unwrap_err();
-            assert!(e.contains("more than 256 certificates"), "{e}");
-        }
     }
 
     #[test]

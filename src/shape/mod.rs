@@ -1,12 +1,14 @@
 //! What to make of a fetched value before it is written: a spec's options (parsed in
 //! `spec::options`) applied to it — JSON fields, decodings, a certificate's key, leaf and chain
-//! (`certificate`, `pkcs12`, `der`) — and templates rendered from the values (`template`). One
-//! request serves every shape of the same secret.
+//! (`certificate`, which `pem`, `keys`, `pkcs12` and `der` serve) — and templates rendered
+//! from the values (`template`). One request serves every shape of the same secret.
 //!
 //! May use: `error`, `base`, `spec`, `output` (file modes), `vault` (fetched values).
 
 pub mod certificate;
 pub mod der;
+mod keys;
+mod pem;
 pub mod pkcs12;
 pub mod template;
 
