@@ -163,6 +163,35 @@ fn the_top_level_is_a_handful_of_stages() {
 }
 
 /// The packages of the lock file, by name.
+/// Lines of a file before its unit tests (`mod tests`, last in every file here), or all of it.
+fn lines_before_tests(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .position(|l| l.starts_with("mod tests"))
+        .unwrap_or(lines.len())
+}
+
+/// No file holds more than about 500 lines before its tests: a module that grows past that is
+/// doing two things.
+#[test]
+fn no_file_is_over_500_lines_before_its_tests() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .map(|f| (lines_before_tests(&std::fs::read_to_string(f).unwrap()), f))
+        .filter(|(n, _)| *n > 500)
+        .map(|(n, f)| format!("{} ({n} lines)", f.display()))
+        .collect();
+    assert!(long.is_empty(), "split these by what they do: {long:?}");
+    assert_eq!(
+        lines_before_tests("a\nb\n#[cfg(test)]\nmod tests {\n}\n"),
+        3
+    );
+    assert_eq!(lines_before_tests("a\nb\n"), 2);
+}
+
 fn locked_packages() -> BTreeSet<String> {
     let lock = std::fs::read_to_string(src().with_file_name("Cargo.lock")).unwrap();
     lock.lines()
