@@ -439,4 +439,20 @@ mod tests {
         }
         assert!(h.contains("7  gave up on Key Vault"));
     }
+    #[test]
+    fn a_flag_suggestion_counts_characters_and_never_replaces_the_whole_name() {
+        let said = |typed: &str| scan::unknown_option(typed);
+        assert_eq!(
+            said("--secrte"),
+            "unknown option --secrte: did you mean --secret?"
+        );
+        // Three characters of four bytes each: replacing all three is no slip.
+        assert_eq!(said("--😀😀😀"), "unknown option --😀😀😀");
+        assert_eq!(
+            said("--ab"),
+            "unknown option --ab",
+            "two edits of two letters"
+        );
+        assert_eq!(said("--"), "unknown option --");
+    }
 }

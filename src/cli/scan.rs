@@ -187,8 +187,9 @@ pub(super) fn flag_value(
 /// "unknown option --secrte", with the flag that was probably meant (as ripgrep does).
 pub(super) fn unknown_option(name: &str) -> String {
     let typed = name.trim_start_matches('-');
-    // Two edits, or one in four of a long name; never all of it.
-    let within = 2.max(typed.len() / 4).min(typed.len().saturating_sub(1));
+    // Two edits, or one in four of a long name; never all of it (counted in characters).
+    let n = typed.chars().count();
+    let within = 2.max(n / 4).min(n.saturating_sub(1));
     match crate::base::similar::closest(typed, FLAGS.iter().map(|f| f.long), within) {
         Some(long) => format!("unknown option {name}: did you mean --{long}?"),
         None => format!("unknown option {name}"),

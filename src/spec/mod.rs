@@ -316,6 +316,12 @@ mod tests {
                 "https://x-kv.vault.azure.net",
             ),
             ("https://x-kv.vault.azure.cm", "https://x-kv.vault.azure.cn"),
+            // Two neighbours swapped is one edit (for flags too): `.nc` is `.cn`, not `.net`.
+            ("https://x-kv.vault.azure.nc", "https://x-kv.vault.azure.cn"),
+            (
+                "https://x-kv.vualt.azure.nte",
+                "https://x-kv.vault.azure.net",
+            ),
             (
                 "https://x-kv.vault.usgovcloudapi.com",
                 "https://x-kv.vault.usgovcloudapi.net",
