@@ -454,5 +454,40 @@ mod tests {
             "two edits of two letters"
         );
         assert_eq!(said("--"), "unknown option --");
+        // A long name is allowed one edit in four: three here, in twelve characters.
+        assert_eq!(
+            said("--ful-red-evry"),
+            "unknown option --ful-red-evry: did you mean --full-read-every?"
+        );
+    }
+
+    #[test]
+    fn help_on_a_command_is_that_commands_help() {
+        for topic in ["fetch", "watch", "exec", "doctor"] {
+            for args in [vec!["help", topic], vec![topic, "--help"]] {
+                let o = parse_with(&args, &[]).unwrap();
+                assert!(
+                    matches!(o.command, Command::Help(Some(t)) if t == topic),
+                    "{args:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            parse_with(&["help"], &[]).unwrap().command,
+            Command::Help(None)
+        ));
+    }
+
+    #[test]
+    fn a_file_flag_names_a_file() {
+        for bad in ["out/", "dir/.", "..", "x/.kvfetch-tmp-1"] {
+            let e = parse_with(&["fetch", "--secret", "a", "--env-file", bad], &[]);
+            let Err(Error::Usage(m)) = e else {
+                panic!("{bad} accepted")
+            };
+            assert!(m.contains("must name a file"), "{bad}: {m}");
+        }
+        let o = parse_with(&["fetch", "--secret", "a", "--env-file", "x/app.env"], &[]);
+        assert!(o.is_ok());
     }
 }

@@ -43,14 +43,11 @@ pub(super) fn scan(
             "help" if command.is_none() => {
                 let topic = match args.get(i).map(String::as_str) {
                     None => None,
-                    Some(t @ ("fetch" | "watch" | "exec" | "doctor")) => {
-                        Some(command_name(&parse_command(t)))
-                    }
-                    Some(other) => {
-                        return Err(usage(format!(
-                            "no help on {other:?}: try kvfetch help fetch, watch, exec or doctor"
-                        )));
-                    }
+                    Some(t) => Some(COMMANDS.into_iter().find(|c| *c == t).ok_or_else(|| {
+                        usage(format!(
+                            "no help on {t:?}: try kvfetch help fetch, watch, exec or doctor"
+                        ))
+                    })?),
                 };
                 return Ok((Command::Help(topic), given));
             }
@@ -142,15 +139,8 @@ fn why_not(long: &str) -> &'static str {
     }
 }
 
-/// `fetch`, `watch` or `exec` as the command it names.
-pub(super) fn parse_command(name: &str) -> Command {
-    match name {
-        "watch" => Command::Watch,
-        "exec" => Command::Exec(Vec::new()),
-        "doctor" => Command::Doctor,
-        _ => Command::Fetch,
-    }
-}
+/// The commands `help` gives help on.
+const COMMANDS: [&str; 4] = ["fetch", "watch", "exec", "doctor"];
 
 /// The name of a command, as typed.
 pub fn command_name(c: &Command) -> &'static str {

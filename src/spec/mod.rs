@@ -301,6 +301,21 @@ mod tests {
     }
 
     #[test]
+    fn a_vault_without_a_scheme_is_told_to_add_one_only_when_it_is_a_host() {
+        let Err(Error::Usage(m)) = vault("kv.vault.azure.net") else {
+            panic!("accepted")
+        };
+        assert!(m.contains("give --vault https://kv.vault.azure.net"), "{m}");
+        // Too short for a vault name, and no domain: neither.
+        for text in ["ab", "a_b.c"] {
+            let Err(Error::Usage(m)) = vault(text) else {
+                panic!("{text} accepted")
+            };
+            assert!(m.contains("is neither a vault name"), "{text}: {m}");
+        }
+    }
+
+    #[test]
     fn a_near_miss_of_a_cloud_suffix_suggests_the_real_one_not_resource() {
         for (typo, meant) in [
             (
