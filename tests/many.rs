@@ -101,6 +101,38 @@ fn prefix_chooses_strips_and_skips_with_one_line_each() {
     assert_no_leak(&r, &["db-value-5d1e", "key-value-77aa", "off-value-9b21"]);
 }
 
+/// A selection that chooses nothing says so once, and writes what it chose: nothing.
+#[test]
+fn a_selection_that_chooses_nothing_says_so() {
+    let emu = stocked();
+    let s = Scratch::new();
+    let dir = s.path("out");
+    let vault = emu.vault_url();
+    let r = run(
+        &emu,
+        &[
+            "fetch",
+            "--vault",
+            &vault,
+            "--prefix",
+            "nothing-",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stderr
+            .matches("the selection chose no secret from the vault's list")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("listed=6"), "{}", r.stderr);
+    assert!(s.entries("out").is_empty());
+}
+
 #[test]
 fn tags_must_all_match_and_explicit_specs_win() {
     let emu = Emulator::start().unwrap();

@@ -178,4 +178,21 @@ mod tests {
                 .all(Option::is_none)
         );
     }
+    #[test]
+    fn only_an_optional_secret_stays_absent() {
+        let specs = [spec("required"), spec("maybe?optional")];
+        let held = Snapshot {
+            specs: specs.to_vec(),
+            values: vec![None, None],
+        };
+        let listings = HashMap::from([(
+            "https://127.0.0.1:8443".to_string(),
+            Listing {
+                entries: vec![listed("other", 100)],
+                complete: true,
+            },
+        )]);
+        // A required secret missing from the list is read (and its absence is an error).
+        assert_eq!(reusable(&specs, &held, &listings), [None, Some(None)]);
+    }
 }

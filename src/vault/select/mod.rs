@@ -523,4 +523,29 @@ mod tests {
         assert!(check_prefix("app-").is_ok());
         assert!(check_prefix("").is_err() && check_prefix("a/b").is_err());
     }
+    #[test]
+    fn selected_secrets_are_optional() {
+        let l = [listed("app-db")];
+        let got = choose(
+            &sel(Some("app-"), &[]),
+            &[],
+            &l,
+            100,
+            &mut Default::default(),
+        );
+        assert!(
+            got.unwrap()[0].shape.optional,
+            "deleted between list and GET: dropped"
+        );
+    }
+
+    #[test]
+    fn a_prefix_is_1_to_126_letters_digits_and_dashes() {
+        for ok in ["a", "app-", &"a".repeat(126)] {
+            assert_eq!(check_prefix(ok).unwrap(), ok);
+        }
+        for bad in ["", "a_b", "a.", &"a".repeat(127)] {
+            assert!(check_prefix(bad).is_err(), "{bad}");
+        }
+    }
 }
