@@ -155,6 +155,41 @@ fn exec_never_prints_a_value_even_when_path_is_allowed_from_a_secret() {
     assert_no_leak(&r, &[VALUE]);
 }
 
+/// A program found through a PATH that came from a secret, but not executable: exit 126, and the
+/// message names neither the directory nor the value.
+#[test]
+fn exec_never_shows_a_directory_of_a_path_from_a_secret() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("bin-4c1d9e");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tool-kvfetch"), "#!/bin/sh\n").unwrap(); // mode 0644
+    // Two entries: the redactor knows the whole value, not the directory alone.
+    let path = dir.display().to_string();
+    emu.set_secret("search-path", &format!("/nonexistent-kvfetch:{path}"));
+    let r = run(
+        &emu,
+        &[
+            "exec",
+            "--allow-env",
+            "PATH",
+            "--secret",
+            "PATH=search-path",
+            "--",
+            "tool-kvfetch",
+        ],
+    );
+    assert_eq!(r.code, 126, "{}", r.stderr);
+    assert!(r.stderr.contains("not executable"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("(a program found through a PATH set from a secret)"),
+        "{}",
+        r.stderr
+    );
+    assert_no_leak(&r, &["bin-4c1d9e", "nonexistent-kvfetch"]);
+}
+
 #[test]
 fn secrets_may_not_set_variables_that_steer_programs() {
     let emu = seeded();

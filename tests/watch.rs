@@ -120,6 +120,12 @@ fn failures_keep_the_last_good_files_and_show_in_metrics_and_readyz() {
     assert_eq!(metric(&addr, "kvfetch_refreshes_total"), 1.0);
     assert_eq!(metric(&addr, "kvfetch_ready"), 1.0);
     assert!(metric(&addr, "kvfetch_seconds_since_last_success") >= 0.0);
+    // Prometheus' text format, by its version; the probes are plain text.
+    assert_eq!(
+        http_content_type(&addr, "/metrics"),
+        "text/plain; version=0.0.4"
+    );
+    assert_eq!(http_content_type(&addr, "/readyz"), "text/plain");
     let metrics = http_get(&addr, "/metrics").1;
     assert!(
         metrics

@@ -479,6 +479,44 @@ mod tests {
     }
 
     #[test]
+    fn each_duration_flag_takes_its_documented_range_and_nothing_past_it() {
+        // (flag, least, most, just below the least, just past the most), as docs/cli.md says.
+        let ranges = [
+            ("timeout", "10ms", "24h", "9ms", "24h 1ms"),
+            ("backoff-base", "10ms", "60s", "9ms", "60s 1ms"),
+            ("access-retry", "0s", "1h", "", "1h 1ms"),
+            ("refresh", "10ms", "30days", "9ms", "30days 1ms"),
+            ("max-stale", "10ms", "365days", "9ms", "365days 1ms"),
+            ("stale-ok", "1s", "365days", "999ms", "365days 1ms"),
+            ("grace", "0s", "1h", "", "1h 1ms"),
+            ("start-splay", "0s", "1h", "", "1h 1ms"),
+            ("full-read-every", "10ms", "30days", "9ms", "30days 1ms"),
+        ];
+        assert_eq!(ranges.len(), DURATION_RANGES.len());
+        for (flag, least, most, below, past) in ranges {
+            for ok in [least, most] {
+                assert!(duration_flag(flag, ok).is_ok(), "--{flag} {ok}");
+            }
+            for bad in [below, past].into_iter().filter(|b| !b.is_empty()) {
+                let Err(Error::Usage(m)) = duration_flag(flag, bad) else {
+                    panic!("--{flag} {bad} accepted")
+                };
+                assert!(m.contains("out of range"), "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_exec_takes_a_command_after_double_dash() {
+        for cmd in ["fetch", "watch", "doctor"] {
+            let e = parse_with(&[cmd, "--secret", "a", "--", "true"], &[]);
+            assert!(matches!(e, Err(Error::Usage(_))), "{cmd}");
+        }
+        let o = parse_with(&["exec", "--secret", "a", "--", "true"], &[]).unwrap();
+        assert!(matches!(o.command, Command::Exec(argv) if argv == ["true"]));
+    }
+
+    #[test]
     fn a_file_flag_names_a_file() {
         for bad in ["out/", "dir/.", "..", "x/.kvfetch-tmp-1"] {
             let e = parse_with(&["fetch", "--secret", "a", "--env-file", bad], &[]);

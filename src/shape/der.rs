@@ -38,15 +38,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The next TLV's content if it has tag `tag`; otherwise nothing is consumed.
-    pub fn optional(&mut self, tag: u8) -> Option<&'a [u8]> {
-        if self.peek_tag() == Some(tag) {
-            self.expect(tag)
-        } else {
-            None
-        }
-    }
-
     /// A SEQUENCE's content, as a reader.
     pub fn sequence(&mut self) -> Option<Reader<'a>> {
         self.expect(SEQUENCE).map(Reader)
@@ -131,7 +122,6 @@ mod tests {
         let mut data = tlv(INTEGER, &[1, 0]);
         data.extend(tlv(OCTET_STRING, b"ab"));
         let mut r = Reader::new(&data);
-        assert_eq!(r.optional(OCTET_STRING), None, "not consumed");
         assert_eq!(r.small_int(), Some(256));
         assert_eq!(r.expect(OCTET_STRING), Some(&b"ab"[..]));
         assert!(r.is_empty());
@@ -150,5 +140,14 @@ mod tests {
             None,
             "not minimal"
         );
+    }
+    #[test]
+    fn expect_takes_only_the_tag_asked_for() {
+        let oid = [0x2a, 0x86, 0x48];
+        let bytes = [tlv(OCTET_STRING, &oid), tlv(OID, &oid)].concat();
+        let mut r = Reader::new(&bytes);
+        assert_eq!(r.expect(OID), None, "the same bytes under another tag");
+        assert_eq!(r.expect(OID), Some(&oid[..]));
+        assert_eq!(r.expect(OID), None, "nothing left");
     }
 }

@@ -358,6 +358,21 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     )
 }
 
+/// The `Content-Type` a health endpoint at `addr` answers `path` with ("" for none).
+pub fn http_content_type(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let _ = s.set_read_timeout(Some(ms(5000)));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let head = out.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .find_map(|l| l.strip_prefix("Content-Type: "))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Wait until the health endpoint at `addr` answers `/readyz` with 200.
 pub fn wait_ready(addr: &str) {
     wait_for("readiness", ms(5000), || http_get(addr, "/readyz").0 == 200);
