@@ -1099,6 +1099,7 @@ fn control_api_queues_hostile_faults() {
         r#"{"status":400,"code":"C","message":"M\n"}"#,
         r#"{"drip_ms":0}"#,
         r#"{"endless_body":true}"#,
+        r#"{"answer_then_hold":true}"#,
     ] {
         assert_eq!(queue("imds", body), 200, "{body}");
     }

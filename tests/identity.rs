@@ -312,6 +312,32 @@ fn service_fabric_answers_over_the_size_limit_are_refused_at_once_as_too_large()
 }
 
 #[test]
+fn a_service_fabric_answer_is_used_when_whole_even_if_the_connection_stays_open() {
+    // The pinned client asks for `Connection: close` but does not count on it: an answer whose
+    // Content-Length has arrived is whole, and is used at once (not at --timeout).
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = env_for(&emu);
+    env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
+    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
+    env.insert(
+        "IDENTITY_SERVER_THUMBPRINT".into(),
+        emu.service_fabric_thumbprint(),
+    );
+    env.insert("KVFETCH_TIMEOUT".into(), "40s".into());
+    emu.push_service_fabric_fault(Fault::AnswerThenHold);
+    let started = std::time::Instant::now();
+    let r = fetch_with(&env, &s);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the answer was waited on past its end: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(emu.counters().service_fabric_token_requests, 1);
+}
+
+#[test]
 fn arc_refuses_a_challenge_outside_its_token_directory() {
     let emu = seeded();
     let s = Scratch::new();

@@ -19,7 +19,7 @@
 //! | `POST /emulator/assertions/expire` (body: the assertion) | answer it as expired (AADSTS700024) |
 //!
 //! Fault bodies, one per [`Fault`] variant: `{"status":429}`, `{"status":429,"retry_after":2}`,
-//! `{"drop":true}`, `{"close_cleanly":true}`, `{"answer_then_close":true}`, `{"delay_ms":500}`,
+//! `{"drop":true}`, `{"close_cleanly":true}`, `{"answer_then_close":true}`, `{"answer_then_hold":true}`, `{"delay_ms":500}`,
 //! `{"huge_body":1048576}`, `{"endless_body":true}`,
 //! `{"drip_ms":5}`, `{"invalid_utf8":200}`, `{"status":403,"code":"C","message":"M"}`,
 //! `{"status":302,"location":"https://x"}`, `{"status":429,"header":"Retry-After","value":"0"}`.
@@ -184,6 +184,9 @@ pub fn parse_fault(body: &str) -> Option<Fault> {
     if v.get("answer_then_close").and_then(Value::as_bool) == Some(true) {
         return Some(Fault::AnswerThenClose);
     }
+    if v.get("answer_then_hold").and_then(Value::as_bool) == Some(true) {
+        return Some(Fault::AnswerThenHold);
+    }
     if v.get("endless_body").and_then(Value::as_bool) == Some(true) {
         return Some(Fault::EndlessBody);
     }
@@ -229,7 +232,7 @@ pub fn parse_fault(body: &str) -> Option<Fault> {
 fn queue_fault(world: &mut World, endpoint: &str, body: &str) -> Response {
     let Some(fault) = parse_fault(body) else {
         return bad(
-            "body must be a fault: {\"status\":N[,\"retry_after\":S]}, {\"drop\":true}, {\"close_cleanly\":true}, {\"answer_then_close\":true}, {\"delay_ms\":N}, {\"huge_body\":N}, {\"endless_body\":true}, {\"drip_ms\":N}, {\"invalid_utf8\":N}, {\"status\":N,\"code\":C,\"message\":M}, {\"status\":N,\"location\":L} or {\"status\":N,\"header\":H,\"value\":V}",
+            "body must be a fault: {\"status\":N[,\"retry_after\":S]}, {\"drop\":true}, {\"close_cleanly\":true}, {\"answer_then_close\":true}, {\"answer_then_hold\":true}, {\"delay_ms\":N}, {\"huge_body\":N}, {\"endless_body\":true}, {\"drip_ms\":N}, {\"invalid_utf8\":N}, {\"status\":N,\"code\":C,\"message\":M}, {\"status\":N,\"location\":L} or {\"status\":N,\"header\":H,\"value\":V}",
         );
     };
     match endpoint {

@@ -48,6 +48,10 @@ pub fn answer(
             Reply::Respond(response) => Reply::RespondThenClose(response),
             other => other,
         },
+        Fault::AnswerThenHold => match normal() {
+            Reply::Respond(response) => Reply::RespondThenHold(response),
+            other => other,
+        },
         Fault::Delay(d) => {
             http::pause(d);
             normal()

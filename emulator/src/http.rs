@@ -66,6 +66,9 @@ pub enum Reply {
     CloseCleanly,
     /// Answer, then close the connection cleanly (TLS `close_notify` first).
     RespondThenClose(Response),
+    /// Answer, then hold the connection open until the client closes it (or the emulator stops),
+    /// whatever the request's `Connection` header asked.
+    RespondThenHold(Response),
     /// `response`'s status and headers with `Content-Length: len`, then its body widened to `len`
     /// bytes by [`FILL`] bytes inserted at byte `at` of it (a `len` below the body's own length
     /// sends the body as it is). The filler is generated as it is written.
@@ -214,6 +217,10 @@ fn serve_connection(
                 out.close_cleanly();
                 return Ok(());
             }
+            Reply::RespondThenHold(response) => {
+                write_response(out, &response, head)?;
+                return hold_until_closed(&mut reader, stop);
+            }
             Reply::Respond(response) => write_response(out, &response, head)?,
             Reply::Padded { response, at, len } => {
                 write_padded(out, &response, at, len, head, stop)?
@@ -226,6 +233,18 @@ fn serve_connection(
             return Ok(());
         }
     }
+}
+
+/// Read and discard until the client closes the connection or the emulator stops.
+fn hold_until_closed(reader: &mut impl Read, stop: &AtomicBool) -> io::Result<()> {
+    let mut sink = [0u8; 256];
+    while !stop.load(Ordering::SeqCst) {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {

@@ -49,6 +49,9 @@ pub enum Fault {
     /// Answer normally, then close the connection with `close_notify` (a kept-alive connection
     /// the server ended while it sat idle in the client's pool).
     AnswerThenClose,
+    /// The success shape, then the connection held open until the client closes it, whatever
+    /// its `Connection: close` asked (a server that never ends its answers by closing).
+    AnswerThenHold,
     /// Wait this long, then answer normally.
     Delay(Duration),
     /// Answer 200 with `Content-Length: N` and exactly N body bytes: the success shape with its
