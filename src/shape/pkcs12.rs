@@ -582,4 +582,67 @@ mod tests {
         der.push(0);
         assert!(open(&der).unwrap_err().contains("bytes after its end"));
     }
+    /// DER TLV of any length.
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let len = content.len();
+        let mut out = vec![tag];
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A PFX without a MAC whose AuthenticatedSafe holds one data SafeContents per entry of
+    /// `bags`, each of that many bags of a type kvfetch skips.
+    fn pfx_of_bags(bags: &[usize]) -> Vec<u8> {
+        let data_info = |content: &[u8]| {
+            let body = der(0xa0, &der(der::OCTET_STRING, content));
+            der(0x30, &[der(der::OID, DATA), body].concat())
+        };
+        let skipped = der(
+            0x30,
+            &[der(der::OID, &[0x2a, 0x03]), der(0xa0, &[5, 0])].concat(),
+        );
+        let safes: Vec<u8> = bags
+            .iter()
+            .flat_map(|n| data_info(&der(0x30, &skipped.repeat(*n))))
+            .collect();
+        der(
+            0x30,
+            &[der(0x02, &[3]), data_info(&der(0x30, &safes))].concat(),
+        )
+    }
+
+    #[test]
+    fn at_most_64_bags_in_all_however_they_are_split() {
+        for ok in [vec![64], vec![40, 24], vec![1, 1, 62]] {
+            let c = open(&pfx_of_bags(&ok)).unwrap();
+            assert!(c.key.is_none() && c.certs.is_empty(), "{ok:?}");
+        }
+        for over in [vec![65], vec![40, 25], vec![64, 1]] {
+            let e = open(&pfx_of_bags(&over)).unwrap_err();
+            assert!(e.contains("more than 64 bags"), "{over:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn contents_debug_shows_no_key() {
+        let c = Contents {
+            key: Some(Zeroizing::new(vec![0x42; 8])),
+            certs: vec![vec![1]],
+        };
+        assert_eq!(
+            format!("{c:?}"),
+            r#"Contents { key: Some("<redacted>"), certs: 1 }"#
+        );
+    }
 }
