@@ -567,6 +567,10 @@ mod tests {
         assert!(dir.write(&[("../X".into(), Some(b"x".to_vec()))]).is_err());
         let impostor = dir.path().to_path_buf();
         drop(dir);
+        assert!(
+            impostor.is_dir(),
+            "the directory put in its place is not kvfetch's to remove"
+        );
         let _ = std::fs::remove_dir_all(&impostor);
         let _ = std::fs::remove_dir_all(&moved);
     }
