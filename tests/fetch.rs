@@ -1014,3 +1014,35 @@ fn help_shows_flags_env_vars_defaults_and_exit_codes() {
         assert!(r.stdout.contains(needle), "{needle}");
     }
 }
+
+/// Up to three failures are each an error line of their own; more are one line that names the
+/// first few and counts the rest, so a vault with many missing secrets stays readable.
+#[test]
+fn up_to_three_failures_are_named_one_a_line_and_more_are_counted() {
+    let emu = seeded();
+    let s = Scratch::new();
+    for (missing, lines, summary) in [
+        (3, 3, None),
+        (4, 1, Some("[4 failures in all; also: ")),
+        (6, 1, Some("; and 2 more]")),
+    ] {
+        let mut args = vec!["fetch".to_string(), "--dir".into(), dir_arg(&s)];
+        for i in 0..missing {
+            args.extend(["--secret".into(), format!("gone-{i}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run(&emu, &args);
+        assert_eq!(r.code, 5, "{}", r.stderr);
+        let errors: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("kvfetch: error:"))
+            .collect();
+        assert_eq!(errors.len(), lines, "{missing}: {}", r.stderr);
+        match summary {
+            Some(text) => assert!(errors[0].contains(text), "{}", errors[0]),
+            None => assert!(!r.stderr.contains("failures in all"), "{}", r.stderr),
+        }
+        assert!(s.entries("out").is_empty());
+    }
+}

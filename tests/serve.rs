@@ -213,6 +213,18 @@ fn refuses_requests_without_the_token_through_a_proxy_or_not_get() {
     for (method, token, extra, code) in cases {
         let a = ask(&addr, method, path, *token, extra);
         assert_eq!(a.code, *code, "{method} {token:?} {extra:?}");
+        // Each status with its own reason phrase (the head is read lower-cased).
+        let reason = match code {
+            200 => "ok",
+            400 => "bad request",
+            401 => "unauthorized",
+            _ => "method not allowed",
+        };
+        assert!(
+            a.head.starts_with(&format!("http/1.1 {code} {reason}\r\n")),
+            "{}",
+            a.head
+        );
         if *code != 200 {
             assert!(
                 !a.body.windows(6).any(|w| w == b"key-3b"),
