@@ -645,4 +645,21 @@ mod tests {
             r#"Contents { key: Some("<redacted>"), certs: 1 }"#
         );
     }
+    #[test]
+    fn pbes2_reads_each_pbkdf2_hash_and_cipher_openssl_writes() {
+        // `openssl pkcs8 -topk8 -v2 CIPHER -v2prf hmacWithHASH -passout pass:` of the EC key.
+        let key = super::super::pem::blocks(include_str!("../../tests/fixtures/certs/leaf-ec.key"));
+        for b64 in [
+            include_str!("../../tests/fixtures/certs/leaf-ec.pbes2-sha1-aes-256-cbc.p8.b64"),
+            include_str!("../../tests/fixtures/certs/leaf-ec.pbes2-sha384-aes-128-cbc.p8.b64"),
+            include_str!("../../tests/fixtures/certs/leaf-ec.pbes2-sha512-des-ede3-cbc.p8.b64"),
+        ] {
+            let info = crate::base::encoding::base64_strict(b64, false).unwrap();
+            let mut info = Reader::new(&info).sequence().unwrap();
+            let alg = info.sequence().unwrap();
+            let data = info.expect(der::OCTET_STRING).unwrap();
+            let plain = decrypt(alg, data, &[0, 0], &mut Work(MAX_WORK)).unwrap();
+            assert_eq!(&plain[..], &key[0].1[..]);
+        }
+    }
 }
