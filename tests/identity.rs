@@ -255,17 +255,23 @@ fn legacy_app_service_and_cloud_shell() {
     );
 }
 
-#[test]
-fn service_fabric_trusts_its_endpoint_by_thumbprint_only() {
-    let emu = seeded();
-    let s = Scratch::new();
-    let mut env = env_for(&emu);
+/// The environment of a Service Fabric application pointed at the emulator's endpoint.
+fn service_fabric_env(emu: &Emulator) -> std::collections::HashMap<String, String> {
+    let mut env = env_for(emu);
     env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
     env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
     env.insert(
         "IDENTITY_SERVER_THUMBPRINT".into(),
         emu.service_fabric_thumbprint(),
     );
+    env
+}
+
+#[test]
+fn service_fabric_trusts_its_endpoint_by_thumbprint_only() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let mut env = service_fabric_env(&emu);
     let r = fetch_with(&env, &s);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(emu.counters().service_fabric_token_requests, 1);
@@ -289,13 +295,7 @@ fn service_fabric_answers_over_the_size_limit_are_refused_at_once_as_too_large()
     // "timed out".
     let emu = seeded();
     let s = Scratch::new();
-    let mut env = env_for(&emu);
-    env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
-    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
-    env.insert(
-        "IDENTITY_SERVER_THUMBPRINT".into(),
-        emu.service_fabric_thumbprint(),
-    );
+    let mut env = service_fabric_env(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "30s".into());
     emu.push_service_fabric_fault(Fault::HugeBody(3 << 20));
     let started = std::time::Instant::now();
@@ -317,13 +317,7 @@ fn a_service_fabric_answer_is_used_when_whole_even_if_the_connection_stays_open(
     // Content-Length has arrived is whole, and is used at once (not at --timeout).
     let emu = seeded();
     let s = Scratch::new();
-    let mut env = env_for(&emu);
-    env.insert("IDENTITY_ENDPOINT".into(), emu.service_fabric_endpoint());
-    env.insert("IDENTITY_HEADER".into(), emu.identity_header().into());
-    env.insert(
-        "IDENTITY_SERVER_THUMBPRINT".into(),
-        emu.service_fabric_thumbprint(),
-    );
+    let mut env = service_fabric_env(&emu);
     env.insert("KVFETCH_TIMEOUT".into(), "40s".into());
     emu.push_service_fabric_fault(Fault::AnswerThenHold);
     let started = std::time::Instant::now();

@@ -582,28 +582,10 @@ mod tests {
         der.push(0);
         assert!(open(&der).unwrap_err().contains("bytes after its end"));
     }
-    /// DER TLV of any length.
-    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-        let len = content.len();
-        let mut out = vec![tag];
-        if len < 0x80 {
-            out.push(len as u8);
-        } else {
-            let bytes: Vec<u8> = len
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|b| *b == 0)
-                .collect();
-            out.push(0x80 | bytes.len() as u8);
-            out.extend(bytes);
-        }
-        out.extend_from_slice(content);
-        out
-    }
-
     /// A PFX without a MAC whose AuthenticatedSafe holds one data SafeContents per entry of
     /// `bags`, each of that many bags of a type kvfetch skips.
     fn pfx_of_bags(bags: &[usize]) -> Vec<u8> {
+        let der = crate::shape::der::tlv;
         let data_info = |content: &[u8]| {
             let body = der(0xa0, &der(der::OCTET_STRING, content));
             der(0x30, &[der(der::OID, DATA), body].concat())
