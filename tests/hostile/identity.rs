@@ -537,6 +537,65 @@ fn a_trust_directory_past_the_cap_is_refused_not_cut() {
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
+/// A trust directory holds at most 4 MiB of files in all: exactly that is read, a byte more is
+/// refused by name (not cut), before any request.
+#[test]
+fn a_trust_directory_of_more_than_4_mib_is_refused_and_one_of_4_mib_is_read() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("certs");
+    std::fs::create_dir(&dir).unwrap();
+    let ca = std::fs::read(emu.ca_file()).unwrap();
+    std::fs::write(dir.join("zz-ca.pem"), &ca).unwrap();
+    // Text that holds no certificate, in files under the 1 MiB a trust file may hold.
+    let total = 4 << 20;
+    let mut left = total - ca.len();
+    for i in 0.. {
+        let n = left.min(1_000_000);
+        std::fs::write(dir.join(format!("junk-{i}.txt")), vec![b'x'; n]).unwrap();
+        left -= n;
+        if left == 0 {
+            break;
+        }
+    }
+    let mut env = env_for(&emu);
+    env.remove("KVFETCH_CA_FILE"); // the directory alone vouches for the vault
+    env.insert("SSL_CERT_DIR".into(), dir.display().to_string());
+    let out = s.path("out").display().to_string();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 0, "exactly 4 MiB: {}", r.stderr);
+    std::fs::write(dir.join("junk-last.txt"), "x").unwrap();
+    emu.reset_counters();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("SSL_CERT_DIR=") && r.stderr.contains("more than 4 MiB of files"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(emu.counters().kv_total_requests, 0);
+}
+
+/// Certificates are kept once each, however many files of a directory hold them, and every
+/// different one is kept: the one that vouches for the vault may come after another.
+#[test]
+fn a_trust_directory_keeps_each_different_certificate() {
+    let emu = seeded();
+    let s = Scratch::new();
+    let dir = s.path("certs");
+    std::fs::create_dir(&dir).unwrap();
+    let other = include_str!("../fixtures/certs/other.pem");
+    std::fs::write(dir.join("a-other.pem"), other).unwrap();
+    std::fs::write(dir.join("b-other-again.pem"), other).unwrap();
+    std::fs::copy(emu.ca_file(), dir.join("c-ca.pem")).unwrap();
+    let mut env = env_for(&emu);
+    env.remove("KVFETCH_CA_FILE"); // the directory alone vouches for the vault
+    env.insert("SSL_CERT_DIR".into(), dir.display().to_string());
+    let out = s.path("out").display().to_string();
+    let r = run_with(&env, &["fetch", "--secret", "db-password", "--dir", &out]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
 /// Fix group A, finding 8: a trust file that is not valid PEM is refused by name in fixed words;
 /// its bytes never reach the message (not as text, not as a list of decimal bytes).
 #[test]
