@@ -161,11 +161,9 @@ pub(super) fn path_flag(flag: &str, value: &str, file: bool) -> Result<PathBuf, 
     }
     let path = PathBuf::from(value);
     if file {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        // The text's own last part: `Path` reads `dir/.` as the file `dir`.
+        // The text's own last part (`Path` reads `dir/.` as the file `dir`).
         let last = value.rsplit('/').next().unwrap_or_default();
-        let plain = matches!(last, "" | "." | "..") || name.is_none();
-        if plain || name.is_some_and(|n| n.starts_with(crate::output::files::TEMP_PREFIX)) {
+        if matches!(last, "" | "." | "..") || last.starts_with(crate::output::files::TEMP_PREFIX) {
             return Err(usage(format!(
                 "--{flag} {value:?} must name a file (not ending in '/', '/.' or '/..', not starting with {})",
                 crate::output::files::TEMP_PREFIX

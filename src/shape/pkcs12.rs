@@ -475,6 +475,7 @@ fn kdf(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::der::tlv;
 
     #[test]
     fn the_pkcs12_kdf_matches_known_answers() {
@@ -489,11 +490,6 @@ mod tests {
             "8AAAE6297B6CB04642AB5B077851284EB7128F1A2A7FBCA3"
         );
         assert_eq!(hex(&kdf(sha1, &bmp, &salt, 2, 1, 8)), "79993DFE048D3B76");
-    }
-
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        assert!(content.len() < 0x80);
-        [&[tag, content.len() as u8][..], content].concat()
     }
 
     /// PBES2 parameters: PBKDF2 (salt, `iterations`, HMAC `prf`, NULL) and `cipher` with a
@@ -585,22 +581,21 @@ mod tests {
     /// A PFX without a MAC whose AuthenticatedSafe holds one data SafeContents per entry of
     /// `bags`, each of that many bags of a type kvfetch skips.
     fn pfx_of_bags(bags: &[usize]) -> Vec<u8> {
-        let der = crate::shape::der::tlv;
         let data_info = |content: &[u8]| {
-            let body = der(0xa0, &der(der::OCTET_STRING, content));
-            der(0x30, &[der(der::OID, DATA), body].concat())
+            let body = tlv(0xa0, &tlv(der::OCTET_STRING, content));
+            tlv(0x30, &[tlv(der::OID, DATA), body].concat())
         };
-        let skipped = der(
+        let skipped = tlv(
             0x30,
-            &[der(der::OID, &[0x2a, 0x03]), der(0xa0, &[5, 0])].concat(),
+            &[tlv(der::OID, &[0x2a, 0x03]), tlv(0xa0, &[5, 0])].concat(),
         );
         let safes: Vec<u8> = bags
             .iter()
-            .flat_map(|n| data_info(&der(0x30, &skipped.repeat(*n))))
+            .flat_map(|n| data_info(&tlv(0x30, &skipped.repeat(*n))))
             .collect();
-        der(
+        tlv(
             0x30,
-            &[der(0x02, &[3]), data_info(&der(0x30, &safes))].concat(),
+            &[tlv(0x02, &[3]), data_info(&tlv(0x30, &safes))].concat(),
         )
     }
 
